@@ -1,0 +1,19 @@
+# `make test` and `make demo` create .venv on first use and install the pinned stack.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Tests use both cores through pytest-xdist; set PYTEST_WORKERS=0 to run in one process.
+PYTEST_WORKERS ?= 2
+
+$(BIN)/.installed: requirements.txt requirements-test.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -r requirements-test.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+.PHONY: install test
+install: $(BIN)/.installed
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests

@@ -1,0 +1,1 @@
+"""linearsr_jax.data."""
