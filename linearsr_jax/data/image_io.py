@@ -1,0 +1,165 @@
+"""Reading and writing images as float32 RGB arrays in [0, 1].
+
+`read_image` accepts PNG, JPEG, WebP, BMP and TIFF in 8 or 16 bits, grayscale, palette and
+alpha images, and applies the EXIF orientation. Transparent pixels are composited on WHITE
+(the usual look of a transparent image on a page), so the result always has 3 channels.
+Pillow reduces 16-bit colour PNG / TIFF to 8 bits, so those are decoded with OpenCV.
+"""
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from linearsr_jax.atomic import atomic_file
+from linearsr_jax.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the array operation that shows the image upright (as PIL's
+# ImageOps.exif_transpose, written for arrays so it works on 16-bit data too).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def is_image_path(path) -> bool:
+  return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(root, recursive=True) -> list:
+  """Sorted image paths under `root` (by suffix; hidden files such as `._x.jpg` are skipped)."""
+  root = Path(root)
+  if not root.is_dir():
+    raise UserError(f"{root}: not a directory")
+  pattern = "**/*" if recursive else "*"
+  return sorted(
+      p
+      for p in root.glob(pattern)
+      if p.is_file() and is_image_path(p) and not any(
+          part.startswith(".") for part in p.relative_to(root).parts)
+  )
+
+
+def _sixteen_bit_colour(im: Image.Image, data: bytes) -> bool:
+  """True for 16-bit colour PNG / TIFF files, which Pillow would silently cut to 8 bits."""
+  if im.mode not in ("RGB", "RGBA"):
+    return False
+  if im.format == "PNG":
+    # IHDR data starts at byte 16: width, height (4 bytes each), then the bit depth.
+    return data[24:25] == b"\x10"
+  if im.format == "TIFF":
+    bits = im.tag_v2.get(258, (8,))
+    return max(bits if isinstance(bits, tuple) else (bits,)) > 8
+  return False
+
+
+def _decode_with_opencv(data: bytes, path) -> np.ndarray:
+  import cv2
+
+  array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  if array is None:
+    raise UserError(f"{path}: unreadable or truncated image")
+  if array.ndim == 3:  # OpenCV orders channels BGR(A).
+    array = array[..., [2, 1, 0, 3][: array.shape[-1]]]
+  return array
+
+
+def _decode_with_pillow(im: Image.Image) -> np.ndarray:
+  if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    array = np.asarray(im)
+    if im.mode == "F":  # Float TIFF: taken as already in [0, 1].
+      return np.clip(array, 0.0, 1.0).astype(np.float32)
+    return np.clip(array, 0, 65535).astype(np.uint16)
+  has_alpha = "A" in im.mode or "a" in im.mode or "transparency" in im.info
+  if im.mode == "1" or (im.mode == "L" and not has_alpha):
+    return np.asarray(im.convert("L"))
+  return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+
+
+def _to_rgb_float(array: np.ndarray) -> np.ndarray:
+  """uint8 / uint16 / float array with 1-4 channels -> float32 HxWx3, alpha on white."""
+  if array.dtype == np.uint8:
+    x = array.astype(np.float32) / 255.0
+  elif array.dtype == np.uint16:
+    x = array.astype(np.float32) / 65535.0
+  else:
+    x = array.astype(np.float32)
+  if x.ndim == 2:
+    x = x[..., None]
+  if x.shape[-1] in (2, 4):
+    colour, alpha = x[..., :-1], x[..., -1:]
+    x = colour * alpha + (1.0 - alpha)
+  if x.shape[-1] == 1:
+    x = np.repeat(x, 3, axis=-1)
+  return np.ascontiguousarray(x)
+
+
+def read_image(path) -> np.ndarray:
+  """Reads an image file as float32 HxWx3 RGB in [0, 1] (upright, alpha on white).
+
+  Raises UserError for missing, unreadable, truncated or non-image files.
+  """
+  path = Path(path)
+  try:
+    data = path.read_bytes()
+  except OSError as e:
+    raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+      if _sixteen_bit_colour(im, data):
+        array = _decode_with_opencv(data, path)
+      else:
+        im.load()
+        array = _decode_with_pillow(im)
+  except UnidentifiedImageError:
+    raise UserError(f"{path}: not an image file") from None
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise UserError(f"{path}: unreadable or truncated image ({e})") from None
+  if orientation in _ORIENT:
+    array = _ORIENT[orientation](array)
+  return _to_rgb_float(array)
+
+
+def to_uint8(array) -> np.ndarray:
+  """Float image in [0, 1] -> uint8 with rounding (uint8 input passes through)."""
+  array = np.asarray(array)
+  if array.dtype == np.uint8:
+    return array
+  return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def encode_image(array, suffix: str, quality=None) -> bytes:
+  """PNG or JPEG bytes of a float [0, 1] (or uint8) HxW or HxWx3 image."""
+  suffix = suffix.lower()
+  im = Image.fromarray(to_uint8(array))
+  buffer = io.BytesIO()
+  if suffix in _JPEG_SUFFIXES:
+    im.save(buffer, format="JPEG", quality=int(quality or 95))
+  elif suffix == ".png":
+    im.save(buffer, format="PNG")
+  else:
+    raise UserError(f"cannot write '{suffix}' images: use .png, .jpg or .jpeg")
+  return buffer.getvalue()
+
+
+def write_image(path, array, quality=None) -> None:
+  """Writes a float [0, 1] (or uint8) image atomically; the format follows the suffix.
+
+  `quality` is the JPEG quality (default 95); PNG ignores it.
+  """
+  path = Path(path)
+  data = encode_image(array, path.suffix, quality)
+  with atomic_file(path) as f:
+    f.write(data)
+  os.chmod(path, 0o644)
