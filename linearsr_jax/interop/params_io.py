@@ -1,0 +1,52 @@
+"""Params on disk in this project's own layout: a flat safetensors file plus a JSON header.
+
+A directory holds `params.safetensors` (leaf paths joined by '/') and `model.json`
+({"kind": ..., "config": {...}}). `linearsr import` writes it; training's `init_from` and the
+tools read it.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from flax import traverse_util
+
+from linearsr_jax.atomic import atomic_dir
+from linearsr_jax.errors import UserError
+
+PARAMS_FILE = "params.safetensors"
+HEADER_FILE = "model.json"
+
+
+def flatten(params) -> dict:
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+
+
+def unflatten(flat: dict) -> dict:
+  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def save_params_dir(out_dir, kind: str, config: dict, params, overwrite=False, extra_files=None):
+  """Writes the directory atomically: complete or absent, never partial."""
+  from safetensors.numpy import save_file
+
+  with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    save_file({k: np.ascontiguousarray(v) for k, v in flatten(params).items()},
+              str(tmp / PARAMS_FILE))
+    (tmp / HEADER_FILE).write_text(json.dumps({"kind": kind, "config": config}, indent=2) + "\n")
+    for name, text in (extra_files or {}).items():
+      (tmp / name).write_text(text)
+
+
+def load_params_dir(path, kind: str):
+  """Returns (config dict, params) from a params directory, checking its kind."""
+  from safetensors.numpy import load_file
+
+  path = Path(path)
+  if not (path / HEADER_FILE).exists() or not (path / PARAMS_FILE).exists():
+    raise UserError(f"{path}: not a linearsr params directory (needs {HEADER_FILE} and "
+                    f"{PARAMS_FILE})")
+  header = json.loads((path / HEADER_FILE).read_text())
+  if header.get("kind") != kind:
+    raise UserError(f"{path}: holds a {header.get('kind')!r} model, expected {kind!r}")
+  return header["config"], unflatten(load_file(str(path / PARAMS_FILE)))
