@@ -72,6 +72,6 @@ def sharded_init(init_fn, mesh: Mesh, rules=DEFAULT_RULES):
   """
   abstract = jax.eval_shape(init_fn)
   shardings = tree_shardings(abstract, mesh, rules)
-  with mesh, nn.logical_axis_rules(list(rules)):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
     params = jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
   return params, shardings

@@ -108,6 +108,11 @@ class ScanBlock(nn.Module):
     return Block(self.cfg, self.grid_hw, name="block")(x, *shared), None
 
 
+# The stem is a few thousand params on the largest LR grid: replicate it.
+STEM_KERNEL_INIT = logical(nn.initializers.lecun_normal(), (None, None, None, None))
+STEM_BIAS_INIT = logical(nn.initializers.zeros, (None,))
+
+
 class LRStem(nn.Module):
   """E_conv: `convs` stride-2 3×3 convs with SiLU, then a 3×3 conv to `out` channels."""
   convs: int
@@ -120,12 +125,10 @@ class LRStem(nn.Module):
     x = lr.astype(self.dtype)
     for i in range(self.convs):
       x = nn.Conv(self.width, (3, 3), (2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                  kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "mlp")),
-                  bias_init=logical(nn.initializers.zeros, ("mlp",)), name=f"down_{i}")(x)
+                  kernel_init=STEM_KERNEL_INIT, bias_init=STEM_BIAS_INIT, name=f"down_{i}")(x)
       x = nn.silu(x)
     return nn.Conv(self.out, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                   kernel_init=logical(nn.initializers.lecun_normal(), (None, None, "mlp", None)),
-                   bias_init=logical(nn.initializers.zeros, (None,)), name="out")(x)
+                   kernel_init=STEM_KERNEL_INIT, bias_init=STEM_BIAS_INIT, name="out")(x)
 
 
 def patchify(x, p: int):
