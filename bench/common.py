@@ -1,0 +1,43 @@
+"""Shared by the bench scripts: wall-clock timing, the machine's matmul rate, markdown tables.
+
+Run scripts from the repo root, e.g. `.venv/bin/python bench/attention_scaling.py`.
+"""
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
+  """Median wall time of fn(), which must block until its result is ready."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """Achieved float32 GFLOP/s of one n×n matmul under XLA on this machine right now."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  mm = jax.jit(lambda x: x @ x)
+  seconds = median_seconds(lambda: mm(a).block_until_ready(), repeats)
+  return 2 * n**3 / seconds / 1e9
+
+
+def xla_flops(compiled) -> float:
+  """FLOPs of a compiled computation as XLA's cost analysis counts them."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def markdown_table(header, rows) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
