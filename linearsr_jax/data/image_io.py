@@ -114,21 +114,40 @@ def read_image(path) -> np.ndarray:
     data = path.read_bytes()
   except OSError as e:
     raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+  return decode_image(data, path)
+
+
+def decode_image(data: bytes, name="image") -> np.ndarray:
+  """Like read_image, for the bytes of an encoded file; `name` labels error messages."""
   try:
     with Image.open(io.BytesIO(data)) as im:
       orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
       if _sixteen_bit_colour(im, data):
-        array = _decode_with_opencv(data, path)
+        array = _decode_with_opencv(data, name)
       else:
         im.load()
         array = _decode_with_pillow(im)
   except UnidentifiedImageError:
-    raise UserError(f"{path}: not an image file") from None
+    raise UserError(f"{name}: not an image file") from None
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise UserError(f"{path}: unreadable or truncated image ({e})") from None
+    raise UserError(f"{name}: unreadable or truncated image ({e})") from None
   if orientation in _ORIENT:
     array = _ORIENT[orientation](array)
   return _to_rgb_float(array)
+
+
+def image_size(path) -> tuple:
+  """(height, width) of an upright image from its header alone (no pixel decoding)."""
+  try:
+    with Image.open(path) as im:
+      width, height = im.size
+      if im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+        width, height = height, width
+  except UnidentifiedImageError:
+    raise UserError(f"{path}: not an image file") from None
+  except (OSError, ValueError, SyntaxError) as e:
+    raise UserError(f"{path}: unreadable image ({e})") from None
+  return height, width
 
 
 def to_uint8(array) -> np.ndarray:
