@@ -1,0 +1,136 @@
+"""Latent spaces behind one interface: `encode(images) -> latents`, `decode(latents) -> images`.
+
+Images are NHWC in [-1, 1]; latents are NHWC with `channels` channels on a grid `factor` times
+smaller. The rest of the code never knows which space it is in:
+
+- `PixelSpace`: parameter-free and exact, pixel-unshuffle by `factor` with a fixed affine
+  scaling, for CPU runs and tests;
+- `DCAESpace`: the DC-AE (models/autoencoder.py) with imported or random params, latents
+  multiplied by its scaling factor as SANA does.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from linearsr_jax.errors import UserError
+from linearsr_jax.models import autoencoder
+
+# Pooled statistics of skimage's astronaut, coffee, chelsea and rocket in [-1, 1]: mean -0.25,
+# std 0.52. (x - shift) * scale puts pixel-space latents of photographs near N(0, 1).
+PIXEL_SHIFT = -0.25
+PIXEL_SCALE = 2.0
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `latent` config section."""
+  config = ml_collections.ConfigDict()
+  config.kind = "pixel"          # "pixel" | "dcae"
+  # Pixel space only (a DC-AE's factor and scaling come from its architecture).
+  config.factor = 4
+  config.shift = PIXEL_SHIFT
+  config.scaling = PIXEL_SCALE
+  # DC-AE: a params directory from `linearsr import diffusers-vae` (it carries the architecture),
+  # or the architecture below (diffusers AutoencoderDC field names, e.g.
+  # configs/dcae_f32c32_sana.py) with random weights when `dcae_random_init` (benchmarks only).
+  config.dcae_params = ""
+  config.dcae_random_init = False
+  config.dcae = ml_collections.ConfigDict(autoencoder.DEFAULTS)
+  config.seed = 0
+  return config
+
+
+def _check_divisible(x, factor: int, what: str):
+  h, w = x.shape[1], x.shape[2]
+  if h % factor or w % factor:
+    raise UserError(f"{what} of {h}×{w} is not a multiple of the latent factor {factor} "
+                    "(use inference.tiling, which pads)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelSpace:
+  """latents = (pixel_unshuffle(images, f) - shift) * scale; decode is its exact inverse."""
+  factor: int = 4
+  shift: float = PIXEL_SHIFT
+  scale: float = PIXEL_SCALE
+  image_channels: int = 3
+
+  @property
+  def channels(self) -> int:
+    return self.image_channels * self.factor ** 2
+
+  def encode(self, images):
+    _check_divisible(images, self.factor, "an image")
+    return (autoencoder.pixel_unshuffle(jnp.asarray(images), self.factor) - self.shift) * self.scale
+
+  def decode(self, latents):
+    return autoencoder.pixel_shuffle(jnp.asarray(latents) / self.scale + self.shift, self.factor)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DCAESpace:
+  """A DC-AE with its params; latents are scaled by the model's scaling factor."""
+  model: autoencoder.AutoencoderDC
+  params: Any
+
+  def __post_init__(self):
+    scaling = self.model.cfg["scaling_factor"]
+    model = self.model
+    # jit once per space; each new image shape compiles once.
+    object.__setattr__(self, "_encode", jax.jit(
+        lambda p, x: model.apply({"params": p}, x, method="encode") * scaling))
+    object.__setattr__(self, "_decode", jax.jit(
+        lambda p, z: model.apply({"params": p}, z / scaling, method="decode")))
+
+  @property
+  def factor(self) -> int:
+    return self.model.factor
+
+  @property
+  def channels(self) -> int:
+    return self.model.cfg["latent_channels"]
+
+  def encode(self, images):
+    _check_divisible(images, self.factor, "an image")
+    return self._encode(self.params, jnp.asarray(images, jnp.float32))
+
+  def decode(self, latents):
+    return self._decode(self.params, jnp.asarray(latents, jnp.float32))
+
+
+def make_latent_space(config: ml_collections.ConfigDict, params=None):
+  """The latent space a `latent` config section describes; `params` overrides a DC-AE's."""
+  if config.kind == "pixel":
+    if config.factor < 1:
+      raise UserError(f"latent.factor must be a positive integer, got {config.factor}")
+    return PixelSpace(int(config.factor), float(config.shift), float(config.scaling))
+  if config.kind != "dcae":
+    raise UserError(f"latent.kind must be 'pixel' or 'dcae', got {config.kind!r}")
+  arch = config.dcae.to_dict()
+  if params is None and config.dcae_params:
+    from linearsr_jax.interop.params_io import load_params_dir
+    arch, params = load_params_dir(config.dcae_params, autoencoder.PARAMS_KIND)
+  model = autoencoder.build(arch)
+  if params is None:
+    if not config.dcae_random_init:
+      raise UserError("latent.kind='dcae' needs weights: set latent.dcae_params to a directory "
+                      "from `linearsr import diffusers-vae` (or dcae_random_init for benchmarks)")
+    params = autoencoder.init_params(model, config.seed)
+  return DCAESpace(model, params)
+
+
+def lr_stem_depth(latent_factor: int, sr_scale: int) -> int:
+  """Stride-2 convs that take the LR image to the latent grid: log2(latent factor / SR scale).
+
+  E.g. DC-AE f32 at ×4: 3; pixel space f4 at ×4: 0.
+  """
+  ratio = latent_factor / sr_scale
+  depth = round(math.log2(ratio)) if ratio >= 1 else -1
+  if depth < 0 or 2 ** depth != ratio:
+    raise UserError(f"latent factor {latent_factor} / SR scale {sr_scale} = {ratio:g} is not a "
+                    "power of two >= 1: the LR image cannot reach the latent grid by stride-2 convs")
+  return depth
