@@ -14,6 +14,7 @@ from linearsr_jax.errors import UserError
 COMMANDS = {
     "import": ("linearsr_jax.interop.cli_import", "import weights from the PyTorch ecosystem"),
     "export": ("linearsr_jax.interop.cli_export", "export params for conversion"),
+    "eval": ("linearsr_jax.evaluate.cli_eval", "score SR images against HR references"),
 }
 
 

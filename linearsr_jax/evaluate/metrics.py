@@ -26,7 +26,7 @@ import functools
 import importlib.util
 import pickle
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -76,32 +76,27 @@ def _gaussian_window(size=11, sigma=1.5):
 
 
 def _gaussian_filter_valid(x):
-  """Separable 11x11 Gaussian, 'valid' region, on (M, H, W, 1)."""
-  g = jnp.asarray(_gaussian_window(), x.dtype)
-  dims = ("NHWC", "HWIO", "NHWC")
-  x = jax.lax.conv_general_dilated(x, g.reshape(-1, 1, 1, 1), (1, 1), "VALID",
-                                   dimension_numbers=dims)
-  return jax.lax.conv_general_dilated(x, g.reshape(1, -1, 1, 1), (1, 1), "VALID",
-                                      dimension_numbers=dims)
+  """Separable 11x11 Gaussian over the H and W axes of [..., H, W, C], 'valid' region only.
+
+  Written as shifted multiply-adds: XLA:CPU runs one-channel convolutions far slower.
+  """
+  g = _gaussian_window()
+  size = len(g)
+  h, w = x.shape[-3] - size + 1, x.shape[-2] - size + 1
+  x = sum(float(g[i]) * x[..., i:i + h, :, :] for i in range(size))
+  return sum(float(g[j]) * x[..., j:j + w, :] for j in range(size))
 
 
 @functools.partial(jax.jit, static_argnames=("space", "crop_border"))
 def ssim(images, reference, *, space: Space = "y", crop_border: int = 0):
   """Mean SSIM per image (averaged over channels): (N, H, W, 3) x2 -> (N,)."""
   x, y = _prepare(images, reference, space, crop_border)
-  n, h, w, c = x.shape
-  # Channels go to the batch axis so each is filtered alone with a one-channel kernel
-  # (grouped convolutions are slow on XLA:CPU).
-  to_planes = lambda a: jnp.moveaxis(a, -1, 1).reshape(n * c, h, w, 1)
-  x, y = to_planes(x), to_planes(y)
   c1, c2 = 0.01**2, 0.03**2
-  mu_x, mu_y = _gaussian_filter_valid(x), _gaussian_filter_valid(y)
-  var_x = _gaussian_filter_valid(x * x) - mu_x**2
-  var_y = _gaussian_filter_valid(y * y) - mu_y**2
-  cov = _gaussian_filter_valid(x * y) - mu_x * mu_y
+  mu_x, mu_y, xx, yy, xy = _gaussian_filter_valid(jnp.stack([x, y, x * x, y * y, x * y]))
+  var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
   ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
       (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-  return jnp.mean(ssim_map.reshape(n, -1), axis=1)
+  return jnp.mean(ssim_map, axis=(1, 2, 3))
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,15 +285,25 @@ def dists(images, reference, params):
 # ---------------------------------------------------------------------------------------
 # Named metrics and the NumPy convenience layer.
 
-# name -> (higher is better, table heading). The names are the CSV / JSON column names.
+class MetricInfo(NamedTuple):
+  higher_is_better: bool
+  heading: str
+  convention: str
+
+
+# The names are the CSV / JSON column names of `linearsr eval`.
 METRICS = {
-    "psnr_y": (True, "PSNR-Y (dB)"),
-    "ssim_y": (True, "SSIM-Y"),
-    "psnr_rgb": (True, "PSNR-RGB (dB)"),
-    "ssim_rgb": (True, "SSIM-RGB"),
-    "lpips_alex": (False, "LPIPS-Alex"),
-    "lpips_vgg": (False, "LPIPS-VGG"),
-    "dists": (False, "DISTS"),
+    "psnr_y": MetricInfo(True, "PSNR-Y (dB)", "PSNR on BT.601 Y = (16 + 65.481R + 128.553G + "
+                         "24.966B)/255 (BasicSR; pyiqa test_y_channel, ycbcr), peak 1"),
+    "ssim_y": MetricInfo(True, "SSIM-Y", "SSIM on BT.601 Y; Gaussian 11x11, sigma 1.5, "
+                         "valid region"),
+    "psnr_rgb": MetricInfo(True, "PSNR-RGB (dB)", "PSNR over R, G, B, peak 1"),
+    "ssim_rgb": MetricInfo(True, "SSIM-RGB", "SSIM per RGB channel, averaged; Gaussian "
+                           "11x11, sigma 1.5, valid region"),
+    "lpips_alex": MetricInfo(False, "LPIPS-Alex", "LPIPS v0.1, AlexNet trunk, whole image"),
+    "lpips_vgg": MetricInfo(False, "LPIPS-VGG", "LPIPS v0.1, VGG16 trunk, whole image"),
+    "dists": MetricInfo(False, "DISTS", "DISTS, VGG16 trunk, DISTS_pytorch 0.1 alpha/beta, "
+                        "whole image"),
 }
 
 
