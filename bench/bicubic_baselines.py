@@ -1,0 +1,42 @@
+"""Bicubic x4 baseline rows on the real-world SR test sets (RealSR, DRealSR; 128 -> 512 px).
+
+  .venv/bin/python bench/bicubic_baselines.py [--root ../shared/benchmarks] [--dists]
+
+Prints a Markdown table: PSNR / SSIM on BT.601 Y (no border crop), LPIPS v0.1 Alex and,
+with --dists, DISTS. The same numbers come from
+`linearsr eval --hr_dir SET/HR --lr_dir SET/LR --scale 4 --out DIR`.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+from linearsr_jax.evaluate import evaluate
+
+SETS = ("RealSR", "DRealSR")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--root", type=Path,
+                      default=Path(__file__).resolve().parents[2] / "shared" / "benchmarks")
+  parser.add_argument("--dists", action="store_true", help="add DISTS (slow on CPU)")
+  args = parser.parse_args()
+  names = ["psnr_y", "ssim_y", "lpips_alex"] + (["dists"] if args.dists else [])
+  summaries = []
+  for name in SETS:
+    start = time.perf_counter()
+    pairs, errors = evaluate.match_pairs(args.root / name / "HR", args.root / name / "LR")
+    results = evaluate.evaluate_pairs(pairs, evaluate.bicubic_upscaler(4), names)
+    results += [evaluate.ImageResult(n, {}, e) for n, e in errors.items()]
+    summaries.append(evaluate.summarize(results, names, f"bicubic x4, {name}", {}))
+    print(f"{name}: {len(results)} pairs in {time.perf_counter() - start:.0f} s", flush=True)
+  print()
+  print(evaluate.markdown_table(summaries, names), end="")
+  for summary in summaries:
+    for failure in summary["failures"]:
+      print(f"{summary['label']}: {failure['name']}: {failure['error']}")
+
+
+if __name__ == "__main__":
+  main()
