@@ -190,13 +190,12 @@ def _imresize_matrix(in_len, out_len) -> np.ndarray:
 
 
 def imresize_bicubic(image, height, width) -> np.ndarray:
-  """MATLAB-style antialiased bicubic resize (the classic-SR LR images), float64 inside."""
+  """MATLAB-style antialiased bicubic resize (the classic-SR LR images)."""
   rows = _imresize_matrix(image.shape[0], height)
   cols = _imresize_matrix(image.shape[1], width)
   h, w, c = image.shape
-  out = (rows @ image.astype(np.float64).reshape(h, w * c)).reshape(height, w, c)
-  out = np.einsum("pw,owc->opc", cols, out, optimize=True)
-  return out.astype(np.float32)
+  out = (rows.astype(np.float32) @ np.asarray(image, np.float32).reshape(h, w * c))
+  return np.matmul(cols.astype(np.float32), out.reshape(height, w, c))  # [out_h, out_w, c]
 
 
 # ------------------------------------------------------------------------------ noise, JPEG

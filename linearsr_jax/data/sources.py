@@ -128,7 +128,7 @@ class PairedSource:
     sizes = {}
     for key in sorted(lr.keys() & hr.keys()):
       try:
-        sizes[key] = (image_io.read_image(lr[key]).shape[:2], image_io.read_image(hr[key]).shape[:2])
+        sizes[key] = tuple(image_io.read_image(p).shape[:2] for p in (lr[key], hr[key]))
       except UserError:
         self.skipped["unreadable"].append(hr[key])
     if scale is None:  # the most common whole ratio

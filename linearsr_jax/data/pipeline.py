@@ -1,0 +1,261 @@
+"""The input pipeline: grain MapDataset -> random HR crop -> degrade -> LR/HR/tags -> batch.
+
+    source[host shard] -> shuffle (reseeded each epoch) -> repeat -> crop + augment + degrade
+    + tokenize (seeded by element index) -> batch -> [mp_prefetch workers]
+
+Batches are dicts of NumPy arrays:
+  'hr'       [B, H, W, 3]      float32 in [-1, 1]
+  'lr'       [B, H/s, W/s, 3]  float32 in [-1, 1]
+  'tag_ids'  [B, L] int32, 'tag_mask' [B, L] bool   (from the `tokenize` argument)
+The pipeline knows nothing of the model: `tokenize(tags: list[str]) -> (ids int32[L], mask
+bool[L])` turns tags into arrays. Every random choice is drawn from a generator seeded by
+(seed, host, element index), so a seed fixes the batches whatever the number of workers, and
+the iterator state (`get_state` / `set_state`, grain's Orbax handler) resumes mid-epoch.
+`make_global_batch` assembles the hosts' batches into jax.Arrays sharded over the mesh's data
+axes.
+"""
+
+from typing import Callable
+
+import cv2
+import grain
+import ml_collections
+import numpy as np
+
+from linearsr_jax.data import degradations, sources, tag_sources
+from linearsr_jax.errors import UserError
+
+Tokenize = Callable[[list], tuple]
+SOURCE_KINDS = ("demo", "folder", "paired", "tfds_folder", "div2k")
+BATCH_KEYS = ("hr", "lr", "tag_ids", "tag_mask")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `data` section."""
+  return ml_collections.ConfigDict(dict(
+      # demo | folder (HR images, recursive) | paired (lr_path + hr_path) |
+      # tfds_folder (a build_tfds_folder output) | div2k (TFDS catalogue, prepared locally).
+      source=dict(kind="demo", path="", lr_path="", hr_path="", tfds_split="train",
+                  div2k_config="bicubic_x4", verify=True),
+      eval_source=dict(kind="demo", path="", lr_path="", hr_path="", tfds_split="validation",
+                       div2k_config="bicubic_x4", verify=True),
+      demo_eval_names=sources.DEMO_EVAL_NAMES,
+      tags=dict(kind="sidecar", mapping=""),  # sidecar | mapping | none
+      scale=4,
+      crop_size=256,  # HR crop; LR is crop_size / scale
+      batch_size=16,  # global, split evenly over hosts
+      augment=True,  # random horizontal flip and 90-degree rotation of the crop
+      seed=0,
+      num_workers=0,  # grain worker processes per host (0: in the main process)
+      worker_buffer_size=2,  # batches each worker prepares ahead
+      # Threads per process computing batches, and how many finished batches may wait
+      # (grain's default of 500 would hold gigabytes of 256 px batches).
+      read_threads=2,
+      prefetch_batches=4,
+      degradation=degradations.default_config(),
+      eval=dict(crop_size=256, seed=1234, batch_size=4),  # crop_size 0: full images
+  ))
+
+
+def make_source(config, split="train"):
+  """The train or eval source named by the config (min size = crop size for training)."""
+  spec = config.source if split == "train" else config.eval_source
+  tags = tag_sources.make_tag_source(config.tags.kind, config.tags.mapping or None,
+                                     root=spec.path or spec.hr_path or None)
+  min_size = config.crop_size if split == "train" else max(config.eval.crop_size, config.scale)
+  if spec.kind == "demo":
+    return sources.DemoSource(split, eval_names=tuple(config.demo_eval_names), min_size=min_size)
+  if spec.kind == "folder":
+    return sources.FolderSource(spec.path, min_size=min_size, tags=tags, verify=spec.verify)
+  if spec.kind == "paired":
+    return sources.PairedSource(spec.lr_path, spec.hr_path, scale=config.scale, tags=tags)
+  if spec.kind == "tfds_folder":
+    return sources.TfdsFolderSource(spec.path, split=spec.tfds_split)
+  if spec.kind == "div2k":
+    return sources.Div2kSource(spec.path, config=spec.div2k_config, split=spec.tfds_split)
+  raise UserError(f"unknown data source '{spec.kind}' (choose from {', '.join(SOURCE_KINDS)})")
+
+
+# ------------------------------------------------------------------------------- examples
+
+
+def _fit_to_crop(image, crop_size):
+  """Up-scales (bicubic) an image whose shorter side is below the crop size."""
+  short = min(image.shape[:2])
+  if short >= crop_size:
+    return image
+  factor = crop_size / short
+  size = (max(crop_size, round(image.shape[1] * factor)),
+          max(crop_size, round(image.shape[0] * factor)))
+  return np.clip(cv2.resize(image, size, interpolation=cv2.INTER_CUBIC), 0, 1)
+
+
+def _augment(images, rng):
+  """The same random flip / rotation for aligned images (BasicSR's hflip + rot90)."""
+  flip, turns = rng.uniform() < 0.5, int(rng.integers(4))
+  return [np.rot90(im[:, ::-1] if flip else im, turns) for im in images]
+
+
+def _to_example(hr, lr, tags, tokenize):
+  ids, mask = tokenize(tags)
+  return {"hr": np.ascontiguousarray(hr * 2 - 1, np.float32),
+          "lr": np.ascontiguousarray(lr * 2 - 1, np.float32),
+          "tag_ids": np.asarray(ids, np.int32), "tag_mask": np.asarray(mask, bool)}
+
+
+class TrainTransform(grain.transforms.RandomMap):
+  """Random HR crop (aligned LR crop for paired sources), augmentation, degradation."""
+
+  def __init__(self, crop_size, scale, degradation, tokenize, augment=True):
+    if crop_size % scale:
+      raise UserError(f"crop size {crop_size} is not divisible by the scale {scale}")
+    self.crop_size, self.scale = crop_size, scale
+    self.degradation, self.tokenize, self.augment = degradation, tokenize, augment
+
+  def random_map(self, record, rng):
+    c, s = self.crop_size, self.scale
+    if "lr" in record:  # a real pair: crop both at aligned positions on the LR grid
+      lr_full = record["lr"]
+      if min(lr_full.shape[:2]) < c // s:
+        raise UserError(f"{record['name']}: LR image smaller than the LR crop {c // s} px")
+      top = int(rng.integers(lr_full.shape[0] - c // s + 1))
+      left = int(rng.integers(lr_full.shape[1] - c // s + 1))
+      lr = lr_full[top:top + c // s, left:left + c // s]
+      hr = record["hr"][top * s:top * s + c, left * s:left * s + c]
+      if self.augment:
+        hr, lr = _augment([hr, lr], rng)
+    else:
+      image = _fit_to_crop(record["hr"], c)
+      top = int(rng.integers(image.shape[0] - c + 1))
+      left = int(rng.integers(image.shape[1] - c + 1))
+      hr = image[top:top + c, left:left + c]
+      if self.augment:
+        (hr,) = _augment([hr], rng)
+      hr, lr = degradations.degrade_pair(np.ascontiguousarray(hr), s, rng, self.degradation)
+    return _to_example(hr, lr, record["tags"], self.tokenize)
+
+
+def host_seed(seed, process_index) -> int:
+  """Distinct streams per host, so hosts do not degrade their k-th images alike."""
+  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
+def _process(process_index, process_count):
+  if process_index is None or process_count is None:
+    import jax
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  return process_index, process_count
+
+
+def host_shard(source, process_index, process_count) -> grain.MapDataset:
+  """This host's disjoint share of the source: elements process_index, +count, ..."""
+  if len(source) < process_count:
+    raise UserError(f"{len(source)} images cannot be shared by {process_count} hosts")
+  return grain.MapDataset.source(source)[process_index::process_count]
+
+
+def _start_workers():
+  # grain's worker processes read absl flags; a library caller has not parsed them.
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _init_worker(worker_index, worker_count):
+  del worker_index, worker_count
+  cv2.setNumThreads(1)  # the workers are the parallelism; OpenCV threads would oversubscribe
+
+
+def make_train_dataset(source, config, tokenize: Tokenize, process_index=None,
+                       process_count=None) -> grain.IterDataset:
+  """An endless grain IterDataset of this host's training batches (batch_size / hosts).
+
+  `iter()` it for a DatasetIterator with get_state / set_state. process_index / count
+  default to JAX's; tests pass them to simulate hosts.
+  """
+  process_index, process_count = _process(process_index, process_count)
+  if config.batch_size % process_count:
+    raise UserError(f"batch size {config.batch_size} is not divisible by {process_count} hosts")
+  transform = TrainTransform(config.crop_size, config.scale, config.degradation, tokenize,
+                             config.augment)
+  ds = host_shard(source, process_index, process_count)
+  ds = ds.seed(host_seed(config.seed, process_index)).shuffle().repeat()
+  ds = ds.random_map(transform).batch(config.batch_size // process_count, drop_remainder=True)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
+                                            prefetch_buffer_size=config.prefetch_batches))
+  if config.num_workers > 0:
+    _start_workers()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size),
+        worker_init_fn=_init_worker)
+  return ds
+
+
+# ----------------------------------------------------------------------------------- eval
+
+
+def _center(image, height, width):
+  top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+  return image[top:top + height, left:left + width]
+
+
+def eval_example(record, index, config, tokenize: Tokenize) -> dict:
+  """One fixed LR/HR pair: a center crop (eval.crop_size) or the full image trimmed to a
+  multiple of the scale; synthetic LR images are seeded by (eval.seed, index)."""
+  s, c = config.scale, config.eval.crop_size
+  if "lr" in record:
+    lr_h, lr_w = record["lr"].shape[:2]
+    lr_h, lr_w = (min(lr_h, c // s), min(lr_w, c // s)) if c else (lr_h, lr_w)
+    lr = _center(record["lr"], lr_h, lr_w)
+    hr = _center(record["hr"], lr_h * s, lr_w * s)
+  else:
+    hr = record["hr"]
+    h, w = (min(hr.shape[0], c), min(hr.shape[1], c)) if c else hr.shape[:2]
+    hr = np.ascontiguousarray(_center(hr, h - h % s, w - w % s))
+    rng = np.random.default_rng([config.eval.seed, index])
+    hr, lr = degradations.degrade_pair(hr, s, rng, config.degradation)
+  example = _to_example(hr, lr, record["tags"], tokenize)
+  example["name"] = record["name"]
+  return example
+
+
+def make_eval_examples(source, config, tokenize: Tokenize) -> list:
+  """Every eval pair, computed once (the same pixels at every evaluation)."""
+  return [eval_example(source[i], i, config, tokenize) for i in range(len(source))]
+
+
+def eval_batches(examples, batch_size):
+  """Batches of consecutive same-size examples; 'name' becomes a list of names."""
+  group = []
+  for example in examples + [None]:
+    if group and (example is None or len(group) == batch_size
+                  or example["hr"].shape != group[0]["hr"].shape):
+      batch = {k: np.stack([e[k] for e in group]) for k in BATCH_KEYS}
+      batch["name"] = [e["name"] for e in group]
+      yield batch
+      group = []
+    if example is not None:
+      group.append(example)
+
+
+# ---------------------------------------------------------------------------- global batch
+
+
+def batch_sharding(mesh, data_axes=("data", "fsdp")):
+  """Batch dimension split over the mesh's data axes (those it has), the rest replicated."""
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  axes = tuple(a for a in data_axes if a in mesh.axis_names)
+  return NamedSharding(mesh, PartitionSpec(axes or None))
+
+
+def make_global_batch(local_batch, mesh, data_axes=("data", "fsdp")) -> dict:
+  """The hosts' local batches -> global jax.Arrays (batch = sum of the local batches)."""
+  import jax
+
+  sharding = batch_sharding(mesh, data_axes)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[k]))
+          for k in BATCH_KEYS if k in local_batch}
