@@ -4,7 +4,6 @@ official PyTorch LPIPS (`lpips` wheel) and DISTS (`DISTS_pytorch` wheel) code.""
 import io
 import sys
 import types
-from pathlib import Path
 
 import dm_pix
 import numpy as np

@@ -154,7 +154,7 @@ _L2POOL_WINDOW = np.outer(_L2POOL_1D, _L2POOL_1D) / 4.0
 
 def _l2_pool(x):
   """sqrt(hann3x3 * x^2 + 1e-12), stride 2, zero padding 1, written as nine shifted adds."""
-  n, h, w, c = x.shape
+  h, w = x.shape[1:3]
   out_h, out_w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
   padded = jnp.pad(jnp.square(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
   total = 0.0
