@@ -208,3 +208,9 @@ def test_config_errors(demo, config):
   config.source.kind = "s3"
   with pytest.raises(UserError, match="unknown data source"):
     pipeline.make_source(config)
+
+
+def test_workers_need_a_picklable_tokenize(demo, config):
+  config.num_workers = 1
+  with pytest.raises(UserError, match="picklable tokenize"):
+    pipeline.make_train_dataset(demo, config, lambda tags: tokenize(tags), 0, 1)

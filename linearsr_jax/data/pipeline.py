@@ -164,6 +164,16 @@ def _start_workers():
     flags.FLAGS.mark_as_parsed()
 
 
+def _check_picklable(transform):
+  import pickle
+
+  try:
+    pickle.dumps(transform)
+  except (pickle.PicklingError, AttributeError, TypeError) as e:
+    raise UserError("worker processes need a picklable tokenize (a module-level function or "
+                    f"functools.partial, not a lambda or closure): {e}") from None
+
+
 def _init_worker(worker_index, worker_count):
   del worker_index, worker_count
   cv2.setNumThreads(1)  # the workers are the parallelism; OpenCV threads would oversubscribe
@@ -187,6 +197,7 @@ def make_train_dataset(source, config, tokenize: Tokenize, process_index=None,
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                             prefetch_buffer_size=config.prefetch_batches))
   if config.num_workers > 0:
+    _check_picklable(transform)
     _start_workers()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size),
