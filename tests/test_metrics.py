@@ -1,6 +1,8 @@
-"""Metrics against independent references: scikit-image, dm-pix, float64 NumPy, and the
-official PyTorch LPIPS (`lpips` wheel) and DISTS (`DISTS_pytorch` wheel) code."""
+"""Metrics against independent references: the values pyiqa publishes for its calibration
+pairs, scikit-image, dm-pix, float64 NumPy, and the official PyTorch LPIPS (`lpips` wheel)
+and DISTS (`DISTS_pytorch` wheel) code."""
 
+import importlib.metadata
 import io
 import sys
 import types
@@ -13,7 +15,17 @@ import skimage.metrics
 from PIL import Image
 from scipy import ndimage
 
+from linearsr_jax.data.image_io import read_image
 from linearsr_jax.evaluate import metrics
+
+# pyiqa's ResultsCalibra/calibration_summary.csv: the rows computed with the original
+# (official) implementations, 4 decimals, for the pairs I03, I04, I06, I08, I19.
+CALIBRATION_NAMES = ("I03", "I04", "I06", "I08", "I19")
+CALIBRATION_OFFICIAL = {
+    "lpips_alex": (0.7237, 0.2572, 0.0508, 0.052, 0.4253),
+    "dists": (0.4742, 0.1424, 0.0683, 0.0287, 0.3123),
+    "psnr_rgb": (21.11, 20.99, 27.01, 23.3, 21.62),
+}
 
 
 def _jpeg(image, quality):
@@ -37,6 +49,30 @@ def _real_pairs(size):
       _jpeg(refs[2], quality=15),
   ]
   return np.stack(distorted), np.stack(refs)
+
+
+def _calibration_pairs():
+  """pyiqa's five calibration pairs (512x384 BMP), shipped in the pyiqa wheel."""
+  try:
+    dist = importlib.metadata.distribution("pyiqa")
+  except importlib.metadata.PackageNotFoundError:
+    pytest.fail("install the test extras: pip install --no-deps -r requirements-nodeps.txt")
+  root = dist.locate_file("ResultsCalibra")
+  read = lambda folder: np.stack([read_image(root / folder / f"{n}.bmp")
+                                  for n in CALIBRATION_NAMES])
+  return read("dist_dir"), read("ref_dir")
+
+
+def test_lpips_dists_psnr_reproduce_published_calibration_values():
+  x, y = _calibration_pairs()
+  for name, official in CALIBRATION_OFFICIAL.items():
+    # DISTS (two VGG16 passes per pair) only on I04 and I08, to keep the test short on CPU.
+    pick = [1, 3] if name == "dists" else slice(None)
+    ours = np.asarray(metrics.metric_fn(name)(x[pick], y[pick]))
+    official = np.asarray(official)[pick]
+    # The published values are rounded to 4 decimals (PSNR to 2); allow one unit of that.
+    decimals = 2 if name.startswith("psnr") else 4
+    np.testing.assert_allclose(ours, official, atol=1.01 * 10.0**-decimals, err_msg=name)
 
 
 def test_psnr_ssim_rgb_agree_with_scikit_image_and_dm_pix():
