@@ -2,8 +2,8 @@
 
   .venv/bin/python bench/bicubic_baselines.py [--root ../shared/benchmarks] [--dists]
 
-Prints a Markdown table: PSNR / SSIM on BT.601 Y (no border crop), LPIPS v0.1 Alex and,
-with --dists, DISTS. The same numbers come from
+Prints a Markdown table: PSNR / SSIM on BT.601 Y (no border crop; SSIM on float Y as BasicSR
+and on 8-bit Y as pyiqa), LPIPS v0.1 Alex and, with --dists, DISTS. The same numbers come from
 `linearsr eval --hr_dir SET/HR --lr_dir SET/LR --scale 4 --out DIR`.
 """
 
@@ -22,7 +22,7 @@ def main():
                       default=Path(__file__).resolve().parents[2] / "shared" / "benchmarks")
   parser.add_argument("--dists", action="store_true", help="add DISTS (slow on CPU)")
   args = parser.parse_args()
-  names = ["psnr_y", "ssim_y", "lpips_alex"] + (["dists"] if args.dists else [])
+  names = ["psnr_y", "ssim_y", "ssim_y_pyiqa", "lpips_alex"] + (["dists"] if args.dists else [])
   summaries = []
   for name in SETS:
     start = time.perf_counter()

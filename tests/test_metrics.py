@@ -2,6 +2,7 @@
 pairs, scikit-image, dm-pix, float64 NumPy, and the official PyTorch LPIPS (`lpips` wheel)
 and DISTS (`DISTS_pytorch` wheel) code."""
 
+import importlib
 import importlib.metadata
 import io
 import sys
@@ -113,6 +114,41 @@ def test_y_channel_variants_agree_with_float64_bt601_reference(crop_border):
         use_sample_covariance=False), abs=1e-5)
   # Y differs from RGB here, so a mix-up of the two conventions would fail.
   assert np.all(np.abs(psnr - np.asarray(metrics.psnr(x, y, space="rgb", crop_border=k))) > 0.05)
+
+
+@pytest.fixture
+def pyiqa_psnr_ssim(monkeypatch):
+  """pyiqa's own PSNR / SSIM code, imported without its package __init__ (which needs
+  torchvision, timm, transformers, ...): only these two modules and their helpers load."""
+  pytest.importorskip("torch")
+  root = importlib.metadata.distribution("pyiqa").locate_file("pyiqa")
+  for name, folder in (("pyiqa", root), ("pyiqa.archs", root / "archs"),
+                       ("pyiqa.utils", root / "utils")):
+    package = types.ModuleType(name)
+    package.__path__ = [str(folder)]
+    monkeypatch.setitem(sys.modules, name, package)
+  return (importlib.import_module("pyiqa.archs.psnr_arch"),
+          importlib.import_module("pyiqa.archs.ssim_arch"))
+
+
+@pytest.mark.parametrize("crop_border", [0, 3])
+def test_psnr_y_and_ssim_y_pyiqa_agree_with_pyiqa(pyiqa_psnr_ssim, crop_border):
+  import torch
+
+  psnr_arch, ssim_arch = pyiqa_psnr_ssim
+  x, y = _real_pairs(64)
+  tx, ty = (torch.from_numpy(np.transpose(a, (0, 3, 1, 2))).double() for a in (x, y))
+  k = crop_border
+  expected_psnr = psnr_arch.psnr(tx[..., k:64 - k, k:64 - k], ty[..., k:64 - k, k:64 - k],
+                                 test_y_channel=True, color_space="ycbcr").numpy()
+  expected_ssim = ssim_arch.SSIM(test_y_channel=True, color_space="ycbcr",
+                                 crop_border=k)(tx, ty).numpy()
+  np.testing.assert_allclose(np.asarray(metrics.metric_fn("psnr_y", k)(x, y)), expected_psnr,
+                             atol=1e-4)
+  ours = np.asarray(metrics.metric_fn("ssim_y_pyiqa", k)(x, y))
+  np.testing.assert_allclose(ours, expected_ssim, atol=1e-5)
+  # The two SSIM conventions differ by more than the tolerance on these images.
+  assert np.max(np.abs(ours - np.asarray(metrics.metric_fn("ssim_y", k)(x, y)))) > 1e-4
 
 
 def test_y_of_primaries_is_bt601_studio_swing():

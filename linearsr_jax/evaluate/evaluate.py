@@ -26,8 +26,9 @@ from linearsr_jax.data.image_io import list_images, read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.evaluate import metrics
 
-# The peers' protocol on RealSR / DRealSR (PSNR / SSIM on Y, LPIPS Alex v0.1, DISTS).
-DEFAULT_METRICS = ("psnr_y", "ssim_y", "lpips_alex", "dists")
+# The peers' protocol on RealSR / DRealSR: PSNR / SSIM on Y as pyiqa computes them, LPIPS
+# (Alex, v0.1) and DISTS.
+DEFAULT_METRICS = ("psnr_y", "ssim_y_pyiqa", "lpips_alex", "dists")
 # LPIPS's AlexNet needs 31 px per side; smaller pairs are reported instead of crashing XLA.
 MIN_SIDE = 32
 

