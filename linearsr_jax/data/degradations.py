@@ -193,9 +193,11 @@ def imresize_bicubic(image, height, width) -> np.ndarray:
   """MATLAB-style antialiased bicubic resize (the classic-SR LR images)."""
   rows = _imresize_matrix(image.shape[0], height)
   cols = _imresize_matrix(image.shape[1], width)
-  h, w, c = image.shape
-  out = (rows.astype(np.float32) @ np.asarray(image, np.float32).reshape(h, w * c))
-  return np.matmul(cols.astype(np.float32), out.reshape(height, w, c))  # [out_h, out_w, c]
+  # Stacked matmuls over the other axis: several times faster here than one big BLAS call,
+  # whose threads stall when the cores are shared with workers or the train step.
+  image = np.asarray(image, np.float32)
+  out = np.matmul(rows.astype(np.float32), image.transpose(1, 0, 2))  # [w, out_h, c]
+  return np.matmul(cols.astype(np.float32), out.transpose(1, 0, 2))  # [out_h, out_w, c]
 
 
 # ------------------------------------------------------------------------------ noise, JPEG

@@ -158,10 +158,12 @@ class PairedSource:
 
 @functools.lru_cache(maxsize=None)
 def _demo_image(name) -> np.ndarray:
+  """Float32 [0, 1], cached read-only per process (crops are views, nothing is re-decoded)."""
   import skimage.data
 
   image = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(
       skimage.data, name)()
+  image = image.astype(np.float32) / 255.0
   image.setflags(write=False)
   return image
 
@@ -191,7 +193,7 @@ class DemoSource:
 
   def __getitem__(self, index):
     name = self.names[index]
-    return {"hr": _demo_image(name).astype(np.float32) / 255.0,
+    return {"hr": _demo_image(name),
             "tags": list(DEMO_IMAGES[name]), "name": name}
 
 
