@@ -177,5 +177,25 @@ def test_div2k_not_prepared_is_a_clear_error(tmp_path):
     sources.Div2kSource(tmp_path)
 
 
+def test_div2k_reads_a_locally_prepared_copy(tmp_path):
+  """A stand-in with the catalogue entry's name, version and features, as `tfds build` leaves."""
+  import tensorflow_datasets as tfds
+
+  rng = np.random.default_rng(0)
+  examples = [(i, {"hr": rng.integers(0, 256, (16, 12, 3), dtype=np.uint8),
+                   "lr": rng.integers(0, 256, (4, 3, 3), dtype=np.uint8)}) for i in range(3)]
+  image = tfds.features.Image(shape=(None, None, 3))
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="div2k", version="2.0.0", config="bicubic_x4",
+      features=tfds.features.FeaturesDict({"hr": image, "lr": image}),
+      split_datasets={"train": examples}, data_dir=tmp_path, file_format="array_record",
+      disable_shuffling=True)
+  src = sources.Div2kSource(tmp_path)
+  assert len(src) == 3
+  for i, (_, example) in enumerate(examples):
+    for key in ("hr", "lr"):
+      np.testing.assert_array_equal(np.round(src[i][key] * 255), example[key])
+
+
 def test_image_size_reads_only_the_header(mixed_folder):
   assert image_io.image_size(mixed_folder / "sub" / "rotated.jpg") == (56, 32)
