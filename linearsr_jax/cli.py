@@ -15,6 +15,7 @@ COMMANDS = {
     "import": ("linearsr_jax.interop.cli_import", "import weights from the PyTorch ecosystem"),
     "export": ("linearsr_jax.interop.cli_export", "export params for conversion"),
     "eval": ("linearsr_jax.evaluate.cli_eval", "score SR images against HR references"),
+    "data": ("linearsr_jax.data.cli_data", "image folder -> TFDS dataset, or seeded LR/HR pairs"),
 }
 
 

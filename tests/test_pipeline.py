@@ -214,3 +214,34 @@ def test_workers_need_a_picklable_tokenize(demo, config):
   config.num_workers = 1
   with pytest.raises(UserError, match="picklable tokenize"):
     pipeline.make_train_dataset(demo, config, lambda tags: tokenize(tags), 0, 1)
+
+
+def _run_data_command(argv):
+  import argparse
+
+  from linearsr_jax.data import cli_data
+
+  parser = argparse.ArgumentParser()
+  cli_data.add_arguments(parser)
+  return cli_data.run(parser.parse_args(argv))
+
+
+def test_degrade_command_writes_seeded_pairs_in_the_benchmark_layout(tmp_path, config):
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ("a.jpg", "b.png"):
+    Image.fromarray(rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)).save(photos / name)
+  for out in ("one", "two"):
+    assert _run_data_command(["degrade", str(photos), "--out", str(tmp_path / out),
+                              "--crop", "32", "--seed", "5"]) == 0
+  pairs = sources.PairedSource(tmp_path / "one" / "LR", tmp_path / "one" / "HR")
+  assert pairs.scale == 4 and pairs.names == ["a", "b"]
+  again = sources.PairedSource(tmp_path / "two" / "LR", tmp_path / "two" / "HR")
+  np.testing.assert_array_equal(pairs[1]["lr"], again[1]["lr"])
+  # The same pixels as the eval pipeline's pair for that image and seed.
+  config.eval.seed = 5
+  expected = pipeline.eval_example(sources.FolderSource(photos)[1], 1, config, tokenize)
+  np.testing.assert_allclose(pairs[1]["lr"] * 2 - 1, expected["lr"], atol=1e-6)
+  with pytest.raises(UserError, match="already exists"):
+    _run_data_command(["degrade", str(photos), "--out", str(tmp_path / "one")])

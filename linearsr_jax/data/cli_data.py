@@ -1,0 +1,76 @@
+"""`linearsr data tfds|degrade`: turn an image folder into a TFDS dataset, or into LR/HR pairs.
+
+  linearsr data tfds PHOTOS --out DATA_DIR [--name NAME] [--min-size 256]
+  linearsr data degrade PHOTOS --out PAIRS [--scale 4] [--mode realesrgan] [--crop 512] [--seed 0]
+
+`degrade` writes PAIRS/HR and PAIRS/LR in the layout of the standard test sets, so
+`--config.data.eval_source.kind=paired` (or `linearsr eval`) can read them back. PHOTOS may be
+`demo` for the scikit-image photographs.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from linearsr_jax.atomic import atomic_dir
+from linearsr_jax.data import degradations, image_io, pipeline, sources, tag_sources
+
+
+def add_arguments(parser):
+  sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+  tfds = sub.add_parser("tfds", help="store an image folder as an array_record TFDS dataset")
+  tfds.add_argument("src", help="folder of images (searched recursively)")
+  tfds.add_argument("--out", required=True, help="TFDS data_dir to create")
+  tfds.add_argument("--name", default="image_folder", help="dataset name (default %(default)s)")
+  tfds.add_argument("--split", default="train")
+  tfds.add_argument("--min-size", type=int, default=0, help="skip images with a smaller side")
+  tfds.add_argument("--tags", default=None, help="JSON / CSV tag mapping (default: sidecars)")
+  tfds.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+  degrade = sub.add_parser("degrade", help="write seeded LR/HR pairs from HR images")
+  degrade.add_argument("src", help="folder of HR images, or 'demo'")
+  degrade.add_argument("--out", required=True, help="directory to create, with HR/ and LR/")
+  degrade.add_argument("--scale", type=int, default=4)
+  degrade.add_argument("--mode", choices=degradations.DEGRADATION_MODES, default="realesrgan")
+  degrade.add_argument("--crop", type=int, default=0,
+                       help="center crop of the HR image in px (default 0: the full image)")
+  degrade.add_argument("--seed", type=int, default=0)
+  degrade.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _no_tokens(tags):
+  del tags
+  return np.zeros(0, np.int32), np.zeros(0, bool)
+
+
+def _degrade(args) -> int:
+  config = pipeline.default_config()
+  config.scale, config.degradation.mode = args.scale, args.mode
+  config.eval.crop_size, config.eval.seed = args.crop, args.seed
+  if args.src == "demo":
+    source = sources.DemoSource("all", min_size=max(args.crop, args.scale))
+  else:
+    source = sources.FolderSource(args.src, min_size=max(args.crop, args.scale))
+  with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+    for index in range(len(source)):
+      example = pipeline.eval_example(source[index], index, config, _no_tokens)
+      name = Path(example["name"]).with_suffix(".png")
+      for key, folder in (("hr", "HR"), ("lr", "LR")):
+        image_io.write_image(tmp / folder / name, (example[key] + 1) / 2)
+  print(f"wrote {len(source)} LR/HR pairs (x{args.scale}, {args.mode}, seed {args.seed}) "
+        f"to {args.out}")
+  return 0
+
+
+def _tfds(args) -> int:
+  tags = tag_sources.make_tag_source(mapping_path=args.tags, root=args.src)
+  version_dir = sources.build_tfds_folder(args.src, args.out, name=args.name, split=args.split,
+                                          min_size=args.min_size, tags=tags,
+                                          overwrite=args.overwrite)
+  print(f"wrote {version_dir} (read it with data.source.kind=tfds_folder, "
+        f"data.source.path={version_dir})")
+  return 0
+
+
+def run(args) -> int:
+  return {"tfds": _tfds, "degrade": _degrade}[args.data_command](args)
