@@ -16,6 +16,7 @@ COMMANDS = {
     "export": ("linearsr_jax.interop.cli_export", "export params for conversion"),
     "eval": ("linearsr_jax.evaluate.cli_eval", "score SR images against HR references"),
     "data": ("linearsr_jax.data.cli_data", "image folder -> TFDS dataset, or seeded LR/HR pairs"),
+    "knee": ("linearsr_jax.train.cli_knee", "find the ESGF knee in a run's validation curves"),
 }
 
 

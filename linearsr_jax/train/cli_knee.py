@@ -1,0 +1,88 @@
+"""`linearsr knee`: re-run ESGF knee detection on a finished (or running) stage's metrics.
+
+  linearsr knee --workdir DIR                   # DIR/metrics.jsonl
+  linearsr knee --workdir DIR --stage pretrain  # DIR/pretrain/metrics.jsonl
+  linearsr knee --metrics_file run.jsonl --plot knee.png --patience 8
+
+Prints the decision, the reason per metric and the checkpoint steps ESGF would keep. Exit
+code 0 whether or not a knee is found (the answer is in the output), 2 on bad arguments.
+"""
+
+from pathlib import Path
+
+from linearsr_jax.errors import UserError
+from linearsr_jax.train import esgf
+
+
+def add_arguments(parser):
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", type=Path,
+                      help="run folder holding metrics.jsonl (or <stage>/metrics.jsonl)")
+  source.add_argument("--metrics_file", type=Path, help="a metrics.jsonl file directly")
+  parser.add_argument("--stage", help="stage sub-folder of --workdir (e.g. pretrain)")
+  parser.add_argument("--plot", type=Path, help="write a PNG of the curves and the knee")
+  defaults = esgf.default_config()
+  parser.add_argument("--metrics", default=defaults.metrics,
+                      help="NAME:max|min pairs, comma-separated (default: %(default)s)")
+  parser.add_argument("--combine", choices=esgf.COMBINE_RULES, default=defaults.combine,
+                      help="fire when all / any of the metrics confirm (default: %(default)s)")
+  parser.add_argument("--patience", type=int, default=defaults.patience,
+                      help="evaluations after the knee (default: %(default)s)")
+  parser.add_argument("--min_delta", type=float, default=defaults.min_delta,
+                      help="significant improvement, a fraction of the gain so far "
+                           "(default: %(default)s)")
+  parser.add_argument("--min_points", type=int, default=defaults.min_points,
+                      help="evaluations before deciding (default: %(default)s)")
+
+
+def metrics_path(workdir, stage=None, metrics_file=None) -> Path:
+  """The metrics.jsonl to read; a clear UserError when it is not there."""
+  if metrics_file is not None:
+    if not metrics_file.is_file():
+      raise UserError(f"metrics file {metrics_file} does not exist")
+    return metrics_file
+  if not workdir.is_dir():
+    raise UserError(f"workdir {workdir} does not exist")
+  folder = workdir / stage if stage else workdir
+  path = folder / "metrics.jsonl"
+  if not path.is_file():
+    stages = sorted(p.parent.name for p in workdir.glob("*/metrics.jsonl"))
+    hint = f"; stages with metrics: {', '.join(stages)} (pass --stage)" if stages else ""
+    raise UserError(f"no metrics.jsonl in {folder}{hint}")
+  return path
+
+
+def run(args) -> int:
+  if args.stage and args.workdir is None:
+    raise UserError("--stage needs --workdir")
+  path = metrics_path(args.workdir, args.stage, args.metrics_file)
+  config = esgf.default_config()
+  config.update(metrics=args.metrics, combine=args.combine, patience=args.patience,
+                min_delta=args.min_delta, min_points=args.min_points)
+  esgf.validate_config(config)
+  records, ignored = esgf.read_metrics_jsonl(path)
+  decision = esgf.detect(records, config)
+
+  print(f"metrics: {path} ({len(records)} records"
+        + (f", {ignored} unreadable lines ignored)" if ignored else ")"))
+  if decision.fired:
+    print(f"knee: step {decision.knee_step} (confidence {decision.confidence:.2f})")
+  else:
+    print(f"no knee yet (confidence {decision.confidence:.2f})")
+  print(f"rule: {config.combine} of the metrics confirm; knee step = {config.knee_step}")
+  for verdict in decision.metrics:
+    mark = "confirmed" if verdict.confirmed else "not confirmed"
+    print(f"  {verdict.name} ({verdict.direction}, {verdict.points} points): {mark}: "
+          f"{verdict.reason}")
+  missing = [n for n, _ in esgf.parse_metrics(config.metrics)
+             if n not in {v.name for v in decision.metrics}]
+  if missing:
+    print(f"  not logged: {', '.join(missing)}")
+  keep = sorted(esgf.candidate_steps(decision))
+  if keep:
+    print(f"checkpoints to keep: {', '.join(map(str, keep))}")
+  if args.plot:
+    title = f"{args.stage or path.parent.name}: " + (
+        f"knee at step {decision.knee_step}" if decision.fired else "no knee yet")
+    print(f"plot: {esgf.plot_curves(records, decision, config, args.plot, title)}")
+  return 0
