@@ -177,5 +177,7 @@ def test_two_files_with_one_name_are_reported(tmp_path):
   _save(tmp_path / "hr" / "a.png", _photo(0))
   _save(tmp_path / "sr" / "a.png", _photo(0))
   _save(tmp_path / "sr" / "a.bmp", _photo(0))
-  pairs, errors = evaluate.match_pairs(tmp_path / "hr", tmp_path / "sr")
-  assert pairs == [] and "several files named a.*" in errors["a"]
+  (pair,) = evaluate.match_pairs(tmp_path / "hr", tmp_path / "sr")
+  assert pair.name == "a" and "several files named a.*" in pair.error
+  (result,) = evaluate.evaluate_pairs([pair], metric_names=["psnr_y"], progress=False)
+  assert result.scores == {} and result.error == pair.error

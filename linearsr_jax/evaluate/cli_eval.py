@@ -14,24 +14,27 @@ from linearsr_jax.errors import UserError
 from linearsr_jax.evaluate import evaluate, metrics
 
 def add_arguments(parser):
-  parser.add_argument("--hr_dir", required=True, type=Path, help="reference (HR) images")
-  # The model path (`--checkpoint DIR`, scoring a checkpoint's outputs from --lr_dir) joins
-  # this group when the sampler can be called from here.
+  parser.add_argument("--hr_dir", required=True, type=Path, metavar="DIR",
+                      help="reference (HR) images")
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--sr_dir", type=Path, help="images to score, made by any method")
-  source.add_argument("--lr_dir", type=Path,
+  source.add_argument("--sr_dir", type=Path, metavar="DIR",
+                      help="images to score, made by any method")
+  source.add_argument("--lr_dir", type=Path, metavar="DIR",
                       help="LR images: scores their bicubic up-sampling (the baseline row)")
-  parser.add_argument("--scale", type=int, default=4,
+  # Not yet: `--checkpoint DIR` (with sampler options) to super-resolve --lr_dir with a model
+  # instead of bicubic; run() would pass the model's lr -> sr function to evaluate_pairs in
+  # place of bicubic_upscaler.
+  parser.add_argument("--scale", type=int, default=4, metavar="N",
                       help="up-sampling factor for --lr_dir (default 4)")
-  parser.add_argument("--out", required=True, type=Path,
+  parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                       help="report folder: per_image.csv, summary.json, table.md")
-  parser.add_argument("--metrics", default=",".join(evaluate.DEFAULT_METRICS),
+  parser.add_argument("--metrics", default=",".join(evaluate.DEFAULT_METRICS), metavar="LIST",
                       help=f"comma-separated, from: {', '.join(metrics.METRICS)} "
                            "(default: %(default)s)")
-  parser.add_argument("--crop_border", type=int, default=0,
+  parser.add_argument("--crop_border", type=int, default=0, metavar="N",
                       help="pixels removed on each side before PSNR / SSIM (default 0, the "
                            "real-world SR convention; BasicSR uses the scale on synthetic sets)")
-  parser.add_argument("--extra_scores", type=Path,
+  parser.add_argument("--extra_scores", type=Path, metavar="CSV",
                       help="CSV with a 'name' column and precomputed scores (e.g. MUSIQ, "
                            "MANIQA, CLIPIQA) to merge into the report")
   parser.add_argument("--label", help="method name in the table (default: the folder name, "
@@ -54,6 +57,8 @@ def run(args) -> int:
     raise UserError("--scale must be a positive integer")
   if args.crop_border < 0:
     raise UserError("--crop_border must be >= 0")
+  if args.out.exists() and not args.out.is_dir():
+    raise UserError(f"--out {args.out} is a file, not a folder")
   if args.lr_dir is not None:
     source_dir, super_resolve = args.lr_dir, evaluate.bicubic_upscaler(args.scale)
     label = args.label or "bicubic"
@@ -62,11 +67,14 @@ def run(args) -> int:
     label = args.label or args.sr_dir.resolve().name
   extra = evaluate.read_extra_scores(args.extra_scores) if args.extra_scores else {}
 
-  pairs, pairing_errors = evaluate.match_pairs(args.hr_dir, source_dir)
+  pairs = evaluate.match_pairs(args.hr_dir, source_dir)
   results = evaluate.evaluate_pairs(pairs, super_resolve, names, args.crop_border,
                                     progress=not args.no_progress)
-  results += [evaluate.ImageResult(n, {}, e) for n, e in sorted(pairing_errors.items())]
   columns = names + evaluate.merge_extra_scores(results, extra)
+  unmatched = sorted(extra.keys() - {r.name for r in results})
+  if unmatched:
+    print(f"linearsr eval: {len(unmatched)} precomputed score rows match no image "
+          f"(first: {unmatched[0]})", file=sys.stderr)
   settings = {
       "hr_dir": str(args.hr_dir),
       "sr_dir" if args.lr_dir is None else "lr_dir": str(source_dir),

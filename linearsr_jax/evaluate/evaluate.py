@@ -37,10 +37,14 @@ SuperResolve = Callable[[np.ndarray], np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
-  """Two files with the same name (relative path without suffix); a missing side is None."""
+  """Two files with the same name (relative path without suffix); a missing side is None.
+
+  `error` marks a name that cannot be paired (several files hold it in one folder).
+  """
   name: str
   reference: Optional[Path]
   source: Optional[Path]
+  error: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -62,21 +66,21 @@ def _images_by_name(root) -> tuple[dict, set]:
   return found, clashes
 
 
-def match_pairs(reference_dir, source_dir) -> tuple[list, dict]:
+def match_pairs(reference_dir, source_dir) -> list:
   """Pairs matched by name (suffixes may differ: a.png pairs with a.jpg), sorted by name.
 
-  Returns (pairs, errors): names held by two files in one folder are errors, not pairs.
+  A name held by two files in one folder becomes a Pair with an error.
   """
   references, ref_clashes = _images_by_name(reference_dir)
   sources, src_clashes = _images_by_name(source_dir)
   errors = {name: f"several files named {name}.* in {folder}"
             for clashes, folder in ((ref_clashes, reference_dir), (src_clashes, source_dir))
             for name in clashes}
-  names = sorted((references.keys() | sources.keys()) - errors.keys())
-  if not names and not errors:
+  names = sorted(references.keys() | sources.keys())
+  if not names:
     raise UserError(f"no images in {reference_dir} or {source_dir}")
-  pairs = [Pair(name, references.get(name), sources.get(name)) for name in names]
-  return pairs, errors
+  return [Pair(name, references.get(name), sources.get(name), errors.get(name))
+          for name in names]
 
 
 def bicubic_upscaler(scale: int) -> SuperResolve:
@@ -92,6 +96,8 @@ def bicubic_upscaler(scale: int) -> SuperResolve:
 
 
 def _score_pair(pair, super_resolve, metric_fns, crop_border, source_kind):
+  if pair.error:
+    raise UserError(pair.error)
   if pair.reference is None:
     raise UserError("no HR image with this name")
   if pair.source is None:
