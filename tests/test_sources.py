@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import cv2
@@ -109,7 +110,8 @@ def test_tag_mappings(tmp_path):
 def test_folder_source_with_mapping_does_not_report_the_mapping_file(tmp_path):
   Image.fromarray(_rgb(16, 16)).save(tmp_path / "p.png")
   (tmp_path / "tags.csv").write_text("p.png,bird\n")
-  tags = tag_sources.make_tag_source(mapping_path=tmp_path / "tags.csv", root=tmp_path)
+  relative = Path(os.path.relpath(tmp_path / "tags.csv"))  # as a user might type it
+  tags = tag_sources.make_tag_source(mapping_path=relative, root=tmp_path)
   src = sources.FolderSource(tmp_path, tags=tags)
   assert src[0]["tags"] == ["bird"] and not src.skipped["not_image"]
 

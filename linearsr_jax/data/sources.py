@@ -85,11 +85,13 @@ class FolderSource:
     files = sorted(p for p in self.root.glob(pattern) if p.is_file() and not any(
         part.startswith(".") for part in p.relative_to(self.root).parts))
     images = [p for p in files if image_io.is_image_path(p)]
+    # Tag files (sidecars, the mapping) are expected, not skipped.
     expected_text = {s for p in images for s in tag_sources.sidecar_paths(p)}
-    expected_text.add(getattr(self.tag_source, "path", None))
+    mapping = getattr(self.tag_source, "path", None)
+    expected_text |= {mapping.resolve()} if mapping else set()
     self.skipped = {reason: [] for reason in _SKIP_REASONS}
     self.skipped["not_image"] = [p for p in files if not image_io.is_image_path(p)
-                                 and p not in expected_text]
+                                 and p not in expected_text and p.resolve() not in expected_text]
     self.paths = [p for p in images if _is_usable(p, min_size, verify, self.skipped)]
     _report_skipped(self.root, self.skipped,
                     len(self.paths) + sum(map(len, self.skipped.values())), min_size)
