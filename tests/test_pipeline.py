@@ -208,6 +208,9 @@ def test_config_errors(demo, config):
   config.source.kind = "s3"
   with pytest.raises(UserError, match="unknown data source"):
     pipeline.make_source(config)
+  config.eval_source.kind = "paired"
+  with pytest.raises(UserError, match="needs data.eval_source.lr_path"):
+    pipeline.make_source(config, "eval")
 
 
 def test_workers_need_a_picklable_tokenize(demo, config):

@@ -59,7 +59,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 def make_source(config, split="train"):
   """The train or eval source named by the config (min size = crop size for training)."""
-  spec = config.source if split == "train" else config.eval_source
+  section = "source" if split == "train" else "eval_source"
+  spec = config[section]
+  needed = {"folder": ("path",), "paired": ("lr_path", "hr_path"), "tfds_folder": ("path",),
+            "div2k": ("path",)}.get(spec.kind, ())
+  for field in needed:
+    if not str(spec[field]):
+      raise UserError(f"data.{section}.kind={spec.kind} needs data.{section}.{field}")
   tags = tag_sources.make_tag_source(config.tags.kind, config.tags.mapping or None,
                                      root=spec.path or spec.hr_path or None)
   min_size = config.crop_size if split == "train" else max(config.eval.crop_size, config.scale)
