@@ -7,21 +7,28 @@ of evaluations, with no model or JAX involved, so the training loop, `linearsr k
 tests all call the same functions.
 
 Per metric (curves are first oriented so that higher is better, i.e. LPIPS is negated):
-  1. smooth the raw values (LOWESS with robustness iterations, a causal EMA, or none);
-  2. estimate the noise from second differences of the raw values (robust, trend-free);
-  3. require a real rise: the smoothed gain so far >= `min_rise_sigma` noise sigmas;
+  1. smooth the raw values (LOWESS with local quadratics by default, a causal EMA, or none);
+  2. estimate the noise σ from second differences of the raw values (they cancel a local
+     linear trend; the estimate errs high, never low, so noise cannot make it fire);
+  3. require a real rise: best smoothed value - mean of the first 3 raw values
+     >= `min_rise_sigma` σ;
   4. the knee candidate is the point farthest above the chord from the first to the last
      point in min-max normalised coordinates (Kneedle), or of maximum curvature; a nearly
-     straight curve (score < `knee.min_score`) has no knee;
-  5. confirm it with the last `patience` evaluations, all after the candidate:
-       plateau     - the best smoothed value improved by <= the threshold
-                     (min_delta, relative to the gain so far or absolute, and never below
-                     `noise_sigmas` x the noise left after smoothing),
-       turned back - the smoothed curve fell more than `turn_back.delta` below its best,
-                     and the best is at least `turn_back.patience` evaluations old,
-       oscillation - the noise in the window grew >= `variance.ratio` (in variance) over
-                     the noise before the knee while the improvement stayed within
-                     `variance.improvement_factor` x the threshold.
+     straight curve (score < `knee.min_score`) has no knee. Kneedle's point depends on the
+     range: on a(1 - exp(-s/τ)) over [0, L] it is at τ·ln(L/τ), so it drifts later as the
+     run grows, which is why the detector re-decides after every evaluation;
+  5. once `patience` evaluations follow the candidate, confirm it by one of:
+       turned back - the mean of the last `turn_back.patience` raw values is below the
+                     smoothed best (itself that many evaluations old) by more than
+                     `turn_back.delta` and `turn_back.sigmas` standard errors;
+       plateau     - the least-squares trend of the later two thirds of the points after
+                     the knee, projected over `patience` evaluations (a fall counts as 0),
+                     plus `noise_sigmas` standard errors, is <= min_delta (a fraction of
+                     the gain so far, or absolute): the plateau must be shown, a trend
+                     merely lost in noise does not count;
+       oscillation - the noise variance after the knee is >= `variance.ratio` x the one
+                     before it while that projected improvement stays within
+                     `variance.improvement_factor` x min_delta.
 Several metrics are combined by `combine`: "all" (default) fires when every metric present
 in the history is confirmed, "any" when one is. The knee step is then the `knee_step`
 ("earliest" by default: a later, "converged" checkpoint is the one that collapsed in the
@@ -110,11 +117,14 @@ def validate_config(config) -> None:
   for key, (value, allowed) in choices.items():
     if value not in allowed:
       raise UserError(f"esgf.{key} = {value!r}; choose from {', '.join(allowed)}")
+  if config.smoothing.degree not in (1, 2):
+    raise UserError(f"esgf.smoothing.degree = {config.smoothing.degree!r}; choose 1 or 2")
   minimum = {"min_points": (config.min_points, 5), "patience": (config.patience, 2),
              "turn_back.patience": (config.turn_back.patience, 1),
              "smoothing.window": (config.smoothing.window, 3),
              "min_delta": (config.min_delta, 0), "turn_back.delta": (config.turn_back.delta, 0),
-             "noise_sigmas": (config.noise_sigmas, 0)}
+             "noise_sigmas": (config.noise_sigmas, 0),
+             "variance.min_points": (config.variance.min_points, 3)}
   for key, (value, least) in minimum.items():
     if value < least:
       raise UserError(f"esgf.{key} = {value} must be >= {least}")
@@ -251,7 +261,7 @@ def noise_sigma(values) -> float:
   if len(values) < 3:
     return 0.0
   d2 = np.diff(np.asarray(values, dtype=np.float64), 2)
-  return float(np.sqrt(np.mean(d2 ** 2)) / _SECOND_DIFF_SCALE * (1.0 + 1.0 / math.sqrt(len(d2))))
+  return float(np.sqrt(np.mean(d2 ** 2)) / _SECOND_DIFF_SCALE * (1 + 1 / math.sqrt(len(d2))))
 
 
 def knee_index(steps, smoothed, method="kneedle") -> tuple:
@@ -284,7 +294,13 @@ def knee_index(steps, smoothed, method="kneedle") -> tuple:
 
 @dataclasses.dataclass(frozen=True)
 class MetricKnee:
-  """One metric's verdict. Values are in the metric's own units and orientation."""
+  """One metric's verdict. Values are in the metric's own units and orientation.
+
+  `confidence` is the geometric mean of three scores in [0, 1]: shape (Kneedle score / 0.5),
+  significance (rise in σ / (2 x min_rise_sigma)) and flatness (1 - improvement /
+  min_delta; 1 for a turn back, >= 0.5 for oscillation), each capped at 1. An unconfirmed
+  candidate reports how far it got (0 before there is one).
+  """
   name: str
   direction: str
   points: int
@@ -309,11 +325,25 @@ class KneeDecision:
   keep_steps: frozenset = frozenset()  # evaluated steps whose checkpoints ESGF may need
 
   def metric(self, name) -> MetricKnee:
-    return next(m for m in self.metrics if m.name == name)
+    """The verdict on one metric; KeyError when it was not logged."""
+    found = {m.name: m for m in self.metrics}
+    return found[name]
 
 
 def _fmt(x):
   return f"{x:.4g}"
+
+
+def projected_trend(steps, values, tail, horizon, sigma) -> tuple:
+  """(gain, standard error): the least-squares slope of the last `tail` points, times
+  `horizon` evaluation intervals, the error for white noise of std `sigma`."""
+  x = np.asarray(steps[-tail:], dtype=np.float64)
+  y = np.asarray(values[-tail:], dtype=np.float64)
+  centred = x - x.mean()
+  spread = float((centred ** 2).sum())
+  span = horizon * float(np.median(np.diff(steps)))
+  return (float((centred * (y - y.mean())).sum() / spread) * span,
+          sigma / math.sqrt(spread) * span)
 
 
 def analyze_metric(steps, values, name, direction, config) -> MetricKnee:
@@ -362,17 +392,11 @@ def analyze_metric(steps, values, name, direction, config) -> MetricKnee:
 
   scale = gain if config.min_delta_mode == "relative" else 1.0
   threshold = config.min_delta * scale
-  # The trend of the later two thirds of the points after the knee (at least `patience`),
-  # projected over `patience` evaluations (a fall counts as 0), plus `noise_sigmas`
-  # standard errors: a plateau must be shown, not merely hidden by the noise.
-  tail = max(patience, (2 * after + 2) // 3)
-  post_x = steps[n - tail:].astype(np.float64)
-  post_y = oriented[n - tail:]
-  centred = post_x - post_x.mean()
-  spread = float((centred ** 2).sum())
-  horizon = patience * float(np.median(np.diff(steps)))
-  trend = float((centred * (post_y - post_y.mean())).sum() / spread) * horizon
-  trend_error = sigma / math.sqrt(spread) * horizon
+  # The trend of the later two thirds of the points after the knee (at least `patience`):
+  # a fall counts as 0, and `noise_sigmas` standard errors are added, so a plateau must be
+  # shown, not merely hidden by the noise.
+  trend, trend_error = projected_trend(steps, oriented, max(patience, (2 * after + 2) // 3),
+                                       patience, sigma)
   improvement = max(trend, 0.0) + config.noise_sigmas * trend_error
   # Turned back: the mean of the latest raw values against the smoothed best; both are
   # noisy (the best of a smoothed curve is biased up), hence the noise term.
@@ -389,13 +413,14 @@ def analyze_metric(steps, values, name, direction, config) -> MetricKnee:
                   variance_ratio=variance_ratio)
   flatness = min(1.0, max(0.0, 1.0 - improvement / threshold)) if threshold > 0 else 0.0
 
-  window = f"the trend after the knee over {patience} evaluations (+{config.noise_sigmas:g} s.e.)"
+  trend_text = (f"the trend after the knee over {patience} evaluations "
+                f"(+{config.noise_sigmas:g} s.e.)")
   if n - 1 - best >= config.turn_back.patience and drop > drop_threshold:
     reason = (f"turned back: the last {recent} evaluations average {_fmt(drop)} below the "
               f"smoothed best at step {int(steps[best])}")
     flatness = 1.0
   elif improvement <= threshold:
-    reason = f"plateau: {window} is {_fmt(improvement)} <= {_fmt(threshold)}"
+    reason = f"plateau: {trend_text} is {_fmt(improvement)} <= {_fmt(threshold)}"
   elif (variance_ratio >= config.variance.ratio and
         improvement <= config.variance.improvement_factor * threshold):
     reason = (f"oscillation: variance x{variance_ratio:.1f} after the knee, improvement "
@@ -405,7 +430,7 @@ def analyze_metric(steps, values, name, direction, config) -> MetricKnee:
   else:
     return MetricKnee(confirmed=False, evidence=evidence,
                       confidence=(shape * significance) ** 0.5 * flatness,
-                      reason=f"still improving: {window} is {_fmt(improvement)} > "
+                      reason=f"still improving: {trend_text} is {_fmt(improvement)} > "
                              f"{_fmt(threshold)}", **verdict)
   return MetricKnee(confirmed=True, evidence=evidence,
                     confidence=(shape * significance * flatness) ** (1.0 / 3.0),
