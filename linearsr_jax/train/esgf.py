@@ -53,6 +53,8 @@ KNEE_METHODS = ("kneedle", "curvature")
 COMBINE_RULES = ("all", "any")
 KNEE_STEP_RULES = ("earliest", "median", "latest")
 DELTA_MODES = ("relative", "absolute")
+# LOWESS rows fitted at once: bounds its memory to this many x len(curve) floats per array.
+_LOWESS_ROWS = 512
 # A second difference of white noise has variance 6σ².
 _SECOND_DIFF_SCALE = math.sqrt(6.0)
 
@@ -214,32 +216,17 @@ def ema(values, alpha) -> np.ndarray:
 def lowess(x, y, neighbours, robust_iters, degree=2) -> np.ndarray:
   """Cleveland's LOWESS: local polynomial fits (`degree` 1 or 2) over the `neighbours`
   nearest x with tricube weights, then bisquare re-weighting of residuals beyond 6 x median
-  |residual| `robust_iters` times (numpy, O(n²)). Degree 2 follows the bend of a
-  saturating curve, where a local line cuts the corner and moves the knee."""
+  |residual| `robust_iters` times (numpy; O(n²) time, memory bounded by row blocks).
+  Degree 2 follows the bend of a saturating curve, where a local line cuts the corner and
+  moves the knee."""
   x = np.asarray(x, dtype=np.float64)
   y = np.asarray(y, dtype=np.float64)
-  n = len(y)
-  k = min(max(neighbours, degree + 2), n)
-  dist = np.abs(x[:, None] - x[None, :])
-  radius = np.sort(dist, axis=1)[:, k - 1] * 1.0001 + 1e-12
-  local = np.clip(1.0 - (dist / radius[:, None]) ** 3, 0.0, None) ** 3
-  # Row i fits powers of u = (x_j - x_i) / radius_i; the fit at x_i is the constant term.
-  # The normal equations only need the weighted moments sum_j w_ij u_ij^p.
-  u = (x[None, :] - x[:, None]) / radius[:, None]
-  u_powers = [np.ones_like(u)]
-  for _ in range(2 * degree):
-    u_powers.append(u_powers[-1] * u)
-  exponents = np.add.outer(np.arange(degree + 1), np.arange(degree + 1))
-  robust = np.ones(n)
+  k = min(max(neighbours, degree + 2), len(y))
+  robust = np.ones(len(y))
   for _ in range(robust_iters + 1):
-    w = local * robust[None, :]
-    alone = (w > 0).sum(1) <= degree  # too few neighbours left: keep the plain local fit
-    w[alone] = local[alone]
-    moments = np.stack([(w * up).sum(1) for up in u_powers], axis=-1)
-    gram = moments[:, exponents]
-    rhs = np.stack([(w * u_powers[a]) @ y for a in range(degree + 1)], axis=-1)
-    gram += 1e-12 * np.eye(degree + 1)  # a window of repeated x must not be singular
-    fit = np.linalg.solve(gram, rhs[..., None])[:, 0, 0]
+    fit = np.concatenate([_local_fits(x, y, rows, robust, k, degree)
+                          for rows in np.array_split(np.arange(len(y)),
+                                                     max(1, len(y) // _LOWESS_ROWS))])
     residual = y - fit
     scale = 6.0 * float(np.median(np.abs(residual)))
     # As in R's lowess: residuals of ~0 (a noiseless curve) leave nothing to re-weight; a
@@ -248,6 +235,28 @@ def lowess(x, y, neighbours, robust_iters, degree=2) -> np.ndarray:
       break
     robust = np.clip(1.0 - (residual / scale) ** 2, 0.0, None) ** 2
   return fit
+
+
+def _local_fits(x, y, rows, robust, k, degree):
+  """LOWESS values at x[rows]: weighted polynomial fits in u = (x_j - x_i) / radius_i,
+  whose constant term is the fit at x_i; the normal equations need only the weighted
+  moments sum_j w_ij u_ij^p."""
+  dist = np.abs(x[None, :] - x[rows, None])
+  radius = np.sort(dist, axis=1)[:, k - 1] * 1.0001 + 1e-12
+  local = np.clip(1.0 - (dist / radius[:, None]) ** 3, 0.0, None) ** 3
+  w = local * robust[None, :]
+  alone = (w > 0).sum(1) <= degree  # too few neighbours left: keep the plain local fit
+  w[alone] = local[alone]
+  u = (x[None, :] - x[rows, None]) / radius[:, None]
+  moments, weighted = [], w
+  for _ in range(2 * degree + 1):
+    moments.append(weighted.sum(1))
+    weighted = weighted * u
+  gram = np.stack(moments, axis=-1)[:, np.add.outer(np.arange(degree + 1),
+                                                     np.arange(degree + 1))]
+  gram += 1e-12 * np.eye(degree + 1)  # a window of repeated x must not be singular
+  rhs = np.stack([(w * u ** a) @ y for a in range(degree + 1)], axis=-1)
+  return np.linalg.solve(gram, rhs[..., None])[:, 0, 0]
 
 
 def noise_sigma(values) -> float:
