@@ -79,7 +79,7 @@ def run(args) -> int:
       "hr_dir": str(args.hr_dir),
       "sr_dir" if args.lr_dir is None else "lr_dir": str(source_dir),
       "upsampler": None if args.lr_dir is None else
-                   f"bicubic x{args.scale} (Keys a=-0.5), rounded to 8 bits",
+                   f"bicubic x{args.scale} (MATLAB imresize), rounded to 8 bits",
       "crop_border": args.crop_border,
       "metrics": {n: metrics.METRICS[n].convention for n in names},
       "extra_scores": str(args.extra_scores) if args.extra_scores else None,

@@ -17,11 +17,11 @@ import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
 from linearsr_jax.atomic import atomic_file
+from linearsr_jax.data.degradations import imresize_bicubic
 from linearsr_jax.data.image_io import list_images, read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.evaluate import metrics
@@ -84,13 +84,12 @@ def match_pairs(reference_dir, source_dir) -> list:
 
 
 def bicubic_upscaler(scale: int) -> SuperResolve:
-  """Bicubic up-sampling by `scale` (Keys kernel, a = -0.5, as PIL and MATLAB), then rounded
-  to 8 bits as a saved image would be."""
+  """MATLAB-style bicubic up-sampling by `scale` (Keys kernel a = -0.5, symmetric borders),
+  the usual bicubic row of SR papers, rounded to 8 bits as a saved image would be."""
 
   def upscale(lr):
-    h, w, c = lr.shape
-    sr = jax.image.resize(lr, (h * scale, w * scale, c), method="bicubic")
-    return np.round(np.clip(np.asarray(sr), 0.0, 1.0) * 255.0) / 255.0
+    sr = imresize_bicubic(lr, lr.shape[0] * scale, lr.shape[1] * scale)
+    return np.round(np.clip(sr, 0.0, 1.0) * 255.0) / 255.0
 
   return upscale
 
