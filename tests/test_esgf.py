@@ -318,6 +318,14 @@ def test_resumed_detector_matches_the_uninterrupted_one():
   assert (step, decision) == (fired, straight)
 
 
+def test_update_takes_the_loop_metrics_dict_as_it_comes():
+  """NumPy / 0-d array scalars count; text, flags and image arrays are ignored."""
+  detector = esgf.KneeDetector(config())
+  detector.update(100, {"val/psnr_y": np.float32(25.5), "val/lpips": np.array(0.3),
+                        "note": "ok", "flag": True, "val/images": np.zeros((2, 4, 4, 3))})
+  assert detector.records == [(100, {"val/psnr_y": 25.5, "val/lpips": pytest.approx(0.3)})]
+
+
 def test_fired_decision_is_latched():
   _, records = two_metric_records(400, 400, 60)
   detector = esgf.KneeDetector(config())

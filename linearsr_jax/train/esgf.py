@@ -158,10 +158,22 @@ def read_metrics_jsonl(path) -> tuple:
       if isinstance(step, bool) or not isinstance(step, (int, float)) or step != int(step):
         ignored += 1
         continue
-      values = {k: float(v) for k, v in row.items()
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-      records.append((int(step), values))
+      records.append((int(step), numeric_values(row)))
   return records, ignored
+
+
+def numeric_values(metrics: Mapping) -> dict:
+  """The scalar numbers of a metrics dict as floats (Python, NumPy or JAX scalars); the
+  step, text, flags and arrays are left out."""
+  values = {}
+  for key, value in metrics.items():
+    if key == "step" or isinstance(value, (bool, str)):
+      continue
+    try:
+      values[key] = float(value)
+    except (TypeError, ValueError):
+      continue
+  return values
 
 
 def metric_series(records: Iterable, name: str) -> tuple:
@@ -532,7 +544,7 @@ class KneeDetector:
       return self.decision
     step = int(step)
     self.records = [r for r in self.records if r[0] < step]
-    self.records.append((step, {k: float(v) for k, v in metrics.items()}))
+    self.records.append((step, numeric_values(metrics)))
     self.decision = detect(self.records, self.config)
     return self.decision
 
