@@ -152,7 +152,7 @@ _MEMORY_CHILD = textwrap.dedent("""
     from linearsr_jax.inference import tiling
     from linearsr_jax.models import autoencoder, latent_space
     cfg = dict(latent_channels=8, encoder_block_types="ResBlock", decoder_block_types="ResBlock",
-               encoder_block_out_channels=[8, 16, 16], decoder_block_out_channels=[8, 16, 16],
+               encoder_block_out_channels=[16, 32, 32], decoder_block_out_channels=[16, 32, 32],
                encoder_layers_per_block=[1, 1, 1], decoder_layers_per_block=[1, 1, 1],
                encoder_qkv_multiscales=[[], [], []], decoder_qkv_multiscales=[[], [], []],
                upsample_block_type="interpolate")
@@ -179,10 +179,11 @@ def decode_memory(mode: str) -> float:
 
 
 def test_tiled_decode_memory_is_bounded_by_the_tile():
-  # Stated bound: a 2048² decode in 512 px tiles adds at most 256 MiB to the process (the
-  # float32 output and weight map are 64 MiB). Decoding untiled needs more than twice that:
-  # its full-resolution activations alone are 128 MiB each.
+  # Stated bound: a 2048² decode in 512 px tiles adds at most 384 MiB to the process (measured
+  # ~250: the float32 output and weight map are 64 MiB, the rest is compilation and one tile's
+  # activations). Decoding it whole needs far more: each full-resolution activation of this
+  # 16-channel decoder is 256 MiB (measured ~1.1 GiB in all).
   tiled = decode_memory("tiled")
   untiled = decode_memory("untiled")
-  assert tiled <= 256, tiled
-  assert untiled > 2 * tiled, (tiled, untiled)
+  assert tiled <= 384, tiled
+  assert untiled > 2.5 * tiled, (tiled, untiled)

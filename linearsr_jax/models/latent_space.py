@@ -78,6 +78,8 @@ class DCAESpace:
   params: Any
 
   def __post_init__(self):
+    # On the device once: NumPy params would be transferred again on every (tile) call.
+    object.__setattr__(self, "params", jax.device_put(self.params))
     scaling = self.model.cfg["scaling_factor"]
     model = self.model
     # jit once per space; each new image shape compiles once.
