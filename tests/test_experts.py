@@ -1,5 +1,7 @@
 """Expert mixture: SNR-bisected boundaries, routing by t, stacked params, training by vmap."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -113,6 +115,7 @@ def _dit_batch(batch, key):
            jax.random.normal(k[2], (batch, 3, 8)), jnp.ones((batch, 3), bool)))
 
 
+@functools.lru_cache
 def distinct_dit_experts(num):
   """(boxed abstract tree, params) of `num` DiT experts with different weights; one compile."""
   init = lambda key: init_params(SMALL_DIT, key, latent_hw=(4, 4))
