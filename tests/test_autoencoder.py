@@ -43,7 +43,8 @@ CONFIGS = {
     # shortcuts, other activations, encoder and decoder of different widths.
     "deep_mixed": dict(
         size=(32, 32), latent_channels=4, attention_head_dim=8,
-        encoder_block_types=["EfficientViTBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock"],
+        encoder_block_types=["EfficientViTBlock", "ResBlock", "EfficientViTBlock",
+                             "EfficientViTBlock"],
         decoder_block_types=["ResBlock", "EfficientViTBlock", "ResBlock", "EfficientViTBlock"],
         encoder_block_out_channels=[8, 16, 16, 32], decoder_block_out_channels=[16, 16, 32, 32],
         encoder_layers_per_block=[1, 1, 1, 1], decoder_layers_per_block=[1, 1, 1, 1],
@@ -55,12 +56,15 @@ CONFIGS = {
 }
 
 
+def architecture(name: str) -> dict:
+  return {k: v for k, v in CONFIGS[name].items() if k != "size"}
+
+
 def torch_model(name: str, seed: int = 0) -> tuple[TorchAutoencoderDC, tuple[int, int]]:
   """A diffusers model with random weights, norms and BN statistics away from identity."""
-  config = dict(CONFIGS[name])
-  size = config.pop("size")
   torch.manual_seed(seed)
-  model = TorchAutoencoderDC(**config).eval()
+  model = TorchAutoencoderDC(**architecture(name)).eval()
+  size = CONFIGS[name]["size"]
   with torch.no_grad():
     for module in model.modules():
       if isinstance(module, torch.nn.BatchNorm2d):
@@ -142,12 +146,13 @@ def test_extra_tensor_is_named(saved_model, tmp_path):
 
 
 def test_other_model_is_refused(tmp_path):
-  AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=2).save_pretrained(tmp_path)
+  other = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=2)
+  other.save_pretrained(tmp_path)
   with pytest.raises(UserError, match="AutoencoderKL, expected a AutoencoderDC"):
     import_autoencoder_dc(tmp_path)
   # The same weights under an AutoencoderDC config: the first tensor that does not fit is named.
   config = tmp_path / "dcae.json"
-  config.write_text(json.dumps({k: v for k, v in CONFIGS["conv_interpolate"].items() if k != "size"}))
+  config.write_text(json.dumps(architecture("conv_interpolate")))
   with pytest.raises(UserError, match=r"tensor '(en|de)coder\.[\w.]+'"):
     import_autoencoder_dc(tmp_path / "diffusion_pytorch_model.safetensors", config_path=config)
 
@@ -160,9 +165,9 @@ def test_bad_config_is_a_user_error():
 
 
 def test_random_init_is_torch_like():
-  """Fresh params have torch's default init scale (bound 1/sqrt(fan_in)), so benches are realistic."""
+  """Fresh params have torch's default init scale (bound 1/sqrt(fan_in)): realistic benches."""
   model, _ = torch_model("conv_interpolate")
-  jax_model = autoencoder.build({k: v for k, v in CONFIGS["conv_interpolate"].items() if k != "size"})
+  jax_model = autoencoder.build(architecture("conv_interpolate"))
   params = autoencoder.init_params(jax_model, seed=0)
   kernel = np.asarray(params["decoder"]["up_blocks_2_0"]["attn"]["to_q"]["kernel"])
   torch_weight = model.decoder.up_blocks[2][0].attn.to_q.weight.detach().numpy()

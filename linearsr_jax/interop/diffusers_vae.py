@@ -34,7 +34,8 @@ def _torch_layout(leaf: str, shape: tuple[int, ...]):
     return (c, 1, k, k), lambda w: w[:, 0].transpose(1, 2, 0)
   if leaf == "grouped_kernel":                    # [G, in, out] <- [G*out, in, 1, 1]
     g, d_in, d_out = shape
-    return (g * d_out, d_in, 1, 1), lambda w: w[:, :, 0, 0].reshape(g, d_out, d_in).transpose(0, 2, 1)
+    return ((g * d_out, d_in, 1, 1),
+            lambda w: w[:, :, 0, 0].reshape(g, d_out, d_in).transpose(0, 2, 1))
   return shape, lambda w: w                       # norms: torch names and layout
 
 

@@ -1,4 +1,4 @@
-"""DC-AE (deep-compression autoencoder) in Flax Linen, layer for layer like diffusers' AutoencoderDC.
+"""DC-AE (deep-compression autoencoder) in Flax Linen, layer for layer as diffusers' AutoencoderDC.
 
 NHWC layout, params float32. Sub-module names follow the diffusers state dict so that the
 importer maps a Flax path to a torch key by turning `_<digits>` into `.<digits>`
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from linearsr_jax.errors import UserError
+from linearsr_jax.models.layers import torch_linear_init
 
 Dtype = Any
 
@@ -98,19 +99,14 @@ def autoencoder_config(config: Mapping) -> dict:
     raise UserError(f"AutoencoderDC config: unknown upsample_block_type "
                     f"{cfg['upsample_block_type']!r} (pixel_shuffle | interpolate)")
   # diffusers treats anything but "pixel_unshuffle" as a stride-2 conv ("conv", "Conv").
-  if cfg["downsample_block_type"] != "pixel_unshuffle" and cfg["downsample_block_type"].lower() != "conv":
+  down = cfg["downsample_block_type"]
+  if down != "pixel_unshuffle" and down.lower() != "conv":
     raise UserError(f"AutoencoderDC config: unknown downsample_block_type "
                     f"{cfg['downsample_block_type']!r} (pixel_unshuffle | conv)")
   if len(cfg["encoder_block_out_channels"]) != n:
     raise UserError("AutoencoderDC config: encoder and decoder need the same number of levels")
   cfg["scaling_factor"] = float(cfg["scaling_factor"])
   return cfg
-
-
-def torch_init(fan_in: int):
-  """PyTorch's default Conv2d / Linear init, uniform ±1/sqrt(fan_in)."""
-  bound = 1.0 / math.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def activation(name: str | None):
@@ -160,7 +156,8 @@ class Conv(nn.Module):
   def __call__(self, x):
     k, cin = self.kernel_size, x.shape[-1]
     fan_in = cin * k * k
-    kernel = self.param("kernel", torch_init(fan_in), (k, k, cin, self.features), jnp.float32)
+    kernel = self.param("kernel", torch_linear_init(fan_in), (k, k, cin, self.features),
+                        jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if k == 1 and self.stride == 1:
       y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
@@ -169,7 +166,8 @@ class Conv(nn.Module):
       y = jax.lax.conv_general_dilated(x, kernel, (self.stride,) * 2, ((p, p), (p, p)),
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
-      y = y + self.param("bias", torch_init(fan_in), (self.features,), jnp.float32).astype(self.dtype)
+      bias = self.param("bias", torch_linear_init(fan_in), (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
     return y
 
 
@@ -180,7 +178,8 @@ class Linear(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", torch_init(x.shape[-1]), (x.shape[-1], self.features), jnp.float32)
+    cin = x.shape[-1]
+    kernel = self.param("kernel", torch_linear_init(cin), (cin, self.features), jnp.float32)
     return jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
 
 
@@ -193,8 +192,9 @@ class DepthwiseConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     k, c = self.kernel_size, x.shape[-1]
-    kernel = self.param("depthwise_kernel", torch_init(k * k), (k, k, c), jnp.float32)
-    bias = self.param("bias", torch_init(k * k), (c,), jnp.float32) if self.use_bias else None
+    kernel = self.param("depthwise_kernel", torch_linear_init(k * k), (k, k, c), jnp.float32)
+    bias = (self.param("bias", torch_linear_init(k * k), (c,), jnp.float32)
+            if self.use_bias else None)
     return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype),
                           None if bias is None else bias.astype(self.dtype))
 
@@ -208,7 +208,7 @@ class GroupedPointwise(nn.Module):
   def __call__(self, x):
     c = x.shape[-1]
     d = c // self.groups
-    kernel = self.param("grouped_kernel", torch_init(d), (self.groups, d, d), jnp.float32)
+    kernel = self.param("grouped_kernel", torch_linear_init(d), (self.groups, d, d), jnp.float32)
     xg = x.reshape(*x.shape[:-1], self.groups, d).astype(self.dtype)
     return jnp.einsum("...gi,gio->...go", xg, kernel.astype(self.dtype)).reshape(x.shape)
 
@@ -299,7 +299,8 @@ class MultiscaleLinearAttention(nn.Module):
     qkv = jnp.concatenate([Linear(inner, self.dtype, name=f"to_{n}")(x) for n in "qkv"], -1)
     scales = [qkv]
     for i, k in enumerate(self.kernel_sizes):
-      scales.append(MultiscaleProjection(k, 3 * heads, self.dtype, name=f"to_qkv_multiscale_{i}")(qkv))
+      proj = MultiscaleProjection(k, 3 * heads, self.dtype, name=f"to_qkv_multiscale_{i}")
+      scales.append(proj(qkv))
     n = h * w
     groups = heads * (1 + len(self.kernel_sizes))
     qkv = jnp.concatenate(scales, -1).astype(jnp.float32).reshape(b, n, groups, 3, d)
@@ -319,7 +320,7 @@ class MultiscaleLinearAttention(nn.Module):
 
 
 class GLUMBConv(nn.Module):
-  """SANA's Mix-FFN with expand 4: 1×1 → SiLU → depthwise 3×3 → value·SiLU(gate) → 1×1 → RMSNorm."""
+  """SANA's Mix-FFN, expand 4: 1×1, SiLU, depthwise 3×3, value·SiLU(gate), 1×1, RMSNorm."""
   expand: float = 4.0
   dtype: Dtype = jnp.float32
 
@@ -442,7 +443,8 @@ class Decoder(nn.Module):
       for j in range(depths[i]):
         x = make_block(cfg["decoder_block_types"][i], cfg["attention_head_dim"],
                        cfg["decoder_norm_types"][i], cfg["decoder_act_fns"][i],
-                       cfg["decoder_qkv_multiscales"][i], self.dtype, f"up_blocks_{i}_{first + j}")(x)
+                       cfg["decoder_qkv_multiscales"][i], self.dtype,
+                       f"up_blocks_{i}_{first + j}")(x)
     x = RMSNorm(name="norm_out")(x)
     x = activation(cfg["decoder_conv_act_fn"])(x)
     if depths[0] > 0:
@@ -477,7 +479,7 @@ class AutoencoderDC(nn.Module):
 
 def build(config: Mapping, dtype: Dtype = jnp.float32) -> AutoencoderDC:
   """The module of a (possibly partial) diffusers-style config."""
-  # A frozen mapping: Flax module fields must be hashable.
+  # Frozen: a module's configuration must not change under it.
   cfg = autoencoder_config(config)
   return AutoencoderDC(nn.FrozenDict(cfg), dtype=dtype)
 

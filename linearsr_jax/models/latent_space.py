@@ -134,5 +134,5 @@ def lr_stem_depth(latent_factor: int, sr_scale: int) -> int:
   depth = round(math.log2(ratio)) if ratio >= 1 else -1
   if depth < 0 or 2 ** depth != ratio:
     raise UserError(f"latent factor {latent_factor} / SR scale {sr_scale} = {ratio:g} is not a "
-                    "power of two >= 1: the LR image cannot reach the latent grid by stride-2 convs")
+                    "power of two >= 1: stride-2 convs cannot take the LR image to the latent grid")
   return depth
