@@ -117,11 +117,16 @@ def _dit_batch(batch, key):
 
 @functools.lru_cache
 def distinct_dit_experts(num):
-  """(boxed abstract tree, params) of `num` DiT experts with different weights; one compile."""
-  init = lambda key: init_params(SMALL_DIT, key, latent_hw=(4, 4))
-  boxed = jax.eval_shape(lambda: experts.init_experts(init(jax.random.PRNGKey(0)), num))
-  params = jax.jit(jax.vmap(lambda key: nn.unbox(init(key))))(
-      jax.random.split(jax.random.PRNGKey(0), num))
+  """(boxed abstract tree, params) of `num` DiT experts with different random weights.
+
+  Shapes come from eval_shape and values from NumPy: compiling the DiT's init costs more than
+  the tests that use it.
+  """
+  init = lambda: init_params(SMALL_DIT, jax.random.PRNGKey(0), latent_hw=(4, 4))
+  boxed = jax.eval_shape(lambda: experts.init_experts(init(), num))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda leaf: jnp.asarray(0.1 * rng.standard_normal(leaf.shape),
+                                                 jnp.float32), nn.unbox(boxed))
   return boxed, params
 
 
