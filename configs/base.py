@@ -2,7 +2,11 @@
 
 import ml_collections
 
+from linearsr_jax.data import pipeline
+from linearsr_jax.diffusion import flow
+from linearsr_jax.models import latent_space, tags
 from linearsr_jax.sharding import DEFAULT_RULES
+from linearsr_jax.train import esgf, optimizer
 
 
 def model_config(**fields) -> ml_collections.ConfigDict:
@@ -20,10 +24,43 @@ def model_config(**fields) -> ml_collections.ConfigDict:
   return cfg
 
 
+def stage_config(num_experts: int, max_steps: int, esgf: bool = True, **optimizer):
+  """One training stage: its experts, step budget, whether ESGF may end it, and optimizer
+  overrides on top of config.optimizer."""
+  return ml_collections.ConfigDict(dict(num_experts=num_experts, max_steps=max_steps, esgf=esgf,
+                                        optimizer=ml_collections.ConfigDict(optimizer)))
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   # Mesh axis sizes; -1 takes the remaining devices. Logical rules map model axis names to them.
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
   config.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
+  config.latent = latent_space.default_config()
+  config.data = pipeline.default_config()
+  config.diffusion = flow.default_config()
+  config.tags = tags.default_config()
+  config.tags.max_tokens = 8
+  config.optimizer = optimizer.default_config()
+  config.esgf = esgf.default_config()
+  config.esgf.metrics = "val/psnr_y:max,val/lpips_alex:min"
+  config.train = ml_collections.ConfigDict(dict(
+      eval_every=500,          # steps between validations (and checkpoints)
+      eval_steps=4,            # sampler steps for validation
+      log_every=50,
+      keep_latest=3,           # plus the best by best_metric, plus ESGF's candidates
+      best_metric="val/lpips_alex",
+      best_mode="min",
+      max_consecutive_skips=5,  # non-finite steps in a row before restoring a checkpoint
+      guard=ml_collections.ConfigDict(dict(enabled=True, psnr_drop_db=3.0, lr_factor=0.5,
+                                           max_rollbacks=2)),
+  ))
+  # pretrain -> 4 SNR experts branched from its knee -> fine-tuning from the experts' knee.
+  config.stage_order = "pretrain,moe,finetune"
+  config.stages = ml_collections.ConfigDict(dict(
+      pretrain=stage_config(1, 200_000),
+      moe=stage_config(4, 100_000),
+      finetune=stage_config(4, 50_000, learning_rate=2e-5),
+  ))
   return config

@@ -7,6 +7,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode="wb"):
   """Yields a file object; on success the file replaces `path` in one rename."""
@@ -14,6 +20,8 @@ def atomic_file(path, mode="wb"):
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
   try:
+    # mkstemp creates 0600; give the file the mode a plain open() would.
+    os.chmod(tmp, 0o666 & ~_umask())
     with os.fdopen(fd, mode) as f:
       yield f
     os.replace(tmp, path)
@@ -37,6 +45,7 @@ def atomic_dir(path, overwrite=False):
     raise UserError(f"output {path} already exists (pass --overwrite to replace it)")
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+  os.chmod(tmp, 0o777 & ~_umask())
   try:
     yield tmp
     if path.exists():

@@ -1,7 +1,7 @@
 """The `linearsr` command: one sub-command per module, each with `add_arguments` and `run`.
 
-Sub-command modules are imported lazily so `linearsr --help` stays fast and a command's heavy
-dependencies load only when it runs.
+Only the module of the command being run is imported, so `linearsr --help` is instant and a
+command's heavy dependencies (or a broken module) never touch the others.
 """
 
 import argparse
@@ -12,6 +12,7 @@ from linearsr_jax.errors import UserError
 
 # name -> (module, one-line help). A module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = {
+    "train": ("linearsr_jax.train.cli_train", "train all stages of a config, ESGF included"),
     "import": ("linearsr_jax.interop.cli_import", "import weights from the PyTorch ecosystem"),
     "export": ("linearsr_jax.interop.cli_export", "export params for conversion"),
     "eval": ("linearsr_jax.evaluate.cli_eval", "score SR images against HR references"),
@@ -20,20 +21,31 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="linearsr", description=__doc__.splitlines()[0])
+def build_parser(command=None) -> argparse.ArgumentParser:
+  """The parser; only `command`'s own arguments are loaded (all commands are listed)."""
+  parser = argparse.ArgumentParser(
+      prog="linearsr", description="LinearSR in JAX: train, evaluate, upscale, import, export.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   for name, (module_name, help_text) in COMMANDS.items():
     cmd = sub.add_parser(name, help=help_text, description=help_text)
     cmd.set_defaults(_module=module_name)
-    importlib.import_module(module_name).add_arguments(cmd)
+    if name == command:
+      importlib.import_module(module_name).add_arguments(cmd)
   return parser
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
+  args, extra = parser.parse_known_args(argv)
+  module = importlib.import_module(args._module)
+  # A command that parses its own flags (train: absl + config_flags) gets them untouched.
+  if getattr(module, "PASSES_FLAGS_THROUGH", False):
+    args.flags = extra
+  elif extra:
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
   try:
-    return int(importlib.import_module(args._module).run(args) or 0)
+    return int(module.run(args) or 0)
   except UserError as e:
     print(f"linearsr: error: {e}", file=sys.stderr)
     return 2

@@ -11,7 +11,8 @@ from jax.sharding import PartitionSpec as P
 from configs import tiny
 from linearsr_jax import sharding
 from linearsr_jax.interop import diffusers_sana
-from linearsr_jax.models.dit import DiT, DiTConfig, example_inputs, init_params
+from linearsr_jax.models.dit import DiT, DiTConfig, example_inputs
+from model_helpers import perturbed, random_dit_params
 from sana_reference import random_sana, reference_inputs, torch_forward
 
 T2I = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, num_cross_attention_heads=2,
@@ -44,7 +45,7 @@ def test_zero_initialised_lr_channels_reproduce_text_to_image_output(tmp_path):
 def test_lr_channels_change_the_output_once_trained():
   """The converse: a model whose LR path has non-zero weights does see the LR image."""
   cfg = tiny_cfg(depth=1)
-  params = nn.unbox(init_params(cfg, jax.random.PRNGKey(0)))
+  params = random_dit_params(cfg)
   x, t, lr, cond, mask = example_inputs(cfg, 1, (8, 8))
   a = DiT(cfg).apply({"params": params}, x, t, lr, cond, mask)
   b = DiT(cfg).apply({"params": params}, x, t, lr + 0.5, cond, mask)
@@ -53,7 +54,7 @@ def test_lr_channels_change_the_output_once_trained():
 
 def test_bfloat16_compute_tracks_float32_without_nan():
   cfg32 = tiny_cfg()
-  params = nn.unbox(init_params(cfg32, jax.random.PRNGKey(0)))
+  params = random_dit_params(cfg32)
   rng = np.random.default_rng(0)
   x = rng.standard_normal((1, 64, 64, cfg32.latent_channels)).astype(np.float32)
   lr = rng.uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
@@ -91,6 +92,7 @@ def test_sharded_params_follow_logical_rules_and_forward_matches_single_device()
   x = rng.standard_normal(inputs[0].shape).astype(np.float32)
   args = (x, jnp.array([10.0, 200.0, 500.0, 900.0]), rng.uniform(-1, 1, inputs[2].shape),
           rng.standard_normal(inputs[3].shape).astype(np.float32), inputs[4])
+  params = jax.device_put(perturbed(jax.device_get(params)), shardings)
   single = DiT(cfg).apply({"params": jax.device_get(params)}, *args)
   batch_sharding = jax.NamedSharding(mesh, P(("data", "fsdp")))
   with jax.set_mesh(mesh), nn.logical_axis_rules(list(sharding.DEFAULT_RULES)):

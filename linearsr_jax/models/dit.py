@@ -197,7 +197,10 @@ class DiT(nn.Module):
                        (2, d), jnp.float32)
     shift, scale = jnp.split(table[None] + t_emb[:, None], 2, axis=1)
     x = (layer_norm(x) * (1 + scale) + shift).astype(dtype)
-    x = Dense(p * p * c, ("embed", None), dtype=dtype, name="proj_out")(x)
+    # Zero-initialised output, as DiT / PixArt / SANA train it: a fresh model predicts zero
+    # velocity, so with the LR-anchored flow it starts out returning the upsampled LR image.
+    x = Dense(p * p * c, ("embed", None), dtype=dtype, kernel_init=nn.initializers.zeros,
+              bias_init=nn.initializers.zeros, name="proj_out")(x)
     x = unpatchify(x.reshape(b, *grid_hw, p * p * c), p, c)
     return x.astype(jnp.float32)
 

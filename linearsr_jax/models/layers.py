@@ -37,7 +37,8 @@ class Dense(nn.Module):
   axes: tuple[str | None, str | None]
   use_bias: bool = True
   dtype: Dtype = jnp.float32
-  kernel_init: Any = None
+  kernel_init: Any = None     # default: PyTorch's, for both kernel and bias
+  bias_init: Any = None
 
   @nn.compact
   def __call__(self, x):
@@ -46,7 +47,8 @@ class Dense(nn.Module):
     kernel = self.param("kernel", logical(init, self.axes), (fan_in, self.features), jnp.float32)
     y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
-      bias = self.param("bias", logical(torch_linear_init(fan_in), self.axes[1:]),
+      bias_init = self.bias_init or torch_linear_init(fan_in)
+      bias = self.param("bias", logical(bias_init, self.axes[1:]),
                         (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
     return y

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# N CPU processes on this machine, one JAX process each, gloo collectives between them.
+# Every process sees its share of the devices; the global mesh spans all of them.
+#
+#   launch/local_multiprocess.sh 2 --config configs/tiny.py --workdir runs/mp
+#
+# Logs: WORKDIR/process_<i>.log. Exit code: non-zero if any process failed.
+set -euo pipefail
+NUM=${1:?usage: $0 NUM_PROCESSES linearsr-train-args...}
+shift
+WORKDIR=""
+for ((i = 1; i <= $#; i++)); do
+  if [[ "${!i}" == "--workdir" ]]; then j=$((i + 1)); WORKDIR="${!j}"; fi
+  if [[ "${!i}" == --workdir=* ]]; then WORKDIR="${!i#--workdir=}"; fi
+done
+: "${WORKDIR:?pass --workdir}"
+mkdir -p "$WORKDIR"
+PORT=${LINEARSR_PORT:-$((20000 + RANDOM % 20000))}
+BIN=${LINEARSR_BIN:-$(dirname "$0")/../.venv/bin/linearsr}
+pids=()
+for ((p = 0; p < NUM; p++)); do
+  JAX_PLATFORMS=cpu LINEARSR_COORDINATOR="localhost:$PORT" LINEARSR_NUM_PROCESSES="$NUM" \
+    LINEARSR_PROCESS_ID="$p" "$BIN" train "$@" >"$WORKDIR/process_$p.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+[[ $status -eq 0 ]] || echo "a process failed; see $WORKDIR/process_*.log" >&2
+exit $status

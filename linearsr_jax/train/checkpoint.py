@@ -1,0 +1,86 @@
+"""Orbax checkpoints of one training stage: state, the grain iterator, and eval metrics.
+
+Saves are atomic (Orbax writes to a temporary directory and renames) and asynchronous for the
+arrays. Retention keeps the union of: the latest N, the best by a chosen metric, and every
+step that ESGF may still need (the candidates around the current knee estimate), asked of a
+callback at each save so the set can move as the curve grows.
+"""
+
+import dataclasses
+from typing import Callable, Sequence
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from linearsr_jax.errors import UserError
+
+ITEMS = ("state", "data_iter", "metrics")
+
+
+@dataclasses.dataclass
+class StepsFromCallback(policies.PreservationPolicy):
+  """Preserves the steps a callback names at the time of each decision (ESGF candidates)."""
+  steps_fn: Callable[[], Sequence[int]]
+
+  def should_preserve(self, checkpoints, *, context):
+    keep = set(self.steps_fn())
+    return [ckpt.step in keep for ckpt in checkpoints]
+
+
+class StageCheckpoints:
+  """The checkpoints of one stage, in `directory`."""
+
+  def __init__(self, directory, *, keep_latest: int, best_metric: str, best_mode: str,
+               protected_steps: Callable[[], Sequence[int]] = tuple, async_save: bool = True):
+    if best_mode not in ("max", "min"):
+      raise UserError(f"train.best_mode must be 'max' or 'min', got {best_mode!r}")
+    policy = policies.AnyPreservationPolicy([
+        policies.LatestN(n=keep_latest),
+        # BestN keeps the tail of an ascending sort; reverse for lower-is-better metrics.
+        policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1, reverse=best_mode == "min",
+                       keep_checkpoints_without_metrics=False),
+        StepsFromCallback(protected_steps),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(directory, item_names=ITEMS, options=options)
+
+  def save(self, step: int, state, data_iter, metrics: dict):
+    metrics = {k: float(v) for k, v in metrics.items()}
+    self.manager.save(step, force=True, metrics=metrics or None, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data_iter=grain.checkpoint.CheckpointSave(data_iter),
+        metrics=ocp.args.JsonSave(metrics)))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def all_steps(self):
+    return list(self.manager.all_steps())
+
+  def restore(self, step: int, abstract_state, data_iter=None):
+    """(state, metrics) at `step`, the state placed as `abstract_state`'s shardings say; the
+    data iterator (when given) is restored in place."""
+    args = {"state": ocp.args.StandardRestore(abstract_state), "metrics": ocp.args.JsonRestore()}
+    if data_iter is not None:
+      args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(f"checkpoint {self.manager.directory}/{step} does not match this model "
+                      f"and config: {str(e).splitlines()[0][:300]}") from None
+    return restored["state"], dict(restored["metrics"] or {})
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def abstract_like(state, shardings):
+  """ShapeDtypeStructs carrying shardings: what Orbax restores into."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)

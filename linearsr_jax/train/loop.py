@@ -1,0 +1,289 @@
+"""The training run: stages in order, each ending at its ESGF knee or its step budget, the next
+one starting from the previous stage's knee checkpoint.
+
+workdir/
+  config.json                 the resolved config
+  run.json                    each finished stage: knee step, reason, where the next began
+  <stage>/stage.json          where this stage started from (stage, step, checkpoint path)
+  <stage>/checkpoints/<step>/ Orbax: state, data_iter, metrics
+  <stage>/metrics.jsonl       one line per evaluation (and per logged train step)
+  <stage>/knee.png            the validation curves with the knee marked
+  <stage>/events.*            TensorBoard
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import metric_writers, periodic_actions
+
+from linearsr_jax import sharding
+from linearsr_jax.atomic import atomic_file
+from linearsr_jax.data import pipeline
+from linearsr_jax.errors import UserError
+from linearsr_jax.models.dit import DiTConfig
+from linearsr_jax.models.latent_space import make_latent_space
+from linearsr_jax.models.sr_model import SRModel, TagsConfig
+from linearsr_jax.models.tags import tokenize_tags
+from linearsr_jax.train import esgf, optimizer
+from linearsr_jax.train.checkpoint import StageCheckpoints, abstract_like
+from linearsr_jax.train.state import branch_params, create_train_state
+from linearsr_jax.train.step import make_train_step
+from linearsr_jax.train.validation import Validator
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class StageResult:
+  name: str
+  knee_step: int
+  reason: str
+  fired: bool
+  params: object  # EMA params of the knee checkpoint, experts stacked, on the host
+
+
+def write_json(path, obj):
+  with atomic_file(path, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+
+
+class MetricsLog:
+  """metrics.jsonl: append-only, truncated on resume to what the restored checkpoint saw, so a
+  resumed run writes exactly the lines a run that never stopped would have."""
+
+  def __init__(self, path: Path, resume_step):
+    self.path = path
+    lines = path.read_text().splitlines() if path.exists() else []
+    self.rows = [json.loads(l) for l in lines if l.strip()]
+    if resume_step is None:
+      self.rows = []
+    else:
+      self.rows = [r for r in self.rows if r["step"] <= resume_step]
+    with atomic_file(path, "w") as f:
+      f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.rows)
+
+  def append(self, row: dict):
+    self.rows.append(row)
+    if jax.process_index() == 0:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+
+  def evaluations(self):
+    return [r for r in self.rows if any(k.startswith("val/") for k in r)]
+
+
+class Run:
+  """Everything shared by the stages of one run."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir):
+    self.config = config
+    self.workdir = Path(workdir)
+    self.mesh = sharding.make_mesh(dict(config.mesh))
+    self.rules = [tuple(r) for r in config.sharding_rules]
+    self.latent_space = make_latent_space(config.latent)
+    dit_cfg = DiTConfig.from_dict(config.model.to_dict())
+    if dit_cfg.latent_channels != self.latent_space.channels:
+      raise UserError(f"model.latent_channels={dit_cfg.latent_channels} but the latent space "
+                      f"has {self.latent_space.channels} channels")
+    self.model = SRModel(dit_cfg, TagsConfig.from_config(config.tags))
+    # A partial, not a lambda: grain pickles it into its worker processes.
+    self.tokenize = functools.partial(tokenize_tags, vocab_size=config.tags.vocab_size,
+                                      max_tokens=config.tags.max_tokens)
+    eval_examples = pipeline.make_eval_examples(pipeline.make_source(config.data, "eval"),
+                                                config.data, self.tokenize)
+    self.eval_batches = list(pipeline.eval_batches(eval_examples, config.data.eval.batch_size))
+    self.train_source = pipeline.make_source(config.data, "train")
+
+  def stage_names(self):
+    names = [s.strip() for s in self.config.stage_order.split(",") if s.strip()]
+    for name in names:
+      if name not in self.config.stages:
+        raise UserError(f"stage_order names '{name}', which config.stages does not define")
+    return names
+
+
+def run(config: ml_collections.ConfigDict, workdir) -> list:
+  """Trains every stage of `config.stage_order`; resumes whatever the workdir already holds."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+  the_run = Run(config, workdir)
+  results, previous = [], None
+  for index, name in enumerate(the_run.stage_names()):
+    previous = train_stage(the_run, name, index, previous)
+    results.append(previous)
+    if jax.process_index() == 0:
+      write_json(workdir / "run.json", {"stages": [
+          {"name": r.name, "knee_step": r.knee_step, "fired": r.fired, "reason": r.reason}
+          for r in results]})
+  return results
+
+
+def _finished(stage_dir: Path):
+  path = stage_dir / "result.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_stage(the_run: Run, name: str, index: int, previous):
+  """Trains one stage to its knee (or budget) and returns the knee checkpoint's EMA params."""
+  config, stage_cfg = the_run.config, the_run.config.stages[name]
+  train_cfg = config.train
+  stage_dir = the_run.workdir / name
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  is_lead = jax.process_index() == 0
+  opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
+  opt_cfg.update(stage_cfg.optimizer.to_dict())
+  tx = optimizer.make_optimizer(opt_cfg, stage_cfg.max_steps)
+  num_experts = stage_cfg.num_experts
+  diffusion_cfg = ml_collections.ConfigDict(config.diffusion.to_dict())
+  diffusion_cfg.experts.num_experts = num_experts
+
+  start_params, origin = None, {"stage": None}
+  if previous is not None:
+    start_params = branch_params(previous.params, num_experts)
+    origin = {"stage": previous.name, "knee_step": previous.knee_step,
+              "checkpoint": str(the_run.workdir / previous.name / "checkpoints" /
+                                str(previous.knee_step)),
+              "experts_initialised_identically": num_experts > 1 and
+              jax.tree.leaves(previous.params)[0].shape[0] == 1}
+  if is_lead and not (stage_dir / "stage.json").exists():
+    write_json(stage_dir / "stage.json", {"name": name, "num_experts": num_experts,
+                                          "init_from": origin})
+  state, shardings = create_train_state(the_run.model, tx, num_experts,
+                                        jax.random.PRNGKey(config.seed + 1000 * index),
+                                        the_run.mesh, the_run.rules, start_params)
+  abstract = abstract_like(state, shardings)
+  detector = esgf.KneeDetector(config.esgf)
+  ckpts = StageCheckpoints(stage_dir / "checkpoints", keep_latest=train_cfg.keep_latest,
+                           best_metric=train_cfg.best_metric, best_mode=train_cfg.best_mode,
+                           protected_steps=detector.candidate_steps)
+  done = _finished(stage_dir)
+  if done is not None:  # resuming a run whose stage already ended: reuse its knee
+    knee_state, _ = ckpts.restore(done["knee_step"], abstract)
+    ckpts.close()
+    return StageResult(name, done["knee_step"], done["reason"], done["fired"],
+                       jax.device_get(knee_state.ema_params))
+
+  data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+  data_cfg.seed = config.data.seed + index  # each stage sees its own crop order
+  data_iter = iter(pipeline.make_train_dataset(the_run.train_source, data_cfg, the_run.tokenize))
+  latest = ckpts.latest_step()
+  if latest is not None:
+    state, _ = ckpts.restore(latest, abstract, data_iter)
+    log.info("stage %s: resumed from checkpoint %d", name, latest)
+  mlog = MetricsLog(stage_dir / "metrics.jsonl", latest)
+  for row in mlog.evaluations():
+    detector.update(row["step"], row)
+  validator = Validator(the_run.model, the_run.latent_space, diffusion_cfg, the_run.eval_batches,
+                        scale=config.data.scale, sampler_steps=train_cfg.eval_steps,
+                        seed=config.seed)
+  bicubic = validator.bicubic()
+  writer = metric_writers.create_default_writer(stage_dir, just_logging=not is_lead)
+  step_fn = jax.jit(
+      make_train_step(the_run.model, the_run.latent_space, tx, diffusion_cfg,
+                      scale=config.data.scale, cond_dropout=config.tags.dropout_prob,
+                      ema_decay=opt_cfg.ema_decay),
+      in_shardings=(shardings, pipeline.batch_sharding(the_run.mesh)),
+      out_shardings=(shardings, sharding.replicated(the_run.mesh)), donate_argnums=0)
+  report = periodic_actions.ReportProgress(num_train_steps=stage_cfg.max_steps, writer=writer)
+  guard = _DivergenceGuard(train_cfg.guard, enabled=previous is not None)
+
+  def evaluate_and_save(step, state):
+    val, sr = validator(state.ema_params)
+    row = {"step": step, **val, **bicubic, "train/lr_scale": float(state.lr_scale)}
+    mlog.append(row)
+    writer.write_scalars(step, row)
+    writer.write_images(step, {"val/lr_bicubic_sr_hr": validator.image_grid(sr)})
+    ckpts.save(step, state, data_iter, val)
+    log.info("stage %s step %d: %s", name, step, ", ".join(
+        f"{k}={v:.4f}" for k, v in val.items()))
+    return detector.update(step, val), val
+
+  step = int(state.step)
+  decision = detector.decision
+  if latest is None:
+    decision, first = evaluate_and_save(0, state)
+    guard.start(first)
+  elif mlog.evaluations():
+    guard.start(mlog.evaluations()[0])
+  with jax.set_mesh(the_run.mesh), nn.logical_axis_rules(the_run.rules):
+    while step < stage_cfg.max_steps and not (stage_cfg.esgf and decision.fired):
+      batch = pipeline.make_global_batch(next(data_iter), the_run.mesh)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      report(step)
+      if step % train_cfg.log_every == 0:
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        writer.write_scalars(step, scalars)
+        mlog.append({"step": step, **scalars})
+      if int(state.consecutive_skips) >= train_cfg.max_consecutive_skips:
+        good = ckpts.latest_step()
+        if good is None:
+          raise UserError(f"stage {name}: {train_cfg.max_consecutive_skips} consecutive "
+                          "non-finite steps before the first checkpoint")
+        log.warning("stage %s: %d consecutive non-finite steps at step %d; restoring checkpoint "
+                    "%d", name, int(state.consecutive_skips), step, good)
+        state, _ = ckpts.restore(good, abstract, data_iter)
+        step = int(state.step)
+        continue
+      if step % train_cfg.eval_every == 0 or step == stage_cfg.max_steps:
+        decision, val = evaluate_and_save(step, state)
+        if guard.collapsed(val):
+          state = guard.roll_back(state, start_params, tx, shardings, name, step)
+  ckpts.wait()
+  if stage_cfg.esgf and decision.fired:
+    knee_step, reason, fired = decision.knee_step, decision.reason, True
+  else:
+    knee_step, fired = ckpts.latest_step(), False
+    reason = f"step budget {stage_cfg.max_steps} reached ({decision.reason})"
+  knee_state, _ = ckpts.restore(knee_step, abstract)
+  ckpts.close()
+  writer.flush()
+  if is_lead:
+    records = [(r["step"], r) for r in mlog.evaluations()]
+    esgf.plot_curves(records, decision, config.esgf, stage_dir / "knee.png",
+                     title=f"stage {name}: {reason}")
+    write_json(stage_dir / "result.json", {"knee_step": knee_step, "reason": reason,
+                                           "fired": fired, "final_step": step})
+  log.info("stage %s ends at step %d; next stage starts from step %d (%s)", name, step,
+           knee_step, reason)
+  return StageResult(name, knee_step, reason, fired, jax.device_get(knee_state.ema_params))
+
+
+class _DivergenceGuard:
+  """After a branch: when validation PSNR falls `psnr_drop_db` below the stage's first value
+  (a collapse, as the paper saw when fine-tuning from a late checkpoint), roll back to the
+  branch point and multiply the learning rate by `lr_factor`, at most `max_rollbacks` times."""
+
+  def __init__(self, cfg, enabled: bool):
+    self.cfg, self.enabled, self.first, self.rollbacks = cfg, enabled and cfg.enabled, None, 0
+
+  def start(self, first_eval: dict):
+    self.first = first_eval.get("val/psnr_y")
+
+  def collapsed(self, val: dict) -> bool:
+    if not self.enabled or self.first is None or self.rollbacks >= self.cfg.max_rollbacks:
+      return False
+    psnr = val.get("val/psnr_y", float("nan"))
+    return not np.isfinite(psnr) or psnr < self.first - self.cfg.psnr_drop_db
+
+  def roll_back(self, state, start_params, tx, shardings, name, step):
+    self.rollbacks += 1
+    lr_scale = float(state.lr_scale) * self.cfg.lr_factor
+    log.warning("stage %s step %d: validation collapsed; rolling back to the branch point with "
+                "learning-rate scale %.3g", name, step, lr_scale)
+    params = jax.device_put(start_params, shardings.params)
+    return state.replace(params=params, ema_params=params,
+                         opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
+                         lr_scale=jnp.asarray(lr_scale, jnp.float32),
+                         consecutive_skips=jnp.zeros((), jnp.int32))

@@ -1,0 +1,42 @@
+"""Optimizer from the config: AdamW or Adafactor (CAME-like factored moments), warmup, clipping."""
+
+import ml_collections
+import optax
+
+
+def default_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      name="adamw",          # "adamw" | "adafactor" (factored second moment, like CAME)
+      learning_rate=1e-4,
+      warmup_steps=100,
+      schedule="constant",   # "constant" | "cosine" (decays over the stage's step budget)
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip=1.0,         # global-norm clipping; 0 disables
+      ema_decay=0.999,       # EMA of params, used for evaluation
+  ))
+
+
+def learning_rate_schedule(cfg, total_steps: int):
+  warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
+  if cfg.schedule == "constant":
+    after = optax.constant_schedule(cfg.learning_rate)
+  elif cfg.schedule == "cosine":
+    after = optax.cosine_decay_schedule(cfg.learning_rate,
+                                        max(total_steps - cfg.warmup_steps, 1))
+  else:
+    raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
+  return optax.join_schedules([warmup, after], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+  lr = learning_rate_schedule(cfg, total_steps)
+  if cfg.name == "adamw":
+    opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  elif cfg.name == "adafactor":
+    opt = optax.adafactor(lr, weight_decay_rate=cfg.weight_decay or None)
+  else:
+    raise ValueError(f"optimizer.name must be 'adamw' or 'adafactor', got {cfg.name!r}")
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt) if cfg.grad_clip else opt

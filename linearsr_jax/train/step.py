@@ -1,0 +1,57 @@
+"""One training step: encode, flow-matching loss over all experts, guarded update, EMA.
+
+A non-finite loss or gradient norm leaves params, EMA and optimizer state untouched (the step
+counter and RNG still advance, so the data stream stays in sync) and counts the skip.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from linearsr_jax.diffusion import experts
+from linearsr_jax.inference.resize import upsample_bicubic
+
+
+def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_dropout: float,
+                    ema_decay: float):
+  """train_step(state, batch) -> (state, metrics); pure, for jax.jit with donated state.
+
+  batch: 'hr' [B, H, W, 3], 'lr' [B, H/s, W/s, 3] in [-1, 1], 'tag_ids', 'tag_mask'.
+  """
+  apply_fn = experts.model_apply(model)
+
+  def loss_fn(params, batch, key):
+    key_drop, key_flow = jax.random.split(key)
+    x0 = latent_space.encode(batch["hr"])
+    lr_latent = None
+    if diffusion_cfg.source == "lr":
+      lr_latent = latent_space.encode(upsample_bicubic(batch["lr"], scale))
+    # Condition dropout: an all-False mask selects the learned null condition, which is what
+    # classifier-free guidance later uses as its unconditional branch.
+    keep = ~jax.random.bernoulli(key_drop, cond_dropout, batch["tag_mask"].shape[:1])
+    mask = batch["tag_mask"] & keep[:, None]
+    context = (batch["lr"], batch["tag_ids"], mask)
+    return experts.mixture_loss(apply_fn, params, x0, context, key_flow, diffusion_cfg, lr_latent)
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(state.rng, state.step)
+    (loss, per_expert), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch,
+                                                                         key)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
+    keep_new = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    state = state.replace(
+        step=state.step + 1, params=keep_new(params, state.params),
+        ema_params=keep_new(ema, state.ema_params), opt_state=keep_new(opt_state, state.opt_state),
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1))
+    metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
+               "train/skipped": state.skipped, "train/finite": finite}
+    metrics.update({f"train/loss_expert{i}": per_expert[i] for i in range(per_expert.shape[0])})
+    return state, metrics
+
+  return train_step
