@@ -1,6 +1,7 @@
 """Encode / decode time and peak memory vs image size, tiled vs untiled, for the latent spaces.
 
     .venv/bin/python bench/autoencoder.py [--pixel-sizes 512 1024 2048 4096] [--dcae-sizes 256 512]
+        [--dcae-tiled-sizes 512] [--dcae-tile 288 64] [--dcae-ops encode decode]
 
 Every case runs in its own process so its peak RSS (getrusage ru_maxrss) is its own; the table
 shows the peak and its growth over the process before the operation (model and input already
@@ -108,6 +109,7 @@ def main():
   parser.add_argument("--pixel-sizes", type=int, nargs="*", default=[512, 1024, 2048, 4096])
   parser.add_argument("--dcae-sizes", type=int, nargs="*", default=[256, 512])
   parser.add_argument("--dcae-tiled-sizes", type=int, nargs="*", default=[512])
+  parser.add_argument("--dcae-ops", nargs="*", default=["encode", "decode"])
   tile_args = dict(type=int, nargs=2, metavar=("TILE", "OVERLAP"))
   parser.add_argument("--pixel-tile", default=[512, 64], **tile_args)
   parser.add_argument("--dcae-tile", default=[288, 64], **tile_args)
@@ -125,10 +127,10 @@ def main():
                      overlap=args.pixel_tile[1]) for op in ("encode", "decode")]
   for size in args.dcae_sizes:
     cases += [dict(space="dcae", op=op, size=size, tiled=False, tile=0, overlap=0)
-              for op in ("encode", "decode")]
+              for op in args.dcae_ops]
   for size in args.dcae_tiled_sizes:
     cases += [dict(space="dcae", op=op, size=size, tiled=True, tile=args.dcae_tile[0],
-                   overlap=args.dcae_tile[1]) for op in ("encode", "decode")]
+                   overlap=args.dcae_tile[1]) for op in args.dcae_ops]
 
   print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
   print("| space | op | image | tiles (px) | time s | peak RSS MiB | growth MiB |")
