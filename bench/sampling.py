@@ -4,8 +4,8 @@ nothing), and the whole 20-step sampler wall time per solver, with and without g
   .venv/bin/python bench/sampling.py [--batch 1] [--size 128] [--repeats 5]
 
 Prints a markdown table. Times are the minimum of `repeats` runs after one compile run (the
-minimum is the least disturbed by other processes on a shared machine); the one-step pair is
-timed interleaved so both see the same load.
+minimum is the least disturbed by other processes on a shared machine); the rows are timed
+interleaved so all see the same load.
 """
 
 import argparse
@@ -70,8 +70,7 @@ def main():
   rows += [("sampler", 1, "dpm++2m", 1.0, 20)]
   rows += [("sampler", 4, s, g, 20) for s, g in (("dpm++2m", 1.0), ("dpm++2m", 4.5),
                                                  ("euler", 1.0), ("heun", 1.0))]
-  one_step = _min_seconds([sampler(*row[1:]) for row in rows[:2]], 4 * args.repeats)
-  seconds = one_step + [_min_seconds([sampler(*row[1:])], args.repeats)[0] for row in rows[2:]]
+  seconds = _min_seconds([sampler(*row[1:]) for row in rows], args.repeats)
   for (what, num_experts, solver, guidance, steps), s in zip(rows, seconds):
     nfe = steps * (2 if solver == "heun" else 1)
     print(f"| {what} | {num_experts} | {solver} | {guidance:g} | {steps} | {nfe} | "
