@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("linearsr_jax.train.cli_train", "train all stages of a config, ESGF included"),
     "import": ("linearsr_jax.interop.cli_import", "import weights from the PyTorch ecosystem"),
     "export": ("linearsr_jax.interop.cli_export", "export params for conversion"),
+    "upscale": ("linearsr_jax.inference.cli_upscale", "super-resolve images of any size"),
     "eval": ("linearsr_jax.evaluate.cli_eval", "score SR images against HR references"),
     "data": ("linearsr_jax.data.cli_data", "image folder -> TFDS dataset, or seeded LR/HR pairs"),
     "knee": ("linearsr_jax.train.cli_knee", "find the ESGF knee in a run's validation curves"),

@@ -2,6 +2,7 @@
 
   linearsr eval --hr_dir HR --sr_dir SR --out DIR             # images made by any method
   linearsr eval --hr_dir HR --lr_dir LR --scale 4 --out DIR   # the bicubic baseline row
+  linearsr eval --hr_dir HR --lr_dir LR --checkpoint RUN --out DIR   # a trained model
 
 Writes DIR/per_image.csv, DIR/summary.json and DIR/table.md. Exit code 0 when every pair
 was scored, 1 when some were not (each is listed with its reason), 2 on bad arguments.
@@ -21,9 +22,18 @@ def add_arguments(parser):
                       help="images to score, made by any method")
   source.add_argument("--lr_dir", type=Path, metavar="DIR",
                       help="LR images: scores their bicubic up-sampling (the baseline row)")
-  # Not yet: `--checkpoint DIR` (with sampler options) to super-resolve --lr_dir with a model
-  # instead of bicubic; run() would pass the model's lr -> sr function to evaluate_pairs in
-  # place of bicubic_upscaler.
+  model = parser.add_argument_group("a trained model instead of bicubic (with --lr_dir)")
+  model.add_argument("--checkpoint", help="run dir, stage dir or checkpoint step dir")
+  model.add_argument("--stage", help="stage of the run (default: the last one)")
+  model.add_argument("--step", type=int, help="checkpoint step (default: the stage's knee)")
+  model.add_argument("--raw", action="store_true", help="raw params instead of the EMA")
+  model.add_argument("--steps", type=int, help="sampler steps (default: the config's)")
+  model.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
+  model.add_argument("--seed", type=int, default=0)
+  model.add_argument("--tags", help="comma-separated tags for every image (default: none)")
+  model.add_argument("--tile", type=int, default=128, help="LR tile size in pixels")
+  model.add_argument("--overlap", type=int, default=32, help="LR tile overlap in pixels")
+  model.add_argument("--color_fix", choices=["wavelet", "adain", "none"], default="none")
   parser.add_argument("--scale", type=int, default=4, metavar="N",
                       help="up-sampling factor for --lr_dir (default 4)")
   parser.add_argument("--out", required=True, type=Path, metavar="DIR",
@@ -40,6 +50,24 @@ def add_arguments(parser):
   parser.add_argument("--label", help="method name in the table (default: the folder name, "
                                       "or 'bicubic' with --lr_dir)")
   parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+
+
+def _model_upscaler(args):
+  """(lr -> sr function, description) of a trained checkpoint."""
+  from linearsr_jax.data.tag_sources import split_tags
+  from linearsr_jax.inference.trained import load_trained
+  from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
+
+  trained = load_trained(args.checkpoint, args.stage, args.step, ema=not args.raw)
+  upscaler = Upscaler(trained, UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance,
+                                              args.seed, args.color_fix))
+  if upscaler.scale != args.scale:
+    raise UserError(f"the checkpoint upscales x{upscaler.scale}, but --scale is {args.scale}")
+  tags = split_tags(args.tags) if args.tags else []
+  described = (f"{trained.stage} step {trained.step} ({'raw' if args.raw else 'EMA'}, "
+               f"{trained.num_experts} expert(s)), steps {args.steps or trained.diffusion.sampler.steps}"
+               f", guidance {args.guidance}, seed {args.seed}, color fix {args.color_fix}")
+  return (lambda lr: upscaler(lr, tags)), described
 
 
 def _metric_names(text):
@@ -59,8 +87,14 @@ def run(args) -> int:
     raise UserError("--crop_border must be >= 0")
   if args.out.exists() and not args.out.is_dir():
     raise UserError(f"--out {args.out} is a file, not a folder")
-  if args.lr_dir is not None:
+  if args.checkpoint is not None:
+    if args.lr_dir is None:
+      raise UserError("--checkpoint needs --lr_dir (the model super-resolves the LR images)")
+    super_resolve, upsampler = _model_upscaler(args)
+    source_dir, label = args.lr_dir, args.label or "linearsr"
+  elif args.lr_dir is not None:
     source_dir, super_resolve = args.lr_dir, evaluate.bicubic_upscaler(args.scale)
+    upsampler = f"bicubic x{args.scale} (MATLAB imresize), rounded to 8 bits"
     label = args.label or "bicubic"
   else:
     source_dir, super_resolve = args.sr_dir, None
@@ -78,8 +112,7 @@ def run(args) -> int:
   settings = {
       "hr_dir": str(args.hr_dir),
       "sr_dir" if args.lr_dir is None else "lr_dir": str(source_dir),
-      "upsampler": None if args.lr_dir is None else
-                   f"bicubic x{args.scale} (MATLAB imresize), rounded to 8 bits",
+      "upsampler": None if args.lr_dir is None else upsampler,
       "crop_border": args.crop_border,
       "metrics": {n: metrics.METRICS[n].convention for n in names},
       "extra_scores": str(args.extra_scores) if args.extra_scores else None,

@@ -11,6 +11,7 @@ the same shape, so a jitted `fn` compiles once. `fn` may change the resolution b
 size: reflection-pad to a multiple of the latent factor, then crop back to the input size.
 """
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -55,15 +56,16 @@ def window_1d(length: int, ramp: int, kind: str) -> np.ndarray:
   raise UserError(f"unknown tile window {kind!r} ({', '.join(WINDOWS)})")
 
 
-def tiled_map(fn, x, tile, overlap, scale=1, window: str = "gaussian") -> np.ndarray:
+def tiled_map(fn, x, tile, overlap, scale=1, window: str = "gaussian",
+              align: int = 1) -> np.ndarray:
   """Applies `fn` tile by tile: x [B, H, W, C] -> [B, H·scale, W·scale, C'] (float32 NumPy).
 
   `tile`, `overlap` (int or (h, w)) are in units of `x`. Tile starts, tile sizes and H, W
   must map to whole output samples: multiples of scale's denominator (the latent factor when
-  encoding).
+  encoding), and of `align` when `fn` needs more (an SR tile must fill whole latent cells).
   """
   scale = Fraction(scale).limit_denominator(1 << 16)
-  align = scale.denominator
+  align = math.lcm(scale.denominator, align)
   x = np.asarray(x)
   b, h, w = x.shape[:3]
   (tile_h, tile_w), (over_h, over_w) = _pair(tile), _pair(overlap)

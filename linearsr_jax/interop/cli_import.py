@@ -32,7 +32,8 @@ def run(args) -> int:
     print(f"imported a {cfg.depth}-block, width-{cfg.hidden} transformer into {args.out}")
   else:
     from linearsr_jax.interop.diffusers_vae import import_autoencoder_dc
+    from linearsr_jax.models.autoencoder import PARAMS_KIND
     config, params = import_autoencoder_dc(args.src, args.config_json)
-    params_io.save_params_dir(args.out, "dcae", config, params, args.overwrite)
+    params_io.save_params_dir(args.out, PARAMS_KIND, config, params, args.overwrite)
     print(f"imported an AutoencoderDC into {args.out}")
   return 0

@@ -1,0 +1,94 @@
+"""Loading a trained model for the tools: a run workdir, a stage, or one checkpoint step.
+
+    trained = load_trained("runs/demo")                      # last stage, its knee checkpoint
+    trained = load_trained("runs/demo", stage="pretrain", step=400, ema=False)
+    trained = load_trained("runs/demo/moe/checkpoints/350")  # one step directory
+
+The run's resolved config.json rebuilds the model, latent space and sampler settings; the
+params are restored from Orbax without needing the training state's structure in advance.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from linearsr_jax.errors import UserError
+from linearsr_jax.models.dit import DiTConfig
+from linearsr_jax.models.latent_space import make_latent_space
+from linearsr_jax.models.sr_model import SRModel, TagsConfig
+
+
+@dataclasses.dataclass
+class Trained:
+  config: ml_collections.ConfigDict
+  stage: str
+  step: int
+  model: SRModel
+  params: dict                       # experts stacked on the leading axis
+  latent_space: object
+  diffusion: ml_collections.ConfigDict  # with this stage's number of experts
+
+  @property
+  def num_experts(self) -> int:
+    return jax.tree.leaves(self.params)[0].shape[0]
+
+
+def _resolve(path: Path, stage, step):
+  """(run dir, stage name, step) from any of: run dir, stage dir, step dir."""
+  if (path / "_CHECKPOINT_METADATA").exists() or (path / "state").is_dir():
+    step_dir = path
+    return step_dir.parents[2], step_dir.parents[1].name, int(step_dir.name)
+  if (path / "stage.json").exists():
+    return _resolve_stage(path.parent, path.name, step)
+  if (path / "config.json").exists():
+    if stage is None:
+      names = [s.strip() for s in json.loads((path / "config.json").read_text())
+               ["stage_order"].split(",")]
+      done = [n for n in names if (path / n / "checkpoints").is_dir()]
+      if not done:
+        raise UserError(f"{path}: the run has no checkpoints yet")
+      stage = done[-1]
+    return _resolve_stage(path, stage, step)
+  raise UserError(f"{path}: not a linearsr run, stage or checkpoint directory")
+
+
+def _resolve_stage(run_dir: Path, stage: str, step):
+  stage_dir = run_dir / stage
+  if not (stage_dir / "checkpoints").is_dir():
+    raise UserError(f"{stage_dir}: no checkpoints (stages: "
+                    f"{', '.join(p.name for p in run_dir.iterdir() if (p / 'stage.json').exists())})")
+  if step is None:
+    result = stage_dir / "result.json"
+    if result.exists():
+      step = json.loads(result.read_text())["knee_step"]
+    else:
+      steps = [int(p.name) for p in (stage_dir / "checkpoints").iterdir() if p.name.isdigit()]
+      if not steps:
+        raise UserError(f"{stage_dir}: no finished checkpoint")
+      step = max(steps)
+  return run_dir, stage, int(step)
+
+
+def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
+  path = Path(path)
+  if not path.exists():
+    raise UserError(f"{path}: no such checkpoint or run directory")
+  run_dir, stage, step = _resolve(path, stage, step)
+  step_dir = run_dir / stage / "checkpoints" / str(step)
+  if not (step_dir / "state").is_dir():
+    raise UserError(f"{step_dir}: no such checkpoint")
+  config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+  try:
+    state = ocp.StandardCheckpointer().restore(step_dir / "state")
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    raise UserError(f"{step_dir}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
+  params = state["ema_params" if ema else "params"]
+  model = SRModel(DiTConfig.from_dict(config.model.to_dict()), TagsConfig.from_config(config.tags))
+  diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
+  diffusion.experts.num_experts = jax.tree.leaves(params)[0].shape[0]
+  return Trained(config, stage, step, model, params, make_latent_space(config.latent),
+                 diffusion)
