@@ -13,8 +13,12 @@ $(BIN)/.installed: requirements.txt requirements-test.txt requirements-nodeps.tx
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: install test
+.PHONY: install test demo
 install: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
+
+# Trains the tiny config on the embedded photographs, ESGF, experts, eval, upscale: runs/demo/.
+demo: $(BIN)/.installed
+	$(BIN)/linearsr demo --workdir runs/demo

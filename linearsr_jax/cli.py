@@ -12,6 +12,7 @@ from linearsr_jax.errors import UserError
 
 # name -> (module, one-line help). A module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = {
+    "demo": ("linearsr_jax.demo", "train, find the knee, branch to experts, evaluate, upscale"),
     "train": ("linearsr_jax.train.cli_train", "train all stages of a config, ESGF included"),
     "import": ("linearsr_jax.interop.cli_import", "import weights from the PyTorch ecosystem"),
     "export": ("linearsr_jax.interop.cli_export", "export params for conversion"),

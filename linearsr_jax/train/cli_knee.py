@@ -8,7 +8,10 @@ Prints the decision, the reason per metric and the checkpoint steps ESGF would k
 code 0 whether or not a knee is found (the answer is in the output), 2 on bad arguments.
 """
 
+import json
 from pathlib import Path
+
+import ml_collections
 
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import esgf
@@ -21,18 +24,26 @@ def add_arguments(parser):
   source.add_argument("--metrics_file", type=Path, help="a metrics.jsonl file directly")
   parser.add_argument("--stage", help="stage sub-folder of --workdir (e.g. pretrain)")
   parser.add_argument("--plot", type=Path, help="write a PNG of the curves and the knee")
+  # Unset options keep the run's own ESGF settings (its config.json), else the defaults.
   defaults = esgf.default_config()
-  parser.add_argument("--metrics", default=defaults.metrics,
-                      help="NAME:max|min pairs, comma-separated (default: %(default)s)")
-  parser.add_argument("--combine", choices=esgf.COMBINE_RULES, default=defaults.combine,
-                      help="fire when all / any of the metrics confirm (default: %(default)s)")
-  parser.add_argument("--patience", type=int, default=defaults.patience,
-                      help="evaluations after the knee (default: %(default)s)")
-  parser.add_argument("--min_delta", type=float, default=defaults.min_delta,
-                      help="significant improvement, a fraction of the gain so far "
-                           "(default: %(default)s)")
-  parser.add_argument("--min_points", type=int, default=defaults.min_points,
-                      help="evaluations before deciding (default: %(default)s)")
+  parser.add_argument("--metrics", help=f"NAME:max|min pairs, comma-separated "
+                                        f"(default: the run's, else {defaults.metrics})")
+  parser.add_argument("--combine", choices=esgf.COMBINE_RULES,
+                      help="fire when all / any of the metrics confirm")
+  parser.add_argument("--patience", type=int, help="evaluations after the knee")
+  parser.add_argument("--min_delta", type=float,
+                      help="significant improvement, a fraction of the gain so far")
+  parser.add_argument("--min_points", type=int, help="evaluations before deciding")
+
+
+def run_esgf_config(workdir):
+  """The `esgf` section of the run's resolved config.json, over the defaults."""
+  config = esgf.default_config()
+  path = workdir / "config.json" if workdir is not None else None
+  if path is not None and path.is_file():
+    saved = json.loads(path.read_text()).get("esgf", {})
+    config.update(ml_collections.ConfigDict(saved))
+  return config
 
 
 def metrics_path(workdir, stage=None, metrics_file=None) -> Path:
@@ -56,9 +67,10 @@ def run(args) -> int:
   if args.stage and args.workdir is None:
     raise UserError("--stage needs --workdir")
   path = metrics_path(args.workdir, args.stage, args.metrics_file)
-  config = esgf.default_config()
-  config.update(metrics=args.metrics, combine=args.combine, patience=args.patience,
-                min_delta=args.min_delta, min_points=args.min_points)
+  config = run_esgf_config(args.workdir)
+  given = {k: getattr(args, k) for k in ("metrics", "combine", "patience", "min_delta",
+                                          "min_points") if getattr(args, k) is not None}
+  config.update(given)
   esgf.validate_config(config)
   records, ignored = esgf.read_metrics_jsonl(path)
   decision = esgf.detect(records, config)
