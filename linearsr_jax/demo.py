@@ -26,6 +26,8 @@ def add_arguments(parser):
   parser.add_argument("--config", default=str(Path(configs.__file__).parent / "tiny.py"))
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override for training, e.g. --set stages.pretrain.max_steps=50")
+  parser.add_argument("--heldout_crop", type=int, default=0,
+                      help="center-crop the held-out photos to this HR size (0: whole photos)")
 
 
 def _cli(*argv) -> int:
@@ -84,7 +86,7 @@ def run(args) -> int:
   if _cli("train", "--config", args.config, "--workdir", train_dir, *overrides):
     raise UserError("training failed")
   config, _ = parse_flags(["--config", args.config, "--workdir", str(train_dir), *overrides])
-  config.data.eval.crop_size = 0  # whole held-out photographs
+  config.data.eval.crop_size = args.heldout_crop
   heldout = workdir / "heldout"
   names = write_heldout_pairs(config, heldout)
   scale = config.data.scale
