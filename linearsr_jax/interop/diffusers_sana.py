@@ -246,12 +246,20 @@ def import_transformer(src, config_path=None, seed: int = 0, **overrides):
   return cfg, torch_to_flax(cfg, tensors, lr_stem)
 
 
-def export_transformer(cfg: DiTConfig, params, out_dir, overwrite=False):
-  """Writes a diffusers save_pretrained directory (+ the LR stem file), atomically."""
+def export_transformer(cfg: DiTConfig, params, out_dir, overwrite=False, extra_params=None,
+                       extra_files=None):
+  """Writes a diffusers save_pretrained directory (+ the LR stem file), atomically.
+
+  `extra_params` ({name: subtree}, e.g. the tag encoder) join the LR stem in EXTRA_FILE under
+  their names; `extra_files` ({file name: text}) are written beside.
+  """
   from safetensors.numpy import save_file
   tensors, extra = flax_to_torch(cfg, params)
+  extra.update(params_io.flatten(extra_params or {}))
   with atomic_dir(out_dir, overwrite=overwrite) as tmp:
     save_checkpoint(tmp, diffusers_config(cfg), tensors, CLASS_NAME)
+    for name, text in (extra_files or {}).items():
+      (tmp / name).write_text(text)
     if extra:
       save_file({k: np.ascontiguousarray(v) for k, v in extra.items()}, str(tmp / EXTRA_FILE))
       (tmp / EXTRA_JSON).write_text(json.dumps(
