@@ -5,6 +5,7 @@ locked, with `--config.*` overrides), as big_vision and the Flax examples do.
 """
 
 import logging
+import os
 
 from linearsr_jax.errors import UserError
 
@@ -22,20 +23,40 @@ def parse_flags(argv):
   from absl import flags
   from ml_collections import config_flags
 
+  _check_config_file(argv)
   values = flags.FlagValues()
+  argv = ["linearsr train", *argv]
+  # sys_argv: the override flags are found in these args, not in the process's sys.argv.
   config_flags.DEFINE_config_file("config", None, "config file with get_config()",
-                                  flag_values=values, lock_config=True)
+                                  flag_values=values, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "run directory (resumed when it holds checkpoints)",
                       flag_values=values)
   try:
-    values(["linearsr train", *argv])
+    values(argv)
     config, workdir = values.config, values.workdir
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+  except (KeyError, AttributeError) as e:
+    # config_flags raises these for an override naming no config field, with only the bad
+    # component as the message; name the whole override.
+    key = str(e).strip("\"'")
+    paths = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    bad = [p for p in paths if key in p.split(".")[1:]] or paths
+    raise UserError(f"train: the config has no key {key!r} (in {', '.join(bad)})") from None
+  except (flags.Error, ValueError, TypeError, OSError) as e:
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise UserError(f"train: {message}") from None
   if config is None or not workdir:
     raise UserError("train needs --config FILE and --workdir DIR")
   return config, workdir
+
+
+def _check_config_file(argv):
+  """config_flags defers a missing file's error to the first use of the config; say it now."""
+  for i, arg in enumerate(argv):
+    path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+        argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+    # `file.py:arg` passes an argument to get_config.
+    if path is not None and not os.path.isfile(path.split(":")[0]):
+      raise UserError(f"train: config file {path.split(':')[0]} not found")
 
 
 def run(args) -> int:
@@ -46,7 +67,12 @@ def run(args) -> int:
   config, workdir = parse_flags(args.flags)
   # grain's worker processes read absl flags; ours live in their own FlagValues.
   absl_flags.FLAGS.mark_as_parsed()
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  # force: importing the config (TensorFlow via the data pipeline) already put a handler on the
+  # root logger, which left our INFO lines ("resumed from checkpoint" ...) unprinted. Libraries
+  # (Orbax, grain) stay at WARNING.
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
+                      force=True)
+  logging.getLogger("linearsr_jax").setLevel(logging.INFO)
   distributed.maybe_initialize()
   results = loop.run(config, workdir)
   for r in results:
