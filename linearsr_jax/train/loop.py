@@ -251,8 +251,9 @@ def train_stage(the_run: Run, name: str, index: int, previous):
   writer.flush()
   if is_lead:
     records = [(r["step"], r) for r in mlog.evaluations()]
+    ending = f"ESGF knee at step {knee_step}" if fired else f"step budget {stage_cfg.max_steps}"
     esgf.plot_curves(records, decision, config.esgf, stage_dir / "knee.png",
-                     title=f"stage {name}: {reason}")
+                     title=f"stage {name}: {ending}")
     write_json(stage_dir / "result.json", {"knee_step": knee_step, "reason": reason,
                                            "fired": fired, "final_step": step})
   log.info("stage %s ends at step %d; next stage starts from step %d (%s)", name, step,
