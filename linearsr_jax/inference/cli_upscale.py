@@ -30,6 +30,7 @@ def add_arguments(parser):
   parser.add_argument("--format", choices=["png", "jpg"], default="png")
   parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
   parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+  parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
 
 
 def collect_inputs(inputs) -> list:
@@ -64,7 +65,8 @@ def run(args) -> int:
   inputs = {p.resolve() for p, _ in jobs}
   sidecar = tag_sources.SidecarTags()
   failures, done, skipped = [], 0, 0
-  for path, stem in tqdm(jobs, desc="images", unit="img", file=sys.stderr):
+  for path, stem in tqdm(jobs, desc="images", unit="img", file=sys.stderr,
+                         disable=args.no_progress):
     target = out_dir / f"{stem}_x{upscaler.scale}.{args.format}"
     if target.resolve() in inputs:
       failures.append((path, "output would overwrite an input"))
@@ -77,7 +79,7 @@ def run(args) -> int:
       lr = read_image(path)
       tags = tag_sources.split_tags(args.tags) if args.tags is not None else sidecar(path)
       with tqdm(total=upscaler.tile_count(*lr.shape[:2]), desc=path.name, unit="tile",
-                leave=False, file=sys.stderr) as bar:
+                leave=False, file=sys.stderr, disable=args.no_progress) as bar:
         sr = upscaler(lr, tags, on_tile=lambda: bar.update(1))
       write_image(target, sr, quality=args.quality)
       done += 1

@@ -73,6 +73,18 @@ def _resolve_stage(run_dir: Path, stage: str, step):
   return run_dir, stage, int(step)
 
 
+def _restore_on_one_device(path: Path):
+  """The saved tree, every array on the first local device: the tools run on whatever machine
+  they are given, not on the training mesh the checkpoint was written from."""
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(path)
+  metadata = getattr(metadata, "item_metadata", metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        metadata)
+  return checkpointer.restore(path, target)
+
+
 def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
   path = Path(path)
   if not path.exists():
@@ -83,7 +95,7 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
     raise UserError(f"{step_dir}: no such checkpoint")
   config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
   try:
-    state = ocp.StandardCheckpointer().restore(step_dir / "state")
+    state = _restore_on_one_device(step_dir / "state")
   except (ValueError, FileNotFoundError, KeyError) as e:
     raise UserError(f"{step_dir}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
   params = state["ema_params" if ema else "params"]

@@ -8,6 +8,7 @@ result is deterministic. A colour fix against the upsampled LR image is applied 
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -53,13 +54,14 @@ class Upscaler:
     tags = trained.config.tags
     self.vocab_size, self.max_tokens = tags.vocab_size, tags.max_tokens
 
+  def _tile(self, height: int, width: int) -> tuple[int, int]:
+    """The tile for an (aligned) image: --tile, shrunk to the image along each axis."""
+    return min(self.options.tile, height), min(self.options.tile, width)
+
   def tile_count(self, height: int, width: int) -> int:
     padded = [-(-v // self.align) * self.align for v in (height, width)]
-    tile = min(self.options.tile, min(padded))
-    return (len(tiling.tile_starts(padded[0], min(tile, padded[0]), self.options.overlap,
-                                   self.align))
-            * len(tiling.tile_starts(padded[1], min(tile, padded[1]), self.options.overlap,
-                                     self.align)))
+    return math.prod(len(tiling.tile_starts(size, tile, self.options.overlap, self.align))
+                     for size, tile in zip(padded, self._tile(*padded)))
 
   def __call__(self, lr, tags=(), on_tile=lambda: None):
     from linearsr_jax.models.tags import tokenize_tags
@@ -67,7 +69,7 @@ class Upscaler:
     ids, mask = tokenize_tags(list(tags), self.vocab_size, self.max_tokens)
     ids, mask = jnp.asarray(ids[None]), jnp.asarray(mask[None])
     x = tiling.pad_to_multiple(np.asarray(lr, np.float32)[None] * 2 - 1, self.align)
-    tile = min(self.options.tile, x.shape[1], x.shape[2])
+    tile = self._tile(*x.shape[1:3])
 
     def sr_tile(lr_tile):
       out = self._sr(self.trained.params, jnp.asarray(lr_tile), ids, mask, self.key)

@@ -1,0 +1,194 @@
+"""`linearsr upscale` and `linearsr eval --checkpoint` with a tiny trained run (trained_run.py)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage
+from PIL import Image
+from scipy import ndimage
+
+from linearsr_jax.cli import main
+from linearsr_jax.data.image_io import read_image
+from linearsr_jax.inference import tiling
+from linearsr_jax.inference.trained import load_trained
+from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
+from trained_run import trained_run
+
+REPO = Path(__file__).resolve().parents[1]
+SCALE = 4
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def photo_lr():
+  """A 1500×900 real photograph (astronaut, resized) downscaled ×4 to a 375×225 LR input.
+
+  The LR side is kept at 375×225 (output 1500×900) so the test stays within its time budget;
+  the tile logic is the same as for a 1500×900 LR input.
+  """
+  hr = skimage.transform.resize(skimage.data.astronaut(), (900, 1500), anti_aliasing=True)
+  return skimage.transform.resize(hr, (225, 375), anti_aliasing=True).astype(np.float32)
+
+
+def tile_edges(size, tile, overlap):
+  """Output positions where an LR tile starts or ends inside the image."""
+  starts = tiling.tile_starts(size, tile, overlap)
+  edges = {s for s in starts if s > 0} | {s + tile for s in starts if s + tile < size}
+  return sorted(e * SCALE for e in edges)
+
+
+def seam_ratio(tiled, untiled, edges_y, edges_x):
+  """Mean |gradient of the error| across tile edges over the mean elsewhere (as test_tiling.py).
+
+  Tiled and untiled sampling draw different noise, so their error is mostly pixel noise; it is
+  smoothed (Gaussian, sigma 4 px) first, which keeps a seam's step and averages the noise out.
+  """
+  error = ndimage.gaussian_filter((tiled - untiled).mean(-1), 4)
+  ratios = []
+  for axis, edges in ((0, edges_y), (1, edges_x)):
+    per_step = np.abs(np.diff(error, axis=axis)).mean(axis=1 - axis)
+    at_edge = np.zeros(per_step.shape, bool)
+    at_edge[[e - 1 for e in edges]] = True   # the step from pixel e-1 to e crosses edge e
+    ratios.append(per_step[at_edge].mean() / per_step[~at_edge].mean())
+  return max(ratios)
+
+
+def test_tiled_photo_has_the_right_size_and_no_seam(run_dir, photo_lr):
+  trained = load_trained(run_dir)
+  assert trained.num_experts == 4
+  tile, overlap = 128, 32
+  tiled = Upscaler(trained, UpscaleOptions(tile=tile, overlap=overlap, color_fix="none"))
+  assert tiled.tile_count(225, 375) == 3 * 4   # starts y: 0, 96, 97; x: 0, 96, 192, 247
+  out = tiled(photo_lr)
+  assert out.shape == (900, 1500, 3) and out.dtype == np.float32
+  untiled = Upscaler(trained, UpscaleOptions(tile=512, overlap=0, color_fix="none"))
+  assert untiled.tile_count(225, 375) == 1
+  reference = untiled(photo_lr)
+  edges_y, edges_x = tile_edges(225, tile, overlap), tile_edges(375, tile, overlap)
+  assert seam_ratio(out, reference, edges_y, edges_x) < 1.5
+  # the measure sees a seam where there is one: a 1 % step at every tile edge
+  stepped = out.copy()
+  for e in edges_x:
+    stepped[:, e:] += 0.01
+  assert seam_ratio(stepped, reference, edges_y, edges_x) > 3
+
+
+_MEMORY_CHILD = textwrap.dedent("""
+    import json, resource, sys
+    from linearsr_jax.cli import main
+    code = main(["upscale", *sys.argv[1:], "--no_progress"])
+    print(json.dumps({"code": code, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+
+def test_peak_memory_of_a_tiled_photo_in_a_subprocess(tmp_path, run_dir, photo_lr):
+  # Stated bound: upscaling the 375×225 photo (1500×900 output) in 128 px LR tiles peaks under
+  # 1.5 GiB resident for the whole process (JAX runtime and compiled sampler included; the
+  # float32 output, weight map and colour-fix buffers are ~50 MiB).
+  Image.fromarray((photo_lr * 255).round().astype(np.uint8)).save(tmp_path / "photo.png")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(tmp_path / "photo.png"),
+                         "--checkpoint", str(run_dir), "--out", str(tmp_path / "out"),
+                         "--tile", "128", "--overlap", "32"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["code"] == 0
+  assert read_image(tmp_path / "out" / "photo_x4.png").shape == (900, 1500, 3)
+  assert result["peak_mib"] <= 1536, result
+
+
+def digest(folder):
+  return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+  """Good images (one in a sub-folder), a corrupt PNG, a text file named .jpg, an RGBA PNG."""
+  src = tmp_path / "in"
+  (src / "sub").mkdir(parents=True)
+  photo = skimage.transform.resize(skimage.data.coffee(), (20, 28), anti_aliasing=True)
+  photo8 = (photo * 255).round().astype(np.uint8)
+  Image.fromarray(photo8).save(src / "good.png")
+  Image.fromarray(photo8[:16, :12]).save(src / "sub" / "small.jpg", quality=90)
+  (src / "corrupt.png").write_bytes((src / "good.png").read_bytes()[:60])
+  (src / "notes.jpg").write_text("not an image\n")
+  rgba = np.dstack([photo8, np.full(photo8.shape[:2], 128, np.uint8)])
+  Image.fromarray(rgba, "RGBA").save(src / "alpha.png")
+  return src
+
+
+def run_cli(*args):
+  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.cli", *map(str, args)], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_folder_with_bad_files(tmp_path, run_dir, messy_folder):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "alpha_x4.png").write_bytes(b"an existing output")
+  before = digest(messy_folder)
+  code, stdout, stderr = run_cli("upscale", messy_folder, "--checkpoint", run_dir, "--out", out,
+                                 "--tile", "16", "--overlap", "4", "--no_progress")
+  assert code == 1, stderr
+  assert digest(messy_folder) == before   # inputs untouched
+  assert read_image(out / "good_x4.png").shape == (80, 112, 3)
+  assert read_image(out / "sub" / "small_x4.png").shape == (64, 48, 3)
+  assert (out / "alpha_x4.png").read_bytes() == b"an existing output"   # skipped
+  assert "corrupt.png" in stderr and "notes.jpg" in stderr and "skip" in stderr
+  assert "upscaled 2, skipped 1 existing, failed 2" in stdout
+  assert sorted(p.name for p in out.rglob("*")) == ["alpha_x4.png", "good_x4.png", "small_x4.png",
+                                                    "sub"]   # no temporary files left
+  # --overwrite replaces the existing output; with only good inputs the exit code is 0
+  assert main(["upscale", str(messy_folder / "alpha.png"), str(messy_folder / "good.png"),
+               "--checkpoint", str(run_dir), "--out", str(out), "--tile", "16", "--overlap",
+               "4", "--overwrite", "--no_progress"]) == 0
+  assert read_image(out / "alpha_x4.png").shape == (80, 112, 3)
+  assert digest(messy_folder) == before
+
+
+def test_output_over_an_input_is_refused(tmp_path, run_dir, messy_folder, capsys):
+  target = messy_folder / "good_x4.png"
+  target.write_bytes((messy_folder / "good.png").read_bytes())
+  before = digest(messy_folder)
+  assert main(["upscale", str(messy_folder / "good.png"), str(target), "--checkpoint",
+               str(run_dir), "--out", str(messy_folder), "--overwrite", "--tile", "16",
+               "--overlap", "4", "--no_progress"]) == 1
+  assert "would overwrite an input" in capsys.readouterr().err
+  assert digest(messy_folder) == {**before, Path("good_x4_x4.png"): digest(messy_folder)
+                                  [Path("good_x4_x4.png")]}
+
+
+def test_eval_with_a_checkpoint_on_realsr_pairs(tmp_path, run_dir):
+  bench = REPO.parent / "shared" / "benchmarks" / "RealSR"
+  names = sorted(p.name for p in (bench / "LR").iterdir())[:2]
+  for kind in ("LR", "HR"):
+    (tmp_path / kind).mkdir()
+    for name in names:
+      (tmp_path / kind / name).write_bytes((bench / kind / name).read_bytes())
+  out = tmp_path / "report"
+  assert main(["eval", "--checkpoint", str(run_dir), "--lr_dir", str(tmp_path / "LR"),
+               "--hr_dir", str(tmp_path / "HR"), "--out", str(out), "--metrics", "psnr_y,ssim_y",
+               "--no_progress"]) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["scored"] == 2 and summary["label"] == "linearsr"
+  assert "moe step 2" in summary["settings"]["upsampler"]
+  table = (out / "table.md").read_text()
+  assert "linearsr" in table
+  rows = (out / "per_image.csv").read_text().splitlines()
+  assert len(rows) == 3
+  # an almost untrained model on the LR-anchored flow stays near bicubic (RealSR ~ 27 dB)
+  assert 20 < summary["mean"]["psnr_y"] < 35
