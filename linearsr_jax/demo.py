@@ -96,8 +96,9 @@ def run(args) -> int:
                  "--checkpoint", train_dir, "--metrics", EVAL_METRICS,
                  "--out", workdir / "eval" / "ours")
   photo = names[0]
-  status |= _cli("upscale", heldout / "LR" / f"{photo}.png", "--checkpoint", train_dir,
-                 "--out", workdir / "upscale", "--overwrite")
+  if _cli("upscale", heldout / "LR" / f"{photo}.png", "--checkpoint", train_dir,
+          "--out", workdir / "upscale", "--overwrite"):
+    raise UserError("upscaling the held-out photo failed")
   sr_path = workdir / "upscale" / f"{photo}_x{scale}.png"
   grid_path = workdir / f"grid_{photo}.png"
   write_grid(heldout / "LR" / f"{photo}.png", sr_path, heldout / "HR" / f"{photo}.png", grid_path,

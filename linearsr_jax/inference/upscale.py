@@ -54,14 +54,19 @@ class Upscaler:
     tags = trained.config.tags
     self.vocab_size, self.max_tokens = tags.vocab_size, tags.max_tokens
 
-  def _tile(self, height: int, width: int) -> tuple[int, int]:
-    """The tile for an (aligned) image: --tile, shrunk to the image along each axis."""
-    return min(self.options.tile, height), min(self.options.tile, width)
+  def _tile(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(tile, overlap) for an (aligned) image: --tile shrunk to the image along each axis; an
+    axis that one tile covers needs no overlap."""
+    tile = min(self.options.tile, height), min(self.options.tile, width)
+    overlap = tuple(0 if t == size else self.options.overlap
+                    for t, size in zip(tile, (height, width)))
+    return tile, overlap
 
   def tile_count(self, height: int, width: int) -> int:
     padded = [-(-v // self.align) * self.align for v in (height, width)]
-    return math.prod(len(tiling.tile_starts(size, tile, self.options.overlap, self.align))
-                     for size, tile in zip(padded, self._tile(*padded)))
+    tile, overlap = self._tile(*padded)
+    return math.prod(len(tiling.tile_starts(size, t, o, self.align))
+                     for size, t, o in zip(padded, tile, overlap))
 
   def __call__(self, lr, tags=(), on_tile=lambda: None):
     from linearsr_jax.models.tags import tokenize_tags
@@ -69,15 +74,14 @@ class Upscaler:
     ids, mask = tokenize_tags(list(tags), self.vocab_size, self.max_tokens)
     ids, mask = jnp.asarray(ids[None]), jnp.asarray(mask[None])
     x = tiling.pad_to_multiple(np.asarray(lr, np.float32)[None] * 2 - 1, self.align)
-    tile = self._tile(*x.shape[1:3])
+    tile, overlap = self._tile(*x.shape[1:3])
 
     def sr_tile(lr_tile):
       out = self._sr(self.trained.params, jnp.asarray(lr_tile), ids, mask, self.key)
       on_tile()
       return np.asarray(out)
 
-    sr = tiling.tiled_map(sr_tile, x, tile, self.options.overlap, self.scale,
-                          align=self.align)[0]
+    sr = tiling.tiled_map(sr_tile, x, tile, overlap, self.scale, align=self.align)[0]
     sr = np.clip((sr[:h * self.scale, :w * self.scale] + 1) / 2, 0.0, 1.0)
     if self.options.color_fix == "none":
       return sr
