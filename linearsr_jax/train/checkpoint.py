@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import grain
 import jax
+from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -66,12 +67,32 @@ class StageCheckpoints:
     args = {"state": ocp.args.StandardRestore(abstract_state), "metrics": ocp.args.JsonRestore()}
     if data_iter is not None:
       args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    # latest_step() already names a checkpoint whose asynchronous save may still be running.
+    self.wait()
     try:
+      self._check_params(step, abstract_state.params)
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     except (ValueError, KeyError, TypeError) as e:
+      # The run stops here: close first, or Orbax's background threads print tracebacks at exit.
+      self.close()
       raise UserError(f"checkpoint {self.manager.directory}/{step} does not match this model "
                       f"and config: {str(e).splitlines()[0][:300]}") from None
     return restored["state"], dict(restored["metrics"] or {})
+
+  def _check_params(self, step: int, abstract_params):
+    """Names the first param whose saved shape differs from this model's (Orbax's own error
+    gives the shapes but not the param)."""
+    saved = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(self.manager.directory) / str(step) / "state")["params"]
+    saved = {jax.tree_util.keystr(p): tuple(m.shape)
+             for p, m in jax.tree_util.tree_leaves_with_path(saved)}
+    wanted = {jax.tree_util.keystr(p): tuple(a.shape)
+              for p, a in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    for path in sorted(saved.keys() | wanted.keys()):
+      if saved.get(path) != wanted.get(path):
+        raise ValueError(f"params{path} has shape {saved.get(path, 'absent')} in the checkpoint "
+                         f"but {wanted.get(path, 'absent')} in this model (another model, "
+                         "or another number of experts?)")
 
   def wait(self):
     self.manager.wait_until_finished()

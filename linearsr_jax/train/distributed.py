@@ -4,9 +4,12 @@ The launchers in launch/ set the environment; a plain single-process run sets no
 this is a no-op.
 """
 
+import logging
 import os
 
 import jax
+
+log = logging.getLogger(__name__)
 
 
 def maybe_initialize() -> None:
@@ -26,3 +29,7 @@ def maybe_initialize() -> None:
                                process_id=int(os.environ["LINEARSR_PROCESS_ID"]))
   elif os.environ.get("LINEARSR_DISTRIBUTED") == "auto":
     jax.distributed.initialize()
+  else:
+    return
+  log.info("process %d of %d processes, %d local of %d global devices", jax.process_index(),
+           jax.process_count(), jax.local_device_count(), jax.device_count())

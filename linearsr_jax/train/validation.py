@@ -7,6 +7,7 @@ PSNR / SSIM on BT.601 Y and LPIPS (Alex, v0.1) against HR, the same metric code 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from linearsr_jax.evaluate import metrics
 from linearsr_jax.inference.resize import upsample_bicubic
@@ -18,6 +19,12 @@ METRIC_NAMES = ("psnr_y", "ssim_y", "lpips_alex")
 def to_unit(images):
   """[-1, 1] -> [0, 1], the metrics' range."""
   return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+
+
+def on_host(x):
+  """The whole value of a possibly multi-process array, on every host (under the training
+  mesh the sampler's batch is sharded over the processes' devices, so device_get cannot)."""
+  return multihost_utils.process_allgather(x, tiled=True)
 
 
 class Validator:
@@ -38,7 +45,7 @@ class Validator:
     self._score = jax.jit(lambda sr, hr: {n: f(to_unit(sr), to_unit(hr)) for n, f in fns.items()})
 
   def _mean_scores(self, images, prefix):
-    per_image = [jax.device_get(self._score(sr, b["hr"])) for sr, b in zip(images, self.batches)]
+    per_image = [on_host(self._score(sr, b["hr"])) for sr, b in zip(images, self.batches)]
     return {f"val/{prefix}{name}": float(np.mean(np.concatenate([s[name] for s in per_image])))
             for name in per_image[0]}
 
@@ -49,7 +56,7 @@ class Validator:
   def __call__(self, params):
     """(metrics {'val/<name>': mean}, SR images of the first batch in [-1, 1])."""
     images = self.super_resolve(params)
-    return self._mean_scores(images, ""), images[0]
+    return self._mean_scores(images, ""), on_host(images[0])
 
   def bicubic(self):
     """The bicubic baseline on the same pairs, as {'val/bicubic_<name>': mean}."""
