@@ -12,21 +12,24 @@ EMA, the non-finite guard), on one device. FLOPs are XLA's cost analysis of the 
 """
 
 import argparse
+import os
+import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
 
-from bench.common import markdown_table, matmul_gflops, xla_flops
-from configs import sana600m_x4, tiny
-from linearsr_jax import sharding
-from linearsr_jax.models.dit import DiTConfig
-from linearsr_jax.models.latent_space import make_latent_space
-from linearsr_jax.models.sr_model import SRModel, TagsConfig
-from linearsr_jax.train import optimizer
-from linearsr_jax.train.state import create_train_state
-from linearsr_jax.train.step import make_train_step
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import markdown_table, matmul_gflops, xla_flops  # noqa: E402
+from configs import sana600m_x4, tiny  # noqa: E402
+from linearsr_jax import sharding  # noqa: E402
+from linearsr_jax.models.dit import DiTConfig  # noqa: E402
+from linearsr_jax.models.latent_space import make_latent_space  # noqa: E402
+from linearsr_jax.models.sr_model import SRModel, TagsConfig  # noqa: E402
+from linearsr_jax.train import optimizer  # noqa: E402
+from linearsr_jax.train.state import create_train_state  # noqa: E402
+from linearsr_jax.train.step import make_train_step  # noqa: E402
 
 
 def sana_width_config(depth: int):
