@@ -73,6 +73,8 @@ def _select_experts(spec: str, count: int) -> list:
 def load_export(args) -> Export:
   from linearsr_jax.models.dit import DiTConfig
   src = Path(args.src)
+  if not src.is_dir():
+    raise UserError(f"{src}: not a linearsr params directory or training run")
   if (src / params_io.HEADER_FILE).exists():
     config, params = params_io.load_params_dir(src, "dit")
     _select_experts(args.expert, 1)
