@@ -11,13 +11,13 @@ Rows:
   with its LR stem. Sizes not in --sana_sizes are not run: their time is estimated as
   2·params·tokens FLOPs at this machine's measured matmul rate.
 The paper's 1024² figures (H-series GPU) stand beside them. Times are single runs on a shared
-CPU; peak RSS is the child process's ru_maxrss.
+CPU; peak RSS is the child process's VmHWM.
 """
 
 import argparse
 import json
 import os
-import resource
+import re
 import subprocess
 import sys
 import time
@@ -29,7 +29,9 @@ PAPER = ("LinearSR paper (H-series GPU)", "1024²", "—", "—", "0.036", "0.03
 
 
 def _peak_mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  """Peak RSS of this process (VmHWM; ru_maxrss would carry the parent's across execve)."""
+  status = Path("/proc/self/status").read_text()
+  return int(re.search(r"VmHWM:\s*(\d+) kB", status).group(1)) / 1024
 
 
 def _timed(fn):
@@ -123,8 +125,11 @@ def _child(kind, size, extra) -> dict:
                         env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"})
   if proc.returncode:
     last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-    return dict(model=kind, size=size, error=last[:120])
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+    row = dict(model=kind, size=size, error=last[:120])
+  else:
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+  print(json.dumps(row), file=sys.stderr, flush=True)  # progress: each row as it is measured
+  return row
 
 
 def _fmt(value, digits=3):

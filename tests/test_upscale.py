@@ -85,10 +85,13 @@ def test_tiled_photo_has_the_right_size_and_no_seam(run_dir, photo_lr):
 
 
 _MEMORY_CHILD = textwrap.dedent("""
-    import json, resource, sys
+    import json, re, sys
     from linearsr_jax.cli import main
     code = main(["upscale", *sys.argv[1:], "--no_progress"])
-    print(json.dumps({"code": code, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child of a big pytest
+    # process would report the parent's peak.
+    kib = re.search(r"VmHWM:\\s*(\\d+) kB", open("/proc/self/status").read()).group(1)
+    print(json.dumps({"code": code, "peak_mib": int(kib) / 1024}))
 """)
 
 
@@ -97,7 +100,9 @@ def test_peak_memory_of_a_tiled_photo_in_a_subprocess(tmp_path, run_dir, photo_l
   # 1.5 GiB resident for the whole process (JAX runtime and compiled sampler included; the
   # float32 output, weight map and colour-fix buffers are ~50 MiB).
   Image.fromarray((photo_lr * 255).round().astype(np.uint8)).save(tmp_path / "photo.png")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  # a clean environment: nothing that earlier tests or the training run put in os.environ
+  env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
+         "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
   proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(tmp_path / "photo.png"),
                          "--checkpoint", str(run_dir), "--out", str(tmp_path / "out"),
                          "--tile", "128", "--overlap", "32"],
