@@ -68,7 +68,7 @@ def test_bfloat16_compute_tracks_float32_without_nan():
 
 
 def test_sharded_params_follow_logical_rules_and_forward_matches_single_device():
-  cfg = tiny_cfg()
+  cfg = tiny_cfg(scan_layers=True)  # the stacked layout of the large configs
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   inputs = example_inputs(cfg, 4, (8, 8))
   params, shardings = sharding.sharded_init(

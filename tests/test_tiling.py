@@ -144,10 +144,11 @@ def test_bad_tiles_are_user_errors():
     tiling.tiled_map(np.tanh, x, 16, 4, window="hann")
 
 
-# Child process: decode a 2048² image from random latents and report RSS (MiB) before the
-# decode and its peak (ru_maxrss), so the number belongs to this one decode.
+# Child process: decode a 2048² image from random latents and report its peak RSS (MiB) before
+# and after the decode, so the difference belongs to this one decode. VmHWM, not ru_maxrss:
+# Linux keeps ru_maxrss across execve, so the child would report pytest's own peak.
 _MEMORY_CHILD = textwrap.dedent("""
-    import json, resource, sys
+    import json, re, sys
     import numpy as np
     from linearsr_jax.inference import tiling
     from linearsr_jax.models import autoencoder, latent_space
@@ -159,7 +160,9 @@ _MEMORY_CHILD = textwrap.dedent("""
     model = autoencoder.build(cfg)
     space = latent_space.DCAESpace(model, autoencoder.init_params(model, 0))
     latents = np.random.default_rng(0).standard_normal((1, 512, 512, 8), np.float32)
-    mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def mib():
+      status = open("/proc/self/status").read()
+      return int(re.search(r"VmHWM:\\s*(\\d+) kB", status).group(1)) / 1024
     before = mib()
     if sys.argv[1] == "tiled":
       image = tiling.tiled_decode(space, latents, tile=512, overlap=64)
