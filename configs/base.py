@@ -53,8 +53,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       best_metric="val/lpips_alex",
       best_mode="min",
       max_consecutive_skips=5,  # non-finite steps in a row before restoring a checkpoint
-      guard=ml_collections.ConfigDict(dict(enabled=True, psnr_drop_db=3.0, lr_factor=0.5,
-                                           max_rollbacks=2)),
+      guard=ml_collections.ConfigDict(dict(enabled=True, psnr_drop_db=3.0, loss_factor=10.0,
+                                           lr_factor=0.5, max_rollbacks=2)),
   ))
   # pretrain -> 4 SNR experts branched from its knee -> fine-tuning from the experts' knee.
   config.stage_order = "pretrain,moe,finetune"

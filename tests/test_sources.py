@@ -13,7 +13,6 @@ from PIL import Image
 from linearsr_jax.data import image_io, sources, tag_sources
 from linearsr_jax.errors import UserError
 
-REALSR = Path("/work/shared/benchmarks/RealSR")
 
 
 def _rgb(h, w, seed=0):
@@ -136,8 +135,8 @@ def test_paired_folders(tmp_path):
     sources.PairedSource(lr, hr, scale=3)
 
 
-def test_realsr_benchmark_pairs():
-  src = sources.PairedSource(REALSR / "LR", REALSR / "HR")
+def test_realsr_benchmark_pairs(realsr):
+  src = sources.PairedSource(realsr / "LR", realsr / "HR")
   assert len(src) == 100 and src.scale == 4
   record = src[0]
   assert record["lr"].shape[0] * 4 == record["hr"].shape[0]

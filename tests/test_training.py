@@ -24,6 +24,7 @@ import pytest
 from etils import epath
 
 from configs import tiny
+from configs.base import stage_config
 from linearsr_jax import sharding
 from linearsr_jax.data import pipeline
 from linearsr_jax.models.dit import DiTConfig
@@ -296,6 +297,36 @@ def test_loop_restores_last_checkpoint_after_consecutive_skips(tmp_path, monkeyp
   final = restored_state(tmp_path, 7)
   assert int(final["step"]) == 7 and int(final["skipped"]) == 0
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final["params"]))
+
+
+@pytest.mark.parametrize("trigger", ["loss", "psnr"])
+def test_divergence_after_a_branch_rolls_back_to_it_with_a_lower_lr(tmp_path, caplog, trigger):
+  """A fine-tuning stage with a learning rate of 1 diverges at once. The guard must roll back
+  to the branch point (the pretrain knee) with half the learning rate: on the logged training
+  loss, or, with that check off, on the validation PSNR. Each rollback restores the branch
+  params, so the loss right after it is back to its scale before the explosion."""
+  config = small_config(**{"stages.pretrain.max_steps": 3, "stages.pretrain.esgf": False,
+                           "data.batch_size": 8,
+                           "train.guard.max_rollbacks": 1})
+  config.stage_order = "pretrain,finetune"
+  config.stages.finetune = stage_config(1, 6, esgf=False, learning_rate=1.0, warmup_steps=0)
+  if trigger == "psnr":
+    config.train.guard.loss_factor = float("inf")
+  with caplog.at_level(logging.WARNING, logger=loop.__name__):
+    loop.run(config, tmp_path)
+  expected = {"loss": "stage finetune step 2: training loss exploded to",
+              "psnr": "stage finetune step 3: validation PSNR collapsed to"}[trigger]
+  assert expected in caplog.text and caplog.text.count("rolling back to the branch point") == 1
+  rows = [json.loads(l) for l in (tmp_path / "finetune" / "metrics.jsonl").read_text()
+          .splitlines()]
+  loss = {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+  rolled_back_at = 2 if trigger == "loss" else 3
+  assert loss[2] > 10 * loss[1]                       # it did explode
+  assert loss[rolled_back_at + 1] < 10 * loss[1]      # the branch params are back
+  lr_scale = {r["step"]: r["train/lr_scale"] for r in rows if "train/lr_scale" in r}
+  assert lr_scale[0] == 1.0 and lr_scale[6] == 0.5
+  assert json.loads((tmp_path / "finetune" / "stage.json").read_text())["init_from"][
+      "knee_step"] == 3
 
 
 # ---------------------------------------------------------------------- two processes, gloo

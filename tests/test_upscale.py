@@ -177,8 +177,8 @@ def test_output_over_an_input_is_refused(tmp_path, run_dir, messy_folder, capsys
                                   [Path("good_x4_x4.png")]}
 
 
-def test_eval_with_a_checkpoint_on_realsr_pairs(tmp_path, run_dir):
-  bench = REPO.parent / "shared" / "benchmarks" / "RealSR"
+def test_eval_with_a_checkpoint_on_realsr_pairs(tmp_path, run_dir, realsr):
+  bench = realsr
   names = sorted(p.name for p in (bench / "LR").iterdir())[:2]
   for kind in ("LR", "HR"):
     (tmp_path / kind).mkdir()

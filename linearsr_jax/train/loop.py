@@ -226,6 +226,9 @@ def train_stage(the_run: Run, name: str, index: int, previous):
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
         writer.write_scalars(step, scalars)
         mlog.append({"step": step, **scalars})
+        if guard.exploded(scalars["train/loss"]):
+          state = guard.roll_back(state, start_params, tx, shardings, name, step,
+                                  f"training loss exploded to {scalars['train/loss']:.4g}")
       if int(state.consecutive_skips) >= train_cfg.max_consecutive_skips:
         good = ckpts.latest_step()
         if good is None:
@@ -239,7 +242,8 @@ def train_stage(the_run: Run, name: str, index: int, previous):
       if step % train_cfg.eval_every == 0 or step == stage_cfg.max_steps:
         decision, val = evaluate_and_save(step, state)
         if guard.collapsed(val):
-          state = guard.roll_back(state, start_params, tx, shardings, name, step)
+          state = guard.roll_back(state, start_params, tx, shardings, name, step,
+                                  f"validation PSNR collapsed to {val['val/psnr_y']:.2f} dB")
   ckpts.wait()
   if stage_cfg.esgf and decision.fired:
     knee_step, reason, fired = decision.knee_step, decision.reason, True
@@ -262,29 +266,46 @@ def train_stage(the_run: Run, name: str, index: int, previous):
 
 
 class _DivergenceGuard:
-  """After a branch: when validation PSNR falls `psnr_drop_db` below the stage's first value
-  (a collapse, as the paper saw when fine-tuning from a late checkpoint), roll back to the
-  branch point and multiply the learning rate by `lr_factor`, at most `max_rollbacks` times."""
+  """After a branch, roll back to the branch point and multiply the learning rate by
+  `lr_factor`, at most `max_rollbacks` times, when validation PSNR falls `psnr_drop_db` below
+  the stage's first value (a collapse, as the paper saw when fine-tuning from a late
+  checkpoint) or a logged training loss exceeds `loss_factor` times the median of those logged
+  before it (an explosion; non-finite losses are the skip counter's business)."""
 
   def __init__(self, cfg, enabled: bool):
     self.cfg, self.enabled, self.first, self.rollbacks = cfg, enabled and cfg.enabled, None, 0
+    self.losses = []
 
   def start(self, first_eval: dict):
     self.first = first_eval.get("val/psnr_y")
 
+  def _armed(self) -> bool:
+    return self.enabled and self.rollbacks < self.cfg.max_rollbacks
+
   def collapsed(self, val: dict) -> bool:
-    if not self.enabled or self.first is None or self.rollbacks >= self.cfg.max_rollbacks:
+    if not self._armed() or self.first is None:
       return False
     psnr = val.get("val/psnr_y", float("nan"))
     return not np.isfinite(psnr) or psnr < self.first - self.cfg.psnr_drop_db
 
-  def roll_back(self, state, start_params, tx, shardings, name, step):
+  def exploded(self, loss: float) -> bool:
+    if not self._armed() or not np.isfinite(loss):
+      return False
+    if self.losses and loss > self.cfg.loss_factor * np.median(self.losses):
+      return True
+    self.losses.append(loss)
+    return False
+
+  def roll_back(self, state, start_params, tx, shardings, name, step, why):
     self.rollbacks += 1
     lr_scale = float(state.lr_scale) * self.cfg.lr_factor
-    log.warning("stage %s step %d: validation collapsed; rolling back to the branch point with "
-                "learning-rate scale %.3g", name, step, lr_scale)
-    params = jax.device_put(start_params, shardings.params)
-    return state.replace(params=params, ema_params=params,
-                         opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
+    log.warning("stage %s step %d: %s; rolling back to the branch point with learning-rate "
+                "scale %.3g", name, step, why, lr_scale)
+    # Fresh buffers for each: the train step donates the state, and a buffer donated twice
+    # (params aliasing ema_params) crashes XLA.
+    host = jax.device_get(start_params)
+    params, ema_params, init_from = (jax.device_put(host, shardings.params) for _ in range(3))
+    return state.replace(params=params, ema_params=ema_params,
+                         opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(init_from),
                          lr_scale=jnp.asarray(lr_scale, jnp.float32),
                          consecutive_skips=jnp.zeros((), jnp.int32))

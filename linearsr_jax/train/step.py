@@ -37,7 +37,7 @@ def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_
     key = jax.random.fold_in(state.rng, state.step)
     (loss, per_expert), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch,
                                                                          key)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
