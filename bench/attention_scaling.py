@@ -1,7 +1,7 @@
 """Paper Figure 1: one SANA-600M-width block, ReLU linear vs softmax self-attention.
 
 Forward time and XLA-counted FLOPs at 16² … 128² tokens, batch 1, float32. Prints a markdown
-table and writes bench/attention_scaling.png. Softmax cases whose attention matrices alone
+table and writes docs/attention_scaling.png (the README's figure). Softmax cases whose attention matrices alone
 would not fit in memory are reported as such instead of run.
 
   .venv/bin/python bench/attention_scaling.py [--sides 16 32 64 128] [--out PNG]
@@ -43,7 +43,7 @@ def block_forward(cfg, side):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sides", type=int, nargs="+", default=[16, 32, 64, 128])
-  parser.add_argument("--out", default="bench/attention_scaling.png")
+  parser.add_argument("--out", default="docs/attention_scaling.png")
   args = parser.parse_args()
   base = DiTConfig.from_dict(sana600m_x4.get_config().model.to_dict())
   base = dataclasses.replace(base, dtype="float32", remat="none")
@@ -70,10 +70,10 @@ def main():
   print(f"\nlinear time growth per 4x tokens: {', '.join(f'{g:.2f}x' for g in growth)}")
   if len(results.get("softmax", [])) > 1:
     sm = results["softmax"]
-    print("softmax time growth per 4x tokens: "
+    print("\nsoftmax time growth per 4x tokens: "
           + ", ".join(f"{b[1] / a[1]:.2f}x" for a, b in zip(sm, sm[1:])))
   plot(results, args.out)
-  print(f"plot: {args.out}")
+  print(f"\nplot: {args.out}")
 
 
 def plot(results, path):

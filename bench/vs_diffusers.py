@@ -92,7 +92,7 @@ def main():
     breakdown += block_parts(cfg, params["blocks_0"], reference.transformer_blocks[0], side)
   rate = matmul_gflops()
   print(f"depth {ARGS.depth}, width 1152, batch 1, float32, {THREADS} threads, "
-        f"{ARGS.cond_tokens} condition tokens")
+        f"{ARGS.cond_tokens} condition tokens\n")
   print(markdown_table(["latent", "GFLOP (XLA)", "JAX time", "JAX GFLOP/s", "diffusers time",
                         "diffusers GFLOP/s", "diffusers/JAX"], rows))
   print(f"\nmatmul rate measured in this run: {rate:.0f} GFLOP/s (2048² float32)")

@@ -27,6 +27,7 @@ from configs import tiny
 from configs.base import stage_config
 from linearsr_jax import sharding
 from linearsr_jax.data import pipeline
+from linearsr_jax.errors import UserError
 from linearsr_jax.models.dit import DiTConfig
 from linearsr_jax.models.latent_space import make_latent_space
 from linearsr_jax.models.sr_model import SRModel, TagsConfig
@@ -327,6 +328,11 @@ def test_divergence_after_a_branch_rolls_back_to_it_with_a_lower_lr(tmp_path, ca
   assert lr_scale[0] == 1.0 and lr_scale[6] == 0.5
   assert json.loads((tmp_path / "finetune" / "stage.json").read_text())["init_from"][
       "knee_step"] == 3
+
+
+def test_batch_that_does_not_split_over_the_mesh_is_a_clear_error(tmp_path):
+  with pytest.raises(UserError, match=r"data.batch_size=4 does not split over the mesh's 8 "):
+    loop.run(small_config(), tmp_path)  # conftest's 8 devices, batch 4
 
 
 # ---------------------------------------------------------------------- two processes, gloo

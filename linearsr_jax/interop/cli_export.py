@@ -11,7 +11,7 @@ tag encoder: both go to `linearsr_extra.safetensors` beside the weights (names `
 tags config. `linearsr import diffusers DIR[/expert_<i>]` reads the DiT part back.
 
 `--layout npz`: DIR/params.npz, one array per leaf named by its '/'-joined path
-(`dit/blocks_0/attn/qkv/kernel`, `tag_encoder/embedding`, ...; `dit/...` only for a params
+(`dit/blocks_0/attn1/to_q/kernel`, `tag_encoder/embedding`, ...; `dit/...` only for a params
 directory), each with the experts on its leading axis (length 1 for one expert), and
 DIR/config.json: {"source", "experts": exported indices, "intervals": their t ranges,
 "model": the DiT config, "tags", "config": the run's full config or null}. `read_npz_export`

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 from pathlib import Path
 
 import flax.linen as nn
@@ -88,6 +89,10 @@ class Run:
     self.config = config
     self.workdir = Path(workdir)
     self.mesh = sharding.make_mesh(dict(config.mesh))
+    shards = math.prod(self.mesh.shape[a] for a in ("data", "fsdp") if a in self.mesh.shape)
+    if config.data.batch_size % shards:
+      raise UserError(f"data.batch_size={config.data.batch_size} does not split over the mesh's "
+                      f"{shards} batch shards (data × fsdp)")
     self.rules = [tuple(r) for r in config.sharding_rules]
     self.latent_space = make_latent_space(config.latent)
     dit_cfg = DiTConfig.from_dict(config.model.to_dict())
