@@ -1,8 +1,8 @@
 """Paper Figure 1: one SANA-600M-width block, ReLU linear vs softmax self-attention.
 
 Forward time and XLA-counted FLOPs at 16² … 128² tokens, batch 1, float32. Prints a markdown
-table and writes docs/attention_scaling.png (the README's figure). Softmax cases whose attention matrices alone
-would not fit in memory are reported as such instead of run.
+table and writes docs/attention_scaling.png (the README's figure). Softmax cases whose
+attention matrices alone would not fit in memory are reported as such instead of run.
 
   .venv/bin/python bench/attention_scaling.py [--sides 16 32 64 128] [--out PNG]
 """
