@@ -2,34 +2,19 @@
 
 32× down-sampling, 32 latent channels, ~312M params. Field names are diffusers'
 AutoencoderDC arguments (linearsr_jax/models/autoencoder.py reads them); use it as the
-`latent.dcae` section with `latent.kind = "dcae"`.
+`latent.dcae` section with `latent.kind = "dcae"`. It differs from diffusers' defaults only in
+the block types, the up/down-sampling and the scaling factor.
 """
 
 import ml_collections
+
+from linearsr_jax.models.autoencoder import DEFAULTS
 
 _LEVELS = ("ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock",
            "EfficientViTBlock")
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      "in_channels": 3,
-      "latent_channels": 32,
-      "attention_head_dim": 32,
-      "encoder_block_types": _LEVELS,
-      "decoder_block_types": _LEVELS,
-      "encoder_block_out_channels": (128, 256, 512, 512, 1024, 1024),
-      "decoder_block_out_channels": (128, 256, 512, 512, 1024, 1024),
-      "encoder_layers_per_block": (2, 2, 2, 3, 3, 3),
-      "decoder_layers_per_block": (3, 3, 3, 3, 3, 3),
-      "encoder_qkv_multiscales": ((), (), (), (5,), (5,), (5,)),
-      "decoder_qkv_multiscales": ((), (), (), (5,), (5,), (5,)),
-      "downsample_block_type": "Conv",
-      "upsample_block_type": "interpolate",
-      "decoder_norm_types": "rms_norm",
-      "decoder_act_fns": "silu",
-      "encoder_out_shortcut": True,
-      "decoder_in_shortcut": True,
-      "decoder_conv_act_fn": "relu",
-      "scaling_factor": 0.41407,
-  })
+  return ml_collections.ConfigDict(dict(
+      DEFAULTS, encoder_block_types=_LEVELS, decoder_block_types=_LEVELS,
+      downsample_block_type="Conv", upsample_block_type="interpolate", scaling_factor=0.41407))
