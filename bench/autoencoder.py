@@ -3,7 +3,7 @@
     .venv/bin/python bench/autoencoder.py [--pixel-sizes 512 1024 2048 4096] [--dcae-sizes 256 512]
         [--dcae-tiled-sizes 512] [--dcae-tile 288 64] [--dcae-ops encode decode]
 
-Every case runs in its own process so its peak RSS (getrusage ru_maxrss) is its own; the table
+Every case runs in its own process so its peak RSS (VmHWM) is its own; the table
 shows the peak and its growth over the process before the operation (model and input already
 built). Times are one call's wall time including XLA compilation (one per tile shape). The DC-AE
 is the SANA f32c32 architecture (configs/dcae_f32c32_sana.py, 312M params) with random weights.
@@ -13,7 +13,6 @@ A last table compares the two ways to write a depthwise conv on this backend.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -23,15 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_case(case: dict) -> dict:
   """In the child: build the space and input, run one operation, report time and memory."""
   import jax.numpy as jnp
   import numpy as np
 
+  from bench.common import peak_rss_mib
   from linearsr_jax.inference import tiling
   from linearsr_jax.models import latent_space
 
@@ -56,10 +52,10 @@ def run_case(case: dict) -> dict:
     x = rng.standard_normal((1, n, n, space.channels), dtype=np.float32)
     run = (lambda: tiling.tiled_decode(space, x, tile, overlap)) if case["tiled"] else (
         lambda: np.asarray(space.decode(x)))
-  before = mib()
+  before = peak_rss_mib()
   start = time.perf_counter()
   run()
-  return {"seconds": time.perf_counter() - start, "before": before, "peak": mib()}
+  return {"seconds": time.perf_counter() - start, "before": before, "peak": peak_rss_mib()}
 
 
 def measure(case: dict, timeout: float) -> dict:

@@ -3,8 +3,10 @@
 Run scripts from the repo root, e.g. `.venv/bin/python bench/attention_scaling.py`.
 """
 
+import re
 import statistics
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +37,13 @@ def xla_flops(compiled) -> float:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan")))
+
+
+def peak_rss_mib() -> float:
+  """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that across
+  execve, so a benchmark's child process would report its parent's peak."""
+  status = Path("/proc/self/status").read_text()
+  return int(re.search(r"VmHWM:\s*(\d+) kB", status).group(1)) / 1024
 
 
 def markdown_table(header, rows) -> str:

@@ -17,7 +17,6 @@ CPU; peak RSS is the child process's VmHWM.
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -26,12 +25,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 PAPER = ("LinearSR paper (H-series GPU)", "1024²", "—", "—", "0.036", "0.036 × 20", "0.830", "—")
-
-
-def _peak_mib() -> float:
-  """Peak RSS of this process (VmHWM; ru_maxrss would carry the parent's across execve)."""
-  status = Path("/proc/self/status").read_text()
-  return int(re.search(r"VmHWM:\s*(\d+) kB", status).group(1)) / 1024
 
 
 def _timed(fn):
@@ -49,6 +42,7 @@ def tiny_row(size: int, tile: int) -> dict:
   import skimage
   import flax.linen as nn
 
+  from bench.common import peak_rss_mib
   from configs import tiny
   from linearsr_jax.diffusion import experts
   from linearsr_jax.inference.trained import Trained
@@ -82,7 +76,7 @@ def tiny_row(size: int, tile: int) -> dict:
   tiles = upscaler.tile_count(lr_size, lr_size)
   return dict(model=f"tiny ({config.model.depth}×{config.model.hidden}, 4 experts, "
                     f"{diffusion.sampler.steps} steps)", size=size, tile=f"{t}² LR", tiles=tiles,
-              nfe=nfe, nfe_image=nfe * tiles, total=total, peak=_peak_mib())
+              nfe=nfe, nfe_image=nfe * tiles, total=total, peak=peak_rss_mib())
 
 
 def sana_row(size: int, run: bool) -> dict:
@@ -90,7 +84,7 @@ def sana_row(size: int, run: bool) -> dict:
   import jax.numpy as jnp
   import flax.linen as nn
 
-  from bench.common import matmul_gflops
+  from bench.common import matmul_gflops, peak_rss_mib
   from configs import sana600m_x4
   from linearsr_jax.models.dit import DiT, DiTConfig, example_inputs
 
@@ -116,7 +110,7 @@ def sana_row(size: int, run: bool) -> dict:
   jax.block_until_ready(forward(params, x_t, t, lr, cond, mask))
   nfe = _timed(lambda: forward(params, x_t, t, lr, cond, mask))
   return dict(model="sana600m DiT forward", size=size, tile=f"{grid}² latent", tiles=1, nfe=nfe,
-              nfe_image=None, total=None, peak=_peak_mib())
+              nfe_image=None, total=None, peak=peak_rss_mib())
 
 
 def _child(kind, size, extra) -> dict:

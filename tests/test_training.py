@@ -328,6 +328,17 @@ def test_divergence_after_a_branch_rolls_back_to_it_with_a_lower_lr(tmp_path, ca
   assert lr_scale[0] == 1.0 and lr_scale[6] == 0.5
   assert json.loads((tmp_path / "finetune" / "stage.json").read_text())["init_from"][
       "knee_step"] == 3
+  # TensorBoard got the curves, the LR / bicubic / SR / HR grid and the knee plot
+  assert {"train/loss", "val/psnr_y", "val/lr_bicubic_sr_hr", "esgf/knee_plot"} <= (
+      tensorboard_tags(tmp_path / "finetune"))
+
+
+def tensorboard_tags(directory) -> set:
+  import tensorflow as tf
+
+  return {value.tag for path in Path(directory).glob("events.*")
+          for event in tf.compat.v1.train.summary_iterator(str(path))
+          for value in event.summary.value}
 
 
 def test_batch_that_does_not_split_over_the_mesh_is_a_clear_error(tmp_path):

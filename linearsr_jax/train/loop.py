@@ -28,6 +28,7 @@ from clu import metric_writers, periodic_actions
 from linearsr_jax import sharding
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.data import pipeline
+from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.dit import DiTConfig
 from linearsr_jax.models.latent_space import make_latent_space
@@ -257,14 +258,15 @@ def train_stage(the_run: Run, name: str, index: int, previous):
     reason = f"step budget {stage_cfg.max_steps} reached ({decision.reason})"
   knee_state, _ = ckpts.restore(knee_step, abstract)
   ckpts.close()
-  writer.flush()
   if is_lead:
     records = [(r["step"], r) for r in mlog.evaluations()]
     ending = f"ESGF knee at step {knee_step}" if fired else f"step budget {stage_cfg.max_steps}"
-    esgf.plot_curves(records, decision, config.esgf, stage_dir / "knee.png",
-                     title=f"stage {name}: {ending}")
+    plot = esgf.plot_curves(records, decision, config.esgf, stage_dir / "knee.png",
+                            title=f"stage {name}: {ending}")
+    writer.write_images(step, {"esgf/knee_plot": read_image(plot)[None]})
     write_json(stage_dir / "result.json", {"knee_step": knee_step, "reason": reason,
                                            "fired": fired, "final_step": step})
+  writer.flush()
   log.info("stage %s ends at step %d; next stage starts from step %d (%s)", name, step,
            knee_step, reason)
   return StageResult(name, knee_step, reason, fired, jax.device_get(knee_state.ema_params))
