@@ -27,7 +27,7 @@ BENCHMARKS = {
     "train_step": [],
     "upscale": [],
     "data_pipeline": [],
-    "autoencoder": [],
+    "autoencoder": ["--dcae-sizes", "256", "512", "1024", "--dcae-tiled-sizes", "512", "1024"],
 }
 
 

@@ -79,10 +79,13 @@ def boundaries_from_config(experts_cfg):
   raise UserError(f"experts.split must be one of {SPLITS}, got '{experts_cfg.split}'")
 
 
-def expert_index(t, boundaries):
-  """The expert whose interval [b_{e-1}, b_e) holds t (t = 1 goes to the last). int32."""
-  b = jnp.asarray(boundaries, jnp.float32).reshape(-1)
-  return jnp.sum(jnp.asarray(t)[..., None] >= b, axis=-1).astype(jnp.int32)
+def expert_index(t, boundaries, xp=jnp):
+  """The expert whose interval [b_{e-1}, b_e) holds t (t = 1 goes to the last). int32.
+
+  xp = np computes it on the host (a static schedule), in the same float32 as under jit.
+  """
+  b = xp.asarray(boundaries, xp.float32).reshape(-1)
+  return xp.sum(xp.asarray(t, xp.float32)[..., None] >= b, axis=-1).astype(xp.int32)
 
 
 def expert_intervals(boundaries):

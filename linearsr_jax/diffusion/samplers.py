@@ -1,4 +1,4 @@
-"""Samplers for the flow x_σ = (1−σ)·x0 + σ·x1 as `lax.scan` loops: Euler, Heun, DPM-Solver++ 2M.
+"""Samplers for the flow x_σ = (1−σ)·x0 + σ·x1 as XLA loops: Euler, Heun, DPM-Solver++ 2M.
 
 All integrate dx/dσ = v(x, σ) from σ = 1 (the source) to σ = 0 (data) on a shifted schedule.
 Euler (first order) and DPM-Solver++ 2M (SANA's default; multistep, matches diffusers'
@@ -104,27 +104,44 @@ def integrate(apply_fn, stacked_params, x1, context, *, sigmas, solver, boundari
       data_coef=jnp.asarray(data_coef, jnp.float32),
       mix=jnp.asarray(mix, jnp.float32))
   batch = x1.shape[0]
+  segments = _expert_segments(sigmas[:-1], boundaries)
 
-  def step(carry, s):
+  def step(i, carry, params):
     x, prev_data = carry
-    params = experts_lib.select_expert(stacked_params,
-                                       experts_lib.expert_index(s["sigma"], boundaries))
+    s = jax.tree.map(lambda a: a[i], per_step)
     velocity = lambda x, sigma: guided_velocity(
         apply_fn, params, x, jnp.full((batch,), sigma * timestep_scale, jnp.float32), context,
         null_context, guidance_scale).astype(jnp.float32)
     v = velocity(x, s["sigma"])
     if solver == "euler":
-      return (x + s["dsigma"] * v, prev_data), None
+      return x + s["dsigma"] * v, prev_data
     if solver == "heun":
       v_end = velocity(x + s["dsigma"] * v, s["sigma_next"])
-      return (x + s["dsigma"] * (v + v_end) / 2, prev_data), None
+      return x + s["dsigma"] * (v + v_end) / 2, prev_data
     data = x - s["sigma"] * v  # x0 prediction
     mixed = (1 + s["mix"]) * data - s["mix"] * prev_data
-    return (s["ratio"] * x + s["data_coef"] * mixed, data), None
+    return s["ratio"] * x + s["data_coef"] * mixed, data
+
+  def run_segment(k, carry):
+    # The expert's params are sliced once per segment and are loop-invariant in its steps, so
+    # XLA hoists their per-use preparation out of the loop, as with a single expert; slicing
+    # them per step made 4 experts sample 1.6× slower than 1 on CPU.
+    expert, start, stop = (a[k] for a in segments)
+    params = experts_lib.select_expert(stacked_params, expert)
+    return jax.lax.fori_loop(start, stop, lambda i, c: step(i, c, params), carry)
 
   x1 = x1.astype(jnp.float32)
-  (x0, _), _ = jax.lax.scan(step, (x1, jnp.zeros_like(x1)), per_step)
+  x0, _ = jax.lax.fori_loop(0, len(segments[0]), run_segment, (x1, jnp.zeros_like(x1)))
   return x0
+
+
+def _expert_segments(step_sigmas, boundaries):
+  """(expert, start, stop) int32 arrays: the runs of consecutive steps one expert takes, in
+  step order. Each step's expert is that of its starting σ (see the module docstring)."""
+  experts = experts_lib.expert_index(step_sigmas, boundaries, xp=np)
+  starts = np.flatnonzero(np.diff(experts, prepend=-1))
+  stops = np.append(starts[1:], len(experts))
+  return tuple(jnp.asarray(a, jnp.int32) for a in (experts[starts], starts, stops))
 
 
 def sample(apply_fn, stacked_params, key, shape, context, cfg, *, null_context=None,
