@@ -177,7 +177,7 @@ def test_output_over_an_input_is_refused(tmp_path, run_dir, messy_folder, capsys
                                   [Path("good_x4_x4.png")]}
 
 
-def test_eval_with_a_checkpoint_on_realsr_pairs(tmp_path, run_dir, realsr):
+def test_eval_with_a_checkpoint_on_realsr_pairs(tmp_path, run_dir, realsr, monkeypatch):
   bench = realsr
   names = sorted(p.name for p in (bench / "LR").iterdir())[:2]
   for kind in ("LR", "HR"):
@@ -185,8 +185,9 @@ def test_eval_with_a_checkpoint_on_realsr_pairs(tmp_path, run_dir, realsr):
     for name in names:
       (tmp_path / kind / name).write_bytes((bench / kind / name).read_bytes())
   out = tmp_path / "report"
-  assert main(["eval", "--checkpoint", str(run_dir), "--lr_dir", str(tmp_path / "LR"),
-               "--hr_dir", str(tmp_path / "HR"), "--out", str(out), "--metrics", "psnr_y,ssim_y",
+  monkeypatch.chdir(tmp_path)  # relative paths, as typed (Orbax itself wants absolute ones)
+  assert main(["eval", "--checkpoint", os.path.relpath(run_dir), "--lr_dir", "LR",
+               "--hr_dir", "HR", "--out", "report", "--metrics", "psnr_y,ssim_y",
                "--no_progress"]) == 0
   summary = json.loads((out / "summary.json").read_text())
   assert summary["scored"] == 2 and summary["label"] == "linearsr"

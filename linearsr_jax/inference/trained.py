@@ -86,7 +86,7 @@ def _restore_on_one_device(path: Path):
 
 
 def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
-  path = Path(path)
+  path = Path(path).absolute()  # Orbax refuses relative checkpoint paths
   if not path.exists():
     raise UserError(f"{path}: no such checkpoint or run directory")
   run_dir, stage, step = _resolve(path, stage, step)

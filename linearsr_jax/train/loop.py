@@ -119,7 +119,10 @@ class Run:
 
 def run(config: ml_collections.ConfigDict, workdir) -> list:
   """Trains every stage of `config.stage_order`; resumes whatever the workdir already holds."""
-  workdir = Path(workdir)
+  if "://" in str(workdir):
+    raise UserError(f"--workdir {workdir}: URLs are not supported; give a directory every host "
+                    "sees (e.g. a gcsfuse mount of the bucket, or NFS)")
+  workdir = Path(workdir).absolute()  # Orbax refuses relative checkpoint paths
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
