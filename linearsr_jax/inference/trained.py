@@ -10,6 +10,7 @@ params are restored from Orbax without needing the training state's structure in
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -77,7 +78,15 @@ def _restore_on_one_device(path: Path):
   """The saved tree, every array on the first local device: the tools run on whatever machine
   they are given, not on the training mesh the checkpoint was written from."""
   checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(path)
+  # The manager writes _CHECKPOINT_METADATA beside the items, not in them; reading one item
+  # directly makes Orbax warn that it is missing, on every tool run.
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    metadata = checkpointer.metadata(path)
+  finally:
+    absl_logger.setLevel(level)
   metadata = getattr(metadata, "item_metadata", metadata)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
