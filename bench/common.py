@@ -1,4 +1,5 @@
-"""Shared by the bench scripts: wall-clock timing, the machine's matmul rate, markdown tables.
+"""Shared by the bench scripts: wall-clock timing, the machine's matmul rate, peak memory (also
+read by the memory tests' child processes), markdown tables.
 
 Run scripts from the repo root, e.g. `.venv/bin/python bench/attention_scaling.py`.
 """

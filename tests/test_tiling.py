@@ -145,11 +145,12 @@ def test_bad_tiles_are_user_errors():
 
 
 # Child process: decode a 2048² image from random latents and report its peak RSS (MiB) before
-# and after the decode, so the difference belongs to this one decode. VmHWM, not ru_maxrss:
-# Linux keeps ru_maxrss across execve, so the child would report pytest's own peak.
+# and after the decode, so the difference belongs to this one decode (VmHWM: see
+# bench/common.peak_rss_mib).
 _MEMORY_CHILD = textwrap.dedent("""
-    import json, re, sys
+    import json, sys
     import numpy as np
+    from bench.common import peak_rss_mib
     from linearsr_jax.inference import tiling
     from linearsr_jax.models import autoencoder, latent_space
     cfg = dict(latent_channels=8, encoder_block_types="ResBlock", decoder_block_types="ResBlock",
@@ -160,16 +161,13 @@ _MEMORY_CHILD = textwrap.dedent("""
     model = autoencoder.build(cfg)
     space = latent_space.DCAESpace(model, autoencoder.init_params(model, 0))
     latents = np.random.default_rng(0).standard_normal((1, 512, 512, 8), np.float32)
-    def mib():
-      status = open("/proc/self/status").read()
-      return int(re.search(r"VmHWM:\\s*(\\d+) kB", status).group(1)) / 1024
-    before = mib()
+    before = peak_rss_mib()
     if sys.argv[1] == "tiled":
       image = tiling.tiled_decode(space, latents, tile=512, overlap=64)
     else:
       image = np.asarray(space.decode(latents))
     assert image.shape == (1, 2048, 2048, 3)
-    print(json.dumps({"before": before, "peak": mib()}))
+    print(json.dumps({"before": before, "peak": peak_rss_mib()}))
 """)
 
 

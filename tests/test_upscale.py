@@ -85,13 +85,11 @@ def test_tiled_photo_has_the_right_size_and_no_seam(run_dir, photo_lr):
 
 
 _MEMORY_CHILD = textwrap.dedent("""
-    import json, re, sys
+    import json, sys
+    from bench.common import peak_rss_mib  # VmHWM: ru_maxrss would carry pytest's peak
     from linearsr_jax.cli import main
     code = main(["upscale", *sys.argv[1:], "--no_progress"])
-    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child of a big pytest
-    # process would report the parent's peak.
-    kib = re.search(r"VmHWM:\\s*(\\d+) kB", open("/proc/self/status").read()).group(1)
-    print(json.dumps({"code": code, "peak_mib": int(kib) / 1024}))
+    print(json.dumps({"code": code, "peak_mib": peak_rss_mib()}))
 """)
 
 
