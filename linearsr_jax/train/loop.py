@@ -90,10 +90,11 @@ class Run:
     self.config = config
     self.workdir = Path(workdir)
     self.mesh = sharding.make_mesh(dict(config.mesh))
-    shards = math.prod(self.mesh.shape[a] for a in ("data", "fsdp") if a in self.mesh.shape)
+    batch_axes = pipeline.batch_sharding(self.mesh).spec[0] or ()
+    shards = math.prod(self.mesh.shape[a] for a in batch_axes)
     if config.data.batch_size % shards:
       raise UserError(f"data.batch_size={config.data.batch_size} does not split over the mesh's "
-                      f"{shards} batch shards (data × fsdp)")
+                      f"{shards} batch shards ({' × '.join(batch_axes)})")
     self.rules = [tuple(r) for r in config.sharding_rules]
     self.latent_space = make_latent_space(config.latent)
     dit_cfg = DiTConfig.from_dict(config.model.to_dict())
