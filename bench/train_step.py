@@ -59,8 +59,8 @@ def compiled_step(config, scan_layers: bool):
                         config.tags.max_tokens)
   batch = {"hr": rng.uniform(-1, 1, (b, crop, crop, 3)).astype(np.float32),
            "lr": rng.uniform(-1, 1, (b, crop // s, crop // s, 3)).astype(np.float32),
-           "tag_ids": rng.integers(1, config.tags.vocab_size, (b, tokens)).astype(np.int32),
-           "tag_mask": np.ones((b, tokens), bool)}
+           "cond": rng.integers(1, config.tags.vocab_size, (b, tokens)).astype(np.int32),
+           "cond_mask": np.ones((b, tokens), bool)}
   start = time.perf_counter()
   with jax.set_mesh(mesh):
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()

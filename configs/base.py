@@ -46,6 +46,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.esgf = esgf.default_config()
   config.esgf.metrics = "val/psnr_y:max,val/lpips_alex:min"
   config.train = ml_collections.ConfigDict(dict(
+      # A params dir from `linearsr import diffusers` (a SANA transformer): the first stage
+      # starts from its DiT weights (see linearsr_jax/train/init_from.py).
+      init_from="",
       eval_every=500,          # steps between validations (and checkpoints)
       eval_steps=4,            # sampler steps for validation
       log_every=50,

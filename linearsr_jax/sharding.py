@@ -65,6 +65,23 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def put_on_mesh(host_tree, shardings):
+  """Host (NumPy) values -> global arrays with the given shardings. Every process passes the
+  same values and uploads only its own devices' shards, so this works on a multi-host mesh
+  and never puts a whole large array on one device."""
+  def put(x, s):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+
+  return jax.tree.map(put, host_tree, shardings)
+
+
+def abstract_on_mesh(shapes_tree, shardings):
+  """ShapeDtypeStructs that carry shardings: what Orbax restores into and what jit lowers."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes_tree, shardings)
+
+
 def sharded_init(init_fn, mesh: Mesh, rules=DEFAULT_RULES):
   """Runs `init_fn()` (returning a boxed tree) so each leaf is created already sharded.
 

@@ -197,8 +197,8 @@ def _random_batch(config, batch_size, seed=0):
   return {"hr": rng.uniform(-1, 1, (batch_size, crop, crop, 3)).astype(np.float32),
           "lr": rng.uniform(-1, 1, (batch_size, crop // scale, crop // scale, 3))
           .astype(np.float32),
-          "tag_ids": rng.integers(1, config.tags.vocab_size, (batch_size, tokens), np.int32),
-          "tag_mask": rng.uniform(size=(batch_size, tokens)) < 0.6}
+          "cond": rng.integers(1, config.tags.vocab_size, (batch_size, tokens), np.int32),
+          "cond_mask": rng.uniform(size=(batch_size, tokens)) < 0.6}
 
 
 def one_step(config, mesh_shape, devices, num_experts, tx, batch):
@@ -208,10 +208,10 @@ def one_step(config, mesh_shape, devices, num_experts, tx, batch):
   model, step = _model_and_step(config, num_experts, tx)
   state, shardings = create_train_state(model, tx, num_experts, jax.random.PRNGKey(3), mesh,
                                         rules)
-  step_fn = jax.jit(step, in_shardings=(shardings, pipeline.batch_sharding(mesh)),
+  step_fn = jax.jit(step, in_shardings=(shardings, pipeline.batch_sharding(mesh), {}),
                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   with jax.set_mesh(mesh):
-    state, metrics = step_fn(state, pipeline.make_global_batch(batch, mesh))
+    state, metrics = step_fn(state, pipeline.make_global_batch(batch, mesh), {})
   return float(metrics["train/loss"]), jax.device_get(state.params), shardings
 
 
@@ -253,13 +253,13 @@ def test_nan_batch_is_skipped_and_counted():
   before = jax.device_get(state.params)
   with jax.set_mesh(mesh):
     for expected_skips in (1, 2):
-      state, metrics = step_fn(state, bad)
+      state, metrics = step_fn(state, bad, {})
       assert int(state.skipped) == expected_skips
       assert int(state.consecutive_skips) == expected_skips
       assert not bool(metrics["train/finite"])
       jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before)
       jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema_params), before)
-    state, metrics = step_fn(state, good)
+    state, metrics = step_fn(state, good, {})
   assert bool(metrics["train/finite"]) and np.isfinite(float(metrics["train/loss"]))
   assert int(state.step) == 3 and int(state.skipped) == 2 and int(state.consecutive_skips) == 0
   after = jax.device_get(state.params)

@@ -14,21 +14,23 @@ from linearsr_jax.inference.resize import upsample_bicubic
 
 
 def make_super_resolve(model, latent_space, diffusion_cfg, *, scale: int, **sampler_overrides):
-  """sr(params, lr, cond, cond_mask, key) -> SR images; jit it once per input shape.
+  """sr(params, latent_params, lr, cond, cond_mask, key) -> SR images; jit it once per input
+  shape.
 
-  `params` are stacked experts; `sampler_overrides` (steps, solver, shift, guidance_scale)
+  `params` are stacked experts, `latent_params` the latent space's (a DC-AE's, or {} for pixel
+  space), both arguments so they can live on a mesh; `sampler_overrides` (steps, solver, shift, guidance_scale)
   replace diffusion_cfg.sampler values. The null context for guidance is an all-False mask.
   """
   apply_fn = experts.model_apply(model)
 
-  def super_resolve(params, lr, cond, cond_mask, key):
+  def super_resolve(params, latent_params, lr, cond, cond_mask, key):
     up = upsample_bicubic(lr, scale)
-    probe = jax.eval_shape(latent_space.encode, up)
-    lr_latent = latent_space.encode(up) if diffusion_cfg.source == "lr" else None
+    probe = jax.eval_shape(latent_space.encode_fn, latent_params, up)
+    lr_latent = latent_space.encode_fn(latent_params, up) if diffusion_cfg.source == "lr" else None
     null = (jnp.zeros_like(cond), jnp.zeros_like(cond_mask))
     latents = samplers.sample(apply_fn, params, key, probe.shape, (lr, cond, cond_mask),
                               diffusion_cfg, null_context=null, lr_latent=lr_latent,
                               **sampler_overrides)
-    return jnp.clip(latent_space.decode(latents), -1.0, 1.0)
+    return jnp.clip(latent_space.decode_fn(latent_params, latents), -1.0, 1.0)
 
   return super_resolve

@@ -38,15 +38,27 @@ def save_params_dir(out_dir, kind: str, config: dict, params, overwrite=False, e
       (tmp / name).write_text(text)
 
 
+def read_header(path, kind: str) -> dict:
+  """The config dict of a params directory, checking its kind; the weights are not read."""
+  path = Path(path)
+  if not path.is_dir():
+    raise UserError(f"{path}: no such params directory")
+  if not (path / HEADER_FILE).exists() or not (path / PARAMS_FILE).exists():
+    raise UserError(f"{path}: not a linearsr params directory (needs {HEADER_FILE} and "
+                    f"{PARAMS_FILE})")
+  try:
+    header = json.loads((path / HEADER_FILE).read_text())
+  except ValueError as e:
+    raise UserError(f"{path / HEADER_FILE}: not valid JSON ({e})") from None
+  if not isinstance(header, dict) or header.get("kind") != kind:
+    found = header.get("kind") if isinstance(header, dict) else None
+    raise UserError(f"{path}: holds a {found!r} model, expected {kind!r}")
+  return header["config"]
+
+
 def load_params_dir(path, kind: str):
   """Returns (config dict, params) from a params directory, checking its kind."""
   from safetensors.numpy import load_file
 
-  path = Path(path)
-  if not (path / HEADER_FILE).exists() or not (path / PARAMS_FILE).exists():
-    raise UserError(f"{path}: not a linearsr params directory (needs {HEADER_FILE} and "
-                    f"{PARAMS_FILE})")
-  header = json.loads((path / HEADER_FILE).read_text())
-  if header.get("kind") != kind:
-    raise UserError(f"{path}: holds a {header.get('kind')!r} model, expected {kind!r}")
-  return header["config"], unflatten(load_file(str(path / PARAMS_FILE)))
+  config = read_header(path, kind)
+  return config, unflatten(load_file(str(Path(path) / PARAMS_FILE)))

@@ -1,4 +1,6 @@
-"""Latent spaces behind one interface: `encode(images) -> latents`, `decode(latents) -> images`.
+"""Latent spaces behind one interface: `encode_fn(params, images) -> latents` and
+`decode_fn(params, latents) -> images` (pure, for the jitted steps, which take the params as an
+argument), plus `encode(images)` / `decode(latents)` on one device for tools and tests.
 
 Images are NHWC in [-1, 1]; latents are NHWC with `channels` channels on a grid `factor` times
 smaller. The rest of the code never knows which space it is in:
@@ -10,6 +12,7 @@ smaller. The rest of the code never knows which space it is in:
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -58,35 +61,42 @@ class PixelSpace:
   shift: float = PIXEL_SHIFT
   scale: float = PIXEL_SCALE
   image_channels: int = 3
+  params = {}  # parameter-free: the empty tree passes through the steps like a DC-AE's
 
   @property
   def channels(self) -> int:
     return self.image_channels * self.factor ** 2
 
-  def encode(self, images):
+  def abstract_params(self):
+    return {}
+
+  def encode_fn(self, params, images):
+    del params
     _check_divisible(images, self.factor, "an image")
     return (autoencoder.pixel_unshuffle(jnp.asarray(images), self.factor) - self.shift) * self.scale
 
-  def decode(self, latents):
+  def decode_fn(self, params, latents):
+    del params
     return autoencoder.pixel_shuffle(jnp.asarray(latents) / self.scale + self.shift, self.factor)
+
+  def encode(self, images):
+    return self.encode_fn({}, images)
+
+  def decode(self, latents):
+    return self.decode_fn({}, latents)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DCAESpace:
-  """A DC-AE with its params; latents are scaled by the model's scaling factor."""
-  model: autoencoder.AutoencoderDC
-  params: Any
+  """A DC-AE; latents are scaled by the model's scaling factor.
 
-  def __post_init__(self):
-    # On the device once: NumPy params would be transferred again on every (tile) call.
-    object.__setattr__(self, "params", jax.device_put(self.params))
-    scaling = self.model.cfg["scaling_factor"]
-    model = self.model
-    # jit once per space; each new image shape compiles once.
-    object.__setattr__(self, "_encode", jax.jit(
-        lambda p, x: model.apply({"params": p}, x, method="encode") * scaling))
-    object.__setattr__(self, "_decode", jax.jit(
-        lambda p, z: model.apply({"params": p}, z / scaling, method="decode")))
+  `encode_fn(params, x)` / `decode_fn(params, z)` are pure: the train and sampler steps take the
+  DC-AE params as an argument, placed on the mesh like any other input. `params` holds the
+  host copy (None when the space was built for shapes only); `encode` / `decode` are the
+  single-device conveniences the tools and tests use.
+  """
+  model: autoencoder.AutoencoderDC
+  params: Any = None
 
   @property
   def factor(self) -> int:
@@ -96,32 +106,63 @@ class DCAESpace:
   def channels(self) -> int:
     return self.model.cfg["latent_channels"]
 
-  def encode(self, images):
+  def abstract_params(self):
+    return autoencoder.param_shapes(self.model)
+
+  def encode_fn(self, params, images):
     _check_divisible(images, self.factor, "an image")
-    return self._encode(self.params, jnp.asarray(images, jnp.float32))
+    latents = self.model.apply({"params": params}, jnp.asarray(images, jnp.float32),
+                               method="encode")
+    return latents * self.model.cfg["scaling_factor"]
+
+  def decode_fn(self, params, latents):
+    latents = jnp.asarray(latents, jnp.float32) / self.model.cfg["scaling_factor"]
+    return self.model.apply({"params": params}, latents, method="decode")
+
+  @functools.cached_property
+  def _on_device(self):
+    """(params on the default device, jitted encode, jitted decode), made on first use: a
+    training run never needs this single-device copy."""
+    if self.params is None:
+      raise ValueError("this DCAESpace was built without params (shapes only)")
+    return jax.device_put(self.params), jax.jit(self.encode_fn), jax.jit(self.decode_fn)
+
+  def encode(self, images):
+    params, encode, _ = self._on_device
+    _check_divisible(images, self.factor, "an image")
+    return encode(params, images)
 
   def decode(self, latents):
-    return self._decode(self.params, jnp.asarray(latents, jnp.float32))
+    params, _, decode = self._on_device
+    return decode(params, latents)
 
 
-def make_latent_space(config: ml_collections.ConfigDict, params=None):
-  """The latent space a `latent` config section describes; `params` overrides a DC-AE's."""
+def make_latent_space(config: ml_collections.ConfigDict, params=None, load_params: bool = True):
+  """The latent space a `latent` config section describes; `params` overrides a DC-AE's.
+
+  load_params=False builds the architecture only (its params are then None), which is all that
+  shapes, shardings and compilation need: a params directory's header is read, not its weights.
+  """
   if config.kind == "pixel":
     if config.factor < 1:
       raise UserError(f"latent.factor must be a positive integer, got {config.factor}")
     return PixelSpace(int(config.factor), float(config.shift), float(config.scaling))
   if config.kind != "dcae":
     raise UserError(f"latent.kind must be 'pixel' or 'dcae', got {config.kind!r}")
+  from linearsr_jax.interop import params_io
+
   arch = config.dcae.to_dict()
-  if params is None and config.dcae_params:
-    from linearsr_jax.interop.params_io import load_params_dir
-    arch, params = load_params_dir(config.dcae_params, autoencoder.PARAMS_KIND)
+  if config.dcae_params:
+    arch = params_io.read_header(config.dcae_params, autoencoder.PARAMS_KIND)
   model = autoencoder.build(arch)
-  if params is None:
-    if not config.dcae_random_init:
+  if params is None and load_params:
+    if config.dcae_params:
+      _, params = params_io.load_params_dir(config.dcae_params, autoencoder.PARAMS_KIND)
+    elif config.dcae_random_init:
+      params = autoencoder.init_params(model, config.seed)
+    else:
       raise UserError("latent.kind='dcae' needs weights: set latent.dcae_params to a directory "
                       "from `linearsr import diffusers-vae` (or dcae_random_init for benchmarks)")
-    params = autoencoder.init_params(model, config.seed)
   return DCAESpace(model, params)
 
 

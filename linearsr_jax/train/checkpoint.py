@@ -100,8 +100,3 @@ class StageCheckpoints:
   def close(self):
     self.manager.close()
 
-
-def abstract_like(state, shardings):
-  """ShapeDtypeStructs carrying shardings: what Orbax restores into."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)

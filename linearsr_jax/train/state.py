@@ -9,6 +9,7 @@ from typing import Any
 
 import flax
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,34 +44,63 @@ def _init_state(model: SRModel, tx, num_experts, rng, params=None):
                     skipped=jnp.zeros((), jnp.int32), consecutive_skips=jnp.zeros((), jnp.int32))
 
 
+def _boxed_shapes(model: SRModel, tx, num_experts):
+  return jax.eval_shape(lambda r: _init_state(model, tx, num_experts, r), jax.random.key(0))
+
+
 def state_shardings(model: SRModel, tx, num_experts, mesh, rules):
   """NamedShardings of every TrainState leaf, from logical axis names and the rules."""
-  abstract = jax.eval_shape(lambda r: _init_state(model, tx, num_experts, r), jax.random.key(0))
-  return sharding.tree_shardings(abstract, mesh, rules)
+  return sharding.tree_shardings(_boxed_shapes(model, tx, num_experts), mesh, rules)
+
+
+def abstract_train_state(model: SRModel, tx, num_experts, mesh, rules):
+  """(TrainState of ShapeDtypeStructs carrying shardings, shardings): nothing is allocated."""
+  boxed = _boxed_shapes(model, tx, num_experts)
+  shardings = sharding.tree_shardings(boxed, mesh, rules)
+  return sharding.abstract_on_mesh(nn.unbox(boxed), shardings), shardings
+
+
+def expert_param_shapes(model: SRModel) -> dict:
+  """{'dit/patch_embed/kernel': shape, ...} of one expert's params."""
+  boxed = _boxed_shapes(model, optax.identity(), 1).params
+  return {k: tuple(v.shape[1:]) for k, v in
+          flax.traverse_util.flatten_dict(nn.unbox(boxed), sep="/").items()}
 
 
 def create_train_state(model: SRModel, tx: optax.GradientTransformation, num_experts: int,
                        rng, mesh, rules, params=None):
-  """(state, shardings). With `params` (stacked experts, e.g. from the previous stage's knee
-  checkpoint), training starts from them with a fresh optimizer and EMA = params."""
+  """(state, shardings). With `params` (stacked experts already on the mesh, e.g. from
+  `branch_params`), training starts from them with a fresh optimizer and EMA = params; the
+  state's arrays are new buffers, so `params` stays valid after the step donates the state."""
   shardings = state_shardings(model, tx, num_experts, mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
     if params is None:
       init = jax.jit(lambda r: nn.unbox(_init_state(model, tx, num_experts, r)),
                      out_shardings=shardings)
       return init(rng), shardings
-    params = jax.device_put(params, shardings.params)
     init = jax.jit(lambda r, p: _init_state(model, tx, num_experts, r, p),
                    out_shardings=shardings)
     return init(rng, params), shardings
 
 
-def branch_params(stacked, num_experts: int):
-  """The stack a new stage of `num_experts` starts from, given the previous stage's stack:
-  itself when the sizes agree, else E copies of its single expert (the knee checkpoint)."""
+def branch_params(stacked, num_experts: int, shardings):
+  """The stack a new stage of `num_experts` starts from, given the previous stage's stack (on
+  the mesh): a copy of it when the sizes agree, else E copies of its single expert (the knee
+  checkpoint). Re-sharded by a jitted copy, so no global array ever goes through a host."""
   have = jax.tree.leaves(stacked)[0].shape[0]
-  if have == num_experts:
-    return stacked
-  if have != 1:
+  if have not in (1, num_experts):
     raise UserError(f"cannot branch {num_experts} experts from a stage with {have}")
-  return jax.tree.map(lambda x: np.repeat(np.asarray(x), num_experts, axis=0), stacked)
+  copy = lambda x: jnp.repeat(x, num_experts // have, axis=0)
+  return jax.jit(lambda t: jax.tree.map(copy, t), out_shardings=shardings)(stacked)
+
+
+def overlay_params(stacked, host_leaves: dict, shardings):
+  """`stacked` (on the mesh) with the leaves named in `host_leaves` ({'a/b/kernel': one
+  expert's NumPy array}) replaced, broadcast to every expert and placed by `shardings`; each
+  process uploads only its own shards."""
+  flat = flax.traverse_util.flatten_dict(stacked, sep="/")
+  flat_shardings = flax.traverse_util.flatten_dict(shardings, sep="/")
+  for name, value in host_leaves.items():
+    value = np.broadcast_to(value, flat[name].shape)
+    flat[name] = sharding.put_on_mesh(value, flat_shardings[name])
+  return flax.traverse_util.unflatten_dict(flat, sep="/")

@@ -14,29 +14,30 @@ from linearsr_jax.inference.resize import upsample_bicubic
 
 def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_dropout: float,
                     ema_decay: float):
-  """train_step(state, batch) -> (state, metrics); pure, for jax.jit with donated state.
+  """train_step(state, batch, latent_params) -> (state, metrics); pure, for jax.jit with donated
+  state. `latent_params` are the latent space's (a DC-AE's on the mesh, or {}).
 
-  batch: 'hr' [B, H, W, 3], 'lr' [B, H/s, W/s, 3] in [-1, 1], 'tag_ids', 'tag_mask'.
+  batch: 'hr' [B, H, W, 3], 'lr' [B, H/s, W/s, 3] in [-1, 1], 'cond', 'cond_mask'.
   """
   apply_fn = experts.model_apply(model)
 
-  def loss_fn(params, batch, key):
+  def loss_fn(params, batch, key, latent_params):
     key_drop, key_flow = jax.random.split(key)
-    x0 = latent_space.encode(batch["hr"])
+    x0 = latent_space.encode_fn(latent_params, batch["hr"])
     lr_latent = None
     if diffusion_cfg.source == "lr":
-      lr_latent = latent_space.encode(upsample_bicubic(batch["lr"], scale))
+      lr_latent = latent_space.encode_fn(latent_params, upsample_bicubic(batch["lr"], scale))
     # Condition dropout: an all-False mask selects the learned null condition, which is what
     # classifier-free guidance later uses as its unconditional branch.
-    keep = ~jax.random.bernoulli(key_drop, cond_dropout, batch["tag_mask"].shape[:1])
-    mask = batch["tag_mask"] & keep[:, None]
-    context = (batch["lr"], batch["tag_ids"], mask)
+    keep = ~jax.random.bernoulli(key_drop, cond_dropout, batch["cond_mask"].shape[:1])
+    mask = batch["cond_mask"] & keep[:, None]
+    context = (batch["lr"], batch["cond"], mask)
     return experts.mixture_loss(apply_fn, params, x0, context, key_flow, diffusion_cfg, lr_latent)
 
-  def train_step(state, batch):
+  def train_step(state, batch, latent_params):
     key = jax.random.fold_in(state.rng, state.step)
-    (loss, per_expert), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch,
-                                                                         key)
+    (loss, per_expert), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, key, latent_params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

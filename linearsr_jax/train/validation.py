@@ -28,16 +28,17 @@ def on_host(x):
 
 
 class Validator:
-  """Scores params on fixed eval batches ('lr', 'hr' in [-1, 1], 'tag_ids', 'tag_mask');
+  """Scores params on fixed eval batches ('lr', 'hr' in [-1, 1], 'cond', 'cond_mask');
   every score is the mean over all eval images."""
 
-  def __init__(self, model, latent_space, diffusion_cfg, eval_batches, *, scale: int,
-               sampler_steps: int, seed: int = 0, names=METRIC_NAMES):
-    keys = ("lr", "hr", "tag_ids", "tag_mask")
+  def __init__(self, model, latent_space, latent_params, diffusion_cfg, eval_batches, *,
+               scale: int, sampler_steps: int, seed: int = 0, names=METRIC_NAMES):
+    keys = ("lr", "hr", "cond", "cond_mask")
     self.batches = [{k: jnp.asarray(b[k]) for k in keys} for b in eval_batches]
     if not self.batches:
       raise ValueError("the eval set is empty")
     self.key = jax.random.PRNGKey(seed)
+    self.latent_params = latent_params
     self.scale = scale
     self._sr = jax.jit(make_super_resolve(model, latent_space, diffusion_cfg, scale=scale,
                                           steps=sampler_steps))
@@ -50,7 +51,7 @@ class Validator:
             for name in per_image[0]}
 
   def super_resolve(self, params):
-    return [self._sr(params, b["lr"], b["tag_ids"], b["tag_mask"], self.key)
+    return [self._sr(params, self.latent_params, b["lr"], b["cond"], b["cond_mask"], self.key)
             for b in self.batches]
 
   def __call__(self, params):
