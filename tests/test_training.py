@@ -357,21 +357,44 @@ def test_batch_that_does_not_split_over_the_mesh_is_a_clear_error(tmp_path):
 # ---------------------------------------------------------------------- two processes, gloo
 
 
-def test_two_process_run_saves_a_checkpoint_one_process_restores(tmp_path, cached_env):
-  workdir = tmp_path / "mp"
-  tree = dict(SMALL, stages=dict(pretrain=dict(max_steps=3)))
-  command = ["bash", "launch/local_multiprocess.sh", "2",
-             *train_command(workdir, tree=tree)[4:]]
+def _export_npz(run_dir, out, env):
+  command = [sys.executable, "-m", "linearsr_jax.cli", "export", "--layout", "npz", str(run_dir),
+             "--out", str(out)]
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return dict(np.load(out / "params.npz"))
+
+
+def test_two_process_run_with_params_sharded_across_processes_matches_one_process(
+    tmp_path, cached_env):
+  """pretrain -> 4 experts with params FSDP-sharded over two gloo processes (one CPU device
+  each) ends where the same run in one process with two devices does: the data stream, the
+  branch to experts and every restore are independent of the process count."""
+  tree = dict(SMALL, stage_order="pretrain,moe", mesh=dict(data=1, fsdp=2),
+              data=dict(SMALL["data"], batch_size=8),
+              stages=dict(pretrain=dict(max_steps=3, esgf=False), moe=dict(max_steps=2)),
+              train=dict(SMALL["train"], eval_every=1))
+  two = tmp_path / "two_processes"
+  command = ["bash", "launch/local_multiprocess.sh", "2", *train_command(two, tree=tree)[4:]]
   result = subprocess.run(command, cwd=REPO, env=cached_env, capture_output=True, text=True,
-                          timeout=240)
-  logs = [(workdir / f"process_{p}.log").read_text() for p in range(2)]
+                          timeout=400)
+  logs = [(two / f"process_{p}.log").read_text() for p in range(2)]
   assert result.returncode == 0, result.stderr + "\n".join(l[-2000:] for l in logs)
   for p, text in enumerate(logs):
     assert f"process {p} of 2 processes, 1 local of 2 global devices" in text, text[-2000:]
-  assert checkpoint_steps(workdir) == [0, 3]
-  start, saved = restored_state(workdir, 0), restored_state(workdir, 3)
-  assert int(saved["step"]) == 3 and int(saved["skipped"]) == 0
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved["params"]))
-  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved["params"]),
-                                                     jax.tree.leaves(start["params"]))]
-  assert sum(moved) > len(moved) // 2  # it trained
+  one = tmp_path / "one_process"
+  env = dict(cached_env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  wait_ok(start(train_command(one, tree=tree), tmp_path / "one.log", env), tmp_path / "one.log")
+  assert checkpoint_steps(two, "moe") == checkpoint_steps(one, "moe") == [0, 1, 2]
+  # The params really were split between the processes: half of each kernel per device.
+  saved = ocp.StandardCheckpointHandler().metadata(
+      epath.Path(two) / "moe" / "checkpoints" / "2" / "state").tree["params"]
+  assert saved["dit"]["patch_embed"]["kernel"].shape == (4, 64, 64)
+  exported = [_export_npz(run, tmp_path / f"export_{run.name}", _env()) for run in (two, one)]
+  assert sorted(exported[0]) == sorted(exported[1])
+  assert exported[0]["dit/patch_embed/kernel"].shape[0] == 4
+  for name in exported[0]:
+    np.testing.assert_allclose(exported[0][name], exported[1][name], rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+  branch = restored_state(two, 0, "moe")["ema_params"]["dit"]["patch_embed"]["kernel"]
+  assert not np.array_equal(exported[0]["dit/patch_embed/kernel"], branch)  # the experts trained

@@ -74,24 +74,34 @@ def _resolve_stage(run_dir: Path, stage: str, step):
   return run_dir, stage, int(step)
 
 
-def _restore_on_one_device(path: Path):
-  """The saved tree, every array on the first local device: the tools run on whatever machine
-  they are given, not on the training mesh the checkpoint was written from."""
-  checkpointer = ocp.StandardCheckpointer()
+def _restore_on_one_device(path: Path, name: str):
+  """The saved state's `name` subtree alone (`ema_params` or `params`), every array on the first
+  local device: the tools run on whatever machine they are given, not on the training mesh the
+  checkpoint was written from. Orbax's partial restore reads only that subtree's arrays from
+  disk, not the other params copy, the optimizer moments or the counters (several times the
+  params' size for a big model with Adam)."""
+  handler = ocp.PyTreeCheckpointHandler()
   # The manager writes _CHECKPOINT_METADATA beside the items, not in them; reading one item
-  # directly makes Orbax warn that it is missing, on every tool run.
+  # directly makes Orbax warn that it is missing, on every tool run. The handler's metadata()
+  # reads the item's own files only (the Checkpointer's would also look for that file, and
+  # swallow a corrupt item's error); absl is kept quiet here all the same.
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)
   try:
-    metadata = checkpointer.metadata(path)
+    metadata = handler.metadata(path)
   finally:
     absl_logger.setLevel(level)
-  metadata = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(metadata, "tree", metadata)
+  if not isinstance(tree, dict) or not isinstance(tree.get(name), dict):
+    raise KeyError(f"no {name} in the saved state")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        metadata)
-  return checkpointer.restore(path, target)
+  target = {name: jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree[name])}
+  restored = ocp.Checkpointer(handler).restore(path, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))
+  return restored[name]
 
 
 def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
@@ -104,10 +114,9 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
     raise UserError(f"{step_dir}: no such checkpoint")
   config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
   try:
-    state = _restore_on_one_device(step_dir / "state")
+    params = _restore_on_one_device(step_dir / "state", "ema_params" if ema else "params")
   except (ValueError, FileNotFoundError, KeyError) as e:
     raise UserError(f"{step_dir}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
-  params = state["ema_params" if ema else "params"]
   model = SRModel(DiTConfig.from_dict(config.model.to_dict()), TagsConfig.from_config(config.tags))
   diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
   diffusion.experts.num_experts = jax.tree.leaves(params)[0].shape[0]
