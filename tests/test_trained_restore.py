@@ -10,9 +10,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
-from etils import epath
 
 from linearsr_jax.inference.trained import load_trained
+from checkpoint_helpers import full_state
 from trained_run import trained_run
 
 
@@ -45,17 +45,6 @@ def _bytes_read():
   return sum(v["value"] for m in metric for v in m["values"])
 
 
-def _full_state(state_dir):
-  """The whole saved TrainState as a dict, as tests/test_training.py restores it."""
-  path = epath.Path(state_dir)
-  meta = ocp.StandardCheckpointHandler().metadata(path)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        meta.tree)
-  with ocp.StandardCheckpointer() as checkpointer:
-    return jax.device_get(checkpointer.restore(path, target))
-
-
 @pytest.mark.parametrize("ema, name", [(True, "ema_params"), (False, "params")])
 def test_load_trained_reads_only_the_params_it_returns(run_dir, reads, ema, name):
   before = _bytes_read()
@@ -65,7 +54,7 @@ def test_load_trained_reads_only_the_params_it_returns(run_dir, reads, ema, name
   reads.clear()
 
   before = _bytes_read()
-  state = _full_state(run_dir / "moe" / "checkpoints" / str(trained.step) / "state")
+  state = full_state(run_dir / "moe" / "checkpoints" / str(trained.step) / "state")
   full_bytes = _bytes_read() - before
   # The spy sees every leaf of a full restore, so it would have seen the optimizer's.
   assert any(n.startswith("opt_state.") for n in reads), sorted(reads)[:5]
