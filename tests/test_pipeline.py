@@ -55,11 +55,11 @@ def assert_same(batches_a, batches_b):
 
 def test_batches_have_the_documented_shapes_and_ranges(demo, config):
   (batch,) = take(iter(pipeline.make_train_dataset(demo, config, tokenize, 0, 1)), 1)
-  assert set(batch) == {"hr", "lr", "tag_ids", "tag_mask"}
+  assert set(batch) == {"hr", "lr", "cond", "cond_mask"}
   assert batch["hr"].shape == (4, 32, 32, 3) and batch["hr"].dtype == np.float32
   assert batch["lr"].shape == (4, 8, 8, 3) and batch["lr"].dtype == np.float32
-  assert batch["tag_ids"].shape == (4, TAG_LENGTH) and batch["tag_ids"].dtype == np.int32
-  assert batch["tag_mask"].dtype == bool and batch["tag_mask"][:, 0].all()
+  assert batch["cond"].shape == (4, TAG_LENGTH) and batch["cond"].dtype == np.int32
+  assert batch["cond_mask"].dtype == bool and batch["cond_mask"][:, 0].all()
   for key in ("hr", "lr"):
     assert -1 <= batch[key].min() < 0 < batch[key].max() <= 1
   # LR pixels are 8-bit levels mapped to [-1, 1].
@@ -115,27 +115,19 @@ def test_workers_give_the_same_batches_and_resume(demo, config):
   resumed.close()
 
 
-def test_two_hosts_get_disjoint_shards_covering_the_set(demo, config):
-  shards = [list(pipeline.host_shard(demo, i, 2)) for i in range(2)]
-  names = [{record["name"] for record in shard} for shard in shards]
-  assert not names[0] & names[1]
-  assert names[0] | names[1] == set(demo.names)
-  # One epoch of a host's batches uses exactly its shard's images, half the global batch each.
-  config.batch_size = 2
-  for host in range(2):
-    iterator = iter(pipeline.make_train_dataset(demo, config, tokenize, host, 2))
-    batches = take(iterator, len(names[host]))
-    assert all(b["hr"].shape[0] == 1 for b in batches)
-    seen = {int(b["tag_ids"][0, 0]) for b in batches}
-    assert seen == {first_tag_id(name) for name in names[host]}
-
-
-def test_hosts_do_not_share_degradations(demo, config):
-  config.batch_size = 2
-  host0 = next(iter(pipeline.make_train_dataset(demo, config, tokenize, 0, 2)))
-  host1 = next(iter(pipeline.make_train_dataset(demo, config, tokenize, 1, 2)))
-  assert pipeline.host_seed(7, 0) != pipeline.host_seed(7, 1)
-  assert not np.array_equal(host0["hr"], host1["hr"])
+@pytest.mark.parametrize("hosts", [2, 4])
+def test_hosts_split_the_one_host_stream_by_rows(demo, config, hosts):
+  """Any number of hosts trains on the same global batches: host p's batch k is rows
+  [p·B/P, (p+1)·B/P) of the one-host batch k, degradations included."""
+  config.batch_size = 4
+  one_host = take(iter(pipeline.make_train_dataset(demo, config, tokenize, 0, 1)), 3)
+  per_host = [take(iter(pipeline.make_train_dataset(demo, config, tokenize, p, hosts)), 3)
+              for p in range(hosts)]
+  for k, reference in enumerate(one_host):
+    for key in reference:
+      rows = np.concatenate([per_host[p][k][key] for p in range(hosts)])
+      np.testing.assert_array_equal(rows, reference[key], err_msg=f"batch {k} {key}")
+  assert not np.array_equal(per_host[0][0]["hr"], per_host[1][0]["hr"])
 
 
 def test_eval_examples_are_fixed_and_cropped(config):
@@ -181,7 +173,7 @@ def test_global_batch_is_sharded_as_the_mesh_says(demo, config):
   config.batch_size = 8
   local = next(iter(pipeline.make_train_dataset(demo, config, tokenize, 0, 1)))
   batch = pipeline.make_global_batch(local, mesh)
-  assert set(batch) == {"hr", "lr", "tag_ids", "tag_mask"}
+  assert set(batch) == {"hr", "lr", "cond", "cond_mask"}
   for key, array in batch.items():
     assert array.shape == local[key].shape
     assert array.sharding.spec == PartitionSpec(("data", "fsdp"))

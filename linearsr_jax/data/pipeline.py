@@ -1,20 +1,25 @@
 """The input pipeline: grain MapDataset -> random HR crop -> degrade -> LR/HR/tags -> batch.
 
-    source[host shard] -> shuffle (reseeded each epoch) -> repeat -> crop + augment + degrade
-    + tokenize (seeded by element index) -> batch -> [mp_prefetch workers]
+    source -> shuffle (reseeded each epoch) -> repeat -> crop + augment + degrade + tokenize
+    (seeded by element index) -> this host's rows of each global batch -> batch
+    -> [mp_prefetch workers]
 
 Batches are dicts of NumPy arrays:
-  'hr'       [B, H, W, 3]      float32 in [-1, 1]
-  'lr'       [B, H/s, W/s, 3]  float32 in [-1, 1]
-  'tag_ids'  [B, L] int32, 'tag_mask' [B, L] bool   (from the `tokenize` argument)
-The pipeline knows nothing of the model: `tokenize(tags: list[str]) -> (ids int32[L], mask
-bool[L])` turns tags into arrays. Every random choice is drawn from a generator seeded by
-(seed, host, element index), so a seed fixes the batches whatever the number of workers, and
-the iterator state (`get_state` / `set_state`, grain's Orbax handler) resumes mid-epoch.
+  'hr'         [B, H, W, 3]      float32 in [-1, 1]
+  'lr'         [B, H/s, W/s, 3]  float32 in [-1, 1]
+  'cond'       [B, L] int32 hashed tag ids, or [B, L, C] float32 precomputed tokens
+  'cond_mask'  [B, L] bool                          (both from the `tokenize` argument)
+The pipeline knows nothing of the model: a record's 'tags' is its condition source (a tag list,
+or for precomputed arrays an ArrayRef or None, see tag_sources.py) and `tokenize(source) ->
+(cond, cond_mask)` (models/tags.py make_condition) turns it into arrays. Every random choice
+is drawn from a generator seeded by (seed, element index), so a seed fixes the batches
+whatever the number of workers or hosts, and the iterator state (`get_state` / `set_state`,
+grain's Orbax handler) resumes mid-epoch.
 `make_global_batch` assembles the hosts' batches into jax.Arrays sharded over the mesh's data
 axes.
 """
 
+import logging
 from typing import Callable
 
 import cv2
@@ -25,9 +30,11 @@ import numpy as np
 from linearsr_jax.data import degradations, sources, tag_sources
 from linearsr_jax.errors import UserError
 
-Tokenize = Callable[[list], tuple]
+log = logging.getLogger(__name__)
+
+Tokenize = Callable[[object], tuple]  # condition source -> (cond, cond_mask)
 SOURCE_KINDS = ("demo", "folder", "paired", "tfds_folder", "div2k")
-BATCH_KEYS = ("hr", "lr", "tag_ids", "tag_mask")
+BATCH_KEYS = ("hr", "lr", "cond", "cond_mask")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -57,8 +64,12 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
 
-def make_source(config, split="train"):
-  """The train or eval source named by the config (min size = crop size for training)."""
+def make_source(config, split="train", encoder="hash"):
+  """The train or eval source named by the config (min size = crop size for training).
+
+  Its records' condition sources suit `encoder` (models/tags.py): tag lists for 'hash';
+  for 'precomputed', the arrays beside the images or in the mapping file.
+  """
   section = "source" if split == "train" else "eval_source"
   spec = config[section]
   needed = {"folder": ("path",), "paired": ("lr_path", "hr_path"), "tfds_folder": ("path",),
@@ -66,8 +77,13 @@ def make_source(config, split="train"):
   for field in needed:
     if not str(spec[field]):
       raise UserError(f"data.{section}.kind={spec.kind} needs data.{section}.{field}")
+  if encoder == "precomputed" and spec.kind not in ("folder", "paired"):
+    source = make_source(config, split)
+    log.warning("data.%s.kind=%s has no image files to find precomputed arrays beside: every "
+                "image uses the null condition", section, spec.kind)
+    return WithoutArrays(source)
   tags = tag_sources.make_tag_source(config.tags.kind, config.tags.mapping or None,
-                                     root=spec.path or spec.hr_path or None)
+                                     root=spec.path or spec.hr_path or None, encoder=encoder)
   min_size = config.crop_size if split == "train" else max(config.eval.crop_size, config.scale)
   if spec.kind == "demo":
     return sources.DemoSource(split, eval_names=tuple(config.demo_eval_names), min_size=min_size)
@@ -80,6 +96,20 @@ def make_source(config, split="train"):
   if spec.kind == "div2k":
     return sources.Div2kSource(spec.path, config=spec.div2k_config, split=spec.tfds_split)
   raise UserError(f"unknown data source '{spec.kind}' (choose from {', '.join(SOURCE_KINDS)})")
+
+
+class WithoutArrays:
+  """A source without image files (demo, TFDS) for the precomputed encoder: every record's
+  condition source is None, the null condition."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    return {**self.source[index], "tags": None}
 
 
 # ------------------------------------------------------------------------------- examples
@@ -102,11 +132,11 @@ def _augment(images, rng):
   return [np.rot90(im[:, ::-1] if flip else im, turns) for im in images]
 
 
-def _to_example(hr, lr, tags, tokenize):
-  ids, mask = tokenize(tags)
+def _to_example(hr, lr, condition_source, tokenize):
+  cond, mask = tokenize(condition_source)
   return {"hr": np.ascontiguousarray(hr * 2 - 1, np.float32),
           "lr": np.ascontiguousarray(lr * 2 - 1, np.float32),
-          "tag_ids": np.asarray(ids, np.int32), "tag_mask": np.asarray(mask, bool)}
+          "cond": np.asarray(cond), "cond_mask": np.asarray(mask, bool)}
 
 
 class TrainTransform(grain.transforms.RandomMap):
@@ -141,11 +171,6 @@ class TrainTransform(grain.transforms.RandomMap):
     return _to_example(hr, lr, record["tags"], self.tokenize)
 
 
-def host_seed(seed, process_index) -> int:
-  """Distinct streams per host, so hosts do not degrade their k-th images alike."""
-  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
-
-
 def _process(process_index, process_count):
   if process_index is None or process_count is None:
     import jax
@@ -155,11 +180,32 @@ def _process(process_index, process_count):
   return process_index, process_count
 
 
-def host_shard(source, process_index, process_count) -> grain.MapDataset:
-  """This host's disjoint share of the source: elements process_index, +count, ..."""
-  if len(source) < process_count:
-    raise UserError(f"{len(source)} images cannot be shared by {process_count} hosts")
-  return grain.MapDataset.source(source)[process_index::process_count]
+class HostRows(grain.MapDataset):
+  """This host's rows of every global batch: element j is global element
+  (j // local)·global + process_index·local + j % local, for local = global / hosts.
+
+  Elements are computed lazily, so a host reads and degrades only its own rows; the global
+  stream, and with it training, is the same for any number of hosts.
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._global, self._local = global_batch, global_batch // process_count
+    self._offset = process_index * self._local
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._global * self._local
+
+  def _global_index(self, index: int) -> int:
+    batch, row = divmod(index, self._local)
+    return batch * self._global + self._offset + row
+
+  def __getitem__(self, index):
+    return self._parent[self._global_index(index)]
+
+  def __str__(self) -> str:
+    return f"HostRows(rows {self._offset}+{self._local} of {self._global})"
 
 
 def _start_workers():
@@ -187,19 +233,21 @@ def _init_worker(worker_index, worker_count):
 
 def make_train_dataset(source, config, tokenize: Tokenize, process_index=None,
                        process_count=None) -> grain.IterDataset:
-  """An endless grain IterDataset of this host's training batches (batch_size / hosts).
+  """An endless grain IterDataset of this host's rows of each global batch (batch_size / hosts).
 
-  `iter()` it for a DatasetIterator with get_state / set_state. process_index / count
-  default to JAX's; tests pass them to simulate hosts.
+  One global stream (shuffled and degraded by the seed and the global element index) is split
+  by rows, so every host count trains on the same batches. `iter()` it for a DatasetIterator
+  with get_state / set_state. process_index / count default to JAX's; tests pass them to
+  simulate hosts.
   """
   process_index, process_count = _process(process_index, process_count)
   if config.batch_size % process_count:
     raise UserError(f"batch size {config.batch_size} is not divisible by {process_count} hosts")
   transform = TrainTransform(config.crop_size, config.scale, config.degradation, tokenize,
                              config.augment)
-  ds = host_shard(source, process_index, process_count)
-  ds = ds.seed(host_seed(config.seed, process_index)).shuffle().repeat()
-  ds = ds.random_map(transform).batch(config.batch_size // process_count, drop_remainder=True)
+  ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat()
+  ds = HostRows(ds.random_map(transform), config.batch_size, process_index, process_count)
+  ds = ds.batch(config.batch_size // process_count, drop_remainder=True)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                             prefetch_buffer_size=config.prefetch_batches))
   if config.num_workers > 0:

@@ -3,7 +3,8 @@
 Every source has `len()` and `source[i] -> record`, a dict with
   'hr'   float32 HxWx3 in [0, 1],
   'lr'   float32 (H/s)x(W/s)x3 (paired sources only),
-  'tags' list[str] (raw, see tag_sources.py),
+  'tags' the condition source: list[str] of raw tags, or for precomputed arrays an ArrayRef
+         or None (see tag_sources.py),
   'name' str,
 so grain can use it directly (`grain.MapDataset.source(src)`). Sources are picklable: worker
 processes decode the images. Files that cannot be used are skipped when the source is built
@@ -73,7 +74,7 @@ class FolderSource:
   `min_size` drops images whose shorter side is smaller (e.g. the crop size). With
   `verify` every image is decoded once here, so truncated files are found up front;
   without it only headers are read (fast on large sets, but a broken file fails on use).
-  Text files that are tag sidecars of an image are not counted as skipped.
+  Tag sidecars (.txt) and array sidecars (.npy) of an image are not counted as skipped.
   """
 
   def __init__(self, root, min_size=0, tags=None, recursive=True, verify=True):
@@ -85,8 +86,9 @@ class FolderSource:
     files = sorted(p for p in self.root.glob(pattern) if p.is_file() and not any(
         part.startswith(".") for part in p.relative_to(self.root).parts))
     images = [p for p in files if image_io.is_image_path(p)]
-    # Tag files (sidecars, the mapping) are expected, not skipped.
-    expected_text = {s for p in images for s in tag_sources.sidecar_paths(p)}
+    # Condition files (sidecars, the mapping) are expected, not skipped.
+    expected_text = {s for p in images for suffix in (".txt", ".npy")
+                     for s in tag_sources.sidecar_paths(p, suffix)}
     mapping = getattr(self.tag_source, "path", None)
     expected_text |= {mapping.resolve()} if mapping else set()
     self.skipped = {reason: [] for reason in _SKIP_REASONS}

@@ -1,26 +1,43 @@
-"""Per-image tags: from a sidecar text file, a JSON / CSV mapping file, or nowhere.
+"""Per-image conditions: tags or precomputed arrays, from sidecar files, one mapping file, or
+nowhere.
 
-A tag source is a picklable callable `image_path -> list[str]` (grain ships it to worker
-processes). Tags are returned raw: split on commas and stripped, nothing more; lower-casing,
-deduplication and hashing belong to the tag encoder (models/tags.py).
+A tag source is a picklable callable `image_path -> condition source` (grain ships it to
+worker processes). For the hash encoder the source is the image's tags, raw: split on commas
+and stripped, nothing more; lower-casing, deduplication and hashing belong to the tag encoder
+(models/tags.py). For the precomputed encoder it is an `ArrayRef` to the image's [L, C] array,
+or None when it has none; models/tags.py loads and checks it.
 
 - sidecar: `photo.png` takes its tags from `photo.txt` (or `photo.png.txt`) beside it,
-  e.g. `dog, grass, frisbee`. A missing sidecar means no tags.
+  e.g. `dog, grass, frisbee`, or its array from `photo.npy` (or `photo.png.npy`). A missing
+  sidecar means no tags / no array.
 - mapping: one file for the whole set. JSON `{"photo.png": ["dog", "grass"], ...}` (a value
   may also be one comma-separated string). CSV rows `photo.png,"dog, grass"` or
   `photo.png,dog,grass`; a first row naming the columns (file/name/image/path) is skipped.
+  Arrays: an .npz or .safetensors file with one array per image.
   Keys may be the path relative to the image root, the file name, or the stem.
-- none: every image has no tags.
+- none: every image has no tags / no array.
 """
 
+import contextlib
 import csv
 import json
+import zipfile
 from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
 
 from linearsr_jax.errors import UserError
 
 TAG_SOURCE_KINDS = ("sidecar", "mapping", "none")
 _CSV_HEADER_NAMES = ("file", "filename", "file_name", "name", "image", "path")
+ARRAY_MAPPING_SUFFIXES = (".npz", ".safetensors")
+
+
+class ArrayRef(NamedTuple):
+  """Where one image's precomputed array is: a file, and its entry in a mapping file."""
+  path: str
+  key: Optional[str] = None  # None: the file's only array (an .npy sidecar)
 
 
 def split_tags(text) -> list:
@@ -29,15 +46,21 @@ def split_tags(text) -> list:
   return [t.strip() for item in items for t in str(item).split(",") if t.strip()]
 
 
-def sidecar_paths(image_path) -> tuple:
-  """The files SidecarTags would read for `image_path` (so folder scans can skip them)."""
+def sidecar_paths(image_path, suffix=".txt") -> tuple:
+  """The sidecars SidecarTags (.txt) or SidecarArrays (.npy) would read for `image_path`, in
+  order (so folder scans can skip them)."""
   image_path = Path(image_path)
-  return image_path.with_suffix(".txt"), image_path.with_name(image_path.name + ".txt")
+  return image_path.with_suffix(suffix), image_path.with_name(image_path.name + suffix)
 
 
 class NoTags:
   def __call__(self, image_path) -> list:
     return []
+
+
+class NoArrays:
+  def __call__(self, image_path) -> None:
+    return None
 
 
 class SidecarTags:
@@ -51,6 +74,14 @@ class SidecarTags:
         except OSError as e:
           raise UserError(f"{sidecar}: cannot read tags ({e.strerror or e})") from None
     return []
+
+
+class SidecarArrays:
+  """The array of `STEM.npy` (or `NAME.npy`) next to each image; read later, by the encoder."""
+
+  def __call__(self, image_path) -> Optional[ArrayRef]:
+    found = [p for p in sidecar_paths(image_path, ".npy") if p.is_file()]
+    return ArrayRef(str(found[0])) if found else None
 
 
 def _read_json_mapping(path: Path) -> dict:
@@ -74,39 +105,110 @@ def _read_csv_mapping(path: Path) -> dict:
   return {row[0].strip(): split_tags(row[1:]) for row in rows}
 
 
-class MappingTags:
-  """Tags looked up in a JSON or CSV file by relative path, file name, or stem."""
+class _Mapping:
+  """One file that maps images, by relative path, file name or stem, to their condition."""
+  SUFFIXES, WHAT = (), ""
 
   def __init__(self, mapping_path, root=None):
     mapping_path = Path(mapping_path)
-    readers = {".json": _read_json_mapping, ".csv": _read_csv_mapping}
-    if mapping_path.suffix.lower() not in readers:
-      raise UserError(f"{mapping_path}: a tag mapping must be a .json or .csv file")
+    if mapping_path.suffix.lower() not in self.SUFFIXES:
+      raise UserError(f"{mapping_path}: a {self.WHAT} mapping must be a "
+                      f"{' or '.join(self.SUFFIXES)} file")
     if not mapping_path.is_file():
-      raise UserError(f"{mapping_path}: no such tag mapping file")
+      raise UserError(f"{mapping_path}: no such {self.WHAT} mapping file")
     self.path = mapping_path
     self.root = Path(root) if root is not None else None
-    self.mapping = readers[mapping_path.suffix.lower()](mapping_path)
+
+  def _key(self, image_path, keys) -> Optional[str]:
+    """The first of the image's relative path, file name and stem that is in `keys`."""
+    image_path = Path(image_path)
+    candidates = [image_path.name, image_path.stem]
+    if self.root is not None and image_path.is_relative_to(self.root):
+      candidates.insert(0, image_path.relative_to(self.root).as_posix())
+    return next((key for key in candidates if key in keys), None)
+
+
+class MappingTags(_Mapping):
+  """Tags looked up in a JSON or CSV file."""
+  SUFFIXES, WHAT = (".json", ".csv"), "tag"
+
+  def __init__(self, mapping_path, root=None):
+    super().__init__(mapping_path, root)
+    readers = {".json": _read_json_mapping, ".csv": _read_csv_mapping}
+    self.mapping = readers[self.path.suffix.lower()](self.path)
 
   def __call__(self, image_path) -> list:
-    image_path = Path(image_path)
-    keys = [image_path.name, image_path.stem]
-    if self.root is not None and image_path.is_relative_to(self.root):
-      keys.insert(0, image_path.relative_to(self.root).as_posix())
-    for key in keys:
-      if key in self.mapping:
-        return list(self.mapping[key])
-    return []
+    key = self._key(image_path, self.mapping)
+    return [] if key is None else list(self.mapping[key])
 
 
-def make_tag_source(kind="sidecar", mapping_path=None, root=None):
-  """A tag source by name; `mapping_path` is required for (and implies) 'mapping'."""
+class MappingArrays(_Mapping):
+  """Arrays looked up in an .npz or .safetensors file (only the names are read here)."""
+  SUFFIXES, WHAT = ARRAY_MAPPING_SUFFIXES, "precomputed-array"
+
+  def __init__(self, mapping_path, root=None):
+    super().__init__(mapping_path, root)
+    self.names = frozenset(array_names(self.path))
+
+  def __call__(self, image_path) -> Optional[ArrayRef]:
+    key = self._key(image_path, self.names)
+    return None if key is None else ArrayRef(str(self.path), key)
+
+
+@contextlib.contextmanager
+def _array_file(path: Path):
+  """(entry names, get(name) -> array) of an open .npz or .safetensors file."""
+  from safetensors import SafetensorError, safe_open
+
+  try:
+    if path.suffix.lower() == ".npz":
+      with np.load(path, allow_pickle=False) as arrays:
+        yield list(arrays.files), arrays.__getitem__
+    else:
+      with safe_open(str(path), "numpy") as arrays:
+        yield list(arrays.keys()), arrays.get_tensor
+  except (OSError, ValueError, TypeError, zipfile.BadZipFile, SafetensorError) as e:
+    raise UserError(f"{path}: not a readable {path.suffix} array file ({e})") from None
+
+
+def array_names(path) -> list:
+  """The entry names of an .npz or .safetensors file."""
+  with _array_file(Path(path)) as (names, _):
+    return names
+
+
+def read_array(path, key=None) -> np.ndarray:
+  """An .npy file's array, or entry `key` of an .npz / .safetensors file (no key: its only
+  entry). Shapes and values are the encoder's to check (models/tags.py)."""
+  path = Path(path)
+  if not path.is_file():
+    raise UserError(f"{path}: no such condition file")
+  if path.suffix.lower() == ".npy":
+    try:
+      return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise UserError(f"{path}: not a readable .npy array ({e})") from None
+  if path.suffix.lower() not in ARRAY_MAPPING_SUFFIXES:
+    raise UserError(f"{path}: condition arrays must be .npy, .npz or .safetensors files")
+  with _array_file(path) as (names, get):
+    if key is None and len(names) != 1:
+      raise UserError(f"{path}: expected exactly one array, found {sorted(names)}")
+    if key is not None and key not in names:
+      raise UserError(f"{path}: no array named {key!r}")
+    return get(names[0] if key is None else key)
+
+
+def make_tag_source(kind="sidecar", mapping_path=None, root=None, encoder="hash"):
+  """A tag source by name; `mapping_path` is required for (and implies) 'mapping'. For the
+  'precomputed' encoder it finds arrays (ArrayRef or None) instead of tags."""
+  arrays = encoder == "precomputed"
   if mapping_path and kind != "none":
-    return MappingTags(mapping_path, root)
+    return (MappingArrays if arrays else MappingTags)(mapping_path, root)
   if kind == "mapping":
-    raise UserError("tag source 'mapping' needs a mapping file (.json or .csv)")
+    suffixes = ARRAY_MAPPING_SUFFIXES if arrays else MappingTags.SUFFIXES
+    raise UserError(f"tag source 'mapping' needs a mapping file ({' or '.join(suffixes)})")
   if kind == "sidecar":
-    return SidecarTags()
+    return SidecarArrays() if arrays else SidecarTags()
   if kind == "none":
-    return NoTags()
+    return NoArrays() if arrays else NoTags()
   raise UserError(f"unknown tag source '{kind}' (choose from {', '.join(TAG_SOURCE_KINDS)})")

@@ -30,7 +30,12 @@ def add_arguments(parser):
   model.add_argument("--steps", type=int, help="sampler steps (default: the config's)")
   model.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
   model.add_argument("--seed", type=int, default=0)
-  model.add_argument("--tags", help="comma-separated tags for every image (default: none)")
+  model.add_argument("--tags", help="comma-separated tags for every image (default: none); for "
+                                     "a hash-encoder model")
+  model.add_argument("--cond_mapping", type=Path, metavar="FILE",
+                     help="an .npz / .safetensors file of [L, C] arrays keyed by LR image (path "
+                          "relative to --lr_dir, name or stem); default: IMAGE.npy beside each "
+                          "LR image, else none. For a precomputed-encoder model")
   model.add_argument("--tile", type=int, default=128, help="LR tile size in pixels")
   model.add_argument("--overlap", type=int, default=32, help="LR tile overlap in pixels")
   model.add_argument("--color_fix", choices=["wavelet", "adain", "none"], default="none")
@@ -52,9 +57,22 @@ def add_arguments(parser):
   parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
 
+def _conditions(args, upscaler):
+  """LR path -> (cond, cond_mask): --tags for every image (hash encoder), or each image's
+  array from --cond_mapping or its IMAGE.npy sidecar (precomputed), else the null condition."""
+  from linearsr_jax.data import tag_sources
+  from linearsr_jax.inference.upscale import check_condition_flags
+
+  check_condition_flags(upscaler.encoder, args.tags, args.cond_mapping, "--cond_mapping")
+  if upscaler.encoder == "hash":
+    return upscaler.conditions(tag_sources.split_tags(args.tags) if args.tags else None)
+  arrays = tag_sources.make_tag_source("sidecar" if args.cond_mapping is None else "mapping",
+                                       args.cond_mapping, root=args.lr_dir, encoder="precomputed")
+  return upscaler.conditions(per_image=arrays)
+
+
 def _model_upscaler(args):
-  """(lr -> sr function, description) of a trained checkpoint."""
-  from linearsr_jax.data.tag_sources import split_tags
+  """((lr, lr path) -> sr function, description) of a trained checkpoint."""
   from linearsr_jax.inference.trained import load_trained
   from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
 
@@ -63,11 +81,11 @@ def _model_upscaler(args):
                                               args.seed, args.color_fix))
   if upscaler.scale != args.scale:
     raise UserError(f"the checkpoint upscales x{upscaler.scale}, but --scale is {args.scale}")
-  tags = split_tags(args.tags) if args.tags else []
+  conditions = _conditions(args, upscaler)
   described = (f"{trained.stage} step {trained.step} ({'raw' if args.raw else 'EMA'}, "
                f"{trained.num_experts} expert(s)), steps {args.steps or trained.diffusion.sampler.steps}"
                f", guidance {args.guidance}, seed {args.seed}, color fix {args.color_fix}")
-  return (lambda lr: upscaler(lr, tags)), described
+  return (lambda lr, lr_path: upscaler(lr, conditions(lr_path))), described
 
 
 def _metric_names(text):

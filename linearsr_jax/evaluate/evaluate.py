@@ -1,7 +1,7 @@
 """Scoring paired folders: match images by name, compute metrics per image, write reports.
 
 The images scored are either files made by any method (an SR folder) or what a
-`super_resolve(lr) -> sr` function makes from an LR folder: `bicubic_upscaler` for the
+`super_resolve(lr, lr_path) -> sr` function makes from an LR folder: `bicubic_upscaler` for the
 baseline row, a model's sampler later. A pair that cannot be scored (a missing side, an
 unreadable file, sizes that differ) is recorded with its reason and the rest go on.
 
@@ -32,7 +32,7 @@ DEFAULT_METRICS = ("psnr_y", "ssim_y_pyiqa", "lpips_alex", "dists")
 # LPIPS's AlexNet needs 31 px per side; smaller pairs are reported instead of crashing XLA.
 MIN_SIDE = 32
 
-SuperResolve = Callable[[np.ndarray], np.ndarray]
+SuperResolve = Callable[[np.ndarray, Path], np.ndarray]  # the path finds per-image conditions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,8 @@ def bicubic_upscaler(scale: int) -> SuperResolve:
   """MATLAB-style bicubic up-sampling by `scale` (Keys kernel a = -0.5, symmetric borders),
   the usual bicubic row of SR papers, rounded to 8 bits as a saved image would be."""
 
-  def upscale(lr):
+  def upscale(lr, lr_path=None):
+    del lr_path  # the same for every image
     sr = imresize_bicubic(lr, lr.shape[0] * scale, lr.shape[1] * scale)
     return np.round(np.clip(sr, 0.0, 1.0) * 255.0) / 255.0
 
@@ -104,7 +105,7 @@ def _score_pair(pair, super_resolve, metric_fns, crop_border, source_kind):
   reference = read_image(pair.reference)
   image = read_image(pair.source)
   if super_resolve is not None:
-    image = super_resolve(image)
+    image = super_resolve(image, pair.source)
   if image.shape != reference.shape:
     raise UserError(f"size mismatch: {source_kind if super_resolve is None else 'SR'} "
                     f"{image.shape[1]}x{image.shape[0]} vs HR "
@@ -121,7 +122,8 @@ def evaluate_pairs(pairs: Sequence[Pair], super_resolve: Optional[SuperResolve] 
   """Scores every pair; failures become ImageResults with an error and empty scores.
 
   With `super_resolve`, each pair's source is an LR image and the scored image is
-  `super_resolve(lr)` (float32 HxWx3 in [0, 1] in and out); without it the source is scored.
+  `super_resolve(lr, lr_path)` (float32 HxWx3 in [0, 1] in and out); without it the source is
+  scored.
   """
   metric_fns = {name: metrics.metric_fn(name, crop_border) for name in metric_names}
   source_kind = "SR" if super_resolve is None else "LR"

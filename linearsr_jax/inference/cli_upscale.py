@@ -23,7 +23,10 @@ def add_arguments(parser):
   parser.add_argument("--overlap", type=int, default=32, help="LR tile overlap in pixels")
   parser.add_argument("--color_fix", choices=["wavelet", "adain", "none"], default="wavelet")
   parser.add_argument("--tags", help="comma-separated tags for every image (default: sidecar "
-                      "IMAGE.txt files, else none)")
+                      "IMAGE.txt files, else none); for a hash-encoder model")
+  parser.add_argument("--cond", metavar="FILE.npy",
+                      help="an [L, C] condition array for every image (default: sidecar "
+                           "IMAGE.npy files, else none); for a precomputed-encoder model")
   parser.add_argument("--steps", type=int, help="sampler steps (default: the config's)")
   parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
   parser.add_argument("--seed", type=int, default=0)
@@ -47,10 +50,22 @@ def collect_inputs(inputs) -> list:
   return found
 
 
+def _conditions(args, upscaler):
+  """image path -> (cond, cond_mask): --tags / --cond for every image, else the image's sidecar
+  (IMAGE.txt, or IMAGE.npy for a precomputed-encoder model), else None (the null condition)."""
+  from linearsr_jax.data import tag_sources
+  from linearsr_jax.inference.upscale import check_condition_flags
+
+  check_condition_flags(upscaler.encoder, args.tags, args.cond, "--cond")
+  given = (tag_sources.split_tags(args.tags) if args.tags is not None else
+           tag_sources.ArrayRef(args.cond) if args.cond is not None else None)
+  sidecar = tag_sources.make_tag_source("sidecar", encoder=upscaler.encoder)
+  return upscaler.conditions(given, sidecar)
+
+
 def run(args) -> int:
   from tqdm import tqdm
 
-  from linearsr_jax.data import tag_sources
   from linearsr_jax.data.image_io import read_image, write_image
   from linearsr_jax.inference.trained import load_trained
   from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
@@ -63,7 +78,7 @@ def run(args) -> int:
                                               args.seed, args.color_fix))
   out_dir = Path(args.out)
   inputs = {p.resolve() for p, _ in jobs}
-  sidecar = tag_sources.SidecarTags()
+  conditions = _conditions(args, upscaler)
   failures, done, skipped = [], 0, 0
   for path, stem in tqdm(jobs, desc="images", unit="img", file=sys.stderr,
                          disable=args.no_progress):
@@ -77,10 +92,10 @@ def run(args) -> int:
       continue
     try:
       lr = read_image(path)
-      tags = tag_sources.split_tags(args.tags) if args.tags is not None else sidecar(path)
+      condition = conditions(path)
       with tqdm(total=upscaler.tile_count(*lr.shape[:2]), desc=path.name, unit="tile",
                 leave=False, file=sys.stderr, disable=args.no_progress) as bar:
-        sr = upscaler(lr, tags, on_tile=lambda: bar.update(1))
+        sr = upscaler(lr, condition, on_tile=lambda: bar.update(1))
       write_image(target, sr, quality=args.quality)
       done += 1
     except UserError as e:

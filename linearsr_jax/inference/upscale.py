@@ -19,6 +19,7 @@ from linearsr_jax.errors import UserError
 from linearsr_jax.inference import tiling
 from linearsr_jax.inference.color_fix import color_fix
 from linearsr_jax.inference.super_resolve import make_super_resolve
+from linearsr_jax.models.tags import make_condition, null_condition
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +32,18 @@ class UpscaleOptions:
   color_fix: str = "wavelet"
 
 
+def check_condition_flags(encoder, tags, arrays, arrays_flag):
+  """--tags suits a hash-encoder model, an array flag (--cond, --cond_mapping) a precomputed one."""
+  if tags is not None and encoder != "hash":
+    raise UserError(f"--tags: this model takes precomputed arrays (tags.encoder={encoder}); give "
+                    f"{arrays_flag} or IMAGE.npy sidecars")
+  if arrays is not None and encoder == "hash":
+    raise UserError(f"{arrays_flag}: this model hashes tags (tags.encoder=hash); give --tags or "
+                    "IMAGE.txt sidecars")
+
+
 class Upscaler:
-  """upscaler(lr [h, w, 3] in [0, 1], tags) -> SR [h·s, w·s, 3] in [0, 1]."""
+  """upscaler(lr [h, w, 3] in [0, 1], condition) -> SR [h·s, w·s, 3] in [0, 1]."""
 
   def __init__(self, trained, options: UpscaleOptions):
     self.trained, self.options = trained, options
@@ -51,8 +62,12 @@ class Upscaler:
     self._sr = jax.jit(make_super_resolve(trained.model, trained.latent_space, trained.diffusion,
                                           scale=self.scale, **overrides))
     self.key = jax.random.PRNGKey(options.seed)
-    tags = trained.config.tags
-    self.vocab_size, self.max_tokens = tags.vocab_size, tags.max_tokens
+    self.latent_params = jax.device_put(trained.latent_space.params)
+    tags, features = trained.config.tags, trained.config.model.caption_channels
+    self.encoder = tags.encoder
+    # condition source (tag list, ArrayRef or None) -> (cond, cond_mask), as the model takes it
+    self.condition = make_condition(tags, features)
+    self.null = null_condition(tags.encoder, tags.max_tokens, features)
 
   def _tile(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """(tile, overlap) for an (aligned) image: --tile shrunk to the image along each axis; an
@@ -68,16 +83,26 @@ class Upscaler:
     return math.prod(len(tiling.tile_starts(size, t, o, self.align))
                      for size, t, o in zip(padded, tile, overlap))
 
-  def __call__(self, lr, tags=(), on_tile=lambda: None):
-    from linearsr_jax.models.tags import tokenize_tags
+  def conditions(self, given=None, per_image=None):
+    """image path -> (cond, cond_mask): the condition source `given` for every image (loaded
+    now, so a bad one stops the command), else `per_image(path)`'s, else None (null)."""
+    if given is not None:
+      fixed = self.condition(given)
+      return lambda path: fixed
+    if per_image is None:
+      return lambda path: None
+    return lambda path: self.condition(per_image(path))
+
+  def __call__(self, lr, condition=None, on_tile=lambda: None):
+    """`condition`: this image's (cond, cond_mask) arrays; None: the null condition."""
     h, w = lr.shape[:2]
-    ids, mask = tokenize_tags(list(tags), self.vocab_size, self.max_tokens)
-    ids, mask = jnp.asarray(ids[None]), jnp.asarray(mask[None])
+    cond, mask = (jnp.asarray(a[None]) for a in (self.null if condition is None else condition))
     x = tiling.pad_to_multiple(np.asarray(lr, np.float32)[None] * 2 - 1, self.align)
     tile, overlap = self._tile(*x.shape[1:3])
 
     def sr_tile(lr_tile):
-      out = self._sr(self.trained.params, jnp.asarray(lr_tile), ids, mask, self.key)
+      out = self._sr(self.trained.params, self.latent_params, jnp.asarray(lr_tile), cond, mask,
+                     self.key)
       on_tile()
       return np.asarray(out)
 

@@ -12,7 +12,6 @@ workdir/
 """
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -33,10 +32,11 @@ from linearsr_jax.errors import UserError
 from linearsr_jax.models.dit import DiTConfig
 from linearsr_jax.models.latent_space import make_latent_space
 from linearsr_jax.models.sr_model import SRModel, TagsConfig
-from linearsr_jax.models.tags import tokenize_tags
-from linearsr_jax.train import esgf, optimizer
-from linearsr_jax.train.checkpoint import StageCheckpoints, abstract_like
-from linearsr_jax.train.state import branch_params, create_train_state
+from linearsr_jax.models.tags import make_condition
+from linearsr_jax.train import esgf, init_from, optimizer
+from linearsr_jax.train.checkpoint import StageCheckpoints
+from linearsr_jax.train.state import (abstract_train_state, branch_params, create_train_state,
+                                      expert_param_shapes, overlay_params)
 from linearsr_jax.train.step import make_train_step
 from linearsr_jax.train.validation import Validator
 
@@ -49,7 +49,7 @@ class StageResult:
   knee_step: int
   reason: str
   fired: bool
-  params: object  # EMA params of the knee checkpoint, experts stacked, on the host
+  params: object  # EMA params of the knee checkpoint, experts stacked, sharded on the mesh
 
 
 def write_json(path, obj):
@@ -84,31 +84,62 @@ class MetricsLog:
 
 
 class Run:
-  """Everything shared by the stages of one run."""
+  """Everything shared by the stages of one run.
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir):
+  With load_weights=False nothing is read but headers: the latent params are ShapeDtypeStructs
+  that carry their shardings, which is what shape checks and ahead-of-time compilation need.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir, load_weights: bool = True):
     self.config = config
     self.workdir = Path(workdir)
-    self.mesh = sharding.make_mesh(dict(config.mesh))
+    try:
+      self.mesh = sharding.make_mesh(dict(config.mesh))
+    except ValueError as e:
+      raise UserError(f"config.mesh: {e}") from None
     batch_axes = pipeline.batch_sharding(self.mesh).spec[0] or ()
     shards = math.prod(self.mesh.shape[a] for a in batch_axes)
     if config.data.batch_size % shards:
       raise UserError(f"data.batch_size={config.data.batch_size} does not split over the mesh's "
                       f"{shards} batch shards ({' × '.join(batch_axes)})")
     self.rules = [tuple(r) for r in config.sharding_rules]
-    self.latent_space = make_latent_space(config.latent)
-    dit_cfg = DiTConfig.from_dict(config.model.to_dict())
+    self.latent_space = make_latent_space(config.latent, load_params=load_weights)
+    try:
+      dit_cfg = DiTConfig.from_dict(config.model.to_dict())
+    except ValueError as e:
+      raise UserError(f"config.model: {e}") from None
     if dit_cfg.latent_channels != self.latent_space.channels:
       raise UserError(f"model.latent_channels={dit_cfg.latent_channels} but the latent space "
                       f"has {self.latent_space.channels} channels")
     self.model = SRModel(dit_cfg, TagsConfig.from_config(config.tags))
-    # A partial, not a lambda: grain pickles it into its worker processes.
-    self.tokenize = functools.partial(tokenize_tags, vocab_size=config.tags.vocab_size,
-                                      max_tokens=config.tags.max_tokens)
-    eval_examples = pipeline.make_eval_examples(pipeline.make_source(config.data, "eval"),
-                                                config.data, self.tokenize)
+    # The DC-AE's params are an argument of the jitted steps, replicated on the mesh.
+    latent_shardings = jax.tree.map(lambda _: sharding.replicated(self.mesh),
+                                    self.latent_space.abstract_params())
+    self.latent_params = (
+        sharding.put_on_mesh(self.latent_space.params, latent_shardings) if load_weights else
+        sharding.abstract_on_mesh(self.latent_space.abstract_params(), latent_shardings))
+    self.pretrained = None  # {'dit/...': array} overlaid on the first stage's fresh params
+    if config.train.init_from and load_weights:
+      self.pretrained = init_from.pretrained_leaves(config.train.init_from, dit_cfg,
+                                                    expert_param_shapes(self.model))
+    # Tag lists or precomputed arrays -> (cond, cond_mask), as the encoder takes them.
+    self.tokenize = make_condition(config.tags, config.model.caption_channels)
+    eval_source = pipeline.make_source(config.data, "eval", config.tags.encoder)
+    eval_examples = pipeline.make_eval_examples(eval_source, config.data, self.tokenize)
     self.eval_batches = list(pipeline.eval_batches(eval_examples, config.data.eval.batch_size))
-    self.train_source = pipeline.make_source(config.data, "train")
+    self.train_source = pipeline.make_source(config.data, "train", config.tags.encoder)
+
+  def optimizer(self, name: str):
+    """(optax transformation, merged optimizer config) of stage `name`."""
+    opt_cfg = ml_collections.ConfigDict(self.config.optimizer.to_dict())
+    opt_cfg.update(self.config.stages[name].optimizer.to_dict())
+    return optimizer.make_optimizer(opt_cfg, self.config.stages[name].max_steps), opt_cfg
+
+  def abstract_state(self, name: str):
+    """(TrainState of ShapeDtypeStructs with shardings, shardings) of stage `name`."""
+    tx, _ = self.optimizer(name)
+    return abstract_train_state(self.model, tx, self.config.stages[name].num_experts, self.mesh,
+                                self.rules)
 
   def stage_names(self):
     names = [s.strip() for s in self.config.stage_order.split(",") if s.strip()]
@@ -124,12 +155,15 @@ def run(config: ml_collections.ConfigDict, workdir) -> list:
     raise UserError(f"--workdir {workdir}: URLs are not supported; give a directory every host "
                     "sees (e.g. a gcsfuse mount of the bucket, or NFS)")
   workdir = Path(workdir).absolute()  # Orbax refuses relative checkpoint paths
+  # Everything that can be wrong with the config, the weights or the data is found here, before
+  # the workdir is touched, so a corrected command starts clean.
+  the_run = Run(config, workdir)
+  names = the_run.stage_names()
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
-  the_run = Run(config, workdir)
   results, previous = [], None
-  for index, name in enumerate(the_run.stage_names()):
+  for index, name in enumerate(names):
     previous = train_stage(the_run, name, index, previous)
     results.append(previous)
     if jax.process_index() == 0:
@@ -144,69 +178,86 @@ def _finished(stage_dir: Path):
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def train_stage(the_run: Run, name: str, index: int, previous):
-  """Trains one stage to its knee (or budget) and returns the knee checkpoint's EMA params."""
-  config, stage_cfg = the_run.config, the_run.config.stages[name]
-  train_cfg = config.train
-  stage_dir = the_run.workdir / name
-  stage_dir.mkdir(parents=True, exist_ok=True)
-  is_lead = jax.process_index() == 0
-  opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
-  opt_cfg.update(stage_cfg.optimizer.to_dict())
-  tx = optimizer.make_optimizer(opt_cfg, stage_cfg.max_steps)
-  num_experts = stage_cfg.num_experts
-  diffusion_cfg = ml_collections.ConfigDict(config.diffusion.to_dict())
-  diffusion_cfg.experts.num_experts = num_experts
-
-  start_params, origin = None, {"stage": None}
+def _start(the_run: Run, index: int, previous, tx, num_experts, shardings):
+  """(state, shardings, start params for the guard or None, where the stage starts from)."""
+  config = the_run.config
+  rng = jax.random.PRNGKey(config.seed + 1000 * index)
   if previous is not None:
-    start_params = branch_params(previous.params, num_experts)
+    start = branch_params(previous.params, num_experts, shardings.params)
+    state, shardings = create_train_state(the_run.model, tx, num_experts, rng, the_run.mesh,
+                                          the_run.rules, start)
     origin = {"stage": previous.name, "knee_step": previous.knee_step,
               "checkpoint": str(the_run.workdir / previous.name / "checkpoints" /
                                 str(previous.knee_step)),
               "experts_initialised_identically": num_experts > 1 and
               jax.tree.leaves(previous.params)[0].shape[0] == 1}
-  if is_lead and not (stage_dir / "stage.json").exists():
-    write_json(stage_dir / "stage.json", {"name": name, "num_experts": num_experts,
-                                          "init_from": origin})
-  state, shardings = create_train_state(the_run.model, tx, num_experts,
-                                        jax.random.PRNGKey(config.seed + 1000 * index),
-                                        the_run.mesh, the_run.rules, start_params)
-  abstract = abstract_like(state, shardings)
+    return state, shardings, start, origin
+  state, shardings = create_train_state(the_run.model, tx, num_experts, rng, the_run.mesh,
+                                        the_run.rules)
+  if the_run.pretrained is None:
+    return state, shardings, None, {"stage": None}
+  state = state.replace(
+      params=overlay_params(state.params, the_run.pretrained, shardings.params),
+      ema_params=overlay_params(state.ema_params, the_run.pretrained, shardings.ema_params))
+  return state, shardings, None, {"stage": None, "init_from": config.train.init_from,
+                                  "pretrained_tensors": len(the_run.pretrained)}
+
+
+def train_stage(the_run: Run, name: str, index: int, previous):
+  """Trains one stage to its knee (or budget) and returns the knee checkpoint's EMA params,
+  still sharded on the mesh."""
+  config, stage_cfg = the_run.config, the_run.config.stages[name]
+  train_cfg = config.train
+  stage_dir = the_run.workdir / name
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  is_lead = jax.process_index() == 0
+  tx, opt_cfg = the_run.optimizer(name)
+  num_experts = stage_cfg.num_experts
+  diffusion_cfg = ml_collections.ConfigDict(config.diffusion.to_dict())
+  diffusion_cfg.experts.num_experts = num_experts
+
   detector = esgf.KneeDetector(config.esgf)
   ckpts = StageCheckpoints(stage_dir / "checkpoints", keep_latest=train_cfg.keep_latest,
                            best_metric=train_cfg.best_metric, best_mode=train_cfg.best_mode,
                            protected_steps=detector.candidate_steps)
+  abstract, shardings = the_run.abstract_state(name)
   done = _finished(stage_dir)
   if done is not None:  # resuming a run whose stage already ended: reuse its knee
     knee_state, _ = ckpts.restore(done["knee_step"], abstract)
     ckpts.close()
     return StageResult(name, done["knee_step"], done["reason"], done["fired"],
-                       jax.device_get(knee_state.ema_params))
+                       knee_state.ema_params)
 
+  state, shardings, start_params, origin = _start(the_run, index, previous, tx, num_experts,
+                                                  shardings)
+  if is_lead and not (stage_dir / "stage.json").exists():
+    write_json(stage_dir / "stage.json", {"name": name, "num_experts": num_experts,
+                                          "init_from": origin})
   data_cfg = ml_collections.ConfigDict(config.data.to_dict())
   data_cfg.seed = config.data.seed + index  # each stage sees its own crop order
   data_iter = iter(pipeline.make_train_dataset(the_run.train_source, data_cfg, the_run.tokenize))
   latest = ckpts.latest_step()
   if latest is not None:
+    del state  # free its buffers before the restore allocates the same again
     state, _ = ckpts.restore(latest, abstract, data_iter)
     log.info("stage %s: resumed from checkpoint %d", name, latest)
   mlog = MetricsLog(stage_dir / "metrics.jsonl", latest)
   for row in mlog.evaluations():
     detector.update(row["step"], row)
-  validator = Validator(the_run.model, the_run.latent_space, diffusion_cfg, the_run.eval_batches,
-                        scale=config.data.scale, sampler_steps=train_cfg.eval_steps,
-                        seed=config.seed)
+  validator = Validator(the_run.model, the_run.latent_space, the_run.latent_params, diffusion_cfg,
+                        the_run.eval_batches, scale=config.data.scale,
+                        sampler_steps=train_cfg.eval_steps, seed=config.seed)
   bicubic = validator.bicubic()
   writer = metric_writers.create_default_writer(stage_dir, just_logging=not is_lead)
+  latent_shardings = jax.tree.map(lambda x: x.sharding, the_run.latent_params)
   step_fn = jax.jit(
       make_train_step(the_run.model, the_run.latent_space, tx, diffusion_cfg,
                       scale=config.data.scale, cond_dropout=config.tags.dropout_prob,
                       ema_decay=opt_cfg.ema_decay),
-      in_shardings=(shardings, pipeline.batch_sharding(the_run.mesh)),
+      in_shardings=(shardings, pipeline.batch_sharding(the_run.mesh), latent_shardings),
       out_shardings=(shardings, sharding.replicated(the_run.mesh)), donate_argnums=0)
   report = periodic_actions.ReportProgress(num_train_steps=stage_cfg.max_steps, writer=writer)
-  guard = _DivergenceGuard(train_cfg.guard, enabled=previous is not None)
+  guard = _DivergenceGuard(train_cfg.guard, start_params)
 
   def evaluate_and_save(step, state):
     val, sr = validator(state.ema_params)
@@ -229,7 +280,7 @@ def train_stage(the_run: Run, name: str, index: int, previous):
   with jax.set_mesh(the_run.mesh), nn.logical_axis_rules(the_run.rules):
     while step < stage_cfg.max_steps and not (stage_cfg.esgf and decision.fired):
       batch = pipeline.make_global_batch(next(data_iter), the_run.mesh)
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch, the_run.latent_params)
       step += 1
       report(step)
       if step % train_cfg.log_every == 0:
@@ -237,7 +288,7 @@ def train_stage(the_run: Run, name: str, index: int, previous):
         writer.write_scalars(step, scalars)
         mlog.append({"step": step, **scalars})
         if guard.exploded(scalars["train/loss"]):
-          state = guard.roll_back(state, start_params, tx, shardings, name, step,
+          state = guard.roll_back(state, tx, shardings, name, step,
                                   f"training loss exploded to {scalars['train/loss']:.4g}")
       if int(state.consecutive_skips) >= train_cfg.max_consecutive_skips:
         good = ckpts.latest_step()
@@ -246,15 +297,17 @@ def train_stage(the_run: Run, name: str, index: int, previous):
                           "non-finite steps before the first checkpoint")
         log.warning("stage %s: %d consecutive non-finite steps at step %d; restoring checkpoint "
                     "%d", name, int(state.consecutive_skips), step, good)
+        del state
         state, _ = ckpts.restore(good, abstract, data_iter)
         step = int(state.step)
         continue
       if step % train_cfg.eval_every == 0 or step == stage_cfg.max_steps:
         decision, val = evaluate_and_save(step, state)
         if guard.collapsed(val):
-          state = guard.roll_back(state, start_params, tx, shardings, name, step,
+          state = guard.roll_back(state, tx, shardings, name, step,
                                   f"validation PSNR collapsed to {val['val/psnr_y']:.2f} dB")
   ckpts.wait()
+  del state, start_params, guard  # only the knee's EMA params go on to the next stage
   if stage_cfg.esgf and decision.fired:
     knee_step, reason, fired = decision.knee_step, decision.reason, True
   else:
@@ -273,7 +326,7 @@ def train_stage(the_run: Run, name: str, index: int, previous):
   writer.flush()
   log.info("stage %s ends at step %d; next stage starts from step %d (%s)", name, step,
            knee_step, reason)
-  return StageResult(name, knee_step, reason, fired, jax.device_get(knee_state.ema_params))
+  return StageResult(name, knee_step, reason, fired, knee_state.ema_params)
 
 
 class _DivergenceGuard:
@@ -283,9 +336,11 @@ class _DivergenceGuard:
   checkpoint) or a logged training loss exceeds `loss_factor` times the median of those logged
   before it (an explosion; non-finite losses are the skip counter's business)."""
 
-  def __init__(self, cfg, enabled: bool):
-    self.cfg, self.enabled, self.first, self.rollbacks = cfg, enabled and cfg.enabled, None, 0
-    self.losses = []
+  def __init__(self, cfg, start_params):
+    """`start_params`: the branch point on the mesh, or None (a first stage: no guard)."""
+    self.cfg, self.start_params = cfg, start_params
+    self.enabled = start_params is not None and cfg.enabled
+    self.first, self.rollbacks, self.losses = None, 0, []
 
   def start(self, first_eval: dict):
     self.first = first_eval.get("val/psnr_y")
@@ -307,16 +362,16 @@ class _DivergenceGuard:
     self.losses.append(loss)
     return False
 
-  def roll_back(self, state, start_params, tx, shardings, name, step, why):
+  def roll_back(self, state, tx, shardings, name, step, why):
     self.rollbacks += 1
     lr_scale = float(state.lr_scale) * self.cfg.lr_factor
     log.warning("stage %s step %d: %s; rolling back to the branch point with learning-rate "
                 "scale %.3g", name, step, why, lr_scale)
-    # Fresh buffers for each: the train step donates the state, and a buffer donated twice
-    # (params aliasing ema_params) crashes XLA.
-    host = jax.device_get(start_params)
-    params, ema_params, init_from = (jax.device_put(host, shardings.params) for _ in range(3))
+    # New buffers on the mesh for each: the train step donates the state, so neither may
+    # alias the other nor the kept branch point.
+    copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)
+    params, ema_params = copy(self.start_params), copy(self.start_params)
     return state.replace(params=params, ema_params=ema_params,
-                         opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(init_from),
+                         opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
                          lr_scale=jnp.asarray(lr_scale, jnp.float32),
                          consecutive_skips=jnp.zeros((), jnp.int32))
