@@ -147,6 +147,31 @@ def test_eval_examples_are_fixed_and_cropped(config):
   assert batch["hr"].shape == (2, 32, 32, 3) and batch["name"] == held_out.names
 
 
+def test_full_image_eval_is_trimmed_to_whole_latent_cells(tmp_path, config):
+  """A DC-AE (factor 32) encodes only HR sides that are multiples of 32: full-image eval pairs
+  are center-trimmed to them, synthetic (chelsea, 300×451) and real pairs alike."""
+  config.eval.crop_size = 0
+  (chelsea,) = [e for e in pipeline.make_eval_examples(sources.DemoSource("eval"), config,
+                                                       tokenize, align=32)
+                if e["name"] == "chelsea"]
+  assert chelsea["hr"].shape == (288, 448, 3) and chelsea["lr"].shape == (72, 112, 3)
+  (tmp_path / "LR").mkdir(), (tmp_path / "HR").mkdir()
+  rng = np.random.default_rng(0)
+  lr = rng.integers(0, 256, (19, 21, 3), dtype=np.uint8)
+  hr = rng.integers(0, 256, (76, 84, 3), dtype=np.uint8)
+  Image.fromarray(lr).save(tmp_path / "LR" / "a.png")
+  Image.fromarray(hr).save(tmp_path / "HR" / "a.png")
+  config.eval_source.kind = "paired"
+  config.eval_source.lr_path = str(tmp_path / "LR")
+  config.eval_source.hr_path = str(tmp_path / "HR")
+  (pair,) = pipeline.make_eval_examples(pipeline.make_source(config, "eval"), config, tokenize,
+                                        align=32)
+  # LR 19×21 -> 16×16 (whole 8-pixel LR cells), centred: rows 1..17, cols 2..18; the HR crop
+  # is the same region of the scene, 4× the LR offsets.
+  np.testing.assert_allclose((pair["lr"] + 1) / 2, lr[1:17, 2:18] / 255, atol=1e-6)
+  np.testing.assert_allclose((pair["hr"] + 1) / 2, hr[4:68, 8:72] / 255, atol=1e-6)
+
+
 def test_full_image_eval_on_paired_folders(tmp_path, config):
   (tmp_path / "LR").mkdir(), (tmp_path / "HR").mkdir()
   rng = np.random.default_rng(0)

@@ -20,6 +20,7 @@ axes.
 """
 
 import logging
+import math
 from typing import Callable
 
 import cv2
@@ -262,24 +263,33 @@ def make_train_dataset(source, config, tokenize: Tokenize, process_index=None,
 # ----------------------------------------------------------------------------------- eval
 
 
+def _center_offset(image, height, width):
+  return (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+
+
 def _center(image, height, width):
-  top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+  top, left = _center_offset(image, height, width)
   return image[top:top + height, left:left + width]
 
 
-def eval_example(record, index, config, tokenize: Tokenize) -> dict:
-  """One fixed LR/HR pair: a center crop (eval.crop_size) or the full image trimmed to a
-  multiple of the scale; synthetic LR images are seeded by (eval.seed, index)."""
+def eval_example(record, index, config, tokenize: Tokenize, align: int = 1) -> dict:
+  """One fixed LR/HR pair: a center crop (eval.crop_size) or the full image, its HR side
+  trimmed to a multiple of the scale and of `align` (the latent factor, e.g. 32 for a DC-AE);
+  synthetic LR images are seeded by (eval.seed, index)."""
   s, c = config.scale, config.eval.crop_size
+  step = math.lcm(s, align)
   if "lr" in record:
     lr_h, lr_w = record["lr"].shape[:2]
     lr_h, lr_w = (min(lr_h, c // s), min(lr_w, c // s)) if c else (lr_h, lr_w)
-    lr = _center(record["lr"], lr_h, lr_w)
-    hr = _center(record["hr"], lr_h * s, lr_w * s)
+    lr_h, lr_w = lr_h - lr_h % (step // s), lr_w - lr_w % (step // s)
+    top, left = _center_offset(record["lr"], lr_h, lr_w)
+    lr = record["lr"][top:top + lr_h, left:left + lr_w]
+    # The HR crop covers the same scene as the LR crop: its offset is the LR one times s.
+    hr = record["hr"][top * s:(top + lr_h) * s, left * s:(left + lr_w) * s]
   else:
     hr = record["hr"]
     h, w = (min(hr.shape[0], c), min(hr.shape[1], c)) if c else hr.shape[:2]
-    hr = np.ascontiguousarray(_center(hr, h - h % s, w - w % s))
+    hr = np.ascontiguousarray(_center(hr, h - h % step, w - w % step))
     rng = np.random.default_rng([config.eval.seed, index])
     hr, lr = degradations.degrade_pair(hr, s, rng, config.degradation)
   example = _to_example(hr, lr, record["tags"], tokenize)
@@ -287,9 +297,9 @@ def eval_example(record, index, config, tokenize: Tokenize) -> dict:
   return example
 
 
-def make_eval_examples(source, config, tokenize: Tokenize) -> list:
+def make_eval_examples(source, config, tokenize: Tokenize, align: int = 1) -> list:
   """Every eval pair, computed once (the same pixels at every evaluation)."""
-  return [eval_example(source[i], i, config, tokenize) for i in range(len(source))]
+  return [eval_example(source[i], i, config, tokenize, align) for i in range(len(source))]
 
 
 def eval_batches(examples, batch_size):

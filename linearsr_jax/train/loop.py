@@ -112,6 +112,10 @@ class Run:
       raise UserError(f"model.latent_channels={dit_cfg.latent_channels} but the latent space "
                       f"has {self.latent_space.channels} channels")
     self.model = SRModel(dit_cfg, TagsConfig.from_config(config.tags))
+    cell = math.lcm(config.data.scale, self.latent_space.factor)
+    if config.data.crop_size % cell:
+      raise UserError(f"data.crop_size={config.data.crop_size} must be a multiple of {cell} (the "
+                      f"scale {config.data.scale} and the latent factor {self.latent_space.factor})")
     # The DC-AE's params are an argument of the jitted steps, replicated on the mesh.
     latent_shardings = jax.tree.map(lambda _: sharding.replicated(self.mesh),
                                     self.latent_space.abstract_params())
@@ -125,7 +129,8 @@ class Run:
     # Tag lists or precomputed arrays -> (cond, cond_mask), as the encoder takes them.
     self.tokenize = make_condition(config.tags, config.model.caption_channels)
     eval_source = pipeline.make_source(config.data, "eval", config.tags.encoder)
-    eval_examples = pipeline.make_eval_examples(eval_source, config.data, self.tokenize)
+    eval_examples = pipeline.make_eval_examples(eval_source, config.data, self.tokenize,
+                                                align=self.latent_space.factor)
     self.eval_batches = list(pipeline.eval_batches(eval_examples, config.data.eval.batch_size))
     self.train_source = pipeline.make_source(config.data, "train", config.tags.encoder)
 
