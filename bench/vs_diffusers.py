@@ -33,7 +33,6 @@ ARGS = parse()
 THREADS = os.cpu_count()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from diffusers import SanaTransformer2DModel  # noqa: E402

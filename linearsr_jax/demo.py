@@ -9,7 +9,6 @@
 """
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,8 +137,8 @@ def write_report(workdir: Path, train_dir: Path, grid_path: Path, names) -> dict
       "| method | PSNR-Y (dB) ↑ | SSIM-Y ↑ | LPIPS-Alex ↓ |", "|---|---|---|---|",
       *(f"| {label} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['lpips_alex']:.4f} |"
         for label, m in (("bicubic", bicubic), ("LinearSR (tiny, this run)", ours))), "",
-      f"Per-image scores: [eval/ours/per_image.csv](eval/ours/per_image.csv), "
-      f"[eval/bicubic/per_image.csv](eval/bicubic/per_image.csv).", "",
+      "Per-image scores: [eval/ours/per_image.csv](eval/ours/per_image.csv), "
+      "[eval/bicubic/per_image.csv](eval/bicubic/per_image.csv).", "",
       "## Upscaled held-out photo", "", f"![grid]({grid_path.name})", "",
       "LR (nearest) | bicubic | ours | HR.", ""]
   import shutil

@@ -3,7 +3,6 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from diffusers import SanaTransformer2DModel
 from safetensors.numpy import load_file
 

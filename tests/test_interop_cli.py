@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from diffusers import SanaTransformer2DModel
 from safetensors.numpy import load_file, save_file
 

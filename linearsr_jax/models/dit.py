@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from linearsr_jax.models.attention import Attention
 from linearsr_jax.models.layers import (Dense, MixFFN, RMSNorm, layer_norm, logical,
-                                        timestep_sinusoid, torch_linear_init)
+                                        timestep_sinusoid)
 
 REMAT_POLICIES = {
     "none": None,
