@@ -6,6 +6,7 @@ command's heavy dependencies (or a broken module) never touch the others.
 
 import argparse
 import importlib
+import os
 import sys
 
 from linearsr_jax.errors import UserError
@@ -20,6 +21,7 @@ COMMANDS = {
     "eval": ("linearsr_jax.evaluate.cli_eval", "score SR images against HR references"),
     "data": ("linearsr_jax.data.cli_data", "image folder -> TFDS dataset, or seeded LR/HR pairs"),
     "knee": ("linearsr_jax.train.cli_knee", "find the ESGF knee in a run's validation curves"),
+    "compile": ("linearsr_jax.aot.cli_compile", "compile for a Cloud TPU slice: memory, FLOPs"),
 }
 
 
@@ -36,8 +38,25 @@ def build_parser(command=None) -> argparse.ArgumentParser:
   return parser
 
 
+def _skip_absent_tpu_runtime():
+  """libtpu is installed (for `linearsr compile`), so JAX would also try to start a TPU runtime
+  where there is no TPU, which fails with a screen of warnings. With no accelerator at all,
+  go straight to the CPU; JAX_PLATFORMS, when set, still decides."""
+  if os.environ.get("JAX_PLATFORMS"):
+    return
+  import jax
+  from jax._src import hardware_utils  # the probe JAX itself runs before starting libtpu
+
+  if not (hardware_utils.num_available_tpu_chips_and_device_id()[0]
+          or hardware_utils.has_visible_nvidia_gpu()
+          or hardware_utils.num_available_amd_gpus(stop_at=1)):
+    jax.config.update("jax_platforms", "cpu")
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and not argv[0].startswith("-"):
+    _skip_absent_tpu_runtime()
   parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
   args, extra = parser.parse_known_args(argv)
   module = importlib.import_module(args._module)

@@ -18,14 +18,14 @@ def add_arguments(parser):
   parser.usage = "linearsr train --config FILE --workdir DIR [--config.KEY=VALUE ...]"
 
 
-def parse_flags(argv):
-  """(config, workdir) from absl-style flags; any mistake is a UserError."""
+def parse_flags(argv, command: str = "train"):
+  """(config, workdir) from absl-style flags; any mistake is a UserError naming `command`."""
   from absl import flags
   from ml_collections import config_flags
 
-  _check_config_file(argv)
+  _check_config_file(argv, command)
   values = flags.FlagValues()
-  argv = ["linearsr train", *argv]
+  argv = [f"linearsr {command}", *argv]
   # sys_argv: the override flags are found in these args, not in the process's sys.argv.
   config_flags.DEFINE_config_file("config", None, "config file with get_config()",
                                   flag_values=values, lock_config=True, sys_argv=argv)
@@ -40,23 +40,24 @@ def parse_flags(argv):
     key = str(e).strip("\"'")
     paths = [a.split("=")[0] for a in argv if a.startswith("--config.")]
     bad = [p for p in paths if key in p.split(".")[1:]] or paths
-    raise UserError(f"train: the config has no key {key!r} (in {', '.join(bad)})") from None
+    raise UserError(f"{command}: the config has no key {key!r} (in {', '.join(bad)})") from None
   except (flags.Error, ValueError, TypeError, OSError) as e:
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise UserError(f"train: {message}") from None
+    raise UserError(f"{command}: {message}") from None
   if config is None or not workdir:
-    raise UserError("train needs --config FILE and --workdir DIR")
+    raise UserError(f"{command} needs --config FILE" + (" and --workdir DIR" if command == "train"
+                                                        else ""))
   return config, workdir
 
 
-def _check_config_file(argv):
+def _check_config_file(argv, command: str):
   """config_flags defers a missing file's error to the first use of the config; say it now."""
   for i, arg in enumerate(argv):
     path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
         argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
     # `file.py:arg` passes an argument to get_config.
     if path is not None and not os.path.isfile(path.split(":")[0]):
-      raise UserError(f"train: config file {path.split(':')[0]} not found")
+      raise UserError(f"{command}: config file {path.split(':')[0]} not found")
 
 
 def run(args) -> int:

@@ -90,11 +90,12 @@ class Run:
   that carry their shardings, which is what shape checks and ahead-of-time compilation need.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir, load_weights: bool = True):
+  def __init__(self, config: ml_collections.ConfigDict, workdir, load_weights: bool = True,
+               devices=None):
     self.config = config
     self.workdir = Path(workdir)
     try:
-      self.mesh = sharding.make_mesh(dict(config.mesh))
+      self.mesh = sharding.make_mesh(dict(config.mesh), devices)
     except ValueError as e:
       raise UserError(f"config.mesh: {e}") from None
     batch_axes = pipeline.batch_sharding(self.mesh).spec[0] or ()
@@ -145,6 +146,24 @@ class Run:
     tx, _ = self.optimizer(name)
     return abstract_train_state(self.model, tx, self.config.stages[name].num_experts, self.mesh,
                                 self.rules)
+
+  def diffusion_config(self, name: str):
+    """The `diffusion` section with stage `name`'s number of experts."""
+    cfg = ml_collections.ConfigDict(self.config.diffusion.to_dict())
+    cfg.experts.num_experts = self.config.stages[name].num_experts
+    return cfg
+
+  def jit_train_step(self, name: str, shardings):
+    """Stage `name`'s train step, jitted with the shardings training uses: step(state, batch,
+    latent_params) -> (state, metrics), the state donated."""
+    tx, opt_cfg = self.optimizer(name)
+    latent_shardings = jax.tree.map(lambda x: x.sharding, self.latent_params)
+    step = make_train_step(self.model, self.latent_space, tx, self.diffusion_config(name),
+                           scale=self.config.data.scale, cond_dropout=self.config.tags.dropout_prob,
+                           ema_decay=opt_cfg.ema_decay)
+    return jax.jit(step, in_shardings=(shardings, pipeline.batch_sharding(self.mesh),
+                                       latent_shardings),
+                   out_shardings=(shardings, sharding.replicated(self.mesh)), donate_argnums=0)
 
   def stage_names(self):
     names = [s.strip() for s in self.config.stage_order.split(",") if s.strip()]
@@ -216,10 +235,9 @@ def train_stage(the_run: Run, name: str, index: int, previous):
   stage_dir = the_run.workdir / name
   stage_dir.mkdir(parents=True, exist_ok=True)
   is_lead = jax.process_index() == 0
-  tx, opt_cfg = the_run.optimizer(name)
+  tx, _ = the_run.optimizer(name)
   num_experts = stage_cfg.num_experts
-  diffusion_cfg = ml_collections.ConfigDict(config.diffusion.to_dict())
-  diffusion_cfg.experts.num_experts = num_experts
+  diffusion_cfg = the_run.diffusion_config(name)
 
   detector = esgf.KneeDetector(config.esgf)
   ckpts = StageCheckpoints(stage_dir / "checkpoints", keep_latest=train_cfg.keep_latest,
@@ -254,13 +272,7 @@ def train_stage(the_run: Run, name: str, index: int, previous):
                         sampler_steps=train_cfg.eval_steps, seed=config.seed)
   bicubic = validator.bicubic()
   writer = metric_writers.create_default_writer(stage_dir, just_logging=not is_lead)
-  latent_shardings = jax.tree.map(lambda x: x.sharding, the_run.latent_params)
-  step_fn = jax.jit(
-      make_train_step(the_run.model, the_run.latent_space, tx, diffusion_cfg,
-                      scale=config.data.scale, cond_dropout=config.tags.dropout_prob,
-                      ema_decay=opt_cfg.ema_decay),
-      in_shardings=(shardings, pipeline.batch_sharding(the_run.mesh), latent_shardings),
-      out_shardings=(shardings, sharding.replicated(the_run.mesh)), donate_argnums=0)
+  step_fn = the_run.jit_train_step(name, shardings)
   report = periodic_actions.ReportProgress(num_train_steps=stage_cfg.max_steps, writer=writer)
   guard = _DivergenceGuard(train_cfg.guard, start_params)
 

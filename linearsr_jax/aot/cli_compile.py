@@ -1,0 +1,171 @@
+"""`linearsr compile --config C --topology T [--config.K=V …]`: does a config fit and shard on a
+Cloud TPU slice? Compiled here, on the CPU, with libtpu's description of that slice.
+
+Prints (and writes with --out) the mesh, per-chip memory against the chip's HBM, compiled and
+model FLOPs, collectives, compile time and a roofline bound of the step time. Exit 1 when the
+train step does not fit; a bad topology, mesh or batch is one line and exit 2.
+"""
+
+import json
+import os
+import sys
+
+from linearsr_jax.errors import UserError
+
+# cli.main hands every argument after `compile` to absl untouched (the --config.* overrides).
+PASSES_FLAGS_THROUGH = True
+GIB = 1024 ** 3
+
+
+def add_arguments(parser):
+  parser.usage = ("linearsr compile --config FILE --topology SLICE [--stage S] [--find_batch] "
+                  "[--out report.json] [--config.KEY=VALUE ...]")
+
+
+def _own_flags(argv):
+  """(--topology, --stage, --find_batch, --out, the rest for the config parser)."""
+  import argparse
+  parser = argparse.ArgumentParser(prog="linearsr compile", add_help=False)
+  parser.add_argument("--topology", required=True)
+  parser.add_argument("--stage")
+  parser.add_argument("--find_batch", action="store_true")
+  parser.add_argument("--out")
+  try:
+    own, rest = parser.parse_known_args(argv)
+  except SystemExit:
+    raise UserError("compile needs --topology SLICE (e.g. v5e-16)") from None
+  return own, ["--workdir", os.devnull, *rest]
+
+
+def report(config, pod, devices, stage: str, batch_size: int) -> dict:
+  from linearsr_jax.aot import step_compile
+  from linearsr_jax.train.loop import Run
+
+  config.data.batch_size = batch_size
+  run = Run(config, os.devnull, load_weights=False, devices=devices)
+  hbm = pod.chip.hbm_gib * GIB
+  head = {"topology": pod.name, "libtpu_topology": pod.topology_name, "chips": pod.chips,
+          "mesh": dict(run.mesh.shape), "stage": stage,
+          "experts": config.stages[stage].num_experts, "global_batch": batch_size,
+          "hbm_bytes": hbm}
+  try:
+    train = step_compile.train_step_stats(config, devices, stage, batch_size, os.devnull)
+  except step_compile.DoesNotFit as e:
+    return dict(head, fits=False, required_bytes=e.required, available_bytes=e.available,
+                compiler=str(e))
+  model = step_compile.model_flops(run, stage, batch_size, devices)
+  sampler, sampler_seconds = step_compile.compile_sampler(run, stage)
+  bound = step_compile.roofline(pod, train["flops"], train["bytes_accessed"], batch_size)
+  return dict(head, **{
+      "train_step": train, "model": model,
+      "compiled_over_model_flops": train["flops"] / model["total_flops"],
+      "sampler_step": {"memory": sampler.memory_analysis().temp_size_in_bytes
+                       + sampler.memory_analysis().argument_size_in_bytes,
+                       "compile_seconds": sampler_seconds},
+      "fits": train["memory"]["total"] <= hbm,
+      "roofline": {"seconds": bound.seconds, "bound": bound.bound,
+                   "images_per_second_per_chip": bound.images_per_second_per_chip,
+                   "peak_bf16_tflops": pod.chip.peak_bf16_tflops, "hbm_gbps": pod.chip.hbm_gbps},
+  })
+
+
+def _required_bytes(r: dict) -> float:
+  return r["train_step"]["memory"]["total"] if "train_step" in r else r["required_bytes"]
+
+
+def format_report(r: dict) -> str:
+  first = (f"{r['topology']} ({r['libtpu_topology']}, {r['chips']} chips), mesh "
+           + " × ".join(f"{k} {v}" for k, v in r["mesh"].items()))
+  batch = f"stage {r['stage']}: {r['experts']} expert(s), global batch {r['global_batch']}"
+  if "train_step" not in r:
+    return "\n".join([first, batch, f"DOES NOT FIT: the TPU compiler says: {r['compiler']}"])
+  t, m = r["train_step"], r["train_step"]["memory"]
+  collectives = ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in t["collectives"].items() if v)
+  lines = [
+      first, batch,
+      f"memory per chip: arguments {m['arguments'] / GIB:.2f} GiB, outputs "
+      f"{m['outputs'] / GIB:.2f}, temporaries {m['temporaries'] / GIB:.2f}, aliased "
+      f"{m['aliased'] / GIB:.2f}, total {m['total'] / GIB:.2f} of {r['hbm_bytes'] / GIB:.0f} GiB"
+      f" -> {'fits' if r['fits'] else 'DOES NOT FIT'}",
+      f"compiled per chip per step: {t['flops'] / 1e12:.3f} TFLOP, "
+      f"{t['bytes_accessed'] / GIB:.2f} GiB accessed (scanned blocks counted in full)",
+      f"model per chip per step: {r['model']['total_flops'] / 1e12:.3f} TFLOP (DiT 6·N·tokens "
+      f"{r['model']['dit_flops'] / 1e12:.3f} + DC-AE encoder {r['model']['encoder_flops'] / 1e12:.3f});"
+      f" compiled / model = {r['compiled_over_model_flops']:.2f}",
+      f"collectives per chip per step: {collectives or 'none'}",
+      f"compile: train step {t['compile_seconds']:.1f} s, sampler "
+      f"{r['sampler_step']['compile_seconds']:.1f} s",
+      f"roofline: {r['roofline']['seconds'] * 1e3:.1f} ms per step ({r['roofline']['bound']}-bound"
+      f" at {r['roofline']['peak_bf16_tflops']:.0f} TFLOP/s bf16, "
+      f"{r['roofline']['hbm_gbps']:.0f} GB/s), "
+      f"{r['roofline']['images_per_second_per_chip']:.2f} images/s per chip",
+  ]
+  return "\n".join(lines)
+
+
+def _batch_unit(config, devices, stage: str) -> int:
+  """The smallest global batch the stage splits without padding: each expert's share of the
+  batch is itself split over the batch shards, so experts × batch shards."""
+  import math
+
+  from linearsr_jax import sharding
+  from linearsr_jax.data import pipeline
+  mesh = sharding.make_mesh(dict(config.mesh), devices)
+  axes = pipeline.batch_sharding(mesh).spec[0] or ()
+  return config.stages[stage].num_experts * math.prod(mesh.shape[a] for a in axes)
+
+
+def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
+  """The largest multiple of the batch unit whose train step fits: doubling, then bisection."""
+  unit = _batch_unit(config, devices, stage)
+  fits = {}
+
+  def check(multiple):
+    r = report(config, pod, devices, stage, unit * multiple)
+    log(f"batch {unit * multiple}: {_required_bytes(r) / GIB:.2f} GiB "
+        f"({'fits' if r['fits'] else 'too large'})")
+    fits[multiple] = r
+    return r["fits"]
+
+  if not check(1):
+    return 0, fits[1]
+  high = 2
+  while check(high):
+    high *= 2
+  low = high // 2
+  while high - low > 1:
+    mid = (low + high) // 2
+    low, high = (mid, high) if check(mid) else (low, mid)
+  return unit * low, fits[low]
+
+
+def run(args) -> int:
+  from linearsr_jax.aot import tpu_pods
+  from linearsr_jax.train.cli_train import parse_flags
+
+  own, rest = _own_flags(args.flags)
+  pod = tpu_pods.parse_pod(own.topology)
+  config, _ = parse_flags(rest, command="compile")
+  stage = own.stage or config.stage_order.split(",")[-1].strip()
+  if stage not in config.stages:
+    raise UserError(f"--stage {stage}: the config has stages {', '.join(config.stages)}")
+  devices = tpu_pods.pod_devices(pod)
+  if own.find_batch:
+    batch, result = find_batch(config, pod, devices, stage,
+                               log=lambda m: print(m, file=sys.stderr, flush=True))
+    if not batch:
+      raise UserError(f"not even the smallest batch fits on {pod.name}")
+    result["largest_batch"] = batch
+  else:
+    result = report(config, pod, devices, stage, config.data.batch_size)
+  print(format_report(result))
+  if own.out:
+    from linearsr_jax.atomic import atomic_file
+    with atomic_file(own.out, "w") as f:
+      json.dump(result, f, indent=2, sort_keys=True)
+  if not result["fits"]:
+    over = (_required_bytes(result) - result["hbm_bytes"]) / GIB
+    print(f"linearsr: the train step does not fit: {over:.2f} GiB per chip over the "
+          f"{pod.chip.hbm_gib:.0f} GiB of a {pod.chip.generation} chip", file=sys.stderr)
+    return 1
+  return 0

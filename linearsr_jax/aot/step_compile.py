@@ -1,0 +1,140 @@
+"""Compile a config's train and sampler steps for a TPU slice, with no TPU, and say what they
+cost per chip.
+
+The train step is `Run.jit_train_step`, the very jit `linearsr train` runs; its arguments are
+the abstract state, batch and DC-AE params with the shardings training gives them. The sampler
+step is `make_super_resolve` as validation and `linearsr upscale` jit it.
+"""
+
+import copy
+import dataclasses
+import re
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from linearsr_jax import sharding
+from linearsr_jax.aot import hlo_stats
+from linearsr_jax.aot.tpu_pods import Pod
+from linearsr_jax.data import pipeline
+from linearsr_jax.inference.super_resolve import make_super_resolve
+from linearsr_jax.train.loop import Run
+
+
+def abstract_batch(run: Run, batch_size: int, crop: int, batch_sharding) -> dict:
+  """ShapeDtypeStructs of one global training batch."""
+  s, tags = run.config.data.scale, run.config.tags
+  cond = ((batch_size, tags.max_tokens), jnp.int32) if tags.encoder == "hash" else (
+      (batch_size, tags.max_tokens, run.config.model.caption_channels), jnp.float32)
+  shapes = {"hr": ((batch_size, crop, crop, 3), jnp.float32),
+            "lr": ((batch_size, crop // s, crop // s, 3), jnp.float32),
+            "cond": cond, "cond_mask": ((batch_size, tags.max_tokens), jnp.bool_)}
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+          for k, (shape, dtype) in shapes.items()}
+
+
+class DoesNotFit(Exception):
+  """The TPU compiler refused the program: it needs more HBM than the chip has."""
+
+  def __init__(self, message: str):
+    super().__init__(message)
+    sizes = re.findall(r"\(([\d.]+)([KMGT])\)", message)
+    scale = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+    found = [float(v) * scale[u] for v, u in sizes]
+    self.required, self.available = (found + [float("nan")] * 2)[:2]
+
+
+def _timed_compile(lowerable, *args):
+  start = time.perf_counter()
+  try:
+    compiled = lowerable.lower(*args).compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" in str(e):
+      raise DoesNotFit(str(e).splitlines()[0]) from None
+    raise
+  return compiled, time.perf_counter() - start
+
+
+def compile_train_step(run: Run, stage: str, batch_size: int):
+  """(compiled train step, compile seconds) for `batch_size` global HR crops."""
+  abstract, shardings = run.abstract_state(stage)
+  batch = abstract_batch(run, batch_size, run.config.data.crop_size,
+                         pipeline.batch_sharding(run.mesh))
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+    return _timed_compile(run.jit_train_step(stage, shardings), abstract, batch,
+                          run.latent_params)
+
+
+def compile_sampler(run: Run, stage: str):
+  """(compiled super-resolve of one eval batch, compile seconds): validation's sampler."""
+  abstract, _ = run.abstract_state(stage)
+  data = run.config.data
+  replicated = sharding.replicated(run.mesh)
+  batch = abstract_batch(run, data.eval.batch_size, data.eval.crop_size, replicated)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
+  sr = jax.jit(make_super_resolve(run.model, run.latent_space, run.diffusion_config(stage),
+                                  scale=data.scale, steps=run.config.train.eval_steps))
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+    return _timed_compile(sr, abstract.ema_params, run.latent_params, batch["lr"],
+                          batch["cond"], batch["cond_mask"], key)
+
+
+def _with_depth(config, depth: int):
+  config = copy.deepcopy(config)
+  config.model.depth = depth
+  config.model.scan_layers = False
+  return config
+
+
+def train_step_stats(config, devices, stage: str, batch_size: int, workdir) -> dict:
+  """Per-chip stats of the train step, scanned blocks counted in full, plus compile time."""
+  run = Run(config, workdir, load_weights=False, devices=devices)
+  compiled, seconds = compile_train_step(run, stage, batch_size)
+  result = hlo_stats.stats(compiled)
+  if config.model.scan_layers and config.model.depth > 1:
+    one, two = (hlo_stats.stats(compile_train_step(
+        Run(_with_depth(config, d), workdir, load_weights=False, devices=devices), stage,
+        batch_size)[0]) for d in (1, 2))
+    result = hlo_stats.scan_corrected(result, one, two, config.model.depth)
+  result["compile_seconds"] = seconds
+  return result
+
+
+def model_flops(run: Run, stage: str, batch_size: int, devices) -> dict:
+  """The work the step must do, per chip: 6·N·tokens for the DiT (N = its token-wise params,
+  one expert's, since each sample passes through one) and the DC-AE encoder's forward over
+  the HR crops (its own compile's cost: the encoder has no scan)."""
+  crop, factor = run.config.data.crop_size, run.latent_space.factor
+  one_expert = jax.tree_util.tree_flatten_with_path(run.abstract_state(stage)[0].params)[0]
+  token_wise = sum(int(np.prod(x.shape[1:])) for p, x in one_expert
+                   if "'dit'" in jax.tree_util.keystr(p) and not any(
+                       k in jax.tree_util.keystr(p) for k in ("lr_stem", "caption_", "time_")))
+  tokens = batch_size * (crop // factor) ** 2 // run.config.model.patch_size ** 2
+  dit = 6.0 * token_wise * tokens / len(devices)
+  encoder = 0.0
+  if run.latent_space.abstract_params():
+    batch = jax.ShapeDtypeStruct((batch_size, crop, crop, 3), jnp.float32,
+                                 sharding=pipeline.batch_sharding(run.mesh))
+    compiled, _ = _timed_compile(jax.jit(run.latent_space.encode_fn), run.latent_params, batch)
+    encoder = hlo_stats.stats(compiled)["flops"]
+  return {"dit_params_token_wise": token_wise, "tokens": tokens, "dit_flops": dit,
+          "encoder_flops": encoder, "total_flops": dit + encoder}
+
+
+@dataclasses.dataclass(frozen=True)
+class Roofline:
+  seconds: float
+  bound: str            # "compute" or "memory"
+  images_per_second_per_chip: float
+
+
+def roofline(pod: Pod, flops: float, bytes_accessed: float, batch_size: int) -> Roofline:
+  """A lower bound of the step time on one chip from its peak bf16 FLOP/s and HBM bandwidth."""
+  compute = flops / (pod.chip.peak_bf16_tflops * 1e12)
+  memory = bytes_accessed / (pod.chip.hbm_gbps * 1e9)
+  seconds = max(compute, memory)
+  return Roofline(seconds, "compute" if compute >= memory else "memory",
+                  batch_size / pod.chips / seconds if seconds else float("inf"))
