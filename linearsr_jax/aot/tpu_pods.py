@@ -6,6 +6,7 @@ size are Google's published per-chip figures (cloud.google.com/tpu/docs/system-a
 """
 
 import dataclasses
+import os
 import re
 
 from linearsr_jax.errors import UserError
@@ -76,6 +77,9 @@ def parse_pod(name: str) -> Pod:
 
 def pod_devices(pod: Pod):
   """The devices of that slice, from libtpu, with no TPU attached."""
+  # libtpu lets one process at a time hold a machine's TPU (a lock file in /tmp); compiling
+  # for a described slice uses none, so several compiles (or a training run) may coexist.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     from jax.experimental import topologies
     topology = topologies.get_topology_desc(
