@@ -47,7 +47,7 @@ def report(config, pod, devices, stage: str, batch_size: int) -> dict:
   head = {"topology": pod.name, "libtpu_topology": pod.topology_name, "chips": pod.chips,
           "mesh": dict(run.mesh.shape), "stage": stage,
           "experts": config.stages[stage].num_experts, "global_batch": batch_size,
-          "hbm_bytes": hbm}
+          "padding_free_multiple": _batch_unit(config, devices, stage), "hbm_bytes": hbm}
   try:
     train = step_compile.train_step_stats(config, devices, stage, batch_size, os.devnull)
   except step_compile.DoesNotFit as e:
@@ -77,6 +77,10 @@ def format_report(r: dict) -> str:
   first = (f"{r['topology']} ({r['libtpu_topology']}, {r['chips']} chips), mesh "
            + " × ".join(f"{k} {v}" for k, v in r["mesh"].items()))
   batch = f"stage {r['stage']}: {r['experts']} expert(s), global batch {r['global_batch']}"
+  if r["global_batch"] % r["padding_free_multiple"]:
+    batch += (f" (PADDED: each expert's share is split over the batch shards, so batches that "
+              f"are not multiples of {r['padding_free_multiple']} leave chips computing empty "
+              "rows)")
   if "train_step" not in r:
     return "\n".join([first, batch, f"DOES NOT FIT: the TPU compiler says: {r['compiler']}"])
   t, m = r["train_step"], r["train_step"]["memory"]
