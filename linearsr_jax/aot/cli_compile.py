@@ -47,13 +47,13 @@ def report(config, pod, devices, stage: str, batch_size: int) -> dict:
   head = {"topology": pod.name, "libtpu_topology": pod.topology_name, "chips": pod.chips,
           "mesh": dict(run.mesh.shape), "stage": stage,
           "experts": config.stages[stage].num_experts, "global_batch": batch_size,
-          "padding_free_multiple": _batch_unit(config, devices, stage), "hbm_bytes": hbm}
+          "padding_free_multiple": _batch_unit(config, run.mesh, stage), "hbm_bytes": hbm}
   try:
-    train = step_compile.train_step_stats(config, devices, stage, batch_size, os.devnull)
+    train = step_compile.train_step_stats(run, stage, batch_size)
   except step_compile.DoesNotFit as e:
     return dict(head, fits=False, required_bytes=e.required, available_bytes=e.available,
                 compiler=str(e))
-  model = step_compile.model_flops(run, stage, batch_size, devices)
+  model = step_compile.model_flops(run, stage, batch_size)
   sampler, sampler_seconds = step_compile.compile_sampler(run, stage)
   bound = step_compile.roofline(pod, train["flops"], train["bytes_accessed"], batch_size)
   return dict(head, **{
@@ -107,21 +107,17 @@ def format_report(r: dict) -> str:
   return "\n".join(lines)
 
 
-def _batch_unit(config, devices, stage: str) -> int:
+def _batch_unit(config, mesh, stage: str) -> int:
   """The smallest global batch the stage splits without padding: each expert's share of the
   batch is itself split over the batch shards, so experts × batch shards."""
-  import math
-
-  from linearsr_jax import sharding
   from linearsr_jax.data import pipeline
-  mesh = sharding.make_mesh(dict(config.mesh), devices)
-  axes = pipeline.batch_sharding(mesh).spec[0] or ()
-  return config.stages[stage].num_experts * math.prod(mesh.shape[a] for a in axes)
+  return config.stages[stage].num_experts * pipeline.batch_shards(mesh)
 
 
 def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
   """The largest multiple of the batch unit whose train step fits: doubling, then bisection."""
-  unit = _batch_unit(config, devices, stage)
+  from linearsr_jax import sharding
+  unit = _batch_unit(config, sharding.make_mesh(dict(config.mesh), devices), stage)
   fits = {}
 
   def check(multiple):

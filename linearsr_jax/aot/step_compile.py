@@ -89,21 +89,21 @@ def _with_depth(config, depth: int):
   return config
 
 
-def train_step_stats(config, devices, stage: str, batch_size: int, workdir) -> dict:
+def train_step_stats(run: Run, stage: str, batch_size: int) -> dict:
   """Per-chip stats of the train step, scanned blocks counted in full, plus compile time."""
-  run = Run(config, workdir, load_weights=False, devices=devices)
   compiled, seconds = compile_train_step(run, stage, batch_size)
   result = hlo_stats.stats(compiled)
+  config, devices = run.config, list(run.mesh.devices.flat)
   if config.model.scan_layers and config.model.depth > 1:
     one, two = (hlo_stats.stats(compile_train_step(
-        Run(_with_depth(config, d), workdir, load_weights=False, devices=devices), stage,
+        Run(_with_depth(config, d), run.workdir, load_weights=False, devices=devices), stage,
         batch_size)[0]) for d in (1, 2))
     result = hlo_stats.scan_corrected(result, one, two, config.model.depth)
   result["compile_seconds"] = seconds
   return result
 
 
-def model_flops(run: Run, stage: str, batch_size: int, devices) -> dict:
+def model_flops(run: Run, stage: str, batch_size: int) -> dict:
   """The work the step must do, per chip: 6·N·tokens for the DiT (N = its token-wise params,
   one expert's, since each sample passes through one) and the DC-AE encoder's forward over
   the HR crops (its own compile's cost: the encoder has no scan)."""
@@ -113,7 +113,7 @@ def model_flops(run: Run, stage: str, batch_size: int, devices) -> dict:
                    if "'dit'" in jax.tree_util.keystr(p) and not any(
                        k in jax.tree_util.keystr(p) for k in ("lr_stem", "caption_", "time_")))
   tokens = batch_size * (crop // factor) ** 2 // run.config.model.patch_size ** 2
-  dit = 6.0 * token_wise * tokens / len(devices)
+  dit = 6.0 * token_wise * tokens / run.mesh.devices.size
   encoder = 0.0
   if run.latent_space.abstract_params():
     batch = jax.ShapeDtypeStruct((batch_size, crop, crop, 3), jnp.float32,

@@ -327,6 +327,12 @@ def batch_sharding(mesh, data_axes=("data", "fsdp")):
   return NamedSharding(mesh, PartitionSpec(axes or None))
 
 
+def batch_shards(mesh, data_axes=("data", "fsdp")) -> int:
+  """How many ways `batch_sharding` splits the batch dimension."""
+  axes = batch_sharding(mesh, data_axes).spec[0] or ()
+  return math.prod(mesh.shape[a] for a in axes)
+
+
 def make_global_batch(local_batch, mesh, data_axes=("data", "fsdp")) -> dict:
   """The hosts' local batches -> global jax.Arrays (batch = sum of the local batches)."""
   import jax

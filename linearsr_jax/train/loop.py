@@ -98,9 +98,9 @@ class Run:
       self.mesh = sharding.make_mesh(dict(config.mesh), devices)
     except ValueError as e:
       raise UserError(f"config.mesh: {e}") from None
-    batch_axes = pipeline.batch_sharding(self.mesh).spec[0] or ()
-    shards = math.prod(self.mesh.shape[a] for a in batch_axes)
+    shards = pipeline.batch_shards(self.mesh)
     if config.data.batch_size % shards:
+      batch_axes = pipeline.batch_sharding(self.mesh).spec[0] or ()
       raise UserError(f"data.batch_size={config.data.batch_size} does not split over the mesh's "
                       f"{shards} batch shards ({' × '.join(batch_axes)})")
     self.rules = [tuple(r) for r in config.sharding_rules]
@@ -118,11 +118,11 @@ class Run:
       raise UserError(f"data.crop_size={config.data.crop_size} must be a multiple of {cell} (the "
                       f"scale {config.data.scale} and the latent factor {self.latent_space.factor})")
     # The DC-AE's params are an argument of the jitted steps, replicated on the mesh.
-    latent_shardings = jax.tree.map(lambda _: sharding.replicated(self.mesh),
-                                    self.latent_space.abstract_params())
+    latent_shapes = self.latent_space.abstract_params()
+    self.latent_shardings = jax.tree.map(lambda _: sharding.replicated(self.mesh), latent_shapes)
     self.latent_params = (
-        sharding.put_on_mesh(self.latent_space.params, latent_shardings) if load_weights else
-        sharding.abstract_on_mesh(self.latent_space.abstract_params(), latent_shardings))
+        sharding.put_on_mesh(self.latent_space.params, self.latent_shardings) if load_weights
+        else sharding.abstract_on_mesh(latent_shapes, self.latent_shardings))
     self.pretrained = None  # {'dit/...': array} overlaid on the first stage's fresh params
     if config.train.init_from and load_weights:
       self.pretrained = init_from.pretrained_leaves(config.train.init_from, dit_cfg,
@@ -157,12 +157,11 @@ class Run:
     """Stage `name`'s train step, jitted with the shardings training uses: step(state, batch,
     latent_params) -> (state, metrics), the state donated."""
     tx, opt_cfg = self.optimizer(name)
-    latent_shardings = jax.tree.map(lambda x: x.sharding, self.latent_params)
     step = make_train_step(self.model, self.latent_space, tx, self.diffusion_config(name),
                            scale=self.config.data.scale, cond_dropout=self.config.tags.dropout_prob,
                            ema_decay=opt_cfg.ema_decay)
     return jax.jit(step, in_shardings=(shardings, pipeline.batch_sharding(self.mesh),
-                                       latent_shardings),
+                                       self.latent_shardings),
                    out_shardings=(shardings, sharding.replicated(self.mesh)), donate_argnums=0)
 
   def stage_names(self):
