@@ -29,9 +29,14 @@ def abstract_batch(run: Run, batch_size: int, crop: int, batch_sharding) -> dict
   s, tags = run.config.data.scale, run.config.tags
   cond = ((batch_size, tags.max_tokens), jnp.int32) if tags.encoder == "hash" else (
       (batch_size, tags.max_tokens, run.config.model.caption_channels), jnp.float32)
-  shapes = {"hr": ((batch_size, crop, crop, 3), jnp.float32),
-            "lr": ((batch_size, crop // s, crop // s, 3), jnp.float32),
-            "cond": cond, "cond_mask": ((batch_size, tags.max_tokens), jnp.bool_)}
+  shapes = {"lr": ((batch_size, crop // s, crop // s, 3), jnp.float32),
+             "cond": cond, "cond_mask": ((batch_size, tags.max_tokens), jnp.bool_)}
+  if run.config.data.hr_latents == "precomputed":
+    f = run.latent_space.factor
+    shapes["hr_latent"] = ((batch_size, crop // f, crop // f, run.latent_space.channels),
+                           jnp.float32)
+  else:
+    shapes["hr"] = ((batch_size, crop, crop, 3), jnp.float32)
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
           for k, (shape, dtype) in shapes.items()}
 
@@ -106,7 +111,8 @@ def train_step_stats(run: Run, stage: str, batch_size: int) -> dict:
 def model_flops(run: Run, stage: str, batch_size: int) -> dict:
   """The work the step must do, per chip: 6·N·tokens for the DiT (N = its token-wise params,
   one expert's, since each sample passes through one) and the DC-AE encoder's forward over
-  the HR crops (its own compile's cost: the encoder has no scan)."""
+  the HR crops unless their latents are precomputed (its own compile's cost: the encoder has
+  no scan)."""
   crop, factor = run.config.data.crop_size, run.latent_space.factor
   one_expert = jax.tree_util.tree_flatten_with_path(run.abstract_state(stage)[0].params)[0]
   token_wise = sum(int(np.prod(x.shape[1:])) for p, x in one_expert
@@ -115,7 +121,7 @@ def model_flops(run: Run, stage: str, batch_size: int) -> dict:
   tokens = batch_size * (crop // factor) ** 2 // run.config.model.patch_size ** 2
   dit = 6.0 * token_wise * tokens / run.mesh.devices.size
   encoder = 0.0
-  if run.latent_space.abstract_params():
+  if run.latent_space.abstract_params() and run.config.data.hr_latents == "encode":
     batch = jax.ShapeDtypeStruct((batch_size, crop, crop, 3), jnp.float32,
                                  sharding=pipeline.batch_sharding(run.mesh))
     compiled, _ = _timed_compile(jax.jit(run.latent_space.encode_fn), run.latent_params, batch)

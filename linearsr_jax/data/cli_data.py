@@ -1,19 +1,28 @@
-"""`linearsr data tfds|degrade`: turn an image folder into a TFDS dataset, or into LR/HR pairs.
+"""`linearsr data tfds|degrade|encode`: turn an image folder into a TFDS dataset, into LR/HR
+pairs, or into HR crops stored with their DC-AE latents.
 
   linearsr data tfds PHOTOS --out DATA_DIR [--name NAME] [--min-size 256]
   linearsr data degrade PHOTOS --out PAIRS [--scale 4] [--mode realesrgan] [--crop 512] [--seed 0]
+  linearsr data encode --config C --out LATENTS [--crops_per_image 8] [--config.K=V ...]
 
 `degrade` writes PAIRS/HR and PAIRS/LR in the layout of the standard test sets, so
 `--config.data.eval_source.kind=paired` (or `linearsr eval`) can read them back. PHOTOS may be
-`demo` for the scikit-image photographs.
+`demo` for the scikit-image photographs. `encode` reads the config's training images (every
+host its share; run it on all hosts of a pod) and writes what `--config.data.hr_latents=
+precomputed --config.data.latents_path=LATENTS` trains from (latent_crops.py).
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from linearsr_jax.atomic import atomic_dir
 from linearsr_jax.data import degradations, image_io, pipeline, sources, tag_sources
+from linearsr_jax.errors import UserError
+
+# cli.main hands unknown arguments through: `encode` parses --config and its overrides itself.
+PASSES_FLAGS_THROUGH = True
 
 
 def add_arguments(parser):
@@ -36,6 +45,17 @@ def add_arguments(parser):
                        help="center crop of the HR image in px (default 0: the full image)")
   degrade.add_argument("--seed", type=int, default=0)
   degrade.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+  encode = sub.add_parser(
+      "encode", help="store fixed HR crops of the config's training images with their latents",
+      usage="linearsr data encode --config FILE --out DIR [--crops_per_image K] [--batch N] "
+            "[--overwrite] [--config.KEY=VALUE ...]")
+  encode.add_argument("--out", required=True, help="directory to write (array_record shards)")
+  encode.add_argument("--crops_per_image", type=int, default=8,
+                      help="fixed random crops per image, flips / rotations included (default "
+                           "%(default)s)")
+  encode.add_argument("--batch", type=int, default=8, help="crops per encoder call")
+  encode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def _no_tokens(tags):
@@ -72,5 +92,22 @@ def _tfds(args) -> int:
   return 0
 
 
+def _encode(args) -> int:
+  from linearsr_jax.data import latent_crops
+  from linearsr_jax.train import distributed
+  from linearsr_jax.train.cli_train import parse_flags
+
+  config, _ = parse_flags([*args.flags, "--workdir", os.devnull], command="data encode")
+  distributed.maybe_initialize()
+  index = latent_crops.encode_crops(config, args.out, args.crops_per_image, args.batch,
+                                    overwrite=args.overwrite)
+  print(f"wrote {index['images']} images × {index['crops_per_image']} crops of "
+        f"{index['crop_size']} px with {index['latent_shape']} latents to {args.out} (train on "
+        f"them with --config.data.hr_latents=precomputed --config.data.latents_path={args.out})")
+  return 0
+
+
 def run(args) -> int:
-  return {"tfds": _tfds, "degrade": _degrade}[args.data_command](args)
+  if args.data_command != "encode" and args.flags:
+    raise UserError(f"data {args.data_command}: unrecognized arguments: {' '.join(args.flags)}")
+  return {"tfds": _tfds, "degrade": _degrade, "encode": _encode}[args.data_command](args)

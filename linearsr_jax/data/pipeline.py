@@ -6,6 +6,7 @@
 
 Batches are dicts of NumPy arrays:
   'hr'         [B, H, W, 3]      float32 in [-1, 1]
+  (or 'hr_latent' [B, h, w, C]   float32, the stored latents of data.hr_latents="precomputed")
   'lr'         [B, H/s, W/s, 3]  float32 in [-1, 1]
   'cond'       [B, L] int32 hashed tag ids, or [B, L, C] float32 precomputed tokens
   'cond_mask'  [B, L] bool                          (both from the `tokenize` argument)
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 Tokenize = Callable[[object], tuple]  # condition source -> (cond, cond_mask)
 SOURCE_KINDS = ("demo", "folder", "paired", "tfds_folder", "div2k")
-BATCH_KEYS = ("hr", "lr", "cond", "cond_mask")
+BATCH_KEYS = ("hr", "hr_latent", "lr", "cond", "cond_mask")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -62,6 +63,11 @@ def default_config() -> ml_collections.ConfigDict:
       prefetch_batches=4,
       degradation=degradations.default_config(),
       eval=dict(crop_size=256, seed=1234, batch_size=4),  # crop_size 0: full images
+      # encode: the train step encodes the HR crops. precomputed: it takes their latents from
+      # latents_path, a `linearsr data encode` output (no encoder in the step; the LR side is
+      # still degraded on the fly). The eval pairs stay pixels either way.
+      hr_latents="encode",
+      latents_path="",
   ))
 
 
@@ -133,11 +139,34 @@ def _augment(images, rng):
   return [np.rot90(im[:, ::-1] if flip else im, turns) for im in images]
 
 
-def _to_example(hr, lr, condition_source, tokenize):
+def to_example(hr, lr, condition_source, tokenize):
   cond, mask = tokenize(condition_source)
   return {"hr": np.ascontiguousarray(hr * 2 - 1, np.float32),
           "lr": np.ascontiguousarray(lr * 2 - 1, np.float32),
           "cond": np.asarray(cond), "cond_mask": np.asarray(mask, bool)}
+
+
+def random_crop(record, crop_size, scale, augment, rng):
+  """(HR crop, aligned LR crop or None): a random crop of a record, flipped / rotated when
+  `augment`. A real pair (a record with 'lr') is cropped at aligned positions on the LR grid;
+  an HR-only record smaller than the crop is first up-scaled to it."""
+  c, s = crop_size, scale
+  if "lr" in record:
+    lr_full = record["lr"]
+    if min(lr_full.shape[:2]) < c // s:
+      raise UserError(f"{record['name']}: LR image smaller than the LR crop {c // s} px")
+    top = int(rng.integers(lr_full.shape[0] - c // s + 1))
+    left = int(rng.integers(lr_full.shape[1] - c // s + 1))
+    lr = lr_full[top:top + c // s, left:left + c // s]
+    hr = record["hr"][top * s:top * s + c, left * s:left * s + c]
+    return tuple(_augment([hr, lr], rng)) if augment else (hr, lr)
+  image = _fit_to_crop(record["hr"], c)
+  top = int(rng.integers(image.shape[0] - c + 1))
+  left = int(rng.integers(image.shape[1] - c + 1))
+  hr = image[top:top + c, left:left + c]
+  if augment:
+    (hr,) = _augment([hr], rng)
+  return np.ascontiguousarray(hr), None
 
 
 class TrainTransform(grain.transforms.RandomMap):
@@ -150,29 +179,13 @@ class TrainTransform(grain.transforms.RandomMap):
     self.degradation, self.tokenize, self.augment = degradation, tokenize, augment
 
   def random_map(self, record, rng):
-    c, s = self.crop_size, self.scale
-    if "lr" in record:  # a real pair: crop both at aligned positions on the LR grid
-      lr_full = record["lr"]
-      if min(lr_full.shape[:2]) < c // s:
-        raise UserError(f"{record['name']}: LR image smaller than the LR crop {c // s} px")
-      top = int(rng.integers(lr_full.shape[0] - c // s + 1))
-      left = int(rng.integers(lr_full.shape[1] - c // s + 1))
-      lr = lr_full[top:top + c // s, left:left + c // s]
-      hr = record["hr"][top * s:top * s + c, left * s:left * s + c]
-      if self.augment:
-        hr, lr = _augment([hr, lr], rng)
-    else:
-      image = _fit_to_crop(record["hr"], c)
-      top = int(rng.integers(image.shape[0] - c + 1))
-      left = int(rng.integers(image.shape[1] - c + 1))
-      hr = image[top:top + c, left:left + c]
-      if self.augment:
-        (hr,) = _augment([hr], rng)
-      hr, lr = degradations.degrade_pair(np.ascontiguousarray(hr), s, rng, self.degradation)
-    return _to_example(hr, lr, record["tags"], self.tokenize)
+    hr, lr = random_crop(record, self.crop_size, self.scale, self.augment, rng)
+    if lr is None:
+      hr, lr = degradations.degrade_pair(hr, self.scale, rng, self.degradation)
+    return to_example(hr, lr, record["tags"], self.tokenize)
 
 
-def _process(process_index, process_count):
+def host_of(process_index, process_count):
   if process_index is None or process_count is None:
     import jax
 
@@ -241,11 +254,14 @@ def make_train_dataset(source, config, tokenize: Tokenize, process_index=None,
   with get_state / set_state. process_index / count default to JAX's; tests pass them to
   simulate hosts.
   """
-  process_index, process_count = _process(process_index, process_count)
+  process_index, process_count = host_of(process_index, process_count)
   if config.batch_size % process_count:
     raise UserError(f"batch size {config.batch_size} is not divisible by {process_count} hosts")
-  transform = TrainTransform(config.crop_size, config.scale, config.degradation, tokenize,
-                             config.augment)
+  if hasattr(source, "train_transform"):  # stored crops (latent_crops.py) bring their own
+    transform = source.train_transform(config, tokenize)
+  else:
+    transform = TrainTransform(config.crop_size, config.scale, config.degradation, tokenize,
+                               config.augment)
   ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat()
   ds = HostRows(ds.random_map(transform), config.batch_size, process_index, process_count)
   ds = ds.batch(config.batch_size // process_count, drop_remainder=True)
@@ -292,7 +308,7 @@ def eval_example(record, index, config, tokenize: Tokenize, align: int = 1) -> d
     hr = np.ascontiguousarray(_center(hr, h - h % step, w - w % step))
     rng = np.random.default_rng([config.eval.seed, index])
     hr, lr = degradations.degrade_pair(hr, s, rng, config.degradation)
-  example = _to_example(hr, lr, record["tags"], tokenize)
+  example = to_example(hr, lr, record["tags"], tokenize)
   example["name"] = record["name"]
   return example
 
@@ -308,7 +324,7 @@ def eval_batches(examples, batch_size):
   for example in examples + [None]:
     if group and (example is None or len(group) == batch_size
                   or example["hr"].shape != group[0]["hr"].shape):
-      batch = {k: np.stack([e[k] for e in group]) for k in BATCH_KEYS}
+      batch = {k: np.stack([e[k] for e in group]) for k in BATCH_KEYS if k in group[0]}
       batch["name"] = [e["name"] for e in group]
       yield batch
       group = []

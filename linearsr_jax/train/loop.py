@@ -26,7 +26,7 @@ from clu import metric_writers, periodic_actions
 
 from linearsr_jax import sharding
 from linearsr_jax.atomic import atomic_file
-from linearsr_jax.data import pipeline
+from linearsr_jax.data import latent_crops, pipeline
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.dit import DiTConfig
@@ -133,7 +133,23 @@ class Run:
     eval_examples = pipeline.make_eval_examples(eval_source, config.data, self.tokenize,
                                                 align=self.latent_space.factor)
     self.eval_batches = list(pipeline.eval_batches(eval_examples, config.data.eval.batch_size))
-    self.train_source = pipeline.make_source(config.data, "train", config.tags.encoder)
+    self.train_source = self._train_source(load_weights)
+
+  def _train_source(self, load_weights: bool):
+    """The config's images, or with data.hr_latents="precomputed" the stored crops and latents
+    (read only with load_weights: shapes and compilation need no data)."""
+    data = self.config.data
+    if data.hr_latents == "encode":
+      return pipeline.make_source(data, "train", self.config.tags.encoder)
+    if data.hr_latents != "precomputed":
+      raise UserError(f"data.hr_latents must be 'encode' or 'precomputed', got {data.hr_latents!r}")
+    if not data.latents_path:
+      raise UserError("data.hr_latents='precomputed' needs data.latents_path, a `linearsr data "
+                      "encode` output")
+    if not load_weights:
+      return None
+    return latent_crops.LatentCropSource(data.latents_path, data, self.latent_space.channels,
+                                         self.latent_space.factor)
 
   def optimizer(self, name: str):
     """(optax transformation, merged optimizer config) of stage `name`."""

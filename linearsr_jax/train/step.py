@@ -17,13 +17,15 @@ def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_
   """train_step(state, batch, latent_params) -> (state, metrics); pure, for jax.jit with donated
   state. `latent_params` are the latent space's (a DC-AE's on the mesh, or {}).
 
-  batch: 'hr' [B, H, W, 3], 'lr' [B, H/s, W/s, 3] in [-1, 1], 'cond', 'cond_mask'.
+  batch: 'hr' [B, H, W, 3] (or its latents, 'hr_latent'), 'lr' [B, H/s, W/s, 3] in [-1, 1],
+  'cond', 'cond_mask'.
   """
   apply_fn = experts.model_apply(model)
 
   def loss_fn(params, batch, key, latent_params):
     key_drop, key_flow = jax.random.split(key)
-    x0 = latent_space.encode_fn(latent_params, batch["hr"])
+    x0 = (batch["hr_latent"] if "hr_latent" in batch
+          else latent_space.encode_fn(latent_params, batch["hr"]))
     lr_latent = None
     if diffusion_cfg.source == "lr":
       lr_latent = latent_space.encode_fn(latent_params, upsample_bicubic(batch["lr"], scale))
