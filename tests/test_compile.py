@@ -4,6 +4,7 @@ The FLOPs it reports (scanned blocks counted in full) are checked against a floa
 the model's matmuls written out here from the architecture, not from the code.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -103,3 +104,31 @@ def test_slice_names_map_to_libtpu_topologies():
   assert tpu_pods.parse_pod("v4-32").topology_name == "v4:2x2x4"    # 16 chips, 2 cores each
   assert tpu_pods.parse_pod("v5p-128").topology_name == "v5p:4x4x4"
   assert len(tpu_pods.pod_devices(tpu_pods.parse_pod("v6e-16"))) == 16
+
+
+def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(tmp_path):
+  """On a v5e-4 whose chips are given just room for about three batch units (so the search
+  walks a short way), the batch found fits and one unit more does not."""
+  from configs.sana600m_x4 import get_config
+  from linearsr_jax.aot import cli_compile
+
+  config = get_config()
+  # The search is under test, not SANA's width: one narrow block compiles in seconds.
+  config.update_from_flattened_dict({"model.depth": 1, "model.scan_layers": False,
+                                     "model.hidden": 128, "model.heads": 4,
+                                     "model.cross_heads": 4, "model.cross_head_dim": 32,
+                                     "model.caption_channels": 32, "model.lr_stem_width": 16,
+                                     "latent.kind": "pixel", "latent.factor": 8,
+                                     "model.latent_channels": 192, "model.lr_stem_convs": 1,
+                                     "data.crop_size": 128, "data.eval.crop_size": 128,
+                                     "data.eval.batch_size": 2, "train.eval_steps": 1})
+  pod = tpu_pods.parse_pod("v5e-4")
+  devices = tpu_pods.pod_devices(pod)
+  one, two = (cli_compile._train_step_bytes(config, devices, "pretrain", 4 * m) for m in (1, 2))
+  room = (one + 2.5 * (two - one)) / 1024 ** 3
+  small = dataclasses.replace(pod, chip=dataclasses.replace(pod.chip, hbm_gib=room))
+  logged = []
+  batch, result = cli_compile.find_batch(config, small, devices, "pretrain", log=logged.append)
+  assert batch % 4 == 0 and batch >= 4 and result["fits"] and result["global_batch"] == batch
+  assert cli_compile._train_step_bytes(config, devices, "pretrain", batch + 4) > room * 1024 ** 3
+  assert len(logged) <= 5, logged

@@ -114,29 +114,52 @@ def _batch_unit(config, mesh, stage: str) -> int:
   return config.stages[stage].num_experts * pipeline.batch_shards(mesh)
 
 
+def _train_step_bytes(config, devices, stage: str, batch_size: int) -> float:
+  """Per-chip bytes of the train step at `batch_size` (one compile; the scanned program's memory
+  is already the whole model's)."""
+  from linearsr_jax.aot import hlo_stats, step_compile
+  from linearsr_jax.train.loop import Run
+
+  config.data.batch_size = batch_size
+  run = Run(config, os.devnull, load_weights=False, devices=devices)
+  try:
+    compiled, _ = step_compile.compile_train_step(run, stage, batch_size)
+  except step_compile.DoesNotFit as e:
+    return e.required
+  return hlo_stats.stats(compiled)["memory"]["total"]
+
+
 def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
-  """The largest multiple of the batch unit whose train step fits: doubling, then bisection."""
+  """The largest multiple of the batch unit whose train step fits, and its report.
+
+  Memory is close to affine in the batch, so compiles at one and two units predict the answer;
+  compiles at the prediction and one unit above confirm it, galloping up or bisecting down where
+  the prediction was off (XLA may schedule a larger batch differently).
+  """
   from linearsr_jax import sharding
   unit = _batch_unit(config, sharding.make_mesh(dict(config.mesh), devices), stage)
-  fits = {}
+  hbm, need = pod.chip.hbm_gib * GIB, {}
 
-  def check(multiple):
-    r = report(config, pod, devices, stage, unit * multiple)
-    log(f"batch {unit * multiple}: {_required_bytes(r) / GIB:.2f} GiB "
-        f"({'fits' if r['fits'] else 'too large'})")
-    fits[multiple] = r
-    return r["fits"]
+  def fits(multiple) -> bool:
+    if multiple not in need:
+      need[multiple] = _train_step_bytes(config, devices, stage, unit * multiple)
+      log(f"batch {unit * multiple}: {need[multiple] / GIB:.2f} GiB "
+          f"({'fits' if need[multiple] <= hbm else 'too large'})")
+    return need[multiple] <= hbm
 
-  if not check(1):
-    return 0, fits[1]
-  high = 2
-  while check(high):
-    high *= 2
-  low = high // 2
-  while high - low > 1:
-    mid = (low + high) // 2
-    low, high = (mid, high) if check(mid) else (low, mid)
-  return unit * low, fits[low]
+  if not fits(1):
+    return 0, report(config, pod, devices, stage, unit)
+  fits(2)
+  guess = max(1, int((hbm - need[1]) // max(need[2] - need[1], 1)) + 1)
+  lo, hi, probe = 1, None, guess
+  while hi is None or hi - lo > 1:
+    ok = fits(probe)
+    lo, hi = (max(lo, probe), hi) if ok else (lo, probe if hi is None else min(hi, probe))
+    if hi is None:
+      probe = lo + 1 if lo == guess else 2 * lo
+    else:
+      probe = hi - 1 if probe == guess and not ok else (lo + hi) // 2
+  return unit * lo, report(config, pod, devices, stage, unit * lo)
 
 
 def run(args) -> int:

@@ -5,6 +5,8 @@ XLA's cost analysis (and the HLO text) holds a `while` body once, so a model tha
 blocks is undercounted; `scan_corrected` adds the missing repeats from two unrolled compiles.
 """
 
+import dataclasses
+import math
 import re
 
 import numpy as np
@@ -14,26 +16,93 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, 
           "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
 _SHAPE = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([\d,]*)\]")
 _OP = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(")
+# TPU async collectives: the op is repeated, same channel, in every fusion that advances it
+# ("continuations", flag_start >= 0); only the one that starts it (flag_start -1) moves data.
+_CONTINUATION = re.compile(r'"async_collective_fusion_config":\{"flag_start":"(\d+)"')
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_EXPLICIT_GROUP = re.compile(r"replica_groups=\{\{([\d,]*)\}")
+_IOTA_GROUPS = re.compile(r"replica_groups=\[\d+,(\d+)\]<=")
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
 
 
-def _shape_bytes(text: str) -> int:
-  return sum(_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
-             for dtype, dims in _SHAPE.findall(text))
+@dataclasses.dataclass(frozen=True)
+class CollectiveOp:
+  kind: str
+  bytes_by_dtype: dict   # {dtype: bytes} of the full (unsharded over the group) tensors
+  op_name: str           # the JAX op it came from, e.g. '.../blocks_0/ff/conv_inverted/dot_general'
+
+  @property
+  def bytes(self) -> int:
+    return sum(self.bytes_by_dtype.values())
 
 
-def collectives(hlo_text: str) -> dict:
-  """{kind: bytes of its results}, from an optimised HLO module's text. An async '-start'
-  returns (operands, result): only the result, its last shape, is counted."""
-  out = {kind: 0 for kind in COLLECTIVES}
+def _bytes_by_dtype(text: str, scale: int = 1) -> dict:
+  out = {}
+  for dtype, dims in _SHAPE.findall(text):
+    size = _BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d])) * scale
+    out[dtype] = out.get(dtype, 0) + size
+  return out
+
+
+def _group_size(line: str) -> int:
+  """Devices per replica group ({{0,1,..}}, [groups,size]<=[n] or mesh[...] {axes}); 1 unknown."""
+  if match := _EXPLICIT_GROUP.search(line):
+    return len([d for d in match[1].split(",") if d])
+  if match := _IOTA_GROUPS.search(line):
+    return int(match[1])
+  if match := _MESH_GROUPS.search(line):
+    sizes = dict(re.findall(r"'(\w+)'=(\d+)", match[1]))
+    return math.prod(int(sizes.get(a, 1)) for a in re.findall(r"'(\w+)'", match[2]))
+  return 1
+
+
+def collective_ops(hlo_text: str) -> list:
+  """Every collective an optimised HLO module runs (a `while` body's once), as CollectiveOps.
+
+  Bytes are the full tensor each chip's share is part of: an all-gather's result, a
+  reduce-scatter's operand, an all-reduce's result. That is what a chip sends and receives,
+  up to (n - 1) / n of a ring. TPU writes a reduce-scatter as an all-reduce and a dynamic slice
+  in an `all-reduce-scatter` fusion; it is counted as the reduce-scatter it is. An async
+  '-start' returns (operands, result): only the result, its last shape, is counted.
+  """
+  ops, computation = [], ""
   for line in hlo_text.splitlines():
+    if not line.startswith(" ") and (match := _COMPUTATION.match(line)):
+      computation = match[1]
+      continue
     match = _OP.search(line)
-    if not match:
+    if not match or _CONTINUATION.search(line):
       continue
     shapes, kind, started = match.groups()
     if started:
       found = _SHAPE.findall(shapes)
       shapes = f"{found[-1][0]}[{found[-1][1]}]" if found else ""
-    out[kind] += _shape_bytes(shapes)
+    scale = 1
+    if kind == "reduce-scatter":
+      scale = _group_size(line)
+    elif kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
+      kind = "reduce-scatter"
+    name = _OP_NAME.search(line)
+    ops.append(CollectiveOp(kind, _bytes_by_dtype(shapes, scale), name[1] if name else ""))
+  return ops
+
+
+def collectives(hlo_text: str) -> dict:
+  """{kind: bytes} per chip, from an optimised HLO module's text (see `collective_ops`)."""
+  out = {kind: 0 for kind in COLLECTIVES}
+  for op in collective_ops(hlo_text):
+    out[op.kind] += op.bytes
+  return out
+
+
+def collectives_by_dtype(hlo_text: str) -> dict:
+  """{kind: {dtype: bytes}} per chip: whether params are gathered, and gradients reduced, in
+  float32 or in the compute dtype."""
+  out = {kind: {} for kind in COLLECTIVES}
+  for op in collective_ops(hlo_text):
+    for dtype, size in op.bytes_by_dtype.items():
+      out[op.kind][dtype] = out[op.kind].get(dtype, 0) + size
   return out
 
 
@@ -51,7 +120,9 @@ def stats(compiled) -> dict:
                        "generated_code": memory.generated_code_size_in_bytes}}
   result["memory"]["total"] = (memory.argument_size_in_bytes + memory.output_size_in_bytes +
                                memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  result["collectives"] = collectives(compiled.as_text())
+  text = compiled.as_text()
+  result["collectives"] = collectives(text)
+  result["collectives_by_dtype"] = collectives_by_dtype(text)
   return result
 
 
@@ -62,9 +133,16 @@ def scan_corrected(scanned: dict, one: dict, two: dict, depth: int) -> dict:
   def add(a, b1, b2):
     return a + (depth - 1) * max(b2 - b1, 0)
 
+  by_dtype = {kind: {dtype: add(scanned["collectives_by_dtype"][kind].get(dtype, 0),
+                                one["collectives_by_dtype"][kind].get(dtype, 0),
+                                two["collectives_by_dtype"][kind].get(dtype, 0))
+                     for dtype in set(scanned["collectives_by_dtype"][kind])
+                     | set(two["collectives_by_dtype"][kind])}
+              for kind in scanned["collectives_by_dtype"]}
   return dict(scanned,
               flops=add(scanned["flops"], one["flops"], two["flops"]),
               bytes_accessed=add(scanned["bytes_accessed"], one["bytes_accessed"],
                                  two["bytes_accessed"]),
               collectives={k: add(v, one["collectives"][k], two["collectives"][k])
-                           for k, v in scanned["collectives"].items()})
+                           for k, v in scanned["collectives"].items()},
+              collectives_by_dtype=by_dtype)

@@ -62,14 +62,16 @@ class Attention(nn.Module):
   qkv_bias: bool = False
   qk_norm: str | None = None
   dtype: Any = jnp.float32
+  gather: bool = False
 
   @nn.compact
   def __call__(self, x, context=None, key_mask=None):
+    gather_kv = self.gather and context is None
     context = x if context is None else context
     inner = self.heads * self.head_dim
-    q = Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype, name="to_q")(x)
-    k = Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype, name="to_k")(context)
-    v = Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype, name="to_v")(context)
+    q = Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype, gather=self.gather, name="to_q")(x)
+    k = Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype, gather=gather_kv, name="to_k")(context)
+    v = Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype, gather=gather_kv, name="to_v")(context)
     if self.qk_norm == "rms_norm_across_heads":
       q = RMSNorm(1e-5, "heads", name="norm_q")(q)
       k = RMSNorm(1e-5, "heads", name="norm_k")(k)
@@ -80,4 +82,4 @@ class Attention(nn.Module):
                                                       "activation_heads", None)) for t in (q, k, v))
     o = ATTENTION_KERNELS[self.kind](q, k, v, key_mask)
     o = o.reshape(*o.shape[:2], inner)
-    return Dense(x.shape[-1], ("heads", "embed"), True, self.dtype, name="to_out")(o)
+    return Dense(x.shape[-1], ("heads", "embed"), True, self.dtype, gather=self.gather, name="to_out")(o)

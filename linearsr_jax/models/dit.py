@@ -84,15 +84,15 @@ class Block(nn.Module):
 
     h = (layer_norm(x) * (1 + scale_msa) + shift_msa).astype(dtype)
     h = Attention(cfg.heads, cfg.head_dim, cfg.attention, cfg.attention_bias, cfg.qk_norm,
-                  dtype, name="attn1")(h)
+                  dtype, gather=cfg.remat != "none", name="attn1")(h)
     x = x + gate_msa * h
 
     h = Attention(cfg.cross_heads, cfg.cross_head_dim, "softmax", True, cfg.qk_norm, dtype,
-                  name="attn2")(x.astype(dtype), cond, cond_mask)
+                  gather=cfg.remat != "none", name="attn2")(x.astype(dtype), cond, cond_mask)
     x = x + h
 
     h = (layer_norm(x) * (1 + scale_mlp) + shift_mlp).astype(dtype)
-    h = MixFFN(cfg.ffn_hidden, dtype, name="ff")(h, self.grid_hw)
+    h = MixFFN(cfg.ffn_hidden, dtype, gather=cfg.remat != "none", name="ff")(h, self.grid_hw)
     x = x + gate_mlp * h
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
     return x.astype(jnp.float32)

@@ -39,19 +39,51 @@ class Dense(nn.Module):
   dtype: Dtype = jnp.float32
   kernel_init: Any = None     # default: PyTorch's, for both kernel and bias
   bias_init: Any = None
+  gather: bool = False
 
   @nn.compact
   def __call__(self, x):
     fan_in = x.shape[-1]
     init = self.kernel_init or torch_linear_init(fan_in)
     kernel = self.param("kernel", logical(init, self.axes), (fan_in, self.features), jnp.float32)
-    y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+    import os
+    gather = tuple(None if a == "embed" else a for a in self.axes) if (os.environ.get("EXP_GATHER") and self.gather) else None
+    if os.environ.get("EXP_F32GRAD"):
+      y = _matmul(x.astype(self.dtype), kernel, jnp.dtype(self.dtype), gather)
+    else:
+      k = kernel.astype(self.dtype)
+      if gather:
+        k = nn.with_logical_constraint(k, gather)
+      y = jnp.einsum("...i,io->...o", x.astype(self.dtype), k)
     if self.use_bias:
       bias_init = self.bias_init or torch_linear_init(fan_in)
       bias = self.param("bias", logical(bias_init, self.axes[1:]),
                         (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
+
+
+import functools
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul(x, kernel, dtype, gather):
+  return _matmul_fwd(x, kernel, dtype, gather)[0]
+
+
+def _matmul_fwd(x, kernel, dtype, gather):
+  k = kernel.astype(dtype)
+  if gather:
+    k = nn.with_logical_constraint(k, gather)
+  return jnp.einsum("...i,io->...o", x, k), (x, k)
+
+
+def _matmul_bwd(dtype, gather, res, g):
+  x, k = res
+  dx = jnp.einsum("...o,io->...i", g, k)
+  dk = jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.float32)
+  return dx, dk
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def layer_norm(x, eps: float = 1e-6):
@@ -95,12 +127,13 @@ class MixFFN(nn.Module):
   """SANA's GLUMBConv: 1×1 D→2H, SiLU, depthwise 3×3, value·SiLU(gate), 1×1 H→D (no bias)."""
   hidden: int
   dtype: Dtype = jnp.float32
+  gather: bool = False
 
   @nn.compact
   def __call__(self, x, grid_hw: tuple[int, int]):
     b, n, d = x.shape
     h, w = grid_hw
-    y = Dense(2 * self.hidden, ("embed", "mlp"), dtype=self.dtype, name="conv_inverted")(x)
+    y = Dense(2 * self.hidden, ("embed", "mlp"), dtype=self.dtype, gather=self.gather, name="conv_inverted")(x)
     y = nn.silu(y).reshape(b, h, w, 2 * self.hidden)
     y = nn.with_logical_constraint(y, ("activation_batch", None, None, "activation_mlp"))
     kernel = self.param("conv_depth_kernel", logical(torch_linear_init(9), (None, None, "mlp")),
@@ -110,7 +143,7 @@ class MixFFN(nn.Module):
     y = depthwise_conv3x3(y, kernel.astype(self.dtype), bias.astype(self.dtype))
     value, gate = jnp.split(y.reshape(b, n, 2 * self.hidden), 2, axis=-1)
     y = value * nn.silu(gate)
-    return Dense(d, ("mlp", "embed"), use_bias=False, dtype=self.dtype, name="conv_point")(y)
+    return Dense(d, ("mlp", "embed"), use_bias=False, dtype=self.dtype, gather=self.gather, name="conv_point")(y)
 
 
 def timestep_sinusoid(t, dim: int = 256, max_period: float = 10000.0):

@@ -143,11 +143,11 @@ class Run:
       return pipeline.make_source(data, "train", self.config.tags.encoder)
     if data.hr_latents != "precomputed":
       raise UserError(f"data.hr_latents must be 'encode' or 'precomputed', got {data.hr_latents!r}")
+    if not load_weights:
+      return None
     if not data.latents_path:
       raise UserError("data.hr_latents='precomputed' needs data.latents_path, a `linearsr data "
                       "encode` output")
-    if not load_weights:
-      return None
     return latent_crops.LatentCropSource(data.latents_path, data, self.latent_space.channels,
                                          self.latent_space.factor)
 
