@@ -1,15 +1,19 @@
-"""Compile-time figures of the SANA configs on Cloud TPU slices: `linearsr compile` per row,
-each in its own process, gathered into one table. These are XLA's numbers for a compiled
-program (memory, FLOPs, collectives) and a roofline bound, not measured pod times.
+"""Compile-time figures of the SANA configs on Cloud TPU slices: `linearsr compile --find_batch`
+per row (config × slice × HR latents encoded in the step or precomputed), each in its own
+process, gathered into one table. These are XLA's numbers for a compiled program (memory,
+FLOPs, collectives) and a roofline bound, not measured pod times.
 
-  .venv/bin/python bench/pod_compile.py --configs sana600m_x4 --topologies v5e-16 v5e-64
+  .venv/bin/python bench/pod_compile.py --configs sana600m_x4 --topologies v5e-16 v5e-64 \
+      --results bench/results/pod_compile
+
+Each row's report is kept in --results, so an interrupted table resumes where it stopped
+(full-depth compiles take minutes each on a 2-core machine).
 """
 
 import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,36 +21,44 @@ sys.path.insert(0, str(ROOT))
 from bench.common import markdown_table  # noqa: E402
 
 GIB = 1024 ** 3
+MODES = {"encode": [], "precomputed": ["--config.data.hr_latents=precomputed"]}
 
 
-def compile_row(config: str, topology: str, overrides, workdir: Path) -> dict:
-  out = workdir / f"{config}_{topology}.json"
-  command = [str(ROOT / ".venv/bin/linearsr"), "compile", "--config", f"configs/{config}.py",
-             "--topology", topology, "--out", str(out), *overrides]
-  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+def command(config: str, topology: str, mode: str, overrides) -> list:
+  return ["linearsr", "compile", "--config", f"configs/{config}.py", "--topology", topology,
+          "--find_batch", *MODES[mode], *overrides]
+
+
+def compile_row(config: str, topology: str, mode: str, overrides, results: Path) -> dict:
+  out = results / f"{config}_{topology}_{mode}.json"
+  args = command(config, topology, mode, overrides)
   if not out.exists():
-    errors = [l for l in result.stderr.splitlines() if l.startswith("linearsr")]
-    return {"config": config, "topology": topology, "error": (errors or ["failed"])[-1]}
-  return dict(json.loads(out.read_text()), config=config, command=" ".join(
-      ["linearsr compile --config", f"configs/{config}.py", "--topology", topology,
-       *overrides]))
+    result = subprocess.run([str(ROOT / ".venv/bin" / args[0]), *args[1:], "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True)
+    if not out.exists():
+      errors = [l for l in result.stderr.splitlines() if l.startswith("linearsr")]
+      return {"config": config, "topology": topology, "mode": mode,
+              "error": (errors or ["failed"])[-1]}
+  return dict(json.loads(out.read_text()), config=config, mode=mode, command=" ".join(args))
 
 
 def cells(r: dict) -> list:
+  head = [r["config"], r["topology"], r["mode"]]
   if "error" in r:
-    return [r["config"], r["topology"], r["error"]] + [""] * 8
+    return head + [r["error"]] + [""] * 9
   if "train_step" not in r:
-    return [r["config"], r["topology"], str(r["global_batch"]),
-            f"needs {r['required_bytes'] / GIB:.1f} of {r['hbm_bytes'] / GIB:.0f}"] + [""] * 7
+    return head + ["0", f"needs {r['required_bytes'] / GIB:.1f} of "
+                        f"{r['hbm_bytes'] / GIB:.0f}"] + [""] * 8
   t, m, roof = r["train_step"], r["model"], r["roofline"]
-  return [r["config"], r["topology"], str(r["global_batch"]),
-          f"{t['memory']['total'] / GIB:.2f} of {r['hbm_bytes'] / GIB:.0f}",
-          f"{t['flops'] / 1e12:.3f}", f"{m['total_flops'] / 1e12:.3f}",
-          f"{m['encoder_flops'] / max(m['total_flops'], 1):.0%}",
-          f"{r['compiled_over_model_flops']:.2f}",
-          f"{t['collectives']['all-gather'] / GIB:.2f} / {t['collectives']['all-reduce'] / GIB:.2f}",
-          f"{roof['seconds'] * 1e3:.0f} ({roof['bound']})",
-          f"{roof['images_per_second_per_chip']:.1f}"]
+  return head + [
+      str(r.get("largest_batch", r["global_batch"])),
+      f"{t['memory']['total'] / GIB:.2f} of {r['hbm_bytes'] / GIB:.0f}",
+      f"{t['flops'] / 1e12:.2f}", f"{m['total_flops'] / 1e12:.2f}",
+      f"{m['encoder_flops'] / max(m['total_flops'], 1):.0%}",
+      f"{r['compiled_over_model_flops']:.2f}",
+      f"{t['collectives']['all-gather'] / GIB:.1f} / {t['collectives']['all-reduce'] / GIB:.1f}",
+      f"{roof['seconds'] * 1e3:.0f} ({roof['bound']})",
+      f"{roof['images_per_second_per_chip']:.1f}"]
 
 
 def main():
@@ -54,24 +66,28 @@ def main():
   parser.add_argument("--configs", nargs="+", default=["sana600m_x4", "sana1600m_x4"])
   parser.add_argument("--topologies", nargs="+",
                       default=["v5e-16", "v5e-64", "v5p-128", "v6e-64"])
-  parser.add_argument("overrides", nargs="*", help="--config.K=V passed to every row")
-  args, unknown = parser.parse_known_args()
-  overrides = args.overrides + unknown
-  header = ["config", "slice", "batch", "GiB per chip", "compiled TFLOP/chip",
-            "model TFLOP/chip", "encoder share", "compiled / model",
+  parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+  parser.add_argument("--results", default="bench/results/pod_compile",
+                      help="directory keeping each row's report (rows found there are reused)")
+  args, overrides = parser.parse_known_args()
+  results = Path(args.results)
+  results.mkdir(parents=True, exist_ok=True)
+  header = ["config", "slice", "HR latents", "largest batch", "GiB per chip",
+            "compiled TFLOP/chip", "model TFLOP/chip", "encoder share", "compiled / model",
             "all-gather / all-reduce GiB", "roofline ms", "images/s/chip"]
   rows, commands = [], []
-  with tempfile.TemporaryDirectory() as tmp:
-    for config in args.configs:
-      for topology in args.topologies:
-        r = compile_row(config, topology, overrides, Path(tmp))
+  for config in args.configs:
+    for topology in args.topologies:
+      for mode in args.modes:
+        r = compile_row(config, topology, mode, overrides, results)
         rows.append(cells(r))
         commands.append(r.get("command", ""))
         print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
   print(markdown_table(header, rows))
   print()
-  print("Each row: `" + "`, `".join(sorted({c.split(" --topology")[0] for c in commands if c}))
-        + "` with `--topology SLICE`" + (f" and {' '.join(overrides)}" if overrides else "") + ".")
+  print("Rows, in order:")
+  for c in commands:
+    print(f"- `{c}`")
 
 
 if __name__ == "__main__":
