@@ -20,20 +20,14 @@ from diffusers import AutoencoderDC
 
 from linearsr_jax.cli import main
 from linearsr_jax.inference.trained import load_trained
+from model_helpers import tiny_f32_dcae
 from sana_reference import random_sana, reference_inputs, torch_forward
 
 REPO = Path(__file__).resolve().parents[1]
 T2I = dict(num_attention_heads=2, attention_head_dim=32, num_layers=2,
            num_cross_attention_heads=2, cross_attention_head_dim=32, cross_attention_dim=64,
            caption_channels=16, in_channels=32, out_channels=32, patch_size=1)
-# The f32c32 layout (6 levels, 32× down, 32 latent channels) at a few thousandths of its width.
-_LEVELS = ["ResBlock"] * 4 + ["EfficientViTBlock"] * 2
-DCAE = dict(latent_channels=32, attention_head_dim=8, encoder_block_types=_LEVELS,
-            decoder_block_types=_LEVELS, encoder_block_out_channels=[4, 8, 8, 16, 32, 32],
-            decoder_block_out_channels=[4, 8, 8, 16, 32, 32], encoder_layers_per_block=[1] * 6,
-            decoder_layers_per_block=[1] * 6, encoder_qkv_multiscales=[[]] * 4 + [[5]] * 2,
-            decoder_qkv_multiscales=[[]] * 4 + [[5]] * 2, downsample_block_type="Conv",
-            upsample_block_type="interpolate", scaling_factor=0.41407)
+DCAE = tiny_f32_dcae(latent_channels=32)
 # sana600m_x4 at the random model's size; everything else is the config's own.
 REDUCED = ["--config.model.depth=2", "--config.model.hidden=64", "--config.model.heads=2",
            "--config.model.cross_heads=2", "--config.model.cross_head_dim=32",

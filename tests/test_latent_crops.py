@@ -16,15 +16,9 @@ from linearsr_jax.data.image_io import to_uint8
 from linearsr_jax.models.latent_space import PIXEL_SCALE, PIXEL_SHIFT
 from linearsr_jax.train.loop import Run
 from linearsr_jax.train.state import create_train_state
+from model_helpers import tiny_f32_dcae
 
-# A DC-AE of the f32c32 layout (6 levels, 32× down) at a few thousandths of its width.
-_LEVELS = ["ResBlock"] * 4 + ["EfficientViTBlock"] * 2
-TINY_F32 = dict(latent_channels=8, attention_head_dim=8, encoder_block_types=_LEVELS,
-                decoder_block_types=_LEVELS, encoder_block_out_channels=[4, 8, 8, 16, 16, 16],
-                decoder_block_out_channels=[4, 8, 8, 16, 16, 16], encoder_layers_per_block=[1] * 6,
-                decoder_layers_per_block=[1] * 6, encoder_qkv_multiscales=[[]] * 4 + [[5]] * 2,
-                decoder_qkv_multiscales=[[]] * 4 + [[5]] * 2, downsample_block_type="Conv",
-                upsample_block_type="interpolate", scaling_factor=0.41407)
+TINY_F32 = tiny_f32_dcae(latent_channels=8, widths=(4, 8, 8, 16, 16, 16))
 
 
 def _records(path):
