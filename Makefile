@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 # Tests use both cores through pytest-xdist; set PYTEST_WORKERS=0 to run in one process.
 PYTEST_WORKERS ?= 2
 
-$(BIN)/.installed: requirements.txt requirements-test.txt requirements-nodeps.txt pyproject.toml
+$(BIN)/.installed: requirements.txt requirements-test.txt requirements-gpu-aot.txt \
+		requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.txt -r requirements-test.txt
+	$(BIN)/pip install -q -r requirements.txt -r requirements-test.txt -r requirements-gpu-aot.txt
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@

@@ -21,7 +21,7 @@ COMMANDS = {
     "eval": ("linearsr_jax.evaluate.cli_eval", "score SR images against HR references"),
     "data": ("linearsr_jax.data.cli_data", "image folder -> TFDS dataset, or seeded LR/HR pairs"),
     "knee": ("linearsr_jax.train.cli_knee", "find the ESGF knee in a run's validation curves"),
-    "compile": ("linearsr_jax.aot.cli_compile", "compile for a Cloud TPU slice: memory, FLOPs"),
+    "compile": ("linearsr_jax.aot.cli_compile", "compile for a TPU slice or GPU nodes: fit, FLOPs"),
 }
 
 

@@ -14,22 +14,56 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
-# Logical name -> mesh axis (or axes, or None). Params: fully-sharded over fsdp on the model
-# width, tensor-parallel over heads / mlp; activations: batch over data × fsdp.
+# Logical name -> mesh axis (or axes, or None). A name may have several rules: `mesh_spec` tries
+# them in order. Params: experts over the expert axis; fully sharded over fsdp on the model width
+# (over fsdp × expert where the expert axis holds no experts: a 1-expert stage on a mesh with
+# an expert axis); tensor-parallel over heads / mlp. Activations: batch over data × fsdp (and
+# over the expert axis too in a 1-expert stage, see diffusion/experts.py).
 DEFAULT_RULES = (
+    ("expert", "expert"),
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
     ("activation_mlp", "tensor"),
+    ("embed", ("fsdp", "expert")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("caption", None),
     ("layers", None),
-    ("expert", "expert"),
     ("vocab", None),
 )
+
+
+def mesh_axes_of(axes) -> tuple:
+  """A rule's mesh axes as a tuple: None -> (), 'fsdp' -> ('fsdp',)."""
+  return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def mesh_spec(names, shape, mesh: Mesh, rules=DEFAULT_RULES) -> PartitionSpec:
+  """The PartitionSpec of an array with logical dim `names` and `shape`, by flax's rule order
+  (each rule in turn applies to the dim it names if that dim is unassigned and none of its mesh
+  axes is taken), with two differences. A rule is skipped where its mesh axes do not divide the
+  dim: a stack of 1 expert leaves an expert axis of 4 to the next rules. And a rule of several
+  mesh axes drops those of size 1 (skipped if none is left), so ('fsdp', 'expert') on a mesh
+  without an expert axis is plain 'fsdp'."""
+  spec, assigned, used = [None] * len(names), [False] * len(names), set()
+  for name, axes in rules:
+    if name not in names:
+      continue
+    i, mesh_axes = names.index(name), mesh_axes_of(axes)
+    if len(mesh_axes) > 1:
+      mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1)
+      if not mesh_axes:
+        continue
+      axes = mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes
+    if assigned[i] or used & set(mesh_axes) or shape[i] % int(
+        np.prod([mesh.shape[a] for a in mesh_axes])):
+      continue
+    spec[i], assigned[i] = axes if axes is None or isinstance(axes, str) else mesh_axes, True
+    used |= set(mesh_axes)
+  return PartitionSpec(*spec)
 
 
 def make_mesh(shape: dict | None = None, devices: Sequence | None = None) -> Mesh:
@@ -51,14 +85,17 @@ def make_mesh(shape: dict | None = None, devices: Sequence | None = None) -> Mes
               axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
-def logical_specs(boxed_tree):
-  """PartitionSpecs of logical names, from a tree of nn.LogicallyPartitioned leaves."""
-  return nn.get_partition_spec(boxed_tree)
-
-
 def tree_shardings(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):
-  """NamedShardings for every leaf of a (possibly abstract) logically boxed tree."""
-  return nn.logical_to_mesh_sharding(logical_specs(boxed_tree), mesh, list(rules))
+  """NamedShardings for every leaf of a (possibly abstract) logically boxed tree (`mesh_spec`);
+  unboxed leaves are replicated."""
+  def leaf_sharding(leaf):
+    # Adafactor's factored moments keep their param's box but not its rank: replicated.
+    if isinstance(leaf, nn.LogicallyPartitioned) and len(leaf.names) == len(leaf.value.shape):
+      return NamedSharding(mesh, mesh_spec(leaf.names, leaf.value.shape, mesh, rules))
+    return NamedSharding(mesh, PartitionSpec())
+
+  return jax.tree.map(leaf_sharding, boxed_tree,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,5 +1,6 @@
 """`linearsr compile --config C --topology T [--config.K=V …]`: does a config fit and shard on a
-Cloud TPU slice? Compiled here, on the CPU, with libtpu's description of that slice.
+Cloud TPU slice or on NVIDIA GPU nodes? Compiled here, on the CPU, with libtpu's description of
+that slice or the CUDA plugin's of those nodes.
 
 Prints (and writes with --out) the mesh, per-chip memory against the chip's HBM, compiled and
 model FLOPs, collectives, compile time and a roofline bound of the step time. Exit 1 when the
@@ -18,8 +19,8 @@ GIB = 1024 ** 3
 
 
 def add_arguments(parser):
-  parser.usage = ("linearsr compile --config FILE --topology SLICE [--stage S] [--find_batch] "
-                  "[--out report.json] [--config.KEY=VALUE ...]")
+  parser.usage = ("linearsr compile --config FILE --topology SLICE|NODES [--stage S] "
+                  "[--find_batch] [--out report.json] [--config.KEY=VALUE ...]")
 
 
 def _own_flags(argv):
@@ -33,8 +34,23 @@ def _own_flags(argv):
   try:
     own, rest = parser.parse_known_args(argv)
   except SystemExit:
-    raise UserError("compile needs --topology SLICE (e.g. v5e-16)") from None
+    raise UserError("compile needs --topology SLICE or NODES (e.g. v5e-16, h100-8)") from None
   return own, ["--workdir", os.devnull, *rest]
+
+
+def parse_topology(name: str):
+  """(the TPU slice or GPU nodes named, a function giving its devices)."""
+  from linearsr_jax.aot import gpu_nodes, tpu_pods
+  key = name.strip().lower()
+  if gpu_nodes.NAME.fullmatch(key):
+    node = gpu_nodes.parse_node(name)
+    return node, lambda: gpu_nodes.node_devices(node)
+  if tpu_pods.NAME.fullmatch(key):
+    pod = tpu_pods.parse_pod(name)
+    return pod, lambda: tpu_pods.pod_devices(pod)
+  raise UserError(f"--topology {name!r}: expected a Cloud TPU slice name such as v5e-16, "
+                  f"v5p-128, v4-32 or v6e-64, or NVIDIA nodes of {gpu_nodes.GPUS_PER_NODE} GPUs: "
+                  f"{', '.join(f'{g}-8' for g in gpu_nodes.GPUS)}, h100-16 (2 nodes), …")
 
 
 def report(config, pod, devices, stage: str, batch_size: int) -> dict:
@@ -44,7 +60,8 @@ def report(config, pod, devices, stage: str, batch_size: int) -> dict:
   config.data.batch_size = batch_size
   run = Run(config, os.devnull, load_weights=False, devices=devices)
   hbm = pod.chip.hbm_gib * GIB
-  head = {"topology": pod.name, "libtpu_topology": pod.topology_name, "chips": pod.chips,
+  head = {"topology": pod.name, "platform": devices[0].platform,
+          "device_topology": pod.topology_name, "chips": pod.chips,
           "mesh": dict(run.mesh.shape), "stage": stage,
           "experts": config.stages[stage].num_experts, "global_batch": batch_size,
           "padding_free_multiple": _batch_unit(config, run.mesh, stage), "hbm_bytes": hbm}
@@ -53,6 +70,9 @@ def report(config, pod, devices, stage: str, batch_size: int) -> dict:
   except step_compile.DoesNotFit as e:
     return dict(head, fits=False, required_bytes=e.required, available_bytes=e.available,
                 compiler=str(e))
+  if train["memory"]["total"] > hbm:
+    # XLA:GPU compiles a step of any size: stop where the TPU compiler would have refused it.
+    return dict(head, fits=False, train_step=train)
   model = step_compile.model_flops(run, stage, batch_size)
   sampler, sampler_seconds = step_compile.compile_sampler(run, stage)
   bound = step_compile.roofline(pod, train["flops"], train["bytes_accessed"], batch_size)
@@ -74,7 +94,7 @@ def _required_bytes(r: dict) -> float:
 
 
 def format_report(r: dict) -> str:
-  first = (f"{r['topology']} ({r['libtpu_topology']}, {r['chips']} chips), mesh "
+  first = (f"{r['topology']} ({r['platform']} {r['device_topology']}, {r['chips']} chips), mesh "
            + " × ".join(f"{k} {v}" for k, v in r["mesh"].items()))
   batch = f"stage {r['stage']}: {r['experts']} expert(s), global batch {r['global_batch']}"
   if r["global_batch"] % r["padding_free_multiple"]:
@@ -84,13 +104,15 @@ def format_report(r: dict) -> str:
   if "train_step" not in r:
     return "\n".join([first, batch, f"DOES NOT FIT: the TPU compiler says: {r['compiler']}"])
   t, m = r["train_step"], r["train_step"]["memory"]
+  memory = (f"memory per chip: arguments {m['arguments'] / GIB:.2f} GiB, outputs "
+            f"{m['outputs'] / GIB:.2f}, temporaries {m['temporaries'] / GIB:.2f}, aliased "
+            f"{m['aliased'] / GIB:.2f}, total {m['total'] / GIB:.2f} of "
+            f"{r['hbm_bytes'] / GIB:.0f} GiB -> {'fits' if r['fits'] else 'DOES NOT FIT'}")
+  if "model" not in r:  # a GPU step too large for the GPU: compiled, nothing more
+    return "\n".join([first, batch, memory])
   collectives = ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in t["collectives"].items() if v)
   lines = [
-      first, batch,
-      f"memory per chip: arguments {m['arguments'] / GIB:.2f} GiB, outputs "
-      f"{m['outputs'] / GIB:.2f}, temporaries {m['temporaries'] / GIB:.2f}, aliased "
-      f"{m['aliased'] / GIB:.2f}, total {m['total'] / GIB:.2f} of {r['hbm_bytes'] / GIB:.0f} GiB"
-      f" -> {'fits' if r['fits'] else 'DOES NOT FIT'}",
+      first, batch, memory,
       f"compiled per chip per step: {t['flops'] / 1e12:.3f} TFLOP, "
       f"{t['bytes_accessed'] / GIB:.2f} GiB accessed (scanned blocks counted in full)",
       f"model per chip per step: {r['model']['total_flops'] / 1e12:.3f} TFLOP (DiT 6·N·tokens "
@@ -163,16 +185,15 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
 
 
 def run(args) -> int:
-  from linearsr_jax.aot import tpu_pods
   from linearsr_jax.train.cli_train import parse_flags
 
   own, rest = _own_flags(args.flags)
-  pod = tpu_pods.parse_pod(own.topology)
+  pod, pod_devices = parse_topology(own.topology)
   config, _ = parse_flags(rest, command="compile")
   stage = own.stage or config.stage_order.split(",")[-1].strip()
   if stage not in config.stages:
     raise UserError(f"--stage {stage}: the config has stages {', '.join(config.stages)}")
-  devices = tpu_pods.pod_devices(pod)
+  devices = pod_devices()
   if own.find_batch:
     batch, result = find_batch(config, pod, devices, stage,
                                log=lambda m: print(m, file=sys.stderr, flush=True))

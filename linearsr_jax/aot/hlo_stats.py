@@ -110,6 +110,9 @@ def stats(compiled) -> dict:
   """Per-chip numbers of one compiled executable: FLOPs, bytes accessed, memory, collectives."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if cost is None:  # compiled for CUDA with no GPU: XLA:GPU has no cost analysis for it
+    from linearsr_jax.aot import gpu_cost
+    cost = gpu_cost.cost_analysis(compiled)
   memory = compiled.memory_analysis()
   result = {"flops": float(cost.get("flops", 0.0)),
             "bytes_accessed": float(cost.get("bytes accessed", 0.0)),

@@ -1,5 +1,5 @@
-"""Compile a config's train and sampler steps for a TPU slice, with no TPU, and say what they
-cost per chip.
+"""Compile a config's train and sampler steps for a TPU slice or GPU nodes, with neither
+attached, and say what they cost per chip.
 
 The train step is `Run.jit_train_step`, the very jit `linearsr train` runs; its arguments are
 the abstract state, batch and DC-AE params with the shardings training gives them. The sampler
@@ -18,7 +18,6 @@ import numpy as np
 
 from linearsr_jax import sharding
 from linearsr_jax.aot import hlo_stats
-from linearsr_jax.aot.tpu_pods import Pod
 from linearsr_jax.data import pipeline
 from linearsr_jax.inference.super_resolve import make_super_resolve
 from linearsr_jax.train.loop import Run
@@ -42,7 +41,8 @@ def abstract_batch(run: Run, batch_size: int, crop: int, batch_sharding) -> dict
 
 
 class DoesNotFit(Exception):
-  """The TPU compiler refused the program: it needs more HBM than the chip has."""
+  """The TPU compiler refused the program: it needs more HBM than the chip has. (XLA:GPU
+  compiles any size: there, fit is judged from the memory analysis alone.)"""
 
   def __init__(self, message: str):
     super().__init__(message)
@@ -137,8 +137,9 @@ class Roofline:
   images_per_second_per_chip: float
 
 
-def roofline(pod: Pod, flops: float, bytes_accessed: float, batch_size: int) -> Roofline:
-  """A lower bound of the step time on one chip from its peak bf16 FLOP/s and HBM bandwidth."""
+def roofline(pod, flops: float, bytes_accessed: float, batch_size: int) -> Roofline:
+  """A lower bound of the step time on one chip of `pod` (a tpu_pods.Pod or gpu_nodes.Node)
+  from its peak bf16 FLOP/s and HBM bandwidth."""
   compute = flops / (pod.chip.peak_bf16_tflops * 1e12)
   memory = bytes_accessed / (pod.chip.hbm_gbps * 1e9)
   seconds = max(compute, memory)

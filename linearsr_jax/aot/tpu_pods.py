@@ -59,9 +59,12 @@ SHAPES = {
 }
 
 
+NAME = re.compile(r"(v4|v5e|v5litepod|v5p|v6e)-(\d+)")
+
+
 def parse_pod(name: str) -> Pod:
   """`v5e-64` → Pod(v5e, 64 chips, 8×8); also `v5litepod-64`."""
-  match = re.fullmatch(r"(v4|v5e|v5litepod|v5p|v6e)-(\d+)", name.strip().lower())
+  match = NAME.fullmatch(name.strip().lower())
   if not match:
     raise UserError(f"--topology {name!r}: expected a Cloud TPU slice name such as v5e-16, "
                     f"v5p-128, v4-32 or v6e-64 (generations: {', '.join(CHIPS)})")

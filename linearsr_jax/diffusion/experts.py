@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from linearsr_jax import sharding
 from linearsr_jax.diffusion import flow
 from linearsr_jax.errors import UserError
 
@@ -137,22 +138,33 @@ def model_apply(model):
   return lambda params, *args: model.apply({"params": params}, *args)
 
 
-def _split_over_experts(x, num_experts):
-  """[B, ...] -> [E, B/E, ...]; sample b belongs to expert b // (B/E)."""
+def _split_over_experts(x, num_experts, sharded: bool):
+  """[B, ...] -> [E, B/E, ...]; sample b belongs to expert b // (B/E). `sharded`: whether the
+  expert dim goes on the expert mesh axis (else the batch dim takes that axis too)."""
   if x is None:
     return None
   x = x.reshape((num_experts, x.shape[0] // num_experts) + x.shape[1:])
-  return nn.with_logical_constraint(x, (EXPERT_AXIS, "activation_batch") + (None,) * (x.ndim - 2))
+  names = (EXPERT_AXIS if sharded else None, "activation_batch") + (None,) * (x.ndim - 2)
+  return nn.with_logical_constraint(x, names)
 
 
-def _expert_mesh_axis():
-  """The mesh axis the logical 'expert' axis maps to under the active rules (None if none).
+def _expert_layout(num_experts):
+  """(vmap's spmd_axis_name, the rules to apply the experts under).
 
-  Passed to vmap as spmd_axis_name so the model's own activation sharding constraints keep
-  the expert axis sharded instead of replicating it.
+  The mesh axes of the logical 'expert' axis shard the stack when they divide it; the vmap
+  then names them, so the model's own activation sharding constraints keep the expert axis
+  sharded instead of replicating it. When they do not (a 1-expert stage on a mesh with an
+  expert axis), they shard the batch instead, in front of activation_batch's own axes.
   """
-  rules = nn.get_logical_axis_rules()
-  return nn.logical_to_mesh_axes((EXPERT_AXIS,), rules)[0] if rules else None
+  rules = list(nn.get_logical_axis_rules())
+  axis = nn.logical_to_mesh_axes((EXPERT_AXIS,), rules)[0] if rules else None
+  mesh = jax.sharding.get_abstract_mesh()
+  if axis is None or mesh.empty or not num_experts % math.prod(
+      mesh.shape[a] for a in sharding.mesh_axes_of(axis)):
+    return axis, rules
+  batch = nn.logical_to_mesh_axes(("activation_batch",), rules)[0]
+  return None, [("activation_batch", sharding.mesh_axes_of(axis) + sharding.mesh_axes_of(batch)),
+                *rules]
 
 
 def mixture_loss(apply_fn, stacked_params, x0, context, key, cfg, lr_latent=None, weights=None):
@@ -182,7 +194,10 @@ def mixture_loss(apply_fn, stacked_params, x0, context, key, cfg, lr_latent=None
     predict = lambda x_t, s: apply_fn(params, x_t, s * cfg.timestep_scale, *context)
     return flow.flow_loss(predict, x0, x1, sigma, weights)
 
-  split = lambda x: _split_over_experts(x, num_experts)
-  losses = jax.vmap(expert_loss, spmd_axis_name=_expert_mesh_axis())(stacked_params, split(x0), split(x1), sigma,
-                                 tuple(split(c) for c in context), split(weights))
+  axis, rules = _expert_layout(num_experts)
+  split = lambda x: _split_over_experts(x, num_experts, axis is not None)
+  with nn.logical_axis_rules(rules):
+    losses = jax.vmap(expert_loss, spmd_axis_name=axis)(
+        stacked_params, split(x0), split(x1), sigma, tuple(split(c) for c in context),
+        split(weights))
   return losses.mean(), losses

@@ -54,7 +54,9 @@ ATTENTION_KERNELS = {"linear": relu_linear_attention, "softmax": softmax_attenti
 class Attention(nn.Module):
   """Multi-head attention with projections named as in diffusers (to_q, to_k, to_v, to_out).
 
-  `qk_norm` = "rms_norm_across_heads" normalises q and k over all heads (SANA-1.5).
+  `qk_norm` = "rms_norm_across_heads" normalises q and k over all heads (SANA-1.5). `gather`:
+  Dense.gather for the projections of the image tokens (q and out; k and v too in
+  self-attention).
   """
   heads: int
   head_dim: int
@@ -69,9 +71,11 @@ class Attention(nn.Module):
     gather_kv = self.gather and context is None
     context = x if context is None else context
     inner = self.heads * self.head_dim
-    q = Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype, gather=self.gather, name="to_q")(x)
-    k = Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype, gather=gather_kv, name="to_k")(context)
-    v = Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype, gather=gather_kv, name="to_v")(context)
+    dense = lambda name, gather: Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype,
+                                       gather=gather, name=name)
+    q = dense("to_q", self.gather)(x)
+    k = dense("to_k", gather_kv)(context)
+    v = dense("to_v", gather_kv)(context)
     if self.qk_norm == "rms_norm_across_heads":
       q = RMSNorm(1e-5, "heads", name="norm_q")(q)
       k = RMSNorm(1e-5, "heads", name="norm_k")(k)
@@ -82,4 +86,5 @@ class Attention(nn.Module):
                                                       "activation_heads", None)) for t in (q, k, v))
     o = ATTENTION_KERNELS[self.kind](q, k, v, key_mask)
     o = o.reshape(*o.shape[:2], inner)
-    return Dense(x.shape[-1], ("heads", "embed"), True, self.dtype, gather=self.gather, name="to_out")(o)
+    return Dense(x.shape[-1], ("heads", "embed"), True, self.dtype, gather=self.gather,
+                 name="to_out")(o)

@@ -75,6 +75,7 @@ class Block(nn.Module):
   def __call__(self, x, t6, cond, cond_mask):
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     d = cfg.hidden
+    gather = cfg.remat != "none"  # see Dense.gather
     table = self.param("scale_shift_table",
                        logical(nn.initializers.normal(d**-0.5), (None, "embed")),
                        (6, d), jnp.float32)
@@ -84,15 +85,15 @@ class Block(nn.Module):
 
     h = (layer_norm(x) * (1 + scale_msa) + shift_msa).astype(dtype)
     h = Attention(cfg.heads, cfg.head_dim, cfg.attention, cfg.attention_bias, cfg.qk_norm,
-                  dtype, gather=cfg.remat != "none", name="attn1")(h)
+                  dtype, gather, name="attn1")(h)
     x = x + gate_msa * h
 
     h = Attention(cfg.cross_heads, cfg.cross_head_dim, "softmax", True, cfg.qk_norm, dtype,
-                  gather=cfg.remat != "none", name="attn2")(x.astype(dtype), cond, cond_mask)
+                  gather, name="attn2")(x.astype(dtype), cond, cond_mask)
     x = x + h
 
     h = (layer_norm(x) * (1 + scale_mlp) + shift_mlp).astype(dtype)
-    h = MixFFN(cfg.ffn_hidden, dtype, gather=cfg.remat != "none", name="ff")(h, self.grid_hw)
+    h = MixFFN(cfg.ffn_hidden, dtype, gather, name="ff")(h, self.grid_hw)
     x = x + gate_mlp * h
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
     return x.astype(jnp.float32)

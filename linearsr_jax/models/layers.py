@@ -3,6 +3,7 @@
 Params are float32; `dtype` is the compute dtype. Norms always compute in float32.
 """
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -32,13 +33,22 @@ def torch_linear_init(fan_in: int):
 
 
 class Dense(nn.Module):
-  """y = x @ kernel + bias, kernel [in, out] with logical axes `axes`."""
+  """y = x @ kernel + bias, kernel [in, out] with logical axes `axes`.
+
+  The matmul runs in `dtype`, but the kernel's and the bias's gradients are float32 sums (see
+  `_matmul`), so data parallelism reduces them across chips in float32.
+  """
   features: int
   axes: tuple[str | None, str | None]
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   kernel_init: Any = None     # default: PyTorch's, for both kernel and bias
   bias_init: Any = None
+  # All-gather the `dtype` kernel over its FSDP axis ('embed') explicitly. For layers of a
+  # rematerialised block that see every token: the re-forward and the backward then share one
+  # gather, where XLA otherwise gathers again for the backward. Not for layers that see a few
+  # tokens (XLA gathers those activations instead), nor without remat (the gathered kernels of
+  # every block would be kept for the backward).
   gather: bool = False
 
   @nn.compact
@@ -46,41 +56,40 @@ class Dense(nn.Module):
     fan_in = x.shape[-1]
     init = self.kernel_init or torch_linear_init(fan_in)
     kernel = self.param("kernel", logical(init, self.axes), (fan_in, self.features), jnp.float32)
-    import os
-    gather = tuple(None if a == "embed" else a for a in self.axes) if (os.environ.get("EXP_GATHER") and self.gather) else None
-    if os.environ.get("EXP_F32GRAD"):
-      y = _matmul(x.astype(self.dtype), kernel, jnp.dtype(self.dtype), gather)
-    else:
-      k = kernel.astype(self.dtype)
-      if gather:
-        k = nn.with_logical_constraint(k, gather)
-      y = jnp.einsum("...i,io->...o", x.astype(self.dtype), k)
+    gathered = tuple(None if a == "embed" else a for a in self.axes) if self.gather else None
+    y = _matmul(x.astype(self.dtype), kernel, jnp.dtype(self.dtype), gathered)
     if self.use_bias:
       bias_init = self.bias_init or torch_linear_init(fan_in)
       bias = self.param("bias", logical(bias_init, self.axes[1:]),
                         (self.features,), jnp.float32)
-      y = y + bias.astype(self.dtype)
+      # Added in float32, so its gradient, a sum over the batch, is a float32 sum too.
+      y = (y + bias).astype(self.dtype)
     return y
 
 
-import functools
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _matmul(x, kernel, dtype, gather):
-  return _matmul_fwd(x, kernel, dtype, gather)[0]
+def _matmul(x, kernel, dtype, gathered):
+  """x @ kernel.astype(dtype), with the kernel's gradient accumulated and returned in float32.
+
+  Autodiff of the cast would give the gradient in `dtype`: a bfloat16 partial sum per chip,
+  reduce-scattered across chips in bfloat16. Here the weight-gradient matmul outputs float32
+  (the MXU accumulates in it anyway), and the cross-chip reduction is float32. `gathered`:
+  the logical axes to constrain the cast kernel to (see Dense.gather), or None.
+  """
+  return _matmul_fwd(x, kernel, dtype, gathered)[0]
 
 
-def _matmul_fwd(x, kernel, dtype, gather):
+def _matmul_fwd(x, kernel, dtype, gathered):
   k = kernel.astype(dtype)
-  if gather:
-    k = nn.with_logical_constraint(k, gather)
+  if gathered is not None:
+    k = nn.with_logical_constraint(k, gathered)
   return jnp.einsum("...i,io->...o", x, k), (x, k)
 
 
-def _matmul_bwd(dtype, gather, res, g):
-  x, k = res
-  dx = jnp.einsum("...o,io->...i", g, k)
-  dk = jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.float32)
-  return dx, dk
+def _matmul_bwd(dtype, gathered, residuals, g):
+  x, k = residuals
+  return (jnp.einsum("...o,io->...i", g, k),
+          jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.float32))
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -127,13 +136,14 @@ class MixFFN(nn.Module):
   """SANA's GLUMBConv: 1×1 D→2H, SiLU, depthwise 3×3, value·SiLU(gate), 1×1 H→D (no bias)."""
   hidden: int
   dtype: Dtype = jnp.float32
-  gather: bool = False
+  gather: bool = False        # Dense.gather for both 1×1 convs
 
   @nn.compact
   def __call__(self, x, grid_hw: tuple[int, int]):
     b, n, d = x.shape
     h, w = grid_hw
-    y = Dense(2 * self.hidden, ("embed", "mlp"), dtype=self.dtype, gather=self.gather, name="conv_inverted")(x)
+    y = Dense(2 * self.hidden, ("embed", "mlp"), dtype=self.dtype,
+              gather=self.gather, name="conv_inverted")(x)
     y = nn.silu(y).reshape(b, h, w, 2 * self.hidden)
     y = nn.with_logical_constraint(y, ("activation_batch", None, None, "activation_mlp"))
     kernel = self.param("conv_depth_kernel", logical(torch_linear_init(9), (None, None, "mlp")),
@@ -143,7 +153,8 @@ class MixFFN(nn.Module):
     y = depthwise_conv3x3(y, kernel.astype(self.dtype), bias.astype(self.dtype))
     value, gate = jnp.split(y.reshape(b, n, 2 * self.hidden), 2, axis=-1)
     y = value * nn.silu(gate)
-    return Dense(d, ("mlp", "embed"), use_bias=False, dtype=self.dtype, gather=self.gather, name="conv_point")(y)
+    return Dense(d, ("mlp", "embed"), use_bias=False, dtype=self.dtype, gather=self.gather,
+                 name="conv_point")(y)
 
 
 def timestep_sinusoid(t, dim: int = 256, max_period: float = 10000.0):
