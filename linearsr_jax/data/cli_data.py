@@ -108,6 +108,8 @@ def _encode(args) -> int:
 
 
 def run(args) -> int:
+  # Called without cli.main (tests, scripts), args has no pass-through flags.
+  args.flags = getattr(args, "flags", [])
   if args.data_command != "encode" and args.flags:
     raise UserError(f"data {args.data_command}: unrecognized arguments: {' '.join(args.flags)}")
   return {"tfds": _tfds, "degrade": _degrade, "encode": _encode}[args.data_command](args)
