@@ -16,7 +16,6 @@ stored HR crop, so every epoch sees new LR images of the same crops.
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -87,7 +86,7 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
   """
   from tqdm import tqdm
 
-  from linearsr_jax.models.latent_space import make_latent_space
+  from linearsr_jax.models.latent_space import check_crop_size, make_latent_space
 
   if crops_per_image < 1 or batch_size < 1:
     raise UserError("--crops_per_image and --batch must be positive")
@@ -98,10 +97,7 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
   data_cfg = config.data
   source = pipeline.make_source(data_cfg, "train", config.tags.encoder)
   latent_space = make_latent_space(config.latent)
-  cell = math.lcm(data_cfg.scale, latent_space.factor)
-  if data_cfg.crop_size % cell:
-    raise UserError(f"data.crop_size={data_cfg.crop_size} must be a multiple of {cell} (the scale "
-                    f"{data_cfg.scale} and the latent factor {latent_space.factor})")
+  check_crop_size(data_cfg.crop_size, data_cfg.scale, latent_space.factor)
   if process_index == 0 and (out / INDEX).exists():
     os.unlink(out / INDEX)  # readers must not trust a mix of old and new shards
   out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ workdir/
 import dataclasses
 import json
 import logging
-import math
 from pathlib import Path
 
 import flax.linen as nn
@@ -30,7 +29,7 @@ from linearsr_jax.data import latent_crops, pipeline
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.dit import DiTConfig
-from linearsr_jax.models.latent_space import make_latent_space
+from linearsr_jax.models.latent_space import check_crop_size, make_latent_space
 from linearsr_jax.models.sr_model import SRModel, TagsConfig
 from linearsr_jax.models.tags import make_condition
 from linearsr_jax.train import esgf, init_from, optimizer
@@ -113,10 +112,7 @@ class Run:
       raise UserError(f"model.latent_channels={dit_cfg.latent_channels} but the latent space "
                       f"has {self.latent_space.channels} channels")
     self.model = SRModel(dit_cfg, TagsConfig.from_config(config.tags))
-    cell = math.lcm(config.data.scale, self.latent_space.factor)
-    if config.data.crop_size % cell:
-      raise UserError(f"data.crop_size={config.data.crop_size} must be a multiple of {cell} (the "
-                      f"scale {config.data.scale} and the latent factor {self.latent_space.factor})")
+    check_crop_size(config.data.crop_size, config.data.scale, self.latent_space.factor)
     # The DC-AE's params are an argument of the jitted steps, replicated on the mesh.
     latent_shapes = self.latent_space.abstract_params()
     self.latent_shardings = jax.tree.map(lambda _: sharding.replicated(self.mesh), latent_shapes)
