@@ -53,6 +53,10 @@ def sana_x4_config(**model_fields):
   config.stages.pretrain = stage_config(1, 250_000)   # ESGF should end it near 50k
   config.stages.moe = stage_config(4, 100_000)
   config.stages.finetune = stage_config(4, 50_000, learning_rate=2e-5)
+  # The 4 experts each on their own quarter of the chips, FSDP within it: every chip gathers
+  # and reduces one expert's weights, not all four (a quarter of the collectives; README, pod
+  # table). Needs a multiple of 4 devices: `--config.mesh.expert=1` on fewer.
+  config.mesh.expert = 4
   config.mesh.fsdp = -1
   config.mesh.data = 1
   return config

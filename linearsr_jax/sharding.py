@@ -13,15 +13,19 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
+# The batch dimension's mesh axes, expert-major: sample b of a 4-expert step belongs to expert
+# b // (B/4) (diffusion/experts.py), so with an expert axis of 4 each expert's samples already
+# sit on the chips that hold that expert, and no chip runs (or gathers) another expert.
+BATCH_AXES = ("expert", "data", "fsdp")
 
 # Logical name -> mesh axis (or axes, or None). A name may have several rules: `mesh_spec` tries
 # them in order. Params: experts over the expert axis; fully sharded over fsdp on the model width
 # (over fsdp × expert where the expert axis holds no experts: a 1-expert stage on a mesh with
-# an expert axis); tensor-parallel over heads / mlp. Activations: batch over data × fsdp (and
-# over the expert axis too in a 1-expert stage, see diffusion/experts.py).
+# an expert axis); tensor-parallel over heads / mlp. Activations: batch over BATCH_AXES (inside
+# the experts' vmap the expert axes shard the experts instead, see diffusion/experts.py).
 DEFAULT_RULES = (
     ("expert", "expert"),
-    ("activation_batch", ("data", "fsdp")),
+    ("activation_batch", BATCH_AXES),
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
@@ -75,6 +79,8 @@ def make_mesh(shape: dict | None = None, devices: Sequence | None = None) -> Mes
     raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected {MESH_AXES}")
   fixed = int(np.prod([s for s in shape.values() if s != -1]))
   if list(shape.values()).count(-1) == 1:
+    if len(devices) % fixed:
+      raise ValueError(f"mesh {shape} needs a multiple of {fixed} devices, have {len(devices)}")
     shape = {a: (len(devices) // fixed if s == -1 else s) for a, s in shape.items()}
   sizes = tuple(shape[a] for a in MESH_AXES)
   if int(np.prod(sizes)) != len(devices):

@@ -24,7 +24,7 @@ def report(tmp_path_factory):
 
 
 def test_compiled_flops_agree_with_an_analytic_count(report):
-  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1, "expert": 1}
+  assert report["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1, "expert": 4}
   per_chip = analytic_step_flops(batch=16) / 4
   assert report["train_step"]["flops"] == pytest.approx(per_chip, rel=0.10)
   # Without the scan correction the second block would be missing: far below the count.
@@ -64,7 +64,8 @@ def test_bad_topology_mesh_or_batch_is_one_line_and_exit_2(args, expected, capsy
 def test_a_step_that_does_not_fit_exits_1_saying_by_how_much(capsys):
   # One unscanned block at SANA-1600M width with a batch far beyond a v5e chip's 16 GiB.
   code = main(["compile", "--config", "configs/sana1600m_x4.py", "--topology", "v5e-1",
-               *SMALL, "--config.model.depth=1", "--config.data.batch_size=4096"])
+               *SMALL, "--config.model.depth=1", "--config.data.batch_size=4096",
+               "--config.mesh.expert=1"])
   captured = capsys.readouterr()
   assert code == 1, captured.err[-2000:]
   assert "DOES NOT FIT" in captured.out
@@ -98,3 +99,31 @@ def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(tmp_path)
   assert batch % 4 == 0 and batch >= 4 and result["fits"] and result["global_batch"] == batch
   assert cli_compile._train_step_bytes(config, devices, "pretrain", batch + 4) > room * 1024 ** 3
   assert len(logged) <= 5, logged
+
+
+def test_each_expert_on_its_own_chips_gathers_only_its_own_weights():
+  """4 experts on a v5e-8. With the SANA configs' expert axis of 4 (× fsdp 2) the expert-major
+  batch puts each expert's samples on the chips holding that expert, so a chip gathers one
+  expert's weights; with no expert axis (fsdp 8) every chip runs, and gathers, all four."""
+  import os
+  from configs.sana600m_x4 import get_config
+  from linearsr_jax.aot import step_compile
+  from linearsr_jax.train.loop import Run
+
+  devices = tpu_pods.pod_devices(tpu_pods.parse_pod("v5e-8"))
+  stats = {}
+  for expert in (4, 1):
+    config = get_config()
+    config.update_from_flattened_dict(dict(NARROW, **{"mesh.expert": expert,
+                                                      "data.batch_size": 32}))
+    run = Run(config, os.devnull, load_weights=False, devices=devices)
+    stats[expert] = step_compile.train_step_stats(run, "finetune", 32)
+    token_wise = step_compile.model_flops(run, "finetune", 32)["dit_params_token_wise"]
+  gathered = {e: s["collectives"]["all-gather"] for e, s in stats.items()}
+  # Two gathers of each bfloat16 kernel (forward, remat's re-forward): one expert's f32 bytes.
+  assert 0.9 * 4 * token_wise < gathered[4] < 1.5 * 4 * token_wise, gathered
+  assert 0.2 < gathered[4] / gathered[1] < 0.3, gathered
+  reduced = {e: s["collectives"]["all-reduce"] + s["collectives"]["reduce-scatter"]
+             for e, s in stats.items()}
+  assert reduced[4] / reduced[1] < 0.3, reduced
+  assert stats[4]["flops"] == pytest.approx(stats[1]["flops"], rel=0.05)

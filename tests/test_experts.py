@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from linearsr_jax import sharding
+from linearsr_jax.data import pipeline
 from linearsr_jax.diffusion import experts, flow
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.dit import DiT, DiTConfig, init_params
@@ -147,7 +148,8 @@ def test_sharded_training_routes_each_samples_gradient_to_its_expert_only():
 
   mesh = sharding.make_mesh({"expert": 4, "data": 2})
   param_shardings = sharding.tree_shardings(boxed, mesh)
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("expert", "data")))
+  batch_sharding = pipeline.batch_sharding(mesh)  # training's: expert-major
+  assert batch_sharding.spec[0][:2] == ("expert", "data")
   with jax.set_mesh(mesh), nn.logical_axis_rules(list(sharding.DEFAULT_RULES)):
     sharded_params = jax.device_put(params, param_shardings)
     leaf = jax.tree.leaves(sharded_params)[0]

@@ -2,7 +2,7 @@
 
 A small random diffusers `SanaTransformer2DModel` (text-to-image) and `AutoencoderDC` go
 through `linearsr import`, then `linearsr train --config configs/sana600m_x4.py` at reduced
-depth and width on 8 devices (fsdp 4 × data 2). At step 0 the model must predict exactly what
+depth and width on 8 devices (its own mesh: expert 4 × fsdp 2). At step 0 the model must predict exactly what
 the text-to-image model does in diffusers, whatever the LR image (its channels start at zero).
 """
 
@@ -32,8 +32,7 @@ DCAE = tiny_f32_dcae(latent_channels=32)
 REDUCED = ["--config.model.depth=2", "--config.model.hidden=64", "--config.model.heads=2",
            "--config.model.cross_heads=2", "--config.model.cross_head_dim=32",
            "--config.model.caption_channels=16", "--config.model.lr_stem_width=16"]
-SHORT = ["--config.model.dtype=float32", "--config.mesh.fsdp=4", "--config.mesh.data=2",
-         "--config.data.batch_size=8", "--config.data.num_workers=0",
+SHORT = ["--config.model.dtype=float32", "--config.data.batch_size=8", "--config.data.num_workers=0",
          "--config.data.crop_size=256", "--config.data.eval.crop_size=128",
          "--config.data.eval.batch_size=2", "--config.stage_order=pretrain",
          "--config.stages.pretrain.max_steps=2", "--config.train.eval_every=2",

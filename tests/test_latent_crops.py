@@ -121,7 +121,6 @@ def _sana_with_tiny_dcae(tmp_path):
   config.latent.dcae = TINY_F32
   config.latent.dcae_random_init = True
   config.tags.max_tokens = 4
-  config.mesh.fsdp, config.mesh.data = 4, 2
   config.data.update(crop_size=64, batch_size=8, num_workers=0, augment=True)
   config.data.eval.update(crop_size=64, batch_size=2)
   return config

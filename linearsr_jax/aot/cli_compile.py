@@ -131,9 +131,12 @@ def format_report(r: dict) -> str:
 
 def _batch_unit(config, mesh, stage: str) -> int:
   """The smallest global batch the stage splits without padding: each expert's share of the
-  batch is itself split over the batch shards, so experts × batch shards."""
+  batch is split over the batch shards that run it. Those are all of them, or, where the mesh's
+  expert axis shards the experts (its size divides their number), one expert group's."""
   from linearsr_jax.data import pipeline
-  return config.stages[stage].num_experts * pipeline.batch_shards(mesh)
+  experts, groups = config.stages[stage].num_experts, mesh.shape["expert"]
+  unit = experts * pipeline.batch_shards(mesh)
+  return unit // groups if experts % groups == 0 else unit
 
 
 def _train_step_bytes(config, devices, stage: str, batch_size: int) -> float:

@@ -16,7 +16,7 @@ or for precomputed arrays an ArrayRef or None, see tag_sources.py) and `tokenize
 is drawn from a generator seeded by (seed, element index), so a seed fixes the batches
 whatever the number of workers or hosts, and the iterator state (`get_state` / `set_state`,
 grain's Orbax handler) resumes mid-epoch.
-`make_global_batch` assembles the hosts' batches into jax.Arrays sharded over the mesh's data
+`make_global_batch` assembles the hosts' batches into jax.Arrays sharded over the mesh's batch
 axes.
 """
 
@@ -335,21 +335,23 @@ def eval_batches(examples, batch_size):
 # ---------------------------------------------------------------------------- global batch
 
 
-def batch_sharding(mesh, data_axes=("data", "fsdp")):
-  """Batch dimension split over the mesh's data axes (those it has), the rest replicated."""
+def batch_sharding(mesh, data_axes=None):
+  """Batch dimension split over the mesh's batch axes (default `sharding.BATCH_AXES`, those the
+  mesh has), the rest replicated."""
   from jax.sharding import NamedSharding, PartitionSpec
+  from linearsr_jax.sharding import BATCH_AXES
 
-  axes = tuple(a for a in data_axes if a in mesh.axis_names)
+  axes = tuple(a for a in (data_axes or BATCH_AXES) if a in mesh.axis_names)
   return NamedSharding(mesh, PartitionSpec(axes or None))
 
 
-def batch_shards(mesh, data_axes=("data", "fsdp")) -> int:
+def batch_shards(mesh, data_axes=None) -> int:
   """How many ways `batch_sharding` splits the batch dimension."""
   axes = batch_sharding(mesh, data_axes).spec[0] or ()
   return math.prod(mesh.shape[a] for a in axes)
 
 
-def make_global_batch(local_batch, mesh, data_axes=("data", "fsdp")) -> dict:
+def make_global_batch(local_batch, mesh, data_axes=None) -> dict:
   """The hosts' local batches -> global jax.Arrays (batch = sum of the local batches)."""
   import jax
 

@@ -153,18 +153,19 @@ def _expert_layout(num_experts):
 
   The mesh axes of the logical 'expert' axis shard the stack when they divide it; the vmap
   then names them, so the model's own activation sharding constraints keep the expert axis
-  sharded instead of replicating it. When they do not (a 1-expert stage on a mesh with an
-  expert axis), they shard the batch instead, in front of activation_batch's own axes.
+  sharded instead of replicating it, and activation_batch drops them (each expert's share is
+  split over the remaining batch axes). When they do not divide it (a 1-expert stage on a mesh
+  with an expert axis), activation_batch keeps them: they shard the batch instead.
   """
   rules = list(nn.get_logical_axis_rules())
   axis = nn.logical_to_mesh_axes((EXPERT_AXIS,), rules)[0] if rules else None
   mesh = jax.sharding.get_abstract_mesh()
-  if axis is None or mesh.empty or not num_experts % math.prod(
-      mesh.shape[a] for a in sharding.mesh_axes_of(axis)):
-    return axis, rules
+  expert_axes = sharding.mesh_axes_of(axis)
+  if axis is None or mesh.empty or num_experts % math.prod(mesh.shape[a] for a in expert_axes):
+    return None, rules
   batch = nn.logical_to_mesh_axes(("activation_batch",), rules)[0]
-  return None, [("activation_batch", sharding.mesh_axes_of(axis) + sharding.mesh_axes_of(batch)),
-                *rules]
+  inner = tuple(a for a in sharding.mesh_axes_of(batch) if a not in expert_axes)
+  return axis, [("activation_batch", inner or None), *rules]
 
 
 def mixture_loss(apply_fn, stacked_params, x0, context, key, cfg, lr_latent=None, weights=None):
