@@ -24,9 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import markdown_table, matmul_gflops, xla_flops  # noqa: E402
 from configs import sana600m_x4, tiny  # noqa: E402
 from linearsr_jax import sharding  # noqa: E402
-from linearsr_jax.models.dit import DiTConfig  # noqa: E402
-from linearsr_jax.models.latent_space import make_latent_space  # noqa: E402
-from linearsr_jax.models.sr_model import SRModel, TagsConfig  # noqa: E402
+from linearsr_jax.models.build import build_model  # noqa: E402
 from linearsr_jax.train import optimizer  # noqa: E402
 from linearsr_jax.train.state import create_train_state  # noqa: E402
 from linearsr_jax.train.step import make_train_step  # noqa: E402
@@ -48,9 +46,9 @@ def compiled_step(config, scan_layers: bool):
   config.model.scan_layers = scan_layers
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
   rules = [tuple(r) for r in config.sharding_rules]
-  model = SRModel(DiTConfig.from_dict(config.model.to_dict()), TagsConfig.from_config(config.tags))
+  model, latent_space = build_model(config)
   tx = optimizer.make_optimizer(config.optimizer, 1000)
-  step = make_train_step(model, make_latent_space(config.latent), tx, config.diffusion,
+  step = make_train_step(model, latent_space, tx, config.diffusion,
                          scale=config.data.scale, cond_dropout=config.tags.dropout_prob,
                          ema_decay=config.optimizer.ema_decay)
   state, _ = create_train_state(model, tx, 1, jax.random.PRNGKey(0), mesh, rules)

@@ -47,18 +47,17 @@ def tiny_row(size: int, tile: int) -> dict:
   from linearsr_jax.diffusion import experts
   from linearsr_jax.inference.trained import Trained
   from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
-  from linearsr_jax.models.dit import DiTConfig
-  from linearsr_jax.models.latent_space import make_latent_space
-  from linearsr_jax.models.sr_model import SRModel, TagsConfig, sr_example_inputs
+  from linearsr_jax.models.build import build_model
+  from linearsr_jax.models.sr_model import sr_example_inputs
 
   config = tiny.get_config()
-  model = SRModel(DiTConfig.from_dict(config.model.to_dict()), TagsConfig.from_config(config.tags))
+  model, latent_space = build_model(config)
   one = nn.unbox(model.init(jax.random.PRNGKey(0),
                             *sr_example_inputs(model.dit, model.tags, 1, (4, 4)))["params"])
   params = experts.init_experts(one, 4)
   diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
   diffusion.experts.num_experts = 4
-  trained = Trained(config, "bench", 0, model, params, make_latent_space(config.latent), diffusion)
+  trained = Trained(config, "bench", 0, model, params, latent_space, diffusion)
   upscaler = Upscaler(trained, UpscaleOptions(tile=tile, overlap=tile // 4))
   lr_size = size // upscaler.scale
   lr = skimage.transform.resize(skimage.data.astronaut(), (lr_size, lr_size),

@@ -2,15 +2,22 @@
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
+def _sibling(path: Path, create):
+  """A new hidden sibling of `path`, made by `create(name)`. Created with the modes a plain
+  open() / mkdir() would use (0666 / 0777, less the umask the kernel applies), unlike tempfile's
+  0600 / 0700, and without reading the umask: os.umask() sets it process-wide, under the threads
+  of Orbax and grain that create files meanwhile."""
+  while True:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+      return tmp, create(tmp)
+    except FileExistsError:
+      continue
 
 
 @contextlib.contextmanager
@@ -18,10 +25,8 @@ def atomic_file(path, mode="wb"):
   """Yields a file object; on success the file replaces `path` in one rename."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  tmp, fd = _sibling(path, lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
   try:
-    # mkstemp creates 0600; give the file the mode a plain open() would.
-    os.chmod(tmp, 0o666 & ~_umask())
     with os.fdopen(fd, mode) as f:
       yield f
     os.replace(tmp, path)
@@ -44,8 +49,7 @@ def atomic_dir(path, overwrite=False):
   if path.exists() and not overwrite:
     raise UserError(f"output {path} already exists (pass --overwrite to replace it)")
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-  os.chmod(tmp, 0o777 & ~_umask())
+  tmp, _ = _sibling(path, lambda p: os.mkdir(p, 0o777))
   try:
     yield tmp
     if path.exists():

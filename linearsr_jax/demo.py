@@ -8,7 +8,6 @@
 5. report.md linking all of it.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import numpy as np
 import configs
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.errors import UserError
+from linearsr_jax.train.run_dir import RunDir, read_json
 
 EVAL_METRICS = "psnr_y,ssim_y,lpips_alex"
 
@@ -108,15 +108,16 @@ def run(args) -> int:
 
 
 def _eval_means(path: Path) -> dict:
-  return json.loads((path / "summary.json").read_text())["mean"]
+  return read_json(path / "summary.json")["mean"]
 
 
 def write_report(workdir: Path, train_dir: Path, grid_path: Path, names) -> dict:
-  run_info = json.loads((train_dir / "run.json").read_text())["stages"]
+  train_run = RunDir(train_dir)
+  run_info = read_json(train_run.run_json)["stages"]
   ours, bicubic = _eval_means(workdir / "eval" / "ours"), _eval_means(workdir / "eval" / "bicubic")
   stage_lines = []
   for stage in run_info:
-    origin = json.loads((train_dir / stage["name"] / "stage.json").read_text())["init_from"]
+    origin = read_json(train_run.stage(stage["name"]).stage_json)["init_from"]
     start = (f"branched from {origin['stage']} step {origin['knee_step']}"
              if origin["stage"] else "from scratch")
     stage_lines.append(f"| {stage['name']} | {start} | {stage['knee_step']} | "
@@ -143,7 +144,7 @@ def write_report(workdir: Path, train_dir: Path, grid_path: Path, names) -> dict
       "LR (nearest) | bicubic | ours | HR.", ""]
   import shutil
   for stage in run_info:
-    shutil.copyfile(train_dir / stage["name"] / "knee.png", workdir / f"{stage['name']}_knee.png")
+    shutil.copyfile(train_run.stage(stage["name"]).knee_png, workdir / f"{stage['name']}_knee.png")
   with atomic_file(workdir / "report.md", "w") as f:
     f.write("\n".join(lines))
   summary = (f"\nDemo finished. Report: {workdir / 'report.md'}\n"

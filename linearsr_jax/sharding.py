@@ -10,6 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
@@ -43,6 +44,15 @@ DEFAULT_RULES = (
 def mesh_axes_of(axes) -> tuple:
   """A rule's mesh axes as a tuple: None -> (), 'fsdp' -> ('fsdp',)."""
   return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def batch_axes(rules=None) -> tuple:
+  """The mesh axes the batch dimension is split over: the `activation_batch` rule's, so the
+  input batch arrives sharded as the model's activations are."""
+  for name, axes in rules or DEFAULT_RULES:
+    if name == "activation_batch":
+      return mesh_axes_of(axes)
+  return ()
 
 
 def mesh_spec(names, shape, mesh: Mesh, rules=DEFAULT_RULES) -> PartitionSpec:
@@ -86,9 +96,11 @@ def make_mesh(shape: dict | None = None, devices: Sequence | None = None) -> Mes
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
                      f"have {len(devices)}")
+  # Devices in the order of the physical torus (a plain reshape of the list would not be, on a
+  # TPU pod: neighbours on an axis must be ICI neighbours); CPUs and GPUs keep list order.
   # Auto axis types: shardings propagate through jit (jax.make_mesh now defaults to Explicit).
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,
-              axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True),
+              MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
 def tree_shardings(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):
@@ -123,15 +135,3 @@ def abstract_on_mesh(shapes_tree, shardings):
   """ShapeDtypeStructs that carry shardings: what Orbax restores into and what jit lowers."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       shapes_tree, shardings)
-
-
-def sharded_init(init_fn, mesh: Mesh, rules=DEFAULT_RULES):
-  """Runs `init_fn()` (returning a boxed tree) so each leaf is created already sharded.
-
-  Shapes come from eval_shape; nothing large is ever materialised on one device.
-  """
-  abstract = jax.eval_shape(init_fn)
-  shardings = tree_shardings(abstract, mesh, rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
-    params = jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
-  return params, shardings

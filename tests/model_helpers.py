@@ -32,3 +32,14 @@ def tiny_f32_dcae(latent_channels: int, widths=(4, 8, 8, 16, 32, 32)) -> dict:
               encoder_qkv_multiscales=[[]] * 4 + [[5]] * 2,
               decoder_qkv_multiscales=[[]] * 4 + [[5]] * 2, downsample_block_type="Conv",
               upsample_block_type="interpolate", scaling_factor=0.41407)
+
+
+def sharded_init(init_fn, mesh, rules=None):
+  """(params, shardings): `init_fn()`'s boxed tree created already sharded by the logical rules
+  (the layout `linearsr train` gives a model's params)."""
+  from linearsr_jax import sharding
+  rules = list(rules or sharding.DEFAULT_RULES)
+  shardings = sharding.tree_shardings(jax.eval_shape(init_fn), mesh, rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    params = jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
+  return params, shardings

@@ -12,7 +12,7 @@ from configs import tiny
 from linearsr_jax import sharding
 from linearsr_jax.interop import diffusers_sana
 from linearsr_jax.models.dit import DiT, DiTConfig, example_inputs
-from model_helpers import perturbed, random_dit_params
+from model_helpers import perturbed, random_dit_params, sharded_init
 from sana_reference import random_sana, reference_inputs, torch_forward
 
 T2I = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, num_cross_attention_heads=2,
@@ -71,7 +71,7 @@ def test_sharded_params_follow_logical_rules_and_forward_matches_single_device()
   cfg = tiny_cfg(scan_layers=True)  # the stacked layout of the large configs
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   inputs = example_inputs(cfg, 4, (8, 8))
-  params, shardings = sharding.sharded_init(
+  params, shardings = sharded_init(
       lambda: DiT(cfg).init(jax.random.PRNGKey(0), *inputs)["params"], mesh)
   block = params["blocks"]["block"]
   expect = {("attn1", "to_q", "kernel"): P(None, "fsdp", "tensor"),

@@ -213,6 +213,9 @@ def test_global_batch_is_sharded_as_the_mesh_says(demo, config):
                                       local["lr"][(2 * d + f) * 2:(2 * d + f + 1) * 2])
   only_data = Mesh(np.asarray(jax.devices()).reshape(8, 1), ("data", "tensor"))
   assert pipeline.batch_sharding(only_data).spec == PartitionSpec(("data",))
+  # The batch follows the rules' activation_batch, as the model's activations do.
+  assert pipeline.batch_sharding(mesh, [("activation_batch", "fsdp")]).spec == PartitionSpec(
+      ("fsdp",))
 
 
 def test_config_errors(demo, config):

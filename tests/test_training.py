@@ -8,6 +8,7 @@ NaN tests run in this process on conftest's 8 CPU devices.
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,9 +30,7 @@ from linearsr_jax import sharding
 from linearsr_jax.cli import main
 from linearsr_jax.data import pipeline
 from linearsr_jax.errors import UserError
-from linearsr_jax.models.dit import DiTConfig
-from linearsr_jax.models.latent_space import make_latent_space
-from linearsr_jax.models.sr_model import SRModel, TagsConfig
+from linearsr_jax.models.build import build_model
 from linearsr_jax.train import loop
 from linearsr_jax.train.state import create_train_state
 from linearsr_jax.train.step import make_train_step
@@ -142,6 +141,34 @@ def test_killed_run_resumes_bit_for_bit(resumed_runs):
   assert lines_a == lines_b, f"killed after checkpoint {kill_after}"
 
 
+def test_a_partial_last_metrics_line_is_dropped_and_the_run_resumes(resumed_runs, cached_env,
+                                                                   tmp_path):
+  """A kill during an append leaves half a line in metrics.jsonl. The uninterrupted run's
+  directory is rolled back to such a state: its last checkpoints gone, the log cut mid-line a
+  few steps past the checkpoint kept. The resumed run warns, and its log ends up line for line
+  the uninterrupted one's."""
+  straight, _, _ = resumed_runs
+  cut = tmp_path / "cut"
+  shutil.copytree(straight, cut)
+  stage = cut / "pretrain"
+  keep = [s for s in checkpoint_steps(cut) if s < MAX_STEPS][-1]
+  for step in checkpoint_steps(cut):
+    if step > keep:
+      shutil.rmtree(stage / "checkpoints" / str(step))
+  (stage / "result.json").unlink()
+  (cut / "run.json").unlink()
+  lines = (stage / "metrics.jsonl").read_text().splitlines(keepends=True)
+  through = next(i for i, l in enumerate(lines) if json.loads(l)["step"] == keep + 2)
+  (stage / "metrics.jsonl").write_text("".join(lines[:through]) + lines[through][:25])
+  wait_ok(start(train_command(cut), tmp_path / "resumed.log", cached_env),
+          tmp_path / "resumed.log")
+  log_text = (tmp_path / "resumed.log").read_text()
+  assert f"resumed from checkpoint {keep}" in log_text
+  assert "dropped a partial last line" in log_text
+  assert (stage / "metrics.jsonl").read_text() == (
+      straight / "pretrain" / "metrics.jsonl").read_text()
+
+
 def test_checkpoint_of_another_model_is_a_clear_error(resumed_runs, cached_env):
   straight, _, _ = resumed_runs
   result = subprocess.run(train_command(straight, "--config.model.hidden=32"), cwd=REPO,
@@ -176,8 +203,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, args, expected):
 
 
 def _model_and_step(config, num_experts, tx):
-  latent_space = make_latent_space(config.latent)
-  model = SRModel(DiTConfig.from_dict(config.model.to_dict()), TagsConfig.from_config(config.tags))
+  model, latent_space = build_model(config)
   diffusion_cfg = ml_collections.ConfigDict(config.diffusion.to_dict())
   diffusion_cfg.experts.num_experts = num_experts
   step = make_train_step(model, latent_space, tx, diffusion_cfg, scale=config.data.scale,
@@ -307,7 +333,7 @@ def test_divergence_after_a_branch_rolls_back_to_it_with_a_lower_lr(tmp_path, ca
   config.stages.finetune = stage_config(1, 6, esgf=False, learning_rate=1.0, warmup_steps=0)
   if trigger == "psnr":
     config.train.guard.loss_factor = float("inf")
-  with caplog.at_level(logging.WARNING, logger=loop.__name__):
+  with caplog.at_level(logging.WARNING, logger="linearsr_jax.train"):
     loop.run(config, tmp_path)
   expected = {"loss": "stage finetune step 2: training loss exploded to",
               "psnr": "stage finetune step 3: validation PSNR collapsed to"}[trigger]

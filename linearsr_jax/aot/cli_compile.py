@@ -135,7 +135,7 @@ def _batch_unit(config, mesh, stage: str) -> int:
   expert axis shards the experts (its size divides their number), one expert group's."""
   from linearsr_jax.data import pipeline
   experts, groups = config.stages[stage].num_experts, mesh.shape["expert"]
-  unit = experts * pipeline.batch_shards(mesh)
+  unit = experts * pipeline.batch_shards(mesh, [tuple(r) for r in config.sharding_rules])
   return unit // groups if experts % groups == 0 else unit
 
 

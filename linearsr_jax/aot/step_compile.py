@@ -67,7 +67,7 @@ def compile_train_step(run: Run, stage: str, batch_size: int):
   """(compiled train step, compile seconds) for `batch_size` global HR crops."""
   abstract, shardings = run.abstract_state(stage)
   batch = abstract_batch(run, batch_size, run.config.data.crop_size,
-                         pipeline.batch_sharding(run.mesh))
+                         pipeline.batch_sharding(run.mesh, run.rules))
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     return _timed_compile(run.jit_train_step(stage, shardings), abstract, batch,
                           run.latent_params)
@@ -123,7 +123,7 @@ def model_flops(run: Run, stage: str, batch_size: int) -> dict:
   encoder = 0.0
   if run.latent_space.abstract_params() and run.config.data.hr_latents == "encode":
     batch = jax.ShapeDtypeStruct((batch_size, crop, crop, 3), jnp.float32,
-                                 sharding=pipeline.batch_sharding(run.mesh))
+                                 sharding=pipeline.batch_sharding(run.mesh, run.rules))
     compiled, _ = _timed_compile(jax.jit(run.latent_space.encode_fn), run.latent_params, batch)
     encoder = hlo_stats.stats(compiled)["flops"]
   return {"dit_params_token_wise": token_wise, "tokens": tokens, "dit_flops": dit,

@@ -335,26 +335,26 @@ def eval_batches(examples, batch_size):
 # ---------------------------------------------------------------------------- global batch
 
 
-def batch_sharding(mesh, data_axes=None):
-  """Batch dimension split over the mesh's batch axes (default `sharding.BATCH_AXES`, those the
-  mesh has), the rest replicated."""
+def batch_sharding(mesh, rules=None):
+  """Batch dimension split as the rules' `activation_batch` says (default rules:
+  `sharding.BATCH_AXES`), over the mesh axes the mesh has; the rest replicated."""
   from jax.sharding import NamedSharding, PartitionSpec
-  from linearsr_jax.sharding import BATCH_AXES
+  from linearsr_jax import sharding
 
-  axes = tuple(a for a in (data_axes or BATCH_AXES) if a in mesh.axis_names)
+  axes = tuple(a for a in sharding.batch_axes(rules) if a in mesh.axis_names)
   return NamedSharding(mesh, PartitionSpec(axes or None))
 
 
-def batch_shards(mesh, data_axes=None) -> int:
+def batch_shards(mesh, rules=None) -> int:
   """How many ways `batch_sharding` splits the batch dimension."""
-  axes = batch_sharding(mesh, data_axes).spec[0] or ()
+  axes = batch_sharding(mesh, rules).spec[0] or ()
   return math.prod(mesh.shape[a] for a in axes)
 
 
-def make_global_batch(local_batch, mesh, data_axes=None) -> dict:
+def make_global_batch(local_batch, mesh, rules=None) -> dict:
   """The hosts' local batches -> global jax.Arrays (batch = sum of the local batches)."""
   import jax
 
-  sharding = batch_sharding(mesh, data_axes)
+  sharding = batch_sharding(mesh, rules)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[k]))
           for k in BATCH_KEYS if k in local_batch}

@@ -9,7 +9,6 @@ params are restored from Orbax without needing the training state's structure in
 """
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from linearsr_jax.errors import UserError
-from linearsr_jax.models.dit import DiTConfig
-from linearsr_jax.models.latent_space import make_latent_space
-from linearsr_jax.models.sr_model import SRModel, TagsConfig
+from linearsr_jax.models.build import build_model
+from linearsr_jax.models.sr_model import SRModel
+from linearsr_jax.train.run_dir import RunDir, StageDir, read_json
 
 
 @dataclasses.dataclass
@@ -42,36 +41,35 @@ def _resolve(path: Path, stage, step):
   """(run dir, stage name, step) from any of: run dir, stage dir, step dir."""
   if (path / "_CHECKPOINT_METADATA").exists() or (path / "state").is_dir():
     step_dir = path
-    return step_dir.parents[2], step_dir.parents[1].name, int(step_dir.name)
-  if (path / "stage.json").exists():
-    return _resolve_stage(path.parent, path.name, step)
-  if (path / "config.json").exists():
+    return RunDir(step_dir.parents[2]), step_dir.parents[1].name, int(step_dir.name)
+  if StageDir(path).stage_json.exists():
+    return _resolve_stage(RunDir(path.parent), path.name, step)
+  run = RunDir(path)
+  if run.is_run():
     if stage is None:
-      names = [s.strip() for s in json.loads((path / "config.json").read_text())
-               ["stage_order"].split(",")]
-      done = [n for n in names if (path / n / "checkpoints").is_dir()]
+      names = [s.strip() for s in read_json(run.config_json)["stage_order"].split(",")]
+      done = [n for n in names if run.stage(n).checkpoints.is_dir()]
       if not done:
         raise UserError(f"{path}: the run has no checkpoints yet")
       stage = done[-1]
-    return _resolve_stage(path, stage, step)
+    return _resolve_stage(run, stage, step)
   raise UserError(f"{path}: not a linearsr run, stage or checkpoint directory")
 
 
-def _resolve_stage(run_dir: Path, stage: str, step):
-  stage_dir = run_dir / stage
-  if not (stage_dir / "checkpoints").is_dir():
-    raise UserError(f"{stage_dir}: no checkpoints (stages: "
-                    f"{', '.join(p.name for p in run_dir.iterdir() if (p / 'stage.json').exists())})")
+def _resolve_stage(run: RunDir, stage: str, step):
+  stage_dir = run.stage(stage)
+  if not stage_dir.checkpoints.is_dir():
+    raise UserError(f"{stage_dir.path}: no checkpoints (stages: "
+                    f"{', '.join(s.name for s in run.stages())})")
   if step is None:
-    result = stage_dir / "result.json"
-    if result.exists():
-      step = json.loads(result.read_text())["knee_step"]
+    result = stage_dir.result()
+    if result is not None:
+      step = result["knee_step"]
+    elif stage_dir.checkpoint_steps():
+      step = stage_dir.checkpoint_steps()[-1]
     else:
-      steps = [int(p.name) for p in (stage_dir / "checkpoints").iterdir() if p.name.isdigit()]
-      if not steps:
-        raise UserError(f"{stage_dir}: no finished checkpoint")
-      step = max(steps)
-  return run_dir, stage, int(step)
+      raise UserError(f"{stage_dir.path}: no finished checkpoint")
+  return run, stage, int(step)
 
 
 def _restore_on_one_device(path: Path, name: str):
@@ -108,17 +106,16 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
   path = Path(path).absolute()  # Orbax refuses relative checkpoint paths
   if not path.exists():
     raise UserError(f"{path}: no such checkpoint or run directory")
-  run_dir, stage, step = _resolve(path, stage, step)
-  step_dir = run_dir / stage / "checkpoints" / str(step)
+  run, stage, step = _resolve(path, stage, step)
+  step_dir = run.stage(stage).checkpoint(step)
   if not (step_dir / "state").is_dir():
     raise UserError(f"{step_dir}: no such checkpoint")
-  config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+  config = ml_collections.ConfigDict(read_json(run.config_json))
   try:
     params = _restore_on_one_device(step_dir / "state", "ema_params" if ema else "params")
   except (ValueError, FileNotFoundError, KeyError) as e:
     raise UserError(f"{step_dir}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
-  model = SRModel(DiTConfig.from_dict(config.model.to_dict()), TagsConfig.from_config(config.tags))
+  model, latent_space = build_model(config)
   diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
   diffusion.experts.num_experts = jax.tree.leaves(params)[0].shape[0]
-  return Trained(config, stage, step, model, params, make_latent_space(config.latent),
-                 diffusion)
+  return Trained(config, stage, step, model, params, latent_space, diffusion)

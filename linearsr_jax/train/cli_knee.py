@@ -8,13 +8,13 @@ Prints the decision, the reason per metric and the checkpoint steps ESGF would k
 code 0 whether or not a knee is found (the answer is in the output), 2 on bad arguments.
 """
 
-import json
 from pathlib import Path
 
 import ml_collections
 
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import esgf
+from linearsr_jax.train.run_dir import RunDir, StageDir, read_json
 
 
 def add_arguments(parser):
@@ -39,9 +39,9 @@ def add_arguments(parser):
 def run_esgf_config(workdir):
   """The `esgf` section of the run's resolved config.json, over the defaults."""
   config = esgf.default_config()
-  path = workdir / "config.json" if workdir is not None else None
+  path = RunDir(workdir).config_json if workdir is not None else None
   if path is not None and path.is_file():
-    saved = json.loads(path.read_text()).get("esgf", {})
+    saved = read_json(path).get("esgf", {})
     config.update(ml_collections.ConfigDict(saved))
   return config
 
@@ -55,9 +55,9 @@ def metrics_path(workdir, stage=None, metrics_file=None) -> Path:
   if not workdir.is_dir():
     raise UserError(f"workdir {workdir} does not exist")
   folder = workdir / stage if stage else workdir
-  path = folder / "metrics.jsonl"
+  path = StageDir(folder).metrics_jsonl
   if not path.is_file():
-    stages = sorted(p.parent.name for p in workdir.glob("*/metrics.jsonl"))
+    stages = sorted(s.name for s in RunDir(workdir).stages() if s.metrics_jsonl.is_file())
     hint = f"; stages with metrics: {', '.join(stages)} (pass --stage)" if stages else ""
     raise UserError(f"no metrics.jsonl in {folder}{hint}")
   return path

@@ -1,0 +1,163 @@
+"""The run directory `linearsr train` writes: its layout, and reading and writing its files.
+Every tool that reads a run (eval, upscale, export, knee, the demo) goes through here.
+
+  workdir/
+    config.json                  the resolved config; rebuilds the model for the tools
+    run.json                     {"stages": [{name, knee_step, fired, reason}, …]}, finished
+                                 stages in order
+    <stage>/stage.json           {name, num_experts, init_from}: where the stage started (the
+                                 previous stage's knee checkpoint, imported weights, or fresh)
+    <stage>/result.json          {knee_step, reason, fired, final_step}, written when the stage
+                                 ends; a resumed run takes the stage's knee from it
+    <stage>/checkpoints/<step>/  Orbax: state, data_iter, metrics
+    <stage>/metrics.jsonl        one line per evaluation and per logged train step
+    <stage>/knee.png             the validation curves with the knee marked
+    <stage>/events.*             TensorBoard
+
+JSON files are replaced atomically. metrics.jsonl is appended to, so a kill can leave a
+partial last line: `read_jsonl` drops it with a warning.
+"""
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from linearsr_jax.atomic import atomic_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageDir:
+  path: Path
+
+  @property
+  def name(self) -> str:
+    return self.path.name
+
+  @property
+  def stage_json(self) -> Path:
+    return self.path / "stage.json"
+
+  @property
+  def result_json(self) -> Path:
+    return self.path / "result.json"
+
+  @property
+  def checkpoints(self) -> Path:
+    return self.path / "checkpoints"
+
+  @property
+  def metrics_jsonl(self) -> Path:
+    return self.path / "metrics.jsonl"
+
+  @property
+  def knee_png(self) -> Path:
+    return self.path / "knee.png"
+
+  def checkpoint(self, step: int) -> Path:
+    return self.checkpoints / str(step)
+
+  def checkpoint_steps(self) -> list:
+    """Steps of the finished checkpoints (Orbax's temporary dirs are not digits)."""
+    if not self.checkpoints.is_dir():
+      return []
+    return sorted(int(p.name) for p in self.checkpoints.iterdir() if p.name.isdigit())
+
+  def result(self):
+    """result.json, or None while the stage has not ended."""
+    return read_json(self.result_json)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+  path: Path
+
+  @property
+  def config_json(self) -> Path:
+    return self.path / "config.json"
+
+  @property
+  def run_json(self) -> Path:
+    return self.path / "run.json"
+
+  def stage(self, name: str) -> StageDir:
+    return StageDir(self.path / name)
+
+  def stages(self) -> list:
+    """The stages that have started (a stage.json), in name order."""
+    return [StageDir(p.parent) for p in sorted(self.path.glob("*/stage.json"))]
+
+  def is_run(self) -> bool:
+    return self.config_json.is_file()
+
+
+def write_json(path, obj):
+  with atomic_file(path, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+
+
+def read_json(path):
+  """The file's JSON value, or None when it does not exist."""
+  path = Path(path)
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_jsonl(path) -> list:
+  """The JSON objects of a JSONL file, in order ([] when it does not exist). A last line that
+  does not parse is what a kill during an append leaves: dropped with a warning. An unreadable
+  line elsewhere is a damaged file, also dropped and warned about, with its line number."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  text = path.read_text(encoding="utf-8")
+  lines = text.split("\n")
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      row = None
+    if isinstance(row, dict):
+      rows.append(row)
+    elif number == len(lines):  # no newline after it: the append was cut short
+      log.warning("%s: dropped a partial last line (%d bytes), left by an interrupted write",
+                  path, len(line))
+    else:
+      log.warning("%s: line %d is not a JSON object; skipped", path, number)
+  return rows
+
+
+def write_jsonl(path, rows):
+  with atomic_file(path, "w") as f:
+    f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def append_jsonl(path, row: dict):
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+class MetricsLog:
+  """metrics.jsonl: append-only, truncated on resume to what the restored checkpoint saw, so a
+  resumed run writes exactly the lines a run that never stopped would have."""
+
+  def __init__(self, path: Path, resume_step, write: bool = True):
+    """`write`: whether this process writes the file (one process of a multi-host run does)."""
+    self.path, self.write = path, write
+    self.rows = [] if resume_step is None else [
+        r for r in read_jsonl(path) if r.get("step", resume_step + 1) <= resume_step]
+    if write:
+      write_jsonl(path, self.rows)
+
+  def append(self, row: dict):
+    self.rows.append(row)
+    if self.write:
+      append_jsonl(self.path, row)
+
+  def evaluations(self):
+    return [r for r in self.rows if any(k.startswith("val/") for k in r)]
