@@ -252,8 +252,7 @@ def train_stage(the_run: Run, name: str, index: int, previous):
 
   detector = esgf.KneeDetector(config.esgf)
   ckpts = StageCheckpoints(stage_dir / "checkpoints", keep_latest=train_cfg.keep_latest,
-                           best_metric=train_cfg.best_metric, best_mode=train_cfg.best_mode,
-                           protected_steps=detector.candidate_steps)
+                           best_metric=train_cfg.best_metric, best_mode=train_cfg.best_mode)
   abstract, shardings = the_run.abstract_state(name)
   done = _finished(stage_dir)
   if done is not None:  # resuming a run whose stage already ended: reuse its knee
@@ -293,10 +292,11 @@ def train_stage(the_run: Run, name: str, index: int, previous):
     mlog.append(row)
     writer.write_scalars(step, row)
     writer.write_images(step, {"val/lr_bicubic_sr_hr": validator.image_grid(sr)})
-    ckpts.save(step, state, data_iter, val)
+    decision = detector.update(step, val)  # first: its keep-set prunes this save
+    ckpts.save(step, state, data_iter, val, keep=decision.keep_steps)
     log.info("stage %s step %d: %s", name, step, ", ".join(
         f"{k}={v:.4f}" for k, v in val.items()))
-    return detector.update(step, val), val
+    return decision, val
 
   step = int(state.step)
   decision = detector.decision
