@@ -2,12 +2,12 @@
 
 Saves are atomic (Orbax writes to a temporary directory and renames) and asynchronous for the
 arrays. Retention keeps the union of: the latest N, the best by a chosen metric, and every
-step that ESGF may still need (the candidates around the current knee estimate), asked of a
-callback at each save so the set can move as the curve grows.
+step that ESGF may still need (the candidates around the current knee estimate), a set the
+caller passes with each save so it can move as the curve grows.
 """
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import AbstractSet
 
 import grain
 import jax
@@ -21,35 +21,43 @@ ITEMS = ("state", "data_iter", "metrics")
 
 
 @dataclasses.dataclass
-class StepsFromCallback(policies.PreservationPolicy):
-  """Preserves the steps a callback names at the time of each decision (ESGF candidates)."""
-  steps_fn: Callable[[], Sequence[int]]
+class KeepSteps(policies.PreservationPolicy):
+  """Preserves the steps named by the latest save (ESGF's candidates then).
+
+  CheckpointManager.save asks the policy which checkpoints to delete synchronously, in the
+  caller's thread, right after it adds the new one; so setting `steps` just before the save
+  is what that save's pruning sees.
+  """
+  steps: AbstractSet[int] = frozenset()
 
   def should_preserve(self, checkpoints, *, context):
-    keep = set(self.steps_fn())
-    return [ckpt.step in keep for ckpt in checkpoints]
+    return [ckpt.step in self.steps for ckpt in checkpoints]
 
 
 class StageCheckpoints:
   """The checkpoints of one stage, in `directory`."""
 
   def __init__(self, directory, *, keep_latest: int, best_metric: str, best_mode: str,
-               protected_steps: Callable[[], Sequence[int]] = tuple, async_save: bool = True):
+               async_save: bool = True):
     if best_mode not in ("max", "min"):
       raise UserError(f"train.best_mode must be 'max' or 'min', got {best_mode!r}")
+    self._keep = KeepSteps()
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep_latest),
         # BestN keeps the tail of an ascending sort; reverse for lower-is-better metrics.
         policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1, reverse=best_mode == "min",
                        keep_checkpoints_without_metrics=False),
-        StepsFromCallback(protected_steps),
+        self._keep,
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(directory, item_names=ITEMS, options=options)
 
-  def save(self, step: int, state, data_iter, metrics: dict):
+  def save(self, step: int, state, data_iter, metrics: dict,
+           keep: AbstractSet[int] = frozenset()):
+    """Saves `step`, then prunes: kept are the latest N, the best, and the steps in `keep`."""
     metrics = {k: float(v) for k, v in metrics.items()}
+    self._keep.steps = frozenset(keep)
     self.manager.save(step, force=True, metrics=metrics or None, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data_iter=grain.checkpoint.CheckpointSave(data_iter),
@@ -57,9 +65,6 @@ class StageCheckpoints:
 
   def latest_step(self):
     return self.manager.latest_step()
-
-  def all_steps(self):
-    return list(self.manager.all_steps())
 
   def restore(self, step: int, abstract_state, data_iter=None):
     """(state, metrics) at `step`, the state placed as `abstract_state`'s shardings say; the

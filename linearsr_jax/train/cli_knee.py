@@ -90,7 +90,7 @@ def run(args) -> int:
              if n not in {v.name for v in decision.metrics}]
   if missing:
     print(f"  not logged: {', '.join(missing)}")
-  keep = sorted(esgf.candidate_steps(decision))
+  keep = sorted(decision.keep_steps)
   if keep:
     print(f"checkpoints to keep: {', '.join(map(str, keep))}")
   if args.plot:

@@ -190,8 +190,7 @@ class _StageTraining:
     train_cfg = the_run.config.train
     self.ckpts = StageCheckpoints(self.dir.checkpoints, keep_latest=train_cfg.keep_latest,
                                   best_metric=train_cfg.best_metric,
-                                  best_mode=train_cfg.best_mode,
-                                  protected_steps=self.detector.candidate_steps)
+                                  best_mode=train_cfg.best_mode)
 
   def reuse(self, done: dict) -> StageResult:
     knee_state, _ = self.ckpts.restore(done["knee_step"], self.abstract)
@@ -239,10 +238,11 @@ class _StageTraining:
     self.mlog.append(row)
     self.writer.write_scalars(step, row)
     self.writer.write_images(step, {"val/lr_bicubic_sr_hr": self.validator.image_grid(sr)})
-    self.ckpts.save(step, self.state, self.data_iter, val)
+    decision = self.detector.update(step, val)  # first: its keep-set prunes this save
+    self.ckpts.save(step, self.state, self.data_iter, val, keep=decision.keep_steps)
     log.info("stage %s step %d: %s", self.name, step, ", ".join(
         f"{k}={v:.4f}" for k, v in val.items()))
-    return self.detector.update(step, val), val
+    return decision, val
 
   def train(self):
     """Steps until ESGF fires (where the stage may end there) or the budget is spent; returns

@@ -105,16 +105,17 @@ def read_json(path):
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def read_jsonl(path) -> list:
-  """The JSON objects of a JSONL file, in order ([] when it does not exist). A last line that
-  does not parse is what a kill during an append leaves: dropped with a warning. An unreadable
-  line elsewhere is a damaged file, also dropped and warned about, with its line number."""
+def read_jsonl(path) -> tuple:
+  """(the JSON objects of a JSONL file in order, how many lines were unreadable); ([], 0) when
+  it does not exist. A last line that does not parse is what a kill during an append leaves:
+  dropped with a warning. An unreadable line elsewhere is a damaged file, also dropped and
+  warned about, with its line number."""
   path = Path(path)
   if not path.exists():
-    return []
+    return [], 0
   text = path.read_text(encoding="utf-8")
   lines = text.split("\n")
-  rows = []
+  rows, unreadable = [], 0
   for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
@@ -124,12 +125,14 @@ def read_jsonl(path) -> list:
       row = None
     if isinstance(row, dict):
       rows.append(row)
-    elif number == len(lines):  # no newline after it: the append was cut short
+      continue
+    unreadable += 1
+    if number == len(lines):  # no newline after it: the append was cut short
       log.warning("%s: dropped a partial last line (%d bytes), left by an interrupted write",
                   path, len(line))
     else:
       log.warning("%s: line %d is not a JSON object; skipped", path, number)
-  return rows
+  return rows, unreadable
 
 
 def write_jsonl(path, rows):
@@ -150,7 +153,7 @@ class MetricsLog:
     """`write`: whether this process writes the file (one process of a multi-host run does)."""
     self.path, self.write = path, write
     self.rows = [] if resume_step is None else [
-        r for r in read_jsonl(path) if r.get("step", resume_step + 1) <= resume_step]
+        r for r in read_jsonl(path)[0] if r.get("step", resume_step + 1) <= resume_step]
     if write:
       write_jsonl(path, self.rows)
 

@@ -1,0 +1,121 @@
+"""The ESGF decision over all configured metrics, and the checkpoints it may still need.
+
+Each metric is judged by `knee.analyze_metric`. `combine` = "all" (default) fires when every
+metric present in the history is confirmed, "any" when one is. The knee step is then the
+`knee_step` ("earliest" by default: a later, "converged" checkpoint is the one that
+collapsed in the paper; "median" = the lower median; "latest") of the confirmed metrics'
+knees.
+"""
+
+import dataclasses
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from linearsr_jax.train.esgf.config import default_config, parse_metrics, validate_config
+from linearsr_jax.train.esgf.knee import MetricKnee, analyze_metric
+from linearsr_jax.train.esgf.records import metric_series, numeric_values
+
+
+@dataclasses.dataclass(frozen=True)
+class KneeDecision:
+  """The detector's answer after an evaluation; `fired` means: stop and branch from
+  `knee_step`."""
+  fired: bool
+  knee_step: Optional[int]
+  reason: str
+  confidence: float
+  metrics: tuple = ()  # MetricKnee per configured metric present in the history
+  keep_steps: frozenset = frozenset()  # evaluated steps whose checkpoints ESGF may need
+
+  def metric(self, name) -> MetricKnee:
+    """The verdict on one metric; KeyError when it was not logged."""
+    found = {m.name: m for m in self.metrics}
+    return found[name]
+
+
+def _pick_step(knees, rule):
+  ordered = sorted(knees)
+  return {"earliest": ordered[0], "latest": ordered[-1],
+          "median": ordered[(len(ordered) - 1) // 2]}[rule]
+
+
+def _steps_to_keep(verdicts, all_steps, radius, knee_step=None) -> frozenset:
+  """Checkpoints ESGF may still branch from.
+
+  Undecided: every step from the earliest candidate (less `radius` evaluations) to the
+  newest, because Kneedle's knee drifts later as the run grows (for an exponential by about
+  τ·ln 2 per doubling of the run), onto steps after today's candidate; every step while a
+  metric has no candidate yet. Fired: the knee +- `radius` evaluations.
+  """
+  all_steps = np.asarray(sorted(all_steps), dtype=np.int64)
+  if knee_step is not None:
+    lo, hi = knee_step, knee_step
+  else:
+    centres = [v.knee_step for v in verdicts]
+    if not centres or any(c is None for c in centres):
+      return frozenset(int(s) for s in all_steps)
+    lo, hi = min(centres), int(all_steps[-1])
+  first = max(0, int(np.searchsorted(all_steps, lo)) - radius)
+  last = int(np.searchsorted(all_steps, hi)) + radius
+  return frozenset(int(s) for s in all_steps[first:last + 1])
+
+
+def detect(records: Sequence, config) -> KneeDecision:
+  """The decision for a whole history of (step, {metric: value}) records."""
+  validate_config(config)
+  verdicts = []
+  for name, direction in parse_metrics(config.metrics):
+    steps, values = metric_series(records, name)
+    if len(steps):
+      verdicts.append(analyze_metric(steps, values, name, direction, config))
+  all_steps = {int(s) for v in verdicts for s in metric_series(records, v.name)[0]}
+  if not verdicts:
+    return KneeDecision(False, None, "no knee yet: none of the metrics "
+                        f"{config.metrics} has been logged", 0.0, (), frozenset(all_steps))
+  confirmed = [v for v in verdicts if v.confirmed]
+  needed = len(verdicts) if config.combine == "all" else 1
+  fired = len(confirmed) >= needed
+  summary = "; ".join(f"{v.name}: {v.reason}" for v in verdicts)
+  if not fired:
+    candidates = [v.knee_step for v in verdicts if v.knee_step is not None]
+    confidence = min(v.confidence for v in verdicts)
+    return KneeDecision(False, _pick_step(candidates, config.knee_step) if candidates
+                        else None, f"no knee yet ({config.combine} of {len(verdicts)} "
+                        f"metrics must confirm) - {summary}", confidence, tuple(verdicts),
+                        _steps_to_keep(verdicts, all_steps, config.candidate_radius))
+  knee_step = _pick_step([v.knee_step for v in confirmed], config.knee_step)
+  confidence = (min if config.combine == "all" else max)(v.confidence for v in confirmed)
+  return KneeDecision(True, knee_step, f"knee at step {knee_step} ({config.knee_step} of "
+                      f"{len(confirmed)} confirmed, rule '{config.combine}') - {summary}",
+                      confidence, tuple(verdicts),
+                      _steps_to_keep(verdicts, all_steps, config.candidate_radius, knee_step))
+
+
+class KneeDetector:
+  """Online use: the training loop calls `update` after every evaluation, then saves that
+  evaluation's checkpoint with `decision.keep_steps` for retention to protect.
+
+  Each update re-runs `detect` on the whole history, so a detector rebuilt from
+  metrics.jsonl on resume (`KneeDetector(config, records)`) decides exactly as the one that
+  never stopped. A step at or before the last one replaces the history from there on (a
+  resumed run re-evaluates the steps after its checkpoint). Once fired, the decision is
+  latched: the next stage has branched from that knee, later points do not move it.
+  """
+
+  def __init__(self, config=None, records: Iterable = ()):
+    self.config = config if config is not None else default_config()
+    validate_config(self.config)
+    self.records = []
+    self.decision = KneeDecision(False, None, "no knee yet: no evaluations", 0.0)
+    for step, values in records:
+      self.update(step, values)
+
+  def update(self, step: int, metrics: Mapping) -> KneeDecision:
+    if self.decision.fired:
+      return self.decision
+    step = int(step)
+    self.records = [r for r in self.records if r[0] < step]
+    self.records.append((step, numeric_values(metrics)))
+    self.decision = detect(self.records, self.config)
+    return self.decision

@@ -1,0 +1,62 @@
+"""A PNG of the validation curves with ESGF's knee marked (matplotlib is imported only
+here, when a plot is asked for)."""
+
+from pathlib import Path
+from typing import Sequence
+
+from linearsr_jax.atomic import atomic_file
+from linearsr_jax.train.esgf.config import parse_metrics
+from linearsr_jax.train.esgf.detector import KneeDecision
+from linearsr_jax.train.esgf.knee import MetricKnee
+from linearsr_jax.train.esgf.records import baseline_key, metric_series
+from linearsr_jax.train.esgf.smoothing import smooth
+
+
+def plot_curves(records: Sequence, decision: KneeDecision, config, path, title="") -> Path:
+  """PNG of `curves_figure`, written atomically."""
+  fig = curves_figure(records, decision, config, title)
+  path = Path(path)
+  with atomic_file(path) as f:
+    fig.savefig(f, format="png", dpi=100)
+  return path
+
+
+def curves_figure(records: Sequence, decision: KneeDecision, config, title=""):
+  """A panel per metric: its raw and smoothed curve, its candidate knee (dashed), the chosen
+  knee (solid red, when fired) and the bicubic baseline when logged."""
+  from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas by default
+
+  panels = list(decision.metrics) or [
+      MetricKnee(n, d, 0, False, None, "not logged", 0.0)
+      for n, d in parse_metrics(config.metrics)]
+  fig = Figure(figsize=(7, 2.8 * len(panels)))
+  axes = fig.subplots(len(panels), 1, squeeze=False)
+  for ax, verdict in zip(axes[:, 0], panels):
+    _draw_metric(ax, records, verdict, decision, config)
+  # wrap=True breaks a long title at spaces to the figure's width (centred, it would run off
+  # both edges), and tight_layout then makes room for its lines.
+  fig.suptitle(title or ("knee at step %s" % decision.knee_step if decision.fired
+                         else "no knee yet"), fontsize=10, wrap=True)
+  fig.tight_layout()
+  return fig
+
+
+def _draw_metric(ax, records, verdict, decision, config):
+  steps, values = metric_series(records, verdict.name)
+  ax.set_title(f"{verdict.name} ({'higher' if verdict.direction == 'max' else 'lower'} "
+               f"is better)", fontsize=9)
+  if len(steps):
+    sign = 1.0 if verdict.direction == "max" else -1.0
+    ax.plot(steps, values, ".", color="0.6", label="raw")
+    ax.plot(steps, sign * smooth(steps, sign * values, config.smoothing), "-",
+            color="tab:blue", label=f"smoothed ({config.smoothing.method})")
+  _, base = metric_series(records, baseline_key(verdict.name, config.baseline_prefix))
+  if len(base):
+    ax.axhline(base[-1], color="tab:green", ls=":", label=f"bicubic {base[-1]:.4g}")
+  if verdict.knee_step is not None:
+    ax.axvline(verdict.knee_step, color="tab:orange", ls="--",
+               label=f"candidate {verdict.knee_step}")
+  if decision.fired:
+    ax.axvline(decision.knee_step, color="tab:red", lw=2, label=f"knee {decision.knee_step}")
+  ax.set_xlabel("step")
+  ax.legend(fontsize=7, loc="best")
