@@ -57,7 +57,7 @@ def metrics_path(workdir, stage=None, metrics_file=None) -> Path:
   folder = workdir / stage if stage else workdir
   path = StageDir(folder).metrics_jsonl
   if not path.is_file():
-    stages = sorted(s.name for s in RunDir(workdir).stages() if s.metrics_jsonl.is_file())
+    stages = sorted(p.name for p in workdir.iterdir() if StageDir(p).metrics_jsonl.is_file())
     hint = f"; stages with metrics: {', '.join(stages)} (pass --stage)" if stages else ""
     raise UserError(f"no metrics.jsonl in {folder}{hint}")
   return path
