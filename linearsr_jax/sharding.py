@@ -5,6 +5,7 @@ The model names every param and key activation axis logically ("embed", "mlp", .
 GPU node or a TPU pod: only the mesh shape changes.
 """
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -80,26 +81,38 @@ def mesh_spec(names, shape, mesh: Mesh, rules=DEFAULT_RULES) -> PartitionSpec:
   return PartitionSpec(*spec)
 
 
-def make_mesh(shape: dict | None = None, devices: Sequence | None = None) -> Mesh:
-  """A mesh over MESH_AXES; `shape` maps axis -> size, -1 once for 'the rest' (default data)."""
-  devices = list(jax.devices() if devices is None else devices)
-  shape = {axis: 1 for axis in MESH_AXES} | dict(shape or {"data": -1})
-  unknown = set(shape) - set(MESH_AXES)
+def mesh_sizes(shape: dict | None, num_devices: int | None = None) -> dict:
+  """{axis: size} over MESH_AXES for `shape` (axis -> size, -1 once for 'the rest'; default
+  all on data). With `num_devices` the -1 is resolved and the sizes must use every device;
+  without, only the shape itself is checked. A ValueError says what does not fit."""
+  sizes = {axis: 1 for axis in MESH_AXES} | dict(shape or {"data": -1})
+  unknown = set(sizes) - set(MESH_AXES)
   if unknown:
     raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected {MESH_AXES}")
-  fixed = int(np.prod([s for s in shape.values() if s != -1]))
-  if list(shape.values()).count(-1) == 1:
-    if len(devices) % fixed:
-      raise ValueError(f"mesh {shape} needs a multiple of {fixed} devices, have {len(devices)}")
-    shape = {a: (len(devices) // fixed if s == -1 else s) for a, s in shape.items()}
-  sizes = tuple(shape[a] for a in MESH_AXES)
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"have {len(devices)}")
+  if any(s < 1 and s != -1 for s in sizes.values()) or list(sizes.values()).count(-1) > 1:
+    raise ValueError(f"mesh {sizes}: sizes must be positive, except one -1 for the remaining "
+                     "devices")
+  if num_devices is None:
+    return sizes
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  if -1 in sizes.values():
+    if num_devices % fixed:
+      raise ValueError(f"mesh {sizes} needs a multiple of {fixed} devices, have {num_devices}")
+    sizes = {a: (num_devices // fixed if s == -1 else s) for a, s in sizes.items()}
+  if math.prod(sizes.values()) != num_devices:
+    raise ValueError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, have {num_devices}")
+  return sizes
+
+
+def make_mesh(shape: dict | None = None, devices: Sequence | None = None) -> Mesh:
+  """A mesh over MESH_AXES of `devices` (default all); `shape` as `mesh_sizes` takes it."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = mesh_sizes(shape, len(devices))
   # Devices in the order of the physical torus (a plain reshape of the list would not be, on a
   # TPU pod: neighbours on an axis must be ICI neighbours); CPUs and GPUs keep list order.
   # Auto axis types: shardings propagate through jit (jax.make_mesh now defaults to Explicit).
-  return Mesh(mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True),
+  return Mesh(mesh_utils.create_device_mesh(tuple(sizes.values()), devices,
+                                            allow_split_physical_axes=True),
               MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 

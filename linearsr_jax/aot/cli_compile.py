@@ -161,7 +161,8 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
   compiles at the prediction and one unit above confirm it, galloping up or bisecting down where
   the prediction was off (XLA may schedule a larger batch differently).
   """
-  from linearsr_jax import sharding
+  from linearsr_jax import config_check, sharding
+  config_check.mesh_sizes(config, len(devices))  # a clear error first: no Run has checked it
   unit = _batch_unit(config, sharding.make_mesh(dict(config.mesh), devices), stage)
   hbm, need = pod.chip.hbm_gib * GIB, {}
 
@@ -188,12 +189,13 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
 
 
 def run(args) -> int:
+  from linearsr_jax.config_check import stage_names
   from linearsr_jax.train.cli_train import parse_flags
 
   own, rest = _own_flags(args.flags)
   pod, pod_devices = parse_topology(own.topology)
   config, _ = parse_flags(rest, command="compile")
-  stage = own.stage or config.stage_order.split(",")[-1].strip()
+  stage = own.stage or stage_names(config)[-1]
   if stage not in config.stages:
     raise UserError(f"--stage {stage}: the config has stages {', '.join(config.stages)}")
   devices = pod_devices()

@@ -83,10 +83,11 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
   """Writes this host's shard of `out` (and, on host 0, latents.json once every shard is done).
 
   Returns the index. process_index / count default to JAX's; tests pass them to simulate hosts.
+  `config` is validated (config_check.validate) by whoever loaded it.
   """
   from tqdm import tqdm
 
-  from linearsr_jax.models.latent_space import check_crop_size, make_latent_space
+  from linearsr_jax.models.latent_space import make_latent_space
 
   if crops_per_image < 1 or batch_size < 1:
     raise UserError("--crops_per_image and --batch must be positive")
@@ -97,7 +98,6 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
   data_cfg = config.data
   source = pipeline.make_source(data_cfg, "train", config.tags.encoder)
   latent_space = make_latent_space(config.latent)
-  check_crop_size(data_cfg.crop_size, data_cfg.scale, latent_space.factor)
   if process_index == 0 and (out / INDEX).exists():
     os.unlink(out / INDEX)  # readers must not trust a mix of old and new shards
   out.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 Tokenize = Callable[[object], tuple]  # condition source -> (cond, cond_mask)
 SOURCE_KINDS = ("demo", "folder", "paired", "tfds_folder", "div2k")
 BATCH_KEYS = ("hr", "hr_latent", "lr", "cond", "cond_mask")
+HR_LATENTS = ("encode", "precomputed")
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -36,9 +36,10 @@ def t_of_log_snr(lam):
   return 1 / (1 + np.exp(lam / 2))
 
 
-def _check_num_experts(num_experts):
+def check_num_experts(num_experts, field="experts.num_experts"):
+  """`field` names where the number comes from in the error (a stage's, in config_check)."""
   if num_experts < 1 or num_experts & (num_experts - 1):
-    raise UserError(f"experts.num_experts must be a power of two, got {num_experts}")
+    raise UserError(f"{field} must be a power of two, got {num_experts}")
 
 
 def snr_boundaries(num_experts, lambda_min, lambda_max, anchor_t):
@@ -48,7 +49,7 @@ def snr_boundaries(num_experts, lambda_min, lambda_max, anchor_t):
   that bisects each interval at its midpoint in λ. With λ ∈ [−7.04, 8.89] and anchor 0.875,
   4 experts get the paper's [0.223, 0.875, 0.939].
   """
-  _check_num_experts(num_experts)
+  check_num_experts(num_experts)
   if num_experts == 1:
     return ()
   anchor = log_snr(anchor_t)
@@ -66,7 +67,7 @@ def snr_boundaries(num_experts, lambda_min, lambda_max, anchor_t):
 
 def uniform_boundaries(num_experts):
   """Equal intervals in t, e.g. [0.25, 0.5, 0.75] for 4 experts (the paper's ablation)."""
-  _check_num_experts(num_experts)
+  check_num_experts(num_experts)
   return tuple(e / num_experts for e in range(1, num_experts))
 
 
@@ -115,7 +116,7 @@ def stack_experts(trees):
 
 def init_experts(params, num_experts):
   """All E experts start as copies of one params tree (e.g. the previous stage's knee)."""
-  _check_num_experts(num_experts)
+  check_num_experts(num_experts)
   return stack_experts([params] * num_experts)
 
 
@@ -173,10 +174,10 @@ def mixture_loss(apply_fn, stacked_params, x0, context, key, cfg, lr_latent=None
 
   apply_fn(params, x_t, t_model, *context) -> velocity (see `model_apply`); context is
   (lr, cond, cond_mask) with a leading batch axis (any entry may be None). cfg is the
-  `diffusion` config section. The batch is split evenly: sample b trains expert b // (B/E), at
-  a σ drawn inside that expert's interval. Returns (mean loss, per-expert losses [E]).
+  `diffusion` config section, as config_check.validate passed it. The batch is split evenly:
+  sample b trains expert b // (B/E), at a σ drawn inside that expert's interval. Returns
+  (mean loss, per-expert losses [E]).
   """
-  flow.check_config(cfg)
   num_experts = num_experts_of(stacked_params)
   boundaries = boundaries_from_config(cfg.experts)
   if len(boundaries) != num_experts - 1:

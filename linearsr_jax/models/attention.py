@@ -49,6 +49,7 @@ def softmax_attention(q, k, v, key_mask=None):
 
 
 ATTENTION_KERNELS = {"linear": relu_linear_attention, "softmax": softmax_attention}
+QK_NORMS = (None, "rms_norm_across_heads")
 
 
 class Attention(nn.Module):

@@ -25,6 +25,7 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,7 @@ class DiTConfig:
   lr_stem_width: int = 32
   scan_layers: bool = True
   remat: str = "none"                 # key of REMAT_POLICIES
-  dtype: str = "float32"              # compute dtype; params stay float32
+  dtype: str = "float32"              # compute dtype (DTYPES); params stay float32
 
   @property
   def head_dim(self) -> int:

@@ -166,14 +166,6 @@ def make_latent_space(config: ml_collections.ConfigDict, params=None, load_param
   return DCAESpace(model, params)
 
 
-def check_crop_size(crop_size: int, scale: int, latent_factor: int) -> None:
-  """An HR crop must split into whole LR pixels and whole latent cells."""
-  cell = math.lcm(scale, latent_factor)
-  if crop_size % cell:
-    raise UserError(f"data.crop_size={crop_size} must be a multiple of {cell} (the scale {scale} "
-                    f"and the latent factor {latent_factor})")
-
-
 def lr_stem_depth(latent_factor: int, sr_scale: int) -> int:
   """Stride-2 convs that take the LR image to the latent grid: log2(latent factor / SR scale).
 

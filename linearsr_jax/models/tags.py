@@ -29,6 +29,8 @@ from linearsr_jax.data.tag_sources import read_array, split_tags
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.layers import logical
 
+ENCODERS = ("hash", "precomputed")
+
 
 def default_config() -> ml_collections.ConfigDict:
   """The `tags` config section."""

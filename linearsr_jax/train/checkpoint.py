@@ -39,8 +39,7 @@ class StageCheckpoints:
 
   def __init__(self, directory, *, keep_latest: int, best_metric: str, best_mode: str,
                async_save: bool = True):
-    if best_mode not in ("max", "min"):
-      raise UserError(f"train.best_mode must be 'max' or 'min', got {best_mode!r}")
+    """`best_mode`: 'max' or 'min' (config_check validates train.best_mode)."""
     self._keep = KeepSteps()
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep_latest),
@@ -74,15 +73,19 @@ class StageCheckpoints:
       args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     # latest_step() already names a checkpoint whose asynchronous save may still be running.
     self.wait()
+    self._check_params(step, abstract_state.params)
     try:
-      self._check_params(step, abstract_state.params)
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    except (ValueError, KeyError, TypeError) as e:
-      # The run stops here: close first, or Orbax's background threads print tracebacks at exit.
-      self.close()
-      raise UserError(f"checkpoint {self.manager.directory}/{step} does not match this model "
-                      f"and config: {str(e).splitlines()[0][:300]}") from None
+    except ValueError as e:  # Orbax: the saved tree has another structure (another optimizer...)
+      raise self._mismatch(step, str(e).splitlines()[0][:300]) from e
     return restored["state"], dict(restored["metrics"] or {})
+
+  def _mismatch(self, step: int, detail: str) -> UserError:
+    """The error of a checkpoint of another model or config. The run stops there: close first,
+    or Orbax's background threads print tracebacks at exit."""
+    self.close()
+    return UserError(f"checkpoint {self.manager.directory}/{step} does not match this model and "
+                     f"config: {detail}")
 
   def _check_params(self, step: int, abstract_params):
     """Names the first param whose saved shape differs from this model's (Orbax's own error
@@ -95,9 +98,9 @@ class StageCheckpoints:
               for p, a in jax.tree_util.tree_leaves_with_path(abstract_params)}
     for path in sorted(saved.keys() | wanted.keys()):
       if saved.get(path) != wanted.get(path):
-        raise ValueError(f"params{path} has shape {saved.get(path, 'absent')} in the checkpoint "
-                         f"but {wanted.get(path, 'absent')} in this model (another model, "
-                         "or another number of experts?)")
+        raise self._mismatch(step, f"params{path} has shape {saved.get(path, 'absent')} in the "
+                             f"checkpoint but {wanted.get(path, 'absent')} in this model (another "
+                             "model, or another number of experts?)")
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -19,35 +19,65 @@ def add_arguments(parser):
 
 
 def parse_flags(argv, command: str = "train"):
-  """(config, workdir) from absl-style flags; any mistake is a UserError naming `command`."""
+  """(config, workdir) from absl-style flags, the config validated (all but its fit to the
+  devices, which JAX may not know yet); any mistake is a UserError naming `command`."""
+  from absl import flags
+
+  from linearsr_jax import config_check
+
+  _check_config_file(argv, command)
+  argv = [f"linearsr {command}", *argv]
+  values = _flag_values(argv)
+  try:
+    values(argv)
+  except (KeyError, AttributeError, ValueError) as e:
+    # config_flags raises these for an override naming no config field; anything else (a bug
+    # in the config file) keeps its traceback.
+    unknown = _override_naming_no_field(argv)
+    if unknown is None:
+      raise
+    raise UserError(f"{command}: the config has no key {unknown[1]!r} (in {unknown[0]})") from e
+  except (flags.Error, OSError) as e:
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise UserError(f"{command}: {message}") from None
+  config, workdir = values.config, values.workdir
+  if config is None or not workdir:
+    raise UserError(f"{command} needs --config FILE" + (" and --workdir DIR" if command == "train"
+                                                        else ""))
+  config_check.validate(config)
+  return config, workdir
+
+
+def _flag_values(argv):
+  """--config (the file's get_config(), locked, with the `--config.*` overrides in argv) and
+  --workdir."""
   from absl import flags
   from ml_collections import config_flags
 
-  _check_config_file(argv, command)
   values = flags.FlagValues()
-  argv = [f"linearsr {command}", *argv]
   # sys_argv: the override flags are found in these args, not in the process's sys.argv.
   config_flags.DEFINE_config_file("config", None, "config file with get_config()",
                                   flag_values=values, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "run directory (resumed when it holds checkpoints)",
                       flag_values=values)
-  try:
-    values(argv)
-    config, workdir = values.config, values.workdir
-  except (KeyError, AttributeError) as e:
-    # config_flags raises these for an override naming no config field, with only the bad
-    # component as the message; name the whole override.
-    key = str(e).strip("\"'")
-    paths = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    bad = [p for p in paths if key in p.split(".")[1:]] or paths
-    raise UserError(f"{command}: the config has no key {key!r} (in {', '.join(bad)})") from None
-  except (flags.Error, ValueError, TypeError, OSError) as e:
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise UserError(f"{command}: {message}") from None
-  if config is None or not workdir:
-    raise UserError(f"{command} needs --config FILE" + (" and --workdir DIR" if command == "train"
-                                                        else ""))
-  return config, workdir
+  return values
+
+
+def _override_naming_no_field(argv):
+  """(override, key) of the first `--config.a.b=v` whose path leaves the config file's own
+  config (loaded again without the overrides), or None."""
+  import ml_collections
+
+  plain = [a for a in argv if not a.startswith("--config.")]
+  values = _flag_values(plain)
+  values(plain)
+  for override in (a.split("=")[0] for a in argv if a.startswith("--config.")):
+    node = values.config
+    for key in override.split(".")[1:]:
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        return override, key
+      node = node[key]
+  return None
 
 
 def _check_config_file(argv, command: str):

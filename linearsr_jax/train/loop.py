@@ -16,12 +16,11 @@ import jax
 import ml_collections
 from clu import metric_writers, periodic_actions
 
-from linearsr_jax import sharding
+from linearsr_jax import config_check, sharding
 from linearsr_jax.data import latent_crops, pipeline
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
-from linearsr_jax.models.latent_space import check_crop_size
 from linearsr_jax.models.tags import make_condition
 from linearsr_jax.train import esgf, init_from, optimizer, run_dir
 from linearsr_jax.train.checkpoint import StageCheckpoints
@@ -52,21 +51,13 @@ class Run:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir, load_weights: bool = True,
                devices=None):
+    config_check.validate(config, len(jax.devices() if devices is None else devices))
     self.config = config
     self.workdir = Path(workdir)
     self.run_dir = run_dir.RunDir(self.workdir)
-    try:
-      self.mesh = sharding.make_mesh(dict(config.mesh), devices)
-    except ValueError as e:
-      raise UserError(f"config.mesh: {e}") from None
+    self.mesh = sharding.make_mesh(dict(config.mesh), devices)
     self.rules = [tuple(r) for r in config.sharding_rules]
-    shards = pipeline.batch_shards(self.mesh, self.rules)
-    if config.data.batch_size % shards:
-      batch_axes = pipeline.batch_sharding(self.mesh, self.rules).spec[0] or ()
-      raise UserError(f"data.batch_size={config.data.batch_size} does not split over the mesh's "
-                      f"{shards} batch shards ({' × '.join(batch_axes)})")
     self.model, self.latent_space = build_model(config, load_latent_params=load_weights)
-    check_crop_size(config.data.crop_size, config.data.scale, self.latent_space.factor)
     # The DC-AE's params are an argument of the jitted steps, replicated on the mesh.
     latent_shapes = self.latent_space.abstract_params()
     self.latent_shardings = jax.tree.map(lambda _: sharding.replicated(self.mesh), latent_shapes)
@@ -91,8 +82,6 @@ class Run:
     data = self.config.data
     if data.hr_latents == "encode":
       return pipeline.make_source(data, "train", self.config.tags.encoder)
-    if data.hr_latents != "precomputed":
-      raise UserError(f"data.hr_latents must be 'encode' or 'precomputed', got {data.hr_latents!r}")
     if not load_weights:
       return None
     if not data.latents_path:
@@ -131,11 +120,7 @@ class Run:
                    out_shardings=(shardings, sharding.replicated(self.mesh)), donate_argnums=0)
 
   def stage_names(self):
-    names = [s.strip() for s in self.config.stage_order.split(",") if s.strip()]
-    for name in names:
-      if name not in self.config.stages:
-        raise UserError(f"stage_order names '{name}', which config.stages does not define")
-    return names
+    return config_check.stage_names(self.config)
 
 
 def run(config: ml_collections.ConfigDict, workdir) -> list:

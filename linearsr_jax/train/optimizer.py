@@ -3,6 +3,9 @@
 import ml_collections
 import optax
 
+NAMES = ("adamw", "adafactor")
+SCHEDULES = ("constant", "cosine")
+
 
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(

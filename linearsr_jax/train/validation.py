@@ -16,6 +16,16 @@ from linearsr_jax.inference.super_resolve import make_super_resolve
 METRIC_NAMES = ("psnr_y", "ssim_y", "lpips_alex")
 
 
+def metric_key(name: str, prefix: str = "") -> str:
+  """Where a score is logged: 'val/psnr_y', or with prefix 'bicubic_' its bicubic baseline."""
+  return f"val/{prefix}{name}"
+
+
+# What every evaluation returns: the keys ESGF and the best checkpoint can follow (the bicubic
+# baselines are logged beside them but never change).
+METRIC_KEYS = tuple(metric_key(name) for name in METRIC_NAMES)
+
+
 def to_unit(images):
   """[-1, 1] -> [0, 1], the metrics' range."""
   return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
@@ -47,7 +57,7 @@ class Validator:
 
   def _mean_scores(self, images, prefix):
     per_image = [on_host(self._score(sr, b["hr"])) for sr, b in zip(images, self.batches)]
-    return {f"val/{prefix}{name}": float(np.mean(np.concatenate([s[name] for s in per_image])))
+    return {metric_key(name, prefix): float(np.mean(np.concatenate([s[name] for s in per_image])))
             for name in per_image[0]}
 
   def super_resolve(self, params):
