@@ -75,7 +75,7 @@ def depthwise_table() -> list[str]:
   import jax.numpy as jnp
   import numpy as np
 
-  from linearsr_jax.models.autoencoder import depthwise_conv
+  from linearsr_jax.models.autoencoder_layers import depthwise_conv
 
   def grouped(x, kernel):
     p = kernel.shape[0] // 2

@@ -103,34 +103,9 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
   out.mkdir(parents=True, exist_ok=True)
   mine = range(process_index, len(source), process_count)
   name = shard_name(process_index, process_count)
-  from array_record.python.array_record_module import ArrayRecordWriter
-
   partial = out / f".{name}.partial"
-  writer = ArrayRecordWriter(str(partial), "group_size:1")
-  pending, written = [], 0
-
-  def flush():
-    latents = np.asarray(latent_space.encode(np.stack([hr for _, hr, _, _ in pending]) * 2 - 1))
-    for (item_name, hr, lr, tags), latent in zip(pending, latents):
-      writer.write(_serialise(item_name, hr, lr, latent, tags))
-    pending.clear()
-
-  try:
-    for index in tqdm(mine, desc="encode", unit="img", disable=not progress or process_index):
-      record = source[index]
-      for k in range(crops_per_image):
-        hr, lr = _fixed_crop(record, index, k, data_cfg)
-        pending.append((f"{record['name']}#{k}", hr, lr, record["tags"]))
-        written += 1
-        if len(pending) == batch_size:
-          flush()
-    if pending:
-      flush()
-    writer.close()
-  except BaseException:
-    writer.close()
-    partial.unlink(missing_ok=True)
-    raise
+  written = _write_shard(partial, source, mine, latent_space, data_cfg, crops_per_image,
+                         batch_size, progress=progress and process_index == 0)
   os.replace(partial, out / name)
   _wait_for_hosts(process_count)
   index = {"format": FORMAT, "crop_size": data_cfg.crop_size, "scale": data_cfg.scale,
@@ -145,6 +120,40 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
       json.dump(index, f, indent=2, sort_keys=True)
   log.info("host %d wrote %d crops to %s", process_index, written, out / name)
   return index
+
+
+def _write_shard(path, source, indices, latent_space, data_cfg, crops_per_image: int,
+                 batch_size: int, progress: bool) -> int:
+  """Writes the fixed crops of `source[indices]` with their latents (encoded `batch_size` at a
+  time) to one array_record file; removed again on failure. Returns the number of crops."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  writer = ArrayRecordWriter(str(path), "group_size:1")
+  pending, written = [], 0
+
+  def flush():
+    latents = np.asarray(latent_space.encode(np.stack([hr for _, hr, _, _ in pending]) * 2 - 1))
+    for (item_name, hr, lr, tags), latent in zip(pending, latents):
+      writer.write(_serialise(item_name, hr, lr, latent, tags))
+    pending.clear()
+
+  try:
+    for index in tqdm(indices, desc="encode", unit="img", disable=not progress):
+      record = source[index]
+      for k in range(crops_per_image):
+        hr, lr = _fixed_crop(record, index, k, data_cfg)
+        pending.append((f"{record['name']}#{k}", hr, lr, record["tags"]))
+        written += 1
+        if len(pending) == batch_size:
+          flush()
+    if pending:
+      flush()
+    writer.close()
+  except BaseException:
+    writer.close()
+    path.unlink(missing_ok=True)
+    raise
+  return written
 
 
 def _latent_shape(latent_space, crop_size: int) -> tuple:

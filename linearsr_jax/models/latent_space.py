@@ -22,6 +22,7 @@ import ml_collections
 
 from linearsr_jax.errors import UserError
 from linearsr_jax.models import autoencoder
+from linearsr_jax.models.autoencoder_layers import pixel_shuffle, pixel_unshuffle
 
 # Pooled statistics of skimage's astronaut, coffee, chelsea and rocket in [-1, 1]: mean -0.25,
 # std 0.52. (x - shift) * scale puts pixel-space latents of photographs near N(0, 1).
@@ -73,11 +74,11 @@ class PixelSpace:
   def encode_fn(self, params, images):
     del params
     _check_divisible(images, self.factor, "an image")
-    return (autoencoder.pixel_unshuffle(jnp.asarray(images), self.factor) - self.shift) * self.scale
+    return (pixel_unshuffle(jnp.asarray(images), self.factor) - self.shift) * self.scale
 
   def decode_fn(self, params, latents):
     del params
-    return autoencoder.pixel_shuffle(jnp.asarray(latents) / self.scale + self.shift, self.factor)
+    return pixel_shuffle(jnp.asarray(latents) / self.scale + self.shift, self.factor)
 
   def encode(self, images):
     return self.encode_fn({}, images)
