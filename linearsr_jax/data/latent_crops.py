@@ -85,8 +85,6 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
   Returns the index. process_index / count default to JAX's; tests pass them to simulate hosts.
   `config` is validated (config_check.validate) by whoever loaded it.
   """
-  from tqdm import tqdm
-
   from linearsr_jax.models.latent_space import make_latent_space
 
   if crops_per_image < 1 or batch_size < 1:
@@ -127,6 +125,7 @@ def _write_shard(path, source, indices, latent_space, data_cfg, crops_per_image:
   """Writes the fixed crops of `source[indices]` with their latents (encoded `batch_size` at a
   time) to one array_record file; removed again on failure. Returns the number of crops."""
   from array_record.python.array_record_module import ArrayRecordWriter
+  from tqdm import tqdm
 
   writer = ArrayRecordWriter(str(path), "group_size:1")
   pending, written = [], 0
