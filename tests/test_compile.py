@@ -91,13 +91,15 @@ def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(tmp_path)
   config.update_from_flattened_dict(NARROW)
   pod = tpu_pods.parse_pod("v5e-4")
   devices = tpu_pods.pod_devices(pod)
-  one, two = (cli_compile._train_step_bytes(config, devices, "pretrain", 4 * m) for m in (1, 2))
+  step_bytes = lambda batch: cli_compile._compile_train_step(config, devices, "pretrain",
+                                                             batch)[0]
+  one, two = step_bytes(4), step_bytes(8)
   room = (one + 2.5 * (two - one)) / 1024 ** 3
   small = dataclasses.replace(pod, chip=dataclasses.replace(pod.chip, hbm_gib=room))
   logged = []
   batch, result = cli_compile.find_batch(config, small, devices, "pretrain", log=logged.append)
   assert batch % 4 == 0 and batch >= 4 and result["fits"] and result["global_batch"] == batch
-  assert cli_compile._train_step_bytes(config, devices, "pretrain", batch + 4) > room * 1024 ** 3
+  assert step_bytes(batch + 4) > room * 1024 ** 3
   assert len(logged) <= 5, logged
 
 

@@ -53,7 +53,9 @@ def parse_topology(name: str):
                   f"{', '.join(f'{g}-8' for g in gpu_nodes.GPUS)}, h100-16 (2 nodes), …")
 
 
-def report(config, pod, devices, stage: str, batch_size: int) -> dict:
+def report(config, pod, devices, stage: str, batch_size: int, compiled=None) -> dict:
+  """Everything `linearsr compile` prints; `compiled`: the train step at `batch_size` with its
+  compile seconds, when `find_batch` has it already."""
   from linearsr_jax.aot import step_compile
   from linearsr_jax.train.loop import Run
 
@@ -66,7 +68,7 @@ def report(config, pod, devices, stage: str, batch_size: int) -> dict:
           "experts": config.stages[stage].num_experts, "global_batch": batch_size,
           "padding_free_multiple": _batch_unit(config, run.mesh, stage), "hbm_bytes": hbm}
   try:
-    train = step_compile.train_step_stats(run, stage, batch_size)
+    train = step_compile.train_step_stats(run, stage, batch_size, compiled)
   except step_compile.DoesNotFit as e:
     return dict(head, fits=False, required_bytes=e.required, available_bytes=e.available,
                 compiler=str(e))
@@ -139,19 +141,20 @@ def _batch_unit(config, mesh, stage: str) -> int:
   return unit // groups if experts % groups == 0 else unit
 
 
-def _train_step_bytes(config, devices, stage: str, batch_size: int) -> float:
-  """Per-chip bytes of the train step at `batch_size` (one compile; the scanned program's memory
-  is already the whole model's)."""
+def _compile_train_step(config, devices, stage: str, batch_size: int):
+  """(per-chip bytes of the train step at `batch_size`, (compiled step, compile seconds) or
+  None when the compiler refused it). One compile: the scanned program's memory is already the
+  whole model's."""
   from linearsr_jax.aot import hlo_stats, step_compile
   from linearsr_jax.train.loop import Run
 
   config.data.batch_size = batch_size
   run = Run(config, os.devnull, load_weights=False, devices=devices)
   try:
-    compiled, _ = step_compile.compile_train_step(run, stage, batch_size)
+    compiled = step_compile.compile_train_step(run, stage, batch_size)
   except step_compile.DoesNotFit as e:
-    return e.required
-  return hlo_stats.stats(compiled)["memory"]["total"]
+    return e.required, None
+  return hlo_stats.stats(compiled[0])["memory"]["total"], compiled
 
 
 def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
@@ -165,10 +168,13 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
   config_check.mesh_sizes(config, len(devices))  # a clear error first: no Run has checked it
   unit = _batch_unit(config, sharding.make_mesh(dict(config.mesh), devices), stage)
   hbm, need = pod.chip.hbm_gib * GIB, {}
+  largest = {}  # the largest fitting batch's compiled step, which the report reuses
 
   def fits(multiple) -> bool:
     if multiple not in need:
-      need[multiple] = _train_step_bytes(config, devices, stage, unit * multiple)
+      need[multiple], compiled = _compile_train_step(config, devices, stage, unit * multiple)
+      if need[multiple] <= hbm and multiple > largest.get("multiple", 0):
+        largest.update(multiple=multiple, compiled=compiled)
       log(f"batch {unit * multiple}: {need[multiple] / GIB:.2f} GiB "
           f"({'fits' if need[multiple] <= hbm else 'too large'})")
     return need[multiple] <= hbm
@@ -185,7 +191,7 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
       probe = lo + 1 if lo == guess else 2 * lo
     else:
       probe = hi - 1 if probe == guess and not ok else (lo + hi) // 2
-  return unit * lo, report(config, pod, devices, stage, unit * lo)
+  return unit * lo, report(config, pod, devices, stage, unit * lo, largest["compiled"])
 
 
 def run(args) -> int:

@@ -94,9 +94,10 @@ def _with_depth(config, depth: int):
   return config
 
 
-def train_step_stats(run: Run, stage: str, batch_size: int) -> dict:
-  """Per-chip stats of the train step, scanned blocks counted in full, plus compile time."""
-  compiled, seconds = compile_train_step(run, stage, batch_size)
+def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> dict:
+  """Per-chip stats of the train step, scanned blocks counted in full, plus compile time.
+  `compiled`: (the step at this batch, its compile seconds) when already compiled."""
+  compiled, seconds = compiled or compile_train_step(run, stage, batch_size)
   result = hlo_stats.stats(compiled)
   config, devices = run.config, list(run.mesh.devices.flat)
   if config.model.scan_layers and config.model.depth > 1:
