@@ -69,7 +69,7 @@ def two_metric_records(tau_psnr, tau_lpips, n, seed=0, noise=0.01):
   rng = np.random.default_rng(seed)
   psnr = 24.0 + 3.0 * (1 - np.exp(-steps / tau_psnr)) + 3.0 * noise * rng.standard_normal(n)
   lpips = 0.25 + 0.2 * np.exp(-steps / tau_lpips) + 0.2 * noise * rng.standard_normal(n)
-  return steps, [(int(s), {"val/psnr_y": float(p), "val/lpips": float(l)})
+  return steps, [(int(s), {"val/psnr_y": float(p), "val/lpips_alex": float(l)})
                  for s, p, l in zip(steps, psnr, lpips)]
 
 

@@ -19,7 +19,7 @@ def test_retention_follows_the_keep_set_of_each_save(tmp_path):
   save the disk holds exactly the latest N, the best, and the current keep-set (of the
   checkpoints not pruned before); the knee's checkpoint is there when ESGF fires."""
   _, records = two_metric_records(200, 300, 40, seed=1, noise=0.02)
-  detector = esgf.KneeDetector(config("val/psnr_y:max,val/lpips:min", min_points=6,
+  detector = esgf.KneeDetector(config("val/psnr_y:max,val/lpips_alex:min", min_points=6,
                                       patience=4))
   ckpts = StageCheckpoints(tmp_path / "checkpoints", keep_latest=KEEP_LATEST,
                            best_metric="val/psnr_y", best_mode="max")

@@ -160,8 +160,8 @@ def test_waits_for_min_points_and_for_confirmation():
 def test_lower_is_better_metric_is_the_mirror_image():
   steps, records = two_metric_records(800, 800, 80)
   psnr = esgf.detect(records, config("val/psnr_y:max"))
-  lpips = esgf.detect(records, config("val/lpips:min"))
-  wrong_way = esgf.detect(records, config("val/lpips:max"))
+  lpips = esgf.detect(records, config("val/lpips_alex:min"))
+  wrong_way = esgf.detect(records, config("val/lpips_alex:max"))
   assert psnr.fired and lpips.fired, (psnr.reason, lpips.reason)
   for decision in (psnr, lpips):
     assert abs(decision.knee_step - exponential_knee(800, steps[0], steps[-1])) <= tolerance(

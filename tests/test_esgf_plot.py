@@ -19,7 +19,7 @@ def green_pixels(png):
 
 def test_plot_marks_the_knee_and_the_baseline(tmp_path):
   _, records = two_metric_records(400, 400, 60)
-  cfg = config("val/psnr_y:max,val/lpips:min")
+  cfg = config("val/psnr_y:max,val/lpips_alex:min")
   fired = esgf.detect(records, cfg)
   early = esgf.detect(records[:12], cfg)
   assert fired.fired and not early.fired
@@ -34,7 +34,7 @@ def test_a_long_title_fits_in_the_figure():
   """Wrapped inside the figure's edges, above the top panel rather than over it."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   _, records = two_metric_records(400, 400, 60)
-  cfg = config("val/psnr_y:max,val/lpips:min")
+  cfg = config("val/psnr_y:max,val/lpips_alex:min")
   title = "stage pretrain_on_a_long_dataset_name: " + "ESGF knee at step 1234, " * 8
   fig = curves_figure(records, esgf.detect(records, cfg), cfg, title)
   renderer = FigureCanvasAgg(fig).get_renderer()

@@ -16,7 +16,7 @@ def default_config() -> ml_collections.ConfigDict:
   """ESGF knobs; patience / windows count evaluations, not training steps."""
   c = ml_collections.ConfigDict()
   # "name:direction" pairs; max = higher is better (PSNR), min = lower is better (LPIPS).
-  c.metrics = "val/psnr_y:max,val/lpips:min"
+  c.metrics = "val/psnr_y:max,val/lpips_alex:min"
   c.combine = "all"
   c.knee_step = "earliest"
   c.min_points = 10  # evaluations of a metric before it may be judged at all
@@ -50,7 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def parse_metrics(spec: str) -> tuple:
-  """'val/psnr_y:max,val/lpips:min' -> (('val/psnr_y', 'max'), ('val/lpips', 'min'))."""
+  """'val/psnr_y:max,val/lpips_alex:min' -> (('val/psnr_y', 'max'), ('val/lpips_alex', 'min'))."""
   pairs = []
   for item in (p.strip() for p in spec.split(",")):
     name, _, direction = item.rpartition(":")
