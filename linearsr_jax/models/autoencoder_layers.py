@@ -123,6 +123,12 @@ class GroupedPointwise(nn.Module):
     return jnp.einsum("...gi,gio->...go", xg, kernel.astype(self.dtype)).reshape(x.shape)
 
 
+def _affine_params(norm: nn.Module, channels: int):
+  """A torch norm's elementwise affine: `weight` (ones) and `bias` (zeros), float32."""
+  return (norm.param("weight", nn.initializers.ones, (channels,), jnp.float32),
+          norm.param("bias", nn.initializers.zeros, (channels,), jnp.float32))
+
+
 class RMSNorm(nn.Module):
   """diffusers RMSNorm(eps, elementwise_affine=True, bias=True) over channels, float32 math."""
   eps: float = 1e-5
@@ -130,8 +136,7 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    weight = self.param("weight", nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    weight, bias = _affine_params(self, c)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
     return (y * weight + bias).astype(x.dtype)
@@ -144,8 +149,7 @@ class BatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    weight = self.param("weight", nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    weight, bias = _affine_params(self, c)
     mean = self.param("running_mean", nn.initializers.zeros, (c,), jnp.float32)
     var = self.param("running_var", nn.initializers.ones, (c,), jnp.float32)
     y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.eps) * weight + bias
