@@ -33,10 +33,15 @@ def compile_row(config: str, topology: str, mode: str, overrides, results: Path)
   out = results / f"{config}_{topology}_{mode}.json"
   args = command(config, topology, mode, overrides)
   if not out.exists():
-    result = subprocess.run([str(ROOT / ".venv/bin" / args[0]), *args[1:], "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True)
+    # find_batch's progress (one line per compile) passes through; its error lines are kept.
+    errors = []
+    with subprocess.Popen([str(ROOT / ".venv/bin" / args[0]), *args[1:], "--out", str(out)],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as process:
+      for line in process.stderr:
+        print(f"  {config} {topology} {mode}: {line.rstrip()}", file=sys.stderr, flush=True)
+        errors += [line.strip()] if line.startswith("linearsr") else []
     if not out.exists():
-      errors = [l for l in result.stderr.splitlines() if l.startswith("linearsr")]
       return {"config": config, "topology": topology, "mode": mode,
               "error": (errors or ["failed"])[-1]}
   return dict(json.loads(out.read_text()), config=config, mode=mode, command=" ".join(args))
