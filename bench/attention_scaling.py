@@ -9,8 +9,6 @@ attention matrices alone would not fit in memory are reported as such instead of
 
 import argparse
 import dataclasses
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -18,10 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import psutil
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import markdown_table, median_seconds, xla_flops  # noqa: E402
-from configs import sana600m_x4  # noqa: E402
-from linearsr_jax.models.dit import Block, DiTConfig  # noqa: E402
+from common import markdown_table, median_seconds, xla_flops
+from linearsr_jax.configs import sana600m_x4
+from linearsr_jax.models.dit import Block, DiTConfig
 
 COND_TOKENS = 64
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def run_case(case: dict) -> dict:
@@ -27,7 +26,7 @@ def run_case(case: dict) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from bench.common import peak_rss_mib
+  from common import peak_rss_mib
   from linearsr_jax.inference import tiling
   from linearsr_jax.models import latent_space
 
@@ -35,7 +34,7 @@ def run_case(case: dict) -> dict:
 
   config = latent_space.default_config()
   if case["space"] == "dcae":
-    from configs.dcae_f32c32_sana import get_config
+    from linearsr_jax.configs.dcae_f32c32_sana import get_config
     config.kind, config.dcae, config.dcae_random_init = "dcae", get_config(), True
   space = latent_space.make_latent_space(config)
   size, tile, overlap = case["size"], case["tile"], case["overlap"]

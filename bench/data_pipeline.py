@@ -15,9 +15,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import markdown_table  # noqa: E402
-from linearsr_jax.data import pipeline  # noqa: E402
+from common import markdown_table
+from linearsr_jax.data import pipeline
 
 TAG_LENGTH = 16
 

@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.common import markdown_table  # noqa: E402
+from common import markdown_table
 
 GIB = 1024 ** 3
 MODES = {"encode": [], "precomputed": ["--config.data.hr_latents=precomputed"]}

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from linearsr_jax.atomic import atomic_file  # noqa: E402
+from linearsr_jax.atomic import atomic_file
 PYTHON = sys.executable
 
 # name -> arguments after `python bench/<name>.py`

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from configs import tiny
+from linearsr_jax.configs import tiny
 from linearsr_jax.diffusion import experts, flow, samplers
 from linearsr_jax.models.dit import DiT, DiTConfig, init_params
 

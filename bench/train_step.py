@@ -12,22 +12,19 @@ EMA, the non-finite guard), on one device. FLOPs are XLA's cost analysis of the 
 """
 
 import argparse
-import os
-import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import markdown_table, matmul_gflops, xla_flops  # noqa: E402
-from configs import sana600m_x4, tiny  # noqa: E402
-from linearsr_jax import sharding  # noqa: E402
-from linearsr_jax.models.build import build_model  # noqa: E402
-from linearsr_jax.train import optimizer  # noqa: E402
-from linearsr_jax.train.state import create_train_state  # noqa: E402
-from linearsr_jax.train.step import make_train_step  # noqa: E402
+from common import markdown_table, matmul_gflops, xla_flops
+from linearsr_jax.configs import sana600m_x4, tiny
+from linearsr_jax import sharding
+from linearsr_jax.models.build import build_model
+from linearsr_jax.train import optimizer
+from linearsr_jax.train.state import create_train_state
+from linearsr_jax.train.step import make_train_step
 
 
 def sana_width_config(depth: int):

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 PAPER = ("LinearSR paper (H-series GPU)", "1024²", "—", "—", "0.036", "0.036 × 20", "0.830", "—")
 
 
@@ -42,8 +41,8 @@ def tiny_row(size: int, tile: int) -> dict:
   import skimage
   import flax.linen as nn
 
-  from bench.common import peak_rss_mib
-  from configs import tiny
+  from common import peak_rss_mib
+  from linearsr_jax.configs import tiny
   from linearsr_jax.diffusion import experts
   from linearsr_jax.inference.trained import Trained
   from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
@@ -83,8 +82,8 @@ def sana_row(size: int, run: bool) -> dict:
   import jax.numpy as jnp
   import flax.linen as nn
 
-  from bench.common import matmul_gflops, peak_rss_mib
-  from configs import sana600m_x4
+  from common import matmul_gflops, peak_rss_mib
+  from linearsr_jax.configs import sana600m_x4
   from linearsr_jax.models.dit import DiT, DiTConfig, example_inputs
 
   config = sana600m_x4.get_config()
@@ -148,7 +147,7 @@ def main():
   sana_run = {int(s) for s in args.sana_sizes.split(",") if s}
   rows = [_child("tiny", s, args.tile) for s in sizes]
   rows += [_child("sana", s, "run" if s in sana_run else "estimate") for s in sizes]
-  from bench.common import markdown_table
+  from common import markdown_table
   header = ["model", "output", "tile", "tiles", "1 NFE per tile (s)", "NFEs, whole image (s)",
             "total (s)", "peak RSS (MiB)"]
   table = []

@@ -14,7 +14,6 @@ time its dense layers alone take (the same matmuls with nothing around them).
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -37,8 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from diffusers import SanaTransformer2DModel  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import markdown_table, matmul_gflops, median_seconds, xla_flops  # noqa: E402
+from common import markdown_table, matmul_gflops, median_seconds, xla_flops  # noqa: E402
 from linearsr_jax.interop.diffusers_sana import import_transformer  # noqa: E402
 from linearsr_jax.models.attention import Attention  # noqa: E402
 from linearsr_jax.models.dit import Block, DiT  # noqa: E402

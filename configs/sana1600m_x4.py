@@ -3,7 +3,7 @@
 Shared settings and where they come from: configs/sana_x4.py.
 """
 
-from configs.sana_x4 import sana_x4_config
+from linearsr_jax.configs.sana_x4 import sana_x4_config
 
 
 def get_config():

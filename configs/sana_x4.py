@@ -13,8 +13,8 @@ needs log2(32 / 4) = 3 stride-2 convs to reach the latent grid. Where each numbe
 - our reasoning, for a pod: the rest, said where it is set.
 """
 
-from configs.base import get_base_config, model_config, stage_config
-from configs import dcae_f32c32_sana
+from linearsr_jax.configs.base import get_base_config, model_config, stage_config
+from linearsr_jax.configs import dcae_f32c32_sana
 
 
 def sana_x4_config(**model_fields):

@@ -5,7 +5,7 @@ LR stem needs no stride-2 conv. The flow starts from the upsampled LR image (dif
 = 'lr'), so an untrained model already outputs roughly bicubic.
 """
 
-from configs.base import get_base_config, model_config, stage_config
+from linearsr_jax.configs.base import get_base_config, model_config, stage_config
 
 
 def get_config():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-import configs
+from linearsr_jax import configs
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.errors import UserError
 from linearsr_jax.train.run_dir import RunDir, read_json
@@ -75,8 +75,6 @@ def write_grid(lr_path, sr_path, hr_path, out_path, scale):
 
 
 def run(args) -> int:
-  from ml_collections import config_flags  # noqa: F401  (config files import it)
-
   from linearsr_jax.train.cli_train import parse_flags
 
   workdir = Path(args.workdir)

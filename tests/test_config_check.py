@@ -2,7 +2,6 @@
 field, before anything starts (no workdir), and every shipped config passes."""
 
 import importlib
-from pathlib import Path
 
 import flax
 import grain
@@ -10,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import tiny
+from linearsr_jax.configs import tiny
 from linearsr_jax import config_check
 from linearsr_jax.cli import main
 from linearsr_jax.errors import UserError
 from linearsr_jax.train.checkpoint import StageCheckpoints
+from repo_paths import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -98,7 +97,7 @@ def test_a_bug_in_the_config_file_keeps_its_traceback(tmp_path):
   """Only an override naming no field is a one-line error; a config file's own AttributeError
   is a bug to see."""
   buggy = tmp_path / "buggy.py"
-  buggy.write_text("from configs.tiny import get_config as tiny\n\n"
+  buggy.write_text("from linearsr_jax.configs.tiny import get_config as tiny\n\n"
                    "def get_config():\n  config = tiny()\n  config.no_such_section.depth = 1\n"
                    "  return config\n")
   with pytest.raises(AttributeError, match="no_such_section"):

@@ -3,7 +3,6 @@ space, state shardings. The SANA-sized ones are built from shapes only (`load_we
 nothing the size of the model is allocated."""
 
 import importlib
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -14,8 +13,8 @@ from diffusers import AutoencoderDC, SanaTransformer2DModel
 from linearsr_jax.interop.diffusers_sana import diffusers_config
 from linearsr_jax.models.latent_space import lr_stem_depth
 from linearsr_jax.train.loop import Run
+from repo_paths import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Files that hold sections or shared helpers rather than a training run.
 NOT_RUNS = {"__init__", "base", "sana_x4", "dcae_f32c32_sana"}
 RUN_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in NOT_RUNS)

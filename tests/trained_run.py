@@ -4,7 +4,7 @@
 seconds on CPU; the run directory has the layout `linearsr train` writes (train/loop.py).
 """
 
-from configs import tiny
+from linearsr_jax.configs import tiny
 
 _RUNS = {}
 

@@ -83,7 +83,7 @@ def test_slice_names_map_to_libtpu_topologies():
 def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(tmp_path):
   """On a v5e-4 whose chips are given just room for about three batch units (so the search
   walks a short way), the batch found fits and one unit more does not."""
-  from configs.sana600m_x4 import get_config
+  from linearsr_jax.configs.sana600m_x4 import get_config
   from linearsr_jax.aot import cli_compile
 
   config = get_config()
@@ -108,7 +108,7 @@ def test_each_expert_on_its_own_chips_gathers_only_its_own_weights():
   batch puts each expert's samples on the chips holding that expert, so a chip gathers one
   expert's weights; with no expert axis (fsdp 8) every chip runs, and gathers, all four."""
   import os
-  from configs.sana600m_x4 import get_config
+  from linearsr_jax.configs.sana600m_x4 import get_config
   from linearsr_jax.aot import step_compile
   from linearsr_jax.train.loop import Run
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from configs import tiny
+from linearsr_jax.configs import tiny
 from linearsr_jax import sharding
 from linearsr_jax.interop import diffusers_sana
 from linearsr_jax.models.dit import DiT, DiTConfig, example_inputs

@@ -106,7 +106,7 @@ def test_factory():
 
 
 def test_sana_config_is_the_published_architecture():
-  from configs.dcae_f32c32_sana import get_config
+  from linearsr_jax.configs.dcae_f32c32_sana import get_config
 
   model = autoencoder.build(get_config().to_dict())
   assert model.factor == 32 and model.cfg["latent_channels"] == 32

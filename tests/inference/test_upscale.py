@@ -19,9 +19,9 @@ from linearsr_jax.data.image_io import read_image
 from linearsr_jax.inference import tiling
 from linearsr_jax.inference.trained import load_trained
 from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
+from repo_paths import REPO
 from trained_run import trained_run
 
-REPO = Path(__file__).resolve().parents[1]
 SCALE = 4
 
 

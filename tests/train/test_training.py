@@ -24,8 +24,8 @@ import pytest
 from etils import epath
 
 from checkpoint_helpers import full_state
-from configs import tiny
-from configs.base import stage_config
+from linearsr_jax.configs import tiny
+from linearsr_jax.configs.base import stage_config
 from linearsr_jax import sharding
 from linearsr_jax.cli import main
 from linearsr_jax.data import pipeline
@@ -34,8 +34,8 @@ from linearsr_jax.models.build import build_model
 from linearsr_jax.train import loop
 from linearsr_jax.train.state import create_train_state
 from linearsr_jax.train.step import make_train_step
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 12
 # A model and data small enough that a whole CLI run takes well under a minute on 2 cores.
 SMALL = dict(model=dict(depth=1, hidden=64, heads=2, cross_heads=2, scan_layers=False),

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,8 @@ import skimage.transform
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference import tiling
 from linearsr_jax.models import autoencoder, latent_space
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def dcae_space(block_types, widths=(8, 16, 16), seed=0):

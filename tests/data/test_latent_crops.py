@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs.sana600m_x4 import get_config as sana600m
-from configs.tiny import get_config as tiny
+from linearsr_jax.configs.sana600m_x4 import get_config as sana600m
+from linearsr_jax.configs.tiny import get_config as tiny
 from linearsr_jax.cli import main
 from linearsr_jax.data import latent_crops, pipeline, sources
 from linearsr_jax.data.image_io import to_uint8

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -21,9 +20,9 @@ from diffusers import AutoencoderDC
 from linearsr_jax.cli import main
 from linearsr_jax.inference.trained import load_trained
 from model_helpers import tiny_f32_dcae
+from repo_paths import REPO
 from sana_reference import random_sana, reference_inputs, torch_forward
 
-REPO = Path(__file__).resolve().parents[1]
 T2I = dict(num_attention_heads=2, attention_head_dim=32, num_layers=2,
            num_cross_attention_heads=2, cross_attention_head_dim=32, cross_attention_dim=64,
            caption_channels=16, in_channels=32, out_channels=32, patch_size=1)

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -27,9 +26,9 @@ from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
 from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler, check_condition_flags
 from linearsr_jax.models.tags import make_condition
+from repo_paths import REPO
 from trained_run import tiny_run_config
 
-REPO = Path(__file__).resolve().parents[1]
 C = 16       # model.caption_channels of the tiny precomputed model
 L_MAX = 4    # tags.max_tokens
 
