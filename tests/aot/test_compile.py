@@ -103,6 +103,39 @@ def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(tmp_path)
   assert len(logged) <= 5, logged
 
 
+@pytest.mark.parametrize("name, gib, most", [
+    ("affine", lambda m: 1.0 + 0.1 * m, 4),
+    ("15 % over at 150 units", lambda m: 1.03 + 0.1 * (m - 1) if m <= 2 else
+     1.13 + 17.35 * (m - 2) / 148, 5),
+    ("convex", lambda m: 1.0 + 0.1 * m + 0.0008 * m * m, 8),
+    ("concave", lambda m: 1.0 + 0.3 * m ** 0.8, 8),
+    ("a jump at 80 units", lambda m: 1.0 + 0.1 * m + (3.0 if m > 80 else 0.0), 7),
+    ("two units too many", lambda m: 10.0 + 4.0 * m, 2),
+])
+def test_find_batch_search_on_memory_curves_of_known_shape(monkeypatch, name, gib, most):
+  """The search alone, on memory curves given as formulas (multiples of the unit -> GiB):
+  it returns the largest multiple that fits, the next one does not, in few compiles."""
+  from linearsr_jax.aot import cli_compile
+
+  probed = []
+
+  def compile_step(config, devices, stage, batch):
+    probed.append(batch // 8)
+    return gib(batch // 8) * 1024 ** 3, object()
+
+  monkeypatch.setattr(cli_compile, "_compile_train_step", compile_step)
+  monkeypatch.setattr(cli_compile, "_batch_unit", lambda *args: 8)
+  monkeypatch.setattr(cli_compile, "report", lambda *args: {})
+  monkeypatch.setattr("linearsr_jax.config_check.mesh_sizes", lambda *args: None)
+  monkeypatch.setattr("linearsr_jax.sharding.make_mesh", lambda *args: None)
+  pod = tpu_pods.parse_pod("v5e-4")  # 16 GiB per chip
+  config = type("Config", (), {"mesh": {}})()
+  batch, _ = cli_compile.find_batch(config, pod, [], "pretrain", log=lambda line: None)
+  largest = batch // 8
+  assert gib(largest) <= 16 < gib(largest + 1), (name, probed)
+  assert len(probed) <= most, (name, probed)
+
+
 def test_each_expert_on_its_own_chips_gathers_only_its_own_weights():
   """4 experts on a v5e-8. With the SANA configs' expert axis of 4 (× fsdp 2) the expert-major
   batch puts each expert's samples on the chips holding that expert, so a chip gathers one
