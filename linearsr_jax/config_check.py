@@ -20,7 +20,7 @@ from linearsr_jax.diffusion import experts, flow, samplers
 from linearsr_jax.errors import UserError
 from linearsr_jax.models import attention, dit, tags
 from linearsr_jax.models.latent_space import lr_stem_depth, make_latent_space
-from linearsr_jax.train import esgf, optimizer, validation
+from linearsr_jax.train import esgf, metric_keys, optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,7 @@ CHOICES = {
     "model.remat": tuple(dit.REMAT_POLICIES),
     "model.dtype": dit.DTYPES,
     "train.best_mode": esgf.DIRECTIONS,
-    "train.best_metric": validation.METRIC_KEYS,
+    "train.best_metric": metric_keys.METRIC_KEYS,
 }
 RANGES = {
     **dict.fromkeys(["data.scale", "data.crop_size", "data.batch_size", "data.eval.batch_size",
@@ -95,7 +95,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check_fields(_flatten(config))
   _check_stages(config)
   flow.check_config(config.diffusion)
-  _check_esgf(config.esgf)
+  _check_esgf(config.esgf, min(config.stages[n].num_experts for n in stage_names(config)))
   latent_space = make_latent_space(config.latent, load_params=False)  # kind, factor, header
   _check_crop_size(config.data, latent_space.factor)
   _check_model(config, latent_space)
@@ -191,14 +191,16 @@ def _check_stages(config):
                    f"{experts_of_stage} experts of stage {name}")
 
 
-def _check_esgf(esgf_cfg):
-  """ESGF's own knobs, and its metrics among those every evaluation returns: a misspelt one
-  would never be logged, and the stage would silently run to its step budget."""
+def _check_esgf(esgf_cfg, fewest_experts: int):
+  """ESGF's own knobs, and its metrics among those every evaluation of every stage returns (the
+  experts' flow losses up to the smallest stage's): a misspelt one would never be logged, and
+  the stage would silently run to its step budget."""
   esgf.validate_config(esgf_cfg)
+  logged = metric_keys.logged_keys(fewest_experts)
   for name, _ in esgf.parse_metrics(esgf_cfg.metrics):
-    if name not in validation.METRIC_KEYS:
+    if name not in logged:
       raise _error("esgf.metrics", esgf_cfg.metrics, f"names {name!r}, which validation does "
-                   f"not log; choose from {_alternatives(validation.METRIC_KEYS)}")
+                   f"not log; choose from {_alternatives(logged)}")
 
 
 def _check_crop_size(data, latent_factor: int):

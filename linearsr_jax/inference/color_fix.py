@@ -1,8 +1,9 @@
 """Colour correction of an SR image against its LR input (the peers' fix for colour shifts).
 
 - `adain`: per-channel mean and std of the SR image matched to the bicubic-upsampled LR.
-- `wavelet`: the SR image's low frequencies replaced by the upsampled LR's (StableSR): both are
-  split by a stack of dilated blurs; the SR detail levels are kept, the LR residual is taken.
+- `wavelet`: the SR image's low frequencies replaced by the upsampled LR's, as StableSR's
+  `wavelet_reconstruction` does it: both are split by five 3×3 [1, 2, 1]/4 blurs of dilation
+  1, 2, 4, 8, 16 with replicated edges; the SR detail levels are kept, the LR residual taken.
 Images are float HxWx3 in [0, 1].
 """
 
@@ -19,13 +20,13 @@ def adain(sr, reference):
 
 
 def _low_frequency(image, levels: int):
-  """The residual after `levels` à-trous blurs of dilation 1, 2, 4, …"""
+  """The residual after `levels` blurs of dilation 1, 2, 4, … (the 3×3 kernel is separable)."""
   low = image
   for level in range(levels):
     d = 2 ** level
-    kernel = np.zeros(4 * d + 1, np.float32)
-    kernel[::d] = [1 / 16, 1 / 4, 3 / 8, 1 / 4, 1 / 16]
-    low = cv2.sepFilter2D(low, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT)
+    kernel = np.zeros(2 * d + 1, np.float32)
+    kernel[::d] = [1 / 4, 1 / 2, 1 / 4]
+    low = cv2.sepFilter2D(low, -1, kernel, kernel, borderType=cv2.BORDER_REPLICATE)
   return low
 
 

@@ -8,12 +8,14 @@ Prints the decision, the reason per metric and the checkpoint steps ESGF would k
 code 0 whether or not a knee is found (the answer is in the output), 2 on bad arguments.
 """
 
+import itertools
 from pathlib import Path
 
 import ml_collections
 
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import esgf
+from linearsr_jax.train.metric_keys import flow_loss_key
 from linearsr_jax.train.run_dir import RunDir, StageDir, read_json
 
 
@@ -73,7 +75,14 @@ def run(args) -> int:
   config.update(given)
   esgf.validate_config(config)
   records, ignored = esgf.read_metrics_jsonl(path)
-  decision = esgf.detect(records, config)
+  # As the loop judged them: a run's first stage without its untrained step 0.
+  origin = (read_json(StageDir(path.parent).stage_json) or {}).get("init_from", {})
+  first_stage = bool(origin) and origin.get("stage") is None
+  records = [(step, values) for step, values in records if esgf.judged(step, first_stage)]
+  # The stage's experts: as many as it logged validation flow losses for.
+  num_experts = next(e for e in itertools.count()
+                     if not any(flow_loss_key(e) in values for _, values in records))
+  decision = esgf.detect(records, config, max(num_experts, 1))
 
   print(f"metrics: {path} ({len(records)} records"
         + (f", {ignored} unreadable lines ignored)" if ignored else ")"))
@@ -86,6 +95,9 @@ def run(args) -> int:
     mark = "confirmed" if verdict.confirmed else "not confirmed"
     print(f"  {verdict.name} ({verdict.direction}, {verdict.points} points): {mark}: "
           f"{verdict.reason}")
+  for verdict in decision.expert_losses:
+    state = "still improving" if esgf.still_improving(verdict, config) else "settled"
+    print(f"  {verdict.name} (gate, {verdict.points} points): {state}: {verdict.reason}")
   missing = [n for n, _ in esgf.parse_metrics(config.metrics)
              if n not in {v.name for v in decision.metrics}]
   if missing:

@@ -28,7 +28,7 @@ from linearsr_jax.train.divergence_guard import DivergenceGuard
 from linearsr_jax.train.state import (abstract_train_state, branch_params, create_train_state,
                                       expert_param_shapes, overlay_params)
 from linearsr_jax.train.step import make_train_step
-from linearsr_jax.train.validation import Validator
+from linearsr_jax.train.validation import ExpertFlowLosses, Validator
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class _StageTraining:
     self.is_lead = jax.process_index() == 0
     self.tx, _ = the_run.optimizer(name)
     self.abstract, self.shardings = the_run.abstract_state(name)
-    self.detector = esgf.KneeDetector(the_run.config.esgf)
+    self.detector = esgf.KneeDetector(the_run.config.esgf, num_experts=self.cfg.num_experts)
     train_cfg = the_run.config.train
     self.ckpts = StageCheckpoints(self.dir.checkpoints, keep_latest=train_cfg.keep_latest,
                                   best_metric=train_cfg.best_metric,
@@ -204,13 +204,19 @@ class _StageTraining:
       log.info("stage %s: resumed from checkpoint %d", self.name, self.resumed_from)
     self.mlog = run_dir.MetricsLog(self.dir.metrics_jsonl, self.resumed_from,
                                    write=self.is_lead)
+    self.first_stage = index == 0
     for row in self.mlog.evaluations():
-      self.detector.update(row["step"], row)
+      if esgf.judged(row["step"], self.first_stage):
+        self.detector.update(row["step"], row)
     self.validator = Validator(self.run.model, self.run.latent_space, self.run.latent_params,
                                self.run.diffusion_config(self.name), self.run.eval_batches,
                                scale=config.data.scale, sampler_steps=config.train.eval_steps,
                                seed=config.seed)
     self.bicubic = self.validator.bicubic()
+    self.expert_losses = ExpertFlowLosses(
+        self.run.model, self.run.latent_space, self.run.latent_params,
+        self.run.diffusion_config(self.name), self.run.eval_batches, scale=config.data.scale,
+        seed=config.seed)
     self.writer = metric_writers.create_default_writer(self.dir.path,
                                                        just_logging=not self.is_lead)
     self.guard = DivergenceGuard(config.train.guard, start_params)
@@ -219,11 +225,13 @@ class _StageTraining:
     """Validation metrics of the state's EMA params, logged and checkpointed with the state;
     returns (the detector's decision, the metrics)."""
     val, sr = self.validator(self.state.ema_params)
+    val.update(self.expert_losses(self.state.ema_params))
     row = {"step": step, **val, **self.bicubic, "train/lr_scale": float(self.state.lr_scale)}
     self.mlog.append(row)
     self.writer.write_scalars(step, row)
     self.writer.write_images(step, {"val/lr_bicubic_sr_hr": self.validator.image_grid(sr)})
-    decision = self.detector.update(step, val)  # first: its keep-set prunes this save
+    decision = (self.detector.update(step, val)  # first: its keep-set prunes this save
+                if esgf.judged(step, self.first_stage) else self.detector.decision)
     self.ckpts.save(step, self.state, self.data_iter, val, keep=decision.keep_steps)
     log.info("stage %s step %d: %s", self.name, step, ", ".join(
         f"{k}={v:.4f}" for k, v in val.items()))
@@ -282,15 +290,27 @@ class _StageTraining:
     self.state, _ = self.ckpts.restore(good, self.abstract, self.data_iter)
     return int(self.state.step)
 
+  def _budget_branch(self, decision) -> tuple:
+    """(step, reason) to branch from when the budget ended the stage: see esgf.budget_branch;
+    the latest checkpoint only while there are too few evaluations to judge."""
+    chosen, why = esgf.budget_branch(decision, self.run.config.esgf)
+    if chosen is None:
+      chosen, why = self.ckpts.latest_step(), f"the latest checkpoint: {why}"
+    elif chosen not in self.dir.checkpoint_steps():
+      log.warning("stage %s: checkpoint %d (%s) was not kept", self.name, chosen, why)
+      why = f"the latest checkpoint: step {chosen} ({why}) was not kept"
+      chosen = self.ckpts.latest_step()
+    return chosen, (f"step budget {self.cfg.max_steps} reached; branching from step {chosen}, "
+                    f"{why} ({decision.reason})")
+
   def finish(self, step: int, decision) -> StageResult:
-    """Restores the knee (ESGF's, or the last checkpoint when the budget ended the stage),
-    writes the knee plot and result.json, and hands the knee's EMA params on."""
+    """Restores the knee (ESGF's, or when the budget ended the stage, its candidate or best
+    checkpoint), writes the knee plot and result.json, and hands the knee's EMA params on."""
     del self.state, self.guard  # only the knee's EMA params go on to the next stage
     if self.cfg.esgf and decision.fired:
       knee_step, reason, fired = decision.knee_step, decision.reason, True
     else:
-      knee_step, fired = self.ckpts.latest_step(), False
-      reason = f"step budget {self.cfg.max_steps} reached ({decision.reason})"
+      (knee_step, reason), fired = self._budget_branch(decision), False
     knee_state, _ = self.ckpts.restore(knee_step, self.abstract)
     self.ckpts.close()
     if self.is_lead:

@@ -1,7 +1,9 @@
-"""Validation during training: sample SR images for a fixed eval batch and score them.
+"""Validation during training: sample SR images for a fixed eval batch and score them, and
+each expert's flow loss on fixed noise.
 
 PSNR / SSIM on BT.601 Y and LPIPS (Alex, v0.1) against HR, the same metric code as
-`linearsr eval`. The bicubic baseline on the same pairs is computed once.
+`linearsr eval`. The bicubic baseline on the same pairs is computed once. The names the
+curves are logged under: metric_keys.py.
 """
 
 import jax
@@ -9,21 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from linearsr_jax.diffusion import experts, flow
 from linearsr_jax.evaluate import metrics
 from linearsr_jax.inference.resize import upsample_bicubic
 from linearsr_jax.inference.super_resolve import make_super_resolve
-
-METRIC_NAMES = ("psnr_y", "ssim_y", "lpips_alex")
-
-
-def metric_key(name: str, prefix: str = "") -> str:
-  """Where a score is logged: 'val/psnr_y', or with prefix 'bicubic_' its bicubic baseline."""
-  return f"val/{prefix}{name}"
-
-
-# What every evaluation returns: the keys ESGF and the best checkpoint can follow (the bicubic
-# baselines are logged beside them but never change).
-METRIC_KEYS = tuple(metric_key(name) for name in METRIC_NAMES)
+from linearsr_jax.train.metric_keys import METRIC_NAMES, flow_loss_key, metric_key
 
 
 def to_unit(images):
@@ -81,3 +73,53 @@ class Validator:
     bicubic = jnp.clip(upsample_bicubic(b["lr"], self.scale), -1.0, 1.0)
     rows = jnp.concatenate([lr_big, bicubic, sr, b["hr"]], axis=2)
     return np.asarray(to_unit(rows) * 255.0 + 0.5).astype(np.uint8)
+
+
+class ExpertFlowLosses:
+  """Each expert's flow-matching loss on the eval pairs at fixed (x0, source, σ): σ drawn once
+  inside each expert's interval from the training density, the source once, so between
+  evaluations only the params move the curve: cheap and low in noise. The sampler alone may
+  never run an expert (4 steps at shift 3 start at σ = 1, .9, .75, .5, so the refinement
+  expert below 0.223 never runs); these curves see every one."""
+
+  def __init__(self, model, latent_space, latent_params, diffusion_cfg, eval_batches, *,
+               scale: int, seed: int = 0):
+    apply_fn = experts.model_apply(model)
+    cfg = diffusion_cfg
+    num_experts = cfg.experts.num_experts
+    lo, hi = experts.expert_intervals(experts.boundaries_from_config(cfg.experts))
+
+    def fixed_triples(latent_params, hr, lr, key):
+      key_sigma, key_source = jax.random.split(key)
+      x0 = latent_space.encode_fn(latent_params, hr)
+      lr_latent = (latent_space.encode_fn(latent_params, upsample_bicubic(lr, scale))
+                   if cfg.source == "lr" else None)
+      sigma = flow.sample_sigma(key_sigma, (num_experts, x0.shape[0]), cfg, lo[:, None],
+                                hi[:, None])
+      x1 = jnp.stack([flow.draw_source(k, x0.shape, cfg, lr_latent)
+                      for k in jax.random.split(key_source, num_experts)])
+      return x0, x1, sigma
+
+    def losses(stacked_params, x0, x1, sigma, lr, cond, cond_mask):
+      def one_expert(e):  # lax.map: one forward compiled, the experts run in turn
+        params = experts.select_expert(stacked_params, e)
+        x_t = flow.interpolate(x0, x1[e], sigma[e])
+        v = apply_fn(params, x_t, sigma[e] * cfg.timestep_scale, lr, cond, cond_mask)
+        return flow.per_sample_loss(v, flow.velocity_target(x0, x1[e]))
+      return jax.lax.map(one_expert, jnp.arange(num_experts))  # [E, batch]
+
+    prepare = jax.jit(fixed_triples)
+    base = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+    self.fixed = []
+    for i, b in enumerate(eval_batches):
+      lr = jnp.asarray(b["lr"])
+      x0, x1, sigma = prepare(latent_params, jnp.asarray(b["hr"]), lr,
+                              jax.random.fold_in(base, i))
+      self.fixed.append((x0, x1, sigma, lr, jnp.asarray(b["cond"]), jnp.asarray(b["cond_mask"])))
+    self._losses = jax.jit(losses)
+
+  def __call__(self, stacked_params) -> dict:
+    """{'val/flow_loss_expert<e>': mean over the eval images}."""
+    per_image = np.concatenate([on_host(self._losses(stacked_params, *f)) for f in self.fixed],
+                               axis=1)
+    return {flow_loss_key(e): float(v) for e, v in enumerate(per_image.mean(axis=1))}

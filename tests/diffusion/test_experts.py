@@ -1,6 +1,7 @@
 """Expert mixture: SNR-bisected boundaries, routing by t, stacked params, training by vmap."""
 
 import functools
+from fractions import Fraction
 
 import flax.linen as nn
 import jax
@@ -10,7 +11,7 @@ import pytest
 
 from linearsr_jax import sharding
 from linearsr_jax.data import pipeline
-from linearsr_jax.diffusion import experts, flow
+from linearsr_jax.diffusion import experts, flow, samplers
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.dit import DiT, DiTConfig, init_params
 
@@ -70,6 +71,29 @@ def test_every_t_maps_to_exactly_one_expert(boundaries):
   inside = (t[:, None] >= lo) & ((t[:, None] < hi) | ((t[:, None] == 1) & (hi == 1)))
   assert (inside.sum(1) == 1).all()
   np.testing.assert_array_equal(experts.expert_index(t, boundaries), inside.argmax(1))
+
+
+@pytest.mark.parametrize("shift", [1, 2, 3, 4])
+def test_sampler_steps_on_the_anchor_run_the_expert_above_it(shift):
+  """In exact arithmetic a schedule step can land on the anchor (20 steps at shift 3: σ = 7/8);
+  in float64 it comes out as 0.8749999…, which a float64 comparison would hand to the expert
+  below. Exact rationals say which expert each step belongs to."""
+  boundaries = experts.snr_boundaries(4, -7.04, 8.89, 0.875)
+  exact_boundaries = [Fraction(b) for b in boundaries]  # the anchor is exactly 7/8
+  on_anchor = 0
+  for steps in range(1, 61):
+    schedule = samplers.sigma_schedule(steps, shift)[:-1]
+    routed = experts.expert_index(schedule, boundaries, xp=np)
+    np.testing.assert_array_equal(routed, np.asarray(experts.expert_index(schedule, boundaries)))
+    for k, expert in enumerate(routed):
+      s = 1 - Fraction(k, steps)
+      sigma = shift * s / (1 + (shift - 1) * s)
+      if any(abs(sigma - b) < Fraction(1, 10 ** 6) and b != Fraction(7, 8)
+             for b in exact_boundaries):
+        continue  # a float boundary's own rounding decides; nothing exact to compare with
+      on_anchor += sigma == Fraction(7, 8)
+      assert expert == sum(sigma >= b for b in exact_boundaries), (steps, k, float(sigma))
+  assert on_anchor >= 3  # the cases that matter were seen (20 steps at shift 3 among them)
 
 
 def test_stacking_boxed_params_prepends_expert_axis():

@@ -27,14 +27,17 @@ def test_adain_matches_per_channel_mean_and_std(pair):
 
 
 def low_frequency_f64(image, levels=5):
-  """The à-trous B3-spline residual (dilations 1, 2, 4, ...), float64 SciPy, mirrored edges."""
+  """StableSR's `wavelet_decomposition` low band, written out in float64: each level pads by
+  its dilation d with replicated edges and convolves with the 3×3 kernel
+  [[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16 spread to taps d apart."""
   low = np.asarray(image, np.float64)
+  kernel = np.outer([1, 2, 1], [1, 2, 1]) / 16
   for level in range(levels):
     d = 2 ** level
-    kernel = np.zeros(4 * d + 1)
-    kernel[::d] = [1 / 16, 1 / 4, 3 / 8, 1 / 4, 1 / 16]
-    for axis in (0, 1):
-      low = ndimage.convolve1d(low, kernel, axis=axis, mode="reflect")
+    padded = np.pad(low, ((d, d), (d, d), (0, 0)), mode="edge")
+    h, w = low.shape[:2]
+    low = sum(kernel[i, j] * padded[i * d:i * d + h, j * d:j * d + w]
+              for i in range(3) for j in range(3))
   return low
 
 

@@ -320,6 +320,30 @@ def test_loop_restores_last_checkpoint_after_consecutive_skips(tmp_path, monkeyp
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final["params"]))
 
 
+def test_a_stage_that_runs_out_of_budget_branches_near_its_peak(tmp_path, monkeypatch):
+  """Validation scores scripted to peak at step 6 and fall to the budget's end (14), with ESGF
+  off for the stage: the next stage must start from the peak region's checkpoint, not the
+  last one, and run.json must say which and why."""
+  config = small_config(**{"stages.pretrain.max_steps": 14, "stages.pretrain.esgf": False,
+                           "train.eval_every": 1, "train.log_every": 7, "data.batch_size": 8})
+  real, evaluations = loop.Validator.__call__, []
+
+  def scripted(self, params):
+    val, sr = real(self, params)
+    i = len(evaluations)  # = the step: one evaluation per step from 0
+    evaluations.append(i)
+    psnr = 22 + 2 * (1 - np.exp(-i / 3)) - 0.12 * max(0, i - 6)
+    return dict(val, **{"val/psnr_y": psnr, "val/lpips_alex": 0.5 - 0.05 * (psnr - 22)}), sr
+
+  monkeypatch.setattr(loop.Validator, "__call__", scripted)
+  loop.run(config, tmp_path)
+  stage = json.loads((tmp_path / "run.json").read_text())["stages"][0]
+  assert not stage["fired"] and 3 <= stage["knee_step"] <= 8, stage
+  assert f"branching from step {stage['knee_step']}, ESGF's unconfirmed knee" in stage["reason"]
+  assert (tmp_path / "pretrain" / "checkpoints" / str(stage["knee_step"])).is_dir()
+  assert json.loads((tmp_path / "pretrain" / "result.json").read_text())["final_step"] == 14
+
+
 @pytest.mark.parametrize("trigger", ["loss", "psnr"])
 def test_divergence_after_a_branch_rolls_back_to_it_with_a_lower_lr(tmp_path, caplog, trigger):
   """A fine-tuning stage with a learning rate of 1 diverges at once. The guard must roll back

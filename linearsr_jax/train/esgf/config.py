@@ -18,6 +18,10 @@ def default_config() -> ml_collections.ConfigDict:
   # "name:direction" pairs; max = higher is better (PSNR), min = lower is better (LPIPS).
   c.metrics = "val/psnr_y:max,val/lpips_alex:min"
   c.combine = "all"
+  # In a stage with several experts, also wait while any expert's validation flow loss
+  # (val/flow_loss_expert<e>, one curve per expert) is still improving: the sampler's few
+  # validation steps may never run some experts, so PSNR / LPIPS alone are blind to them.
+  c.expert_losses = True
   c.knee_step = "earliest"
   c.min_points = 10  # evaluations of a metric before it may be judged at all
   c.smoothing = ml_collections.ConfigDict()

@@ -5,6 +5,11 @@ metric present in the history is confirmed, "any" when one is. The knee step is 
 `knee_step` ("earliest" by default: a later, "converged" checkpoint is the one that
 collapsed in the paper; "median" = the lower median; "latest") of the confirmed metrics'
 knees.
+
+With `expert_losses` in a stage of several experts, each expert's validation flow loss is
+judged the same way and gates the firing: ESGF waits while one of them is still improving (a
+curve that has not risen significantly after `min_points` evaluations has nothing to wait
+for). The knee itself stays the metrics': the branch is one checkpoint for all experts.
 """
 
 import dataclasses
@@ -15,6 +20,7 @@ import numpy as np
 from linearsr_jax.train.esgf.config import default_config, parse_metrics, validate_config
 from linearsr_jax.train.esgf.knee import MetricKnee, analyze_metric
 from linearsr_jax.train.esgf.records import metric_series, numeric_values
+from linearsr_jax.train.metric_keys import flow_loss_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +33,7 @@ class KneeDecision:
   confidence: float
   metrics: tuple = ()  # MetricKnee per configured metric present in the history
   keep_steps: frozenset = frozenset()  # evaluated steps whose checkpoints ESGF may need
+  expert_losses: tuple = ()  # MetricKnee per expert's validation flow loss (the gate)
 
   def metric(self, name) -> MetricKnee:
     """The verdict on one metric; KeyError when it was not logged."""
@@ -46,7 +53,8 @@ def _steps_to_keep(verdicts, all_steps, radius, knee_step=None) -> frozenset:
   Undecided: every step from the earliest candidate (less `radius` evaluations) to the
   newest, because Kneedle's knee drifts later as the run grows (for an exponential by about
   τ·ln 2 per doubling of the run), onto steps after today's candidate; every step while a
-  metric has no candidate yet. Fired: the knee +- `radius` evaluations.
+  metric has no candidate yet; and each metric's best step, which a stage that ends on its
+  budget may branch from (`budget_branch`). Fired: the knee +- `radius` evaluations.
   """
   all_steps = np.asarray(sorted(all_steps), dtype=np.int64)
   if knee_step is not None:
@@ -58,38 +66,74 @@ def _steps_to_keep(verdicts, all_steps, radius, knee_step=None) -> frozenset:
     lo, hi = min(centres), int(all_steps[-1])
   first = max(0, int(np.searchsorted(all_steps, lo)) - radius)
   last = int(np.searchsorted(all_steps, hi)) + radius
-  return frozenset(int(s) for s in all_steps[first:last + 1])
+  best = {v.best_step for v in verdicts if knee_step is None and v.best_step is not None}
+  return frozenset(int(s) for s in all_steps[first:last + 1]) | best
 
 
-def detect(records: Sequence, config) -> KneeDecision:
-  """The decision for a whole history of (step, {metric: value}) records."""
-  validate_config(config)
+def budget_branch(decision: KneeDecision, config) -> tuple:
+  """(step, why) for a stage whose step budget ran out before ESGF fired: not the latest
+  checkpoint, which is the one that collapsed in the paper, but ESGF's knee candidate where a
+  metric's curve has bent, else the step of the best smoothed value (the `knee_step` rule
+  picks among metrics). (None, why) while no metric has enough evaluations to judge."""
+  bent = [m.knee_step for m in decision.metrics if m.knee_step is not None
+          and m.evidence.get("knee_score", 0.0) >= config.knee.min_score]
+  if bent:
+    return _pick_step(bent, config.knee_step), "ESGF's unconfirmed knee candidate"
+  best = [m.best_step for m in decision.metrics if m.best_step is not None]
+  if best:
+    return _pick_step(best, config.knee_step), "the best smoothed ESGF metrics"
+  return None, f"too few evaluations to judge ({config.min_points} needed)"
+
+
+def _verdicts(records, named_directions, config) -> tuple:
+  """MetricKnee of each (name, direction) present in the records."""
   verdicts = []
-  for name, direction in parse_metrics(config.metrics):
+  for name, direction in named_directions:
     steps, values = metric_series(records, name)
     if len(steps):
       verdicts.append(analyze_metric(steps, values, name, direction, config))
+  return tuple(verdicts)
+
+
+def still_improving(verdict: MetricKnee, config) -> bool:
+  """Whether a gating curve holds ESGF back: not confirmed, and not flat after min_points."""
+  return not verdict.confirmed and not (verdict.points >= config.min_points
+                                        and verdict.knee_step is None)
+
+
+def detect(records: Sequence, config, num_experts: int = 1) -> KneeDecision:
+  """The decision for a whole history of (step, {metric: value}) records of a stage with
+  `num_experts` experts."""
+  validate_config(config)
+  verdicts = list(_verdicts(records, parse_metrics(config.metrics), config))
+  gates = _verdicts(records, [(flow_loss_key(e), "min") for e in range(num_experts)],
+                    config) if config.expert_losses and num_experts > 1 else ()
   all_steps = {int(s) for v in verdicts for s in metric_series(records, v.name)[0]}
   if not verdicts:
     return KneeDecision(False, None, "no knee yet: none of the metrics "
                         f"{config.metrics} has been logged", 0.0, (), frozenset(all_steps))
   confirmed = [v for v in verdicts if v.confirmed]
   needed = len(verdicts) if config.combine == "all" else 1
-  fired = len(confirmed) >= needed
+  waiting = [g for g in gates if still_improving(g, config)]
+  fired = len(confirmed) >= needed and not waiting
   summary = "; ".join(f"{v.name}: {v.reason}" for v in verdicts)
   if not fired:
     candidates = [v.knee_step for v in verdicts if v.knee_step is not None]
     confidence = min(v.confidence for v in verdicts)
+    why = (f"{config.combine} of {len(verdicts)} metrics must confirm"
+           if len(confirmed) < needed else "an expert's validation loss still improves: "
+           + "; ".join(f"{g.name}: {g.reason}" for g in waiting))
     return KneeDecision(False, _pick_step(candidates, config.knee_step) if candidates
-                        else None, f"no knee yet ({config.combine} of {len(verdicts)} "
-                        f"metrics must confirm) - {summary}", confidence, tuple(verdicts),
-                        _steps_to_keep(verdicts, all_steps, config.candidate_radius))
+                        else None, f"no knee yet ({why}) - {summary}", confidence,
+                        tuple(verdicts), _steps_to_keep(verdicts, all_steps,
+                                                        config.candidate_radius), gates)
   knee_step = _pick_step([v.knee_step for v in confirmed], config.knee_step)
   confidence = (min if config.combine == "all" else max)(v.confidence for v in confirmed)
   return KneeDecision(True, knee_step, f"knee at step {knee_step} ({config.knee_step} of "
                       f"{len(confirmed)} confirmed, rule '{config.combine}') - {summary}",
                       confidence, tuple(verdicts),
-                      _steps_to_keep(verdicts, all_steps, config.candidate_radius, knee_step))
+                      _steps_to_keep(verdicts, all_steps, config.candidate_radius, knee_step),
+                      gates)
 
 
 class KneeDetector:
@@ -103,8 +147,9 @@ class KneeDetector:
   latched: the next stage has branched from that knee, later points do not move it.
   """
 
-  def __init__(self, config=None, records: Iterable = ()):
+  def __init__(self, config=None, records: Iterable = (), num_experts: int = 1):
     self.config = config if config is not None else default_config()
+    self.num_experts = num_experts
     validate_config(self.config)
     self.records = []
     self.decision = KneeDecision(False, None, "no knee yet: no evaluations", 0.0)
@@ -117,5 +162,5 @@ class KneeDetector:
     step = int(step)
     self.records = [r for r in self.records if r[0] < step]
     self.records.append((step, numeric_values(metrics)))
-    self.decision = detect(self.records, self.config)
+    self.decision = detect(self.records, self.config, self.num_experts)
     return self.decision

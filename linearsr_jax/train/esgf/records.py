@@ -25,6 +25,15 @@ def read_metrics_jsonl(path) -> tuple:
   return records, unreadable + len(rows) - len(records)
 
 
+def judged(step: int, first_stage: bool) -> bool:
+  """Whether ESGF judges the evaluation at `step`: all but the first stage's step 0, the model
+  before any training (fresh, or text-to-image weights that ignore the LR image). Its score
+  lies far below the curve: it would inflate the gain that a relative min_delta scales with,
+  so a slow but real rise passes for a plateau, and pin Kneedle's knee to the first trained
+  evaluation. A later stage's step 0 is the knee it branched from, its true start."""
+  return step > 0 or not first_stage
+
+
 def _is_step(step) -> bool:
   return (not isinstance(step, bool) and isinstance(step, (int, float)) and math.isfinite(step)
           and step == int(step))

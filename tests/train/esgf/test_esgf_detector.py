@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from esgf_helpers import config, fire_online, two_metric_records
+from esgf_helpers import INTERVAL, config, fire_online, run_online, two_metric_records
 from linearsr_jax.train import esgf
 
 
@@ -94,3 +94,96 @@ def test_fired_decision_is_latched():
   detector = esgf.KneeDetector(config())
   first = next(d for d in (detector.update(s, v) for s, v in records) if d.fired)
   assert detector.update(10_000, {"val/psnr_y": 40.0, "val/lpips_alex": 0.01}) is first
+
+
+def _peak_then_fall(steps):
+  """Rises like 1 - exp(-s/300) and falls linearly from step 900: the late checkpoint is
+  the one that collapsed."""
+  return 22 + 2 * (1 - np.exp(-steps / 300)) - np.maximum(0, steps - 900) / 1000 * 1.2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_budget_ending_branches_near_the_peak_not_from_the_last_evaluation(seed):
+  steps = np.arange(0, 2100, INTERVAL)
+  values = _peak_then_fall(steps) + np.random.default_rng(seed).normal(0, 0.02, len(steps))
+  cfg = config(patience=40)  # ESGF cannot confirm before the budget ends
+  decision, fired_at, _ = run_online(steps, values, cfg)
+  assert fired_at is None
+  step, why = esgf.budget_branch(decision, cfg)
+  assert 500 <= step <= 1000, (step, why)  # the curve's best region, far from 2000
+  assert step in decision.keep_steps
+  # Round-off elsewhere (another CPU, thread count) does not move the branch.
+  for sign in (1, -1):
+    jitter = 1 + sign * 1e-9 * np.random.default_rng(seed + 10).standard_normal(len(values))
+    again, _, _ = run_online(steps, values * jitter, cfg)
+    assert esgf.budget_branch(again, cfg) == (step, why)
+
+
+def test_budget_ending_without_a_bend_uses_the_best_and_too_few_points_give_none():
+  steps = np.arange(0, 2100, INTERVAL)
+  falling = 24 - steps / 1000  # best at the start; a straight line has no knee
+  cfg = config()
+  decision, _, _ = run_online(steps, falling, cfg)
+  step, why = esgf.budget_branch(decision, cfg)
+  assert step == 0 and "best" in why and step in decision.keep_steps
+  few, _, _ = run_online(steps[:3], falling[:3], cfg)
+  assert esgf.budget_branch(few, cfg)[0] is None
+
+
+def _with_expert_losses(records, taus, seed=0):
+  """Adds each expert's validation flow loss: a decay with its own τ (None: flat, noise only)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for step, values in records:
+    losses = {f"val/flow_loss_expert{e}": 0.1 + (0.0 if tau is None else 0.05 * np.exp(
+        -step / tau)) + 1e-4 * rng.standard_normal() for e, tau in enumerate(taus)}
+    out.append((step, dict(values, **losses)))
+  return out
+
+
+def _fire(records, cfg, num_experts):
+  detector = esgf.KneeDetector(cfg, num_experts=num_experts)
+  for step, values in records:
+    if detector.update(step, values).fired:
+      return detector.decision, step
+  return detector.decision, None
+
+
+def test_esgf_waits_while_an_experts_validation_loss_still_improves():
+  _, records = two_metric_records(tau_psnr=300, tau_lpips=300, n=60)
+  cfg = config("val/psnr_y:max,val/lpips_alex:min")
+  image_only, fired_at = fire_online(records, cfg)
+  assert fired_at is not None
+  # Expert 2 keeps improving ten times longer: ESGF waits for it, and the knee stays the
+  # image metrics' (one checkpoint for all experts).
+  slow = _with_expert_losses(records, [300, 300, 3000, None])
+  waited, waited_at = _fire(slow, cfg, num_experts=4)
+  assert waited_at is None or waited_at > fired_at + 10 * INTERVAL
+  assert not waited.fired or waited.knee_step == image_only.knee_step
+  assert any(g.name == "val/flow_loss_expert2" and esgf.still_improving(g, cfg)
+             for g in _fire(slow[:fired_at // INTERVAL], cfg, 4)[0].expert_losses)
+  # Experts that settle as fast (or never move: expert 3) do not hold it back; nor does the
+  # gate apply with it switched off or to a single model.
+  settled = _with_expert_losses(records, [300, 300, 300, None])
+  assert _fire(settled, cfg, num_experts=4)[1] == fired_at
+  cfg_off = config("val/psnr_y:max,val/lpips_alex:min", expert_losses=False)
+  assert _fire(slow, cfg_off, num_experts=4)[1] == fired_at
+  assert _fire(slow, cfg, num_experts=1)[1] == fired_at
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_first_stages_untrained_evaluation_is_not_judged(seed):
+  """An untrained model's step-0 score far below the curve inflates the gain that a relative
+  min_delta scales with: a slow but real rise (0.01 dB per evaluation, 0.06 dB per patience)
+  then passes for a plateau. The loop leaves that evaluation out in a run's first stage."""
+  steps = np.arange(0, 10100, INTERVAL)
+  rng = np.random.default_rng(seed)
+  values = (22 + 2 * (1 - np.exp(-steps / 300)) + 0.01 * steps / INTERVAL
+            + rng.normal(0, 0.01, len(steps)))
+  values[0] = 8.0
+  cfg = config()
+  assert run_online(steps, values, cfg)[1] is not None  # judged, it fools the plateau rule
+  judged = np.array([esgf.judged(s, first_stage=True) for s in steps])
+  assert not judged[0] and judged[1:].all()
+  assert run_online(steps[judged], values[judged], cfg)[1] is None  # still improving
+  assert all(esgf.judged(s, first_stage=False) for s in steps)  # a branch's step 0 is its knee
