@@ -1,5 +1,8 @@
-"""Optimizer from the config: AdamW or Adafactor (CAME-like factored moments), warmup, clipping."""
+"""Optimizer from the config: AdamW or Adafactor (CAME-like factored moments), warmup, clipping
+of each expert's gradient by its own norm."""
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -17,7 +20,7 @@ def default_config() -> ml_collections.ConfigDict:
       b2=0.999,
       eps=1e-8,
       weight_decay=0.0,
-      grad_clip=1.0,         # global-norm clipping; 0 disables
+      grad_clip=1.0,         # global-norm clipping of each expert's gradient; 0 disables
       ema_decay=0.999,       # EMA of params, used for evaluation
   ))
 
@@ -34,6 +37,23 @@ def learning_rate_schedule(cfg, total_steps: int):
   return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
+def clip_by_expert_norm(max_norm: float) -> optax.GradientTransformation:
+  """Global-norm clipping of each expert on its own. Every leaf of the stacked params carries
+  the experts on its leading axis; expert e's gradient is scaled by min(1, max_norm / ‖g_e‖).
+  One norm over all experts would clip each of them harder as their number grows (E equal
+  experts have √E times one's norm) and let one expert's spike shrink the others' steps."""
+  def update(updates, state, params=None):
+    del params
+    squares = sum(jnp.sum(jnp.square(g.astype(jnp.float32)), axis=tuple(range(1, g.ndim)))
+                  for g in jax.tree.leaves(updates))
+    norms = jnp.sqrt(squares)  # [E]
+    scale = jnp.where(norms > max_norm, max_norm / jnp.maximum(norms, 1e-30), 1.0)
+    return jax.tree.map(lambda g: g * scale.reshape((-1,) + (1,) * (g.ndim - 1)).astype(
+        g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   lr = learning_rate_schedule(cfg, total_steps)
   if cfg.name == "adamw":
@@ -42,4 +62,4 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     opt = optax.adafactor(lr, weight_decay_rate=cfg.weight_decay or None)
   else:
     raise ValueError(f"optimizer.name must be 'adamw' or 'adafactor', got {cfg.name!r}")
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt) if cfg.grad_clip else opt
+  return optax.chain(clip_by_expert_norm(cfg.grad_clip), opt) if cfg.grad_clip else opt
