@@ -23,7 +23,7 @@ RUN_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in NOT_R
 def test_every_config_file_is_covered():
   assert {"tiny", "sana600m_x4", "sana1600m_x4"} <= set(RUN_CONFIGS)
   for name in sorted(p.stem for p in CONFIGS.glob("*.py")):
-    importlib.import_module(f"configs.{name}")  # each imports cleanly
+    importlib.import_module(f"linearsr_jax.configs.{name}")  # each imports cleanly
 
 
 def _torch_param_count(module_cls, **kwargs) -> int:
@@ -77,3 +77,18 @@ def test_sana_dit_has_the_published_size_and_diffusers_layout(name, published, t
   reference = _torch_param_count(SanaTransformer2DModel, **diffusers_config(run.model.dit))
   assert dit == reference
   assert abs(reference - published) / published < 0.01
+
+
+# SANA's released 512 px training config (configs/sana_config/512ms/Sana_600M_img512.yaml):
+# scheduler.flow_shift 3.0 with logit-normal(0, 1) times; train_scripts/train.py hands that
+# flow_shift to the training Scheduler, so SANA trains on the shifted density it samples with.
+SANA_512PX = {"flow_shift": 3.0, "logit_mean": 0.0, "logit_std": 1.0}
+
+
+@pytest.mark.parametrize("name", ["sana600m_x4", "sana1600m_x4"])
+def test_sana_configs_train_on_sanas_shifted_timestep_density(name):
+  diffusion = importlib.import_module(f"linearsr_jax.configs.{name}").get_config().diffusion
+  assert diffusion.timestep_sampling == "logit_normal"
+  assert (diffusion.train_shift, diffusion.logit_mean, diffusion.logit_std) == (
+      SANA_512PX["flow_shift"], SANA_512PX["logit_mean"], SANA_512PX["logit_std"])
+  assert diffusion.sampler.shift == SANA_512PX["flow_shift"]
