@@ -6,7 +6,7 @@ from typing import Sequence
 
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.train.esgf.config import parse_metrics
-from linearsr_jax.train.esgf.detector import KneeDecision
+from linearsr_jax.train.esgf.detector import KneeDecision, still_improving
 from linearsr_jax.train.esgf.knee import MetricKnee
 from linearsr_jax.train.esgf.records import baseline_key, metric_series
 from linearsr_jax.train.esgf.smoothing import smooth
@@ -23,16 +23,20 @@ def plot_curves(records: Sequence, decision: KneeDecision, config, path, title="
 
 def curves_figure(records: Sequence, decision: KneeDecision, config, title=""):
   """A panel per metric: its raw and smoothed curve, its candidate knee (dashed), the chosen
-  knee (solid red, when fired) and the bicubic baseline when logged."""
+  knee (solid red, when fired) and the bicubic baseline when logged; and one panel of the
+  experts' validation flow losses when they gate ESGF."""
   from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas by default
 
   panels = list(decision.metrics) or [
       MetricKnee(n, d, 0, False, None, "not logged", 0.0)
       for n, d in parse_metrics(config.metrics)]
-  fig = Figure(figsize=(7, 2.8 * len(panels)))
-  axes = fig.subplots(len(panels), 1, squeeze=False)
+  gates = list(decision.expert_losses)
+  fig = Figure(figsize=(7, 2.8 * (len(panels) + bool(gates))))
+  axes = fig.subplots(len(panels) + bool(gates), 1, squeeze=False)
   for ax, verdict in zip(axes[:, 0], panels):
     _draw_metric(ax, records, verdict, decision, config)
+  if gates:
+    _draw_expert_losses(axes[-1, 0], records, gates, decision, config)
   # wrap=True breaks a long title at spaces to the figure's width (centred, it would run off
   # both edges), and tight_layout then makes room for its lines.
   fig.suptitle(title or ("knee at step %s" % decision.knee_step if decision.fired
@@ -56,6 +60,21 @@ def _draw_metric(ax, records, verdict, decision, config):
   if verdict.knee_step is not None:
     ax.axvline(verdict.knee_step, color="tab:orange", ls="--",
                label=f"candidate {verdict.knee_step}")
+  if decision.fired:
+    ax.axvline(decision.knee_step, color="tab:red", lw=2, label=f"knee {decision.knee_step}")
+  ax.set_xlabel("step")
+  ax.legend(fontsize=7, loc="best")
+
+
+def _draw_expert_losses(ax, records, gates, decision, config):
+  ax.set_title("validation flow loss per expert (lower is better; ESGF waits for each)",
+               fontsize=9)
+  for verdict in gates:
+    steps, values = metric_series(records, verdict.name)
+    state = "improving" if still_improving(verdict, config) else "settled"
+    line, = ax.plot(steps, values, ".", alpha=0.5)
+    ax.plot(steps, -smooth(steps, -values, config.smoothing), "-", color=line.get_color(),
+            label=f"{verdict.name.rpartition('_')[2]}: {state}")
   if decision.fired:
     ax.axvline(decision.knee_step, color="tab:red", lw=2, label=f"knee {decision.knee_step}")
   ax.set_xlabel("step")
