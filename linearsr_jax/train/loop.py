@@ -22,7 +22,7 @@ from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.tags import make_condition
-from linearsr_jax.train import esgf, init_from, optimizer, run_dir
+from linearsr_jax.train import esgf, init_from, optimizer, run_dir, run_lock
 from linearsr_jax.train.checkpoint import StageCheckpoints
 from linearsr_jax.train.divergence_guard import DivergenceGuard
 from linearsr_jax.train.state import (abstract_train_state, branch_params, create_train_state,
@@ -132,15 +132,20 @@ def run(config: ml_collections.ConfigDict, workdir) -> list:
   # Everything that can be wrong with the config, the weights or the data is found here, before
   # the workdir is touched, so a corrected command starts clean.
   the_run = Run(config, workdir)
-  names = the_run.stage_names()
   workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
+  with run_lock.holding(workdir, lead=jax.process_index() == 0):
+    return _train_stages(the_run, config)
+
+
+def _train_stages(the_run: Run, config) -> list:
+  lead = jax.process_index() == 0
+  if lead:
     run_dir.write_json(the_run.run_dir.config_json, json.loads(config.to_json_best_effort()))
   results, previous = [], None
-  for index, name in enumerate(names):
+  for index, name in enumerate(the_run.stage_names()):
     previous = train_stage(the_run, name, index, previous)
     results.append(previous)
-    if jax.process_index() == 0:
+    if lead:
       run_dir.write_json(the_run.run_dir.run_json, {"stages": [
           {"name": r.name, "knee_step": r.knee_step, "fired": r.fired, "reason": r.reason}
           for r in results]})

@@ -121,7 +121,12 @@ def resumed_runs(tmp_path_factory, cached_env):
   kill_after = max(checkpoint_steps(killed))
   assert kill_after < MAX_STEPS, "the run finished before it could be killed"
   wait_ok(start(train_command(killed), root / "resumed.log", cached_env), root / "resumed.log")
-  assert f"resumed from checkpoint {kill_after}" in (root / "resumed.log").read_text()
+  resumed_log = (root / "resumed.log").read_text()
+  assert f"resumed from checkpoint {kill_after}" in resumed_log
+  # The killed run's lock was left behind; its pid is gone, so the resumed run took it over
+  # and released it at the end.
+  assert f"pid {victim.pid}" in resumed_log and "no longer runs on this host" in resumed_log
+  assert not (killed / "run.lock").exists()
   return straight, killed, kill_after
 
 
