@@ -43,15 +43,23 @@ _SKIP_REASONS = {
 }
 
 
-def _report_skipped(where, skipped, total, min_size=0):
+def _skip_summary(skipped, total, min_size=0) -> str:
+  """'skipped 2 of 3 files: 2 unreadable or truncated (e.g. a.png, b.jpg)', or '' for none."""
   counts = {reason: len(paths) for reason, paths in skipped.items() if paths}
   if not counts:
-    return
+    return ""
   parts = [f"{n} {_SKIP_REASONS[r]}" + (f" (< {min_size} px)" if r == "too_small" else "")
            for r, n in counts.items()]
   examples = ", ".join(str(p) for paths in skipped.values() for p in paths[:2])
-  log.warning("%s: skipped %d of %d files: %s (e.g. %s)", where, sum(counts.values()), total,
-              ", ".join(parts), examples)
+  return (f"skipped {sum(counts.values())} of {total} files: {', '.join(parts)} "
+          f"(e.g. {examples})")
+
+
+def _report_skipped(where, skipped, total, min_size=0, usable=True):
+  """One counted warning; none when nothing is usable, where the error carries it."""
+  summary = _skip_summary(skipped, total, min_size)
+  if summary and usable:
+    log.warning("%s: %s", where, summary)
 
 
 def _is_usable(path, min_size, verify, skipped) -> bool:
@@ -95,11 +103,13 @@ class FolderSource:
     self.skipped["not_image"] = [p for p in files if not image_io.is_image_path(p)
                                  and p not in expected_text and p.resolve() not in expected_text]
     self.paths = [p for p in images if _is_usable(p, min_size, verify, self.skipped)]
-    _report_skipped(self.root, self.skipped,
-                    len(self.paths) + sum(map(len, self.skipped.values())), min_size)
+    total = len(self.paths) + sum(map(len, self.skipped.values()))
+    _report_skipped(self.root, self.skipped, total, min_size, usable=bool(self.paths))
     if not self.paths:
+      summary = _skip_summary(self.skipped, total, min_size)
       raise UserError(f"{self.root}: no usable image (need PNG/JPEG/WebP/BMP/TIFF files with "
-                      f"a shorter side of at least {min_size} px)")
+                      f"a shorter side of at least {min_size} px)"
+                      + (f"; {summary}" if summary else ""))
     self.names = [p.relative_to(self.root).as_posix() for p in self.paths]
 
   def __len__(self):
@@ -146,10 +156,12 @@ class PairedSource:
       self.pairs.append((lr[key], hr[key]))
       self.names.append(key)
     self.scale = scale
-    _report_skipped(f"{self.lr_root} + {self.hr_root}", self.skipped, len(lr) + len(hr))
+    _report_skipped(f"{self.lr_root} + {self.hr_root}", self.skipped, len(lr) + len(hr),
+                    usable=bool(self.pairs))
     if not self.pairs:
+      summary = _skip_summary(self.skipped, len(lr) + len(hr))
       raise UserError(f"{self.lr_root}, {self.hr_root}: no LR/HR pair with matching names "
-                      "and sizes")
+                      "and sizes" + (f"; {summary}" if summary else ""))
 
   def __len__(self):
     return len(self.pairs)

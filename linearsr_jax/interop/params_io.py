@@ -58,7 +58,11 @@ def read_header(path, kind: str) -> dict:
 
 def load_params_dir(path, kind: str):
   """Returns (config dict, params) from a params directory, checking its kind."""
+  from safetensors import SafetensorError
   from safetensors.numpy import load_file
 
   config = read_header(path, kind)
-  return config, unflatten(load_file(str(Path(path) / PARAMS_FILE)))
+  try:
+    return config, unflatten(load_file(str(Path(path) / PARAMS_FILE)))
+  except SafetensorError as e:  # a truncated or overwritten file
+    raise UserError(f"{Path(path) / PARAMS_FILE}: unreadable ({e})") from e

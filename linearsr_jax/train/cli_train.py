@@ -25,21 +25,28 @@ def parse_flags(argv, command: str = "train"):
 
   from linearsr_jax import config_check
 
-  _check_config_file(argv, command)
+  config_file = _check_config_file(argv, command)
   argv = [f"linearsr {command}", *argv]
   values = _flag_values(argv)
   try:
     values(argv)
-  except (KeyError, AttributeError, ValueError) as e:
-    # config_flags raises these for an override naming no config field; anything else (a bug
-    # in the config file) keeps its traceback.
-    unknown = _override_naming_no_field(argv)
-    if unknown is None:
-      raise
-    raise UserError(f"{command}: the config has no key {unknown[1]!r} (in {unknown[0]})") from e
   except (flags.Error, OSError) as e:
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise UserError(f"{command}: {message}") from None
+  except Exception as e:
+    # config_flags raises KeyError / AttributeError / ValueError for an override naming no
+    # config field; an exception raised in the config file is the file's (one line, the cause
+    # chained). Anything else is a bug here and keeps its traceback.
+    unknown = (_override_naming_no_field(argv)
+               if isinstance(e, (KeyError, AttributeError, ValueError))
+               and _raised_in(e, config_file) is None else None)
+    if unknown is not None:
+      raise UserError(f"{command}: the config has no key {unknown[1]!r} (in {unknown[0]})") from e
+    line = _raised_in(e, config_file)
+    if line is None:
+      raise
+    raise UserError(f"{command}: the config file {config_file} raised {type(e).__name__}: {e} "
+                    f"(line {line})") from e
   config, workdir = values.config, values.workdir
   if config is None or not workdir:
     raise UserError(f"{command} needs --config FILE" + (" and --workdir DIR" if command == "train"
@@ -81,13 +88,30 @@ def _override_naming_no_field(argv):
 
 
 def _check_config_file(argv, command: str):
-  """config_flags defers a missing file's error to the first use of the config; say it now."""
+  """The --config file's path, or None; config_flags defers a missing file's error to the
+  first use of the config, so it is said here."""
   for i, arg in enumerate(argv):
     path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
         argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
-    # `file.py:arg` passes an argument to get_config.
-    if path is not None and not os.path.isfile(path.split(":")[0]):
-      raise UserError(f"{command}: config file {path.split(':')[0]} not found")
+    if path is not None:
+      path = path.split(":")[0]  # `file.py:arg` passes an argument to get_config
+      if not os.path.isfile(path):
+        raise UserError(f"{command}: config file {path} not found")
+      return path
+  return None
+
+
+def _raised_in(error: BaseException, path):
+  """The line of the config file `path` the deepest frame of `error`'s traceback in it ran, or
+  None when the error did not pass through that file."""
+  import traceback
+
+  if path is None:
+    return None
+  target = os.path.realpath(path)
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+           if os.path.realpath(f.filename) == target]
+  return lines[-1] if lines else None
 
 
 def run(args) -> int:

@@ -132,7 +132,12 @@ def run(config: ml_collections.ConfigDict, workdir) -> list:
   # Everything that can be wrong with the config, the weights or the data is found here, before
   # the workdir is touched, so a corrected command starts clean.
   the_run = Run(config, workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except FileExistsError:
+    raise UserError(f"--workdir {workdir} is a file, not a directory") from None
+  except OSError as e:
+    raise UserError(f"--workdir {workdir} cannot be created: {e.strerror}") from e
   with run_lock.holding(workdir, lead=jax.process_index() == 0):
     return _train_stages(the_run, config)
 

@@ -67,11 +67,14 @@ def _read(path: Path):
 
 
 def _write_new(path: Path, record: dict) -> bool:
-  """Creates the lock; False when it exists already."""
+  """Creates the lock; False when it exists already. It is the run's first write into the
+  workdir, so a workdir it cannot write is said here."""
   try:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   except FileExistsError:
     return False
+  except OSError as e:
+    raise UserError(f"--workdir {path.parent} is not writable: {e.strerror}") from e
   with os.fdopen(fd, "w") as f:
     json.dump(record, f)
   return True
