@@ -185,8 +185,9 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
       need[multiple], compiled = _compile_train_step(config, devices, stage, unit * multiple)
       if need[multiple] <= hbm and multiple > largest.get("multiple", 0):
         largest.update(multiple=multiple, compiled=compiled)
+      took = f", compiled in {compiled[1]:.0f} s" if compiled else ""
       log(f"batch {unit * multiple}: {need[multiple] / GIB:.2f} GiB "
-          f"({'fits' if need[multiple] <= hbm else 'too large'})")
+          f"({'fits' if need[multiple] <= hbm else 'too large'}{took})")
     return need[multiple] <= hbm
 
   if not fits(1):

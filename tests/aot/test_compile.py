@@ -121,7 +121,7 @@ def test_find_batch_search_on_memory_curves_of_known_shape(monkeypatch, name, gi
 
   def compile_step(config, devices, stage, batch):
     probed.append(batch // 8)
-    return gib(batch // 8) * 1024 ** 3, object()
+    return gib(batch // 8) * 1024 ** 3, (object(), 1.0)
 
   monkeypatch.setattr(cli_compile, "_compile_train_step", compile_step)
   monkeypatch.setattr(cli_compile, "_batch_unit", lambda *args: 8)
