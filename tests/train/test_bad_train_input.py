@@ -3,6 +3,7 @@ exit 2, and the workdir (holding an earlier file) is left as it was."""
 
 import contextlib
 import dataclasses
+import errno
 import os
 import subprocess
 
@@ -44,8 +45,10 @@ def _params_dir(tmp_path, name, damage):
 
 
 @contextlib.contextmanager
-def _read_only(path):
-  """`path` on a read-only filesystem (CI runs as root, which chmod would not stop)."""
+def _read_only(path, monkeypatch):
+  """`path` on a read-only filesystem: a read-only tmpfs where this user may mount one (CI
+  runs as root, which chmod would not stop), else a directory without write permission, else
+  (root without mount rights) EROFS injected into every open for writing under it."""
   path.mkdir()
   (path / "earlier.txt").write_text("an earlier file")
   if os.geteuid() != 0:
@@ -53,7 +56,22 @@ def _read_only(path):
     yield path
     path.chmod(0o755)
     return
-  subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], check=True)
+  try:
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
+                             capture_output=True).returncode == 0
+  except FileNotFoundError:  # no mount(8)
+    mounted = False
+  if not mounted:
+    real_open = os.open
+
+    def read_only_open(file, flags, *args, **kwargs):
+      if str(file).startswith(str(path)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+      return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    yield path
+    return
   (path / "earlier.txt").write_text("an earlier file")
   subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
   try:
@@ -127,8 +145,8 @@ def test_a_workdir_that_is_a_file(tmp_path, capsys):
   assert workdir.read_text() == "a file"
 
 
-def test_a_read_only_workdir(tmp_path, capsys):
-  with _read_only(tmp_path / "run") as workdir:
+def test_a_read_only_workdir(tmp_path, capsys, monkeypatch):
+  with _read_only(tmp_path / "run", monkeypatch) as workdir:
     assert main(["train", "--config", "configs/tiny.py", "--workdir", str(workdir),
                  *SMALL]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
