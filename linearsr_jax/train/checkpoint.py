@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from linearsr_jax.errors import UserError
+from linearsr_jax.train import kill_points
 
 ITEMS = ("state", "data_iter", "metrics")
 
@@ -61,6 +62,7 @@ class StageCheckpoints:
         state=ocp.args.StandardSave(state),
         data_iter=grain.checkpoint.CheckpointSave(data_iter),
         metrics=ocp.args.JsonSave(metrics)))
+    kill_points.reached("checkpoint_write")
 
   def latest_step(self):
     return self.manager.latest_step()

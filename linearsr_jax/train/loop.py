@@ -22,7 +22,7 @@ from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.tags import make_condition
-from linearsr_jax.train import esgf, init_from, optimizer, run_dir, run_lock
+from linearsr_jax.train import esgf, init_from, kill_points, optimizer, run_dir, run_lock
 from linearsr_jax.train.checkpoint import StageCheckpoints
 from linearsr_jax.train.divergence_guard import DivergenceGuard
 from linearsr_jax.train.state import (abstract_train_state, branch_params, create_train_state,
@@ -139,6 +139,8 @@ def run(config: ml_collections.ConfigDict, workdir) -> list:
   except OSError as e:
     raise UserError(f"--workdir {workdir} cannot be created: {e.strerror}") from e
   with run_lock.holding(workdir, lead=jax.process_index() == 0):
+    if jax.process_index() == 0:
+      run_dir.remove_stale_temporaries(workdir)
     return _train_stages(the_run, config)
 
 
@@ -150,6 +152,7 @@ def _train_stages(the_run: Run, config) -> list:
   for index, name in enumerate(the_run.stage_names()):
     previous = train_stage(the_run, name, index, previous)
     results.append(previous)
+    kill_points.reached("run_json")
     if lead:
       run_dir.write_json(the_run.run_dir.run_json, {"stages": [
           {"name": r.name, "knee_step": r.knee_step, "fired": r.fired, "reason": r.reason}
@@ -323,6 +326,7 @@ class _StageTraining:
       (knee_step, reason), fired = self._budget_branch(decision), False
     knee_state, _ = self.ckpts.restore(knee_step, self.abstract)
     self.ckpts.close()
+    kill_points.reached("knee_restored")
     if self.is_lead:
       records = [(r["step"], r) for r in self.mlog.evaluations()]
       ending = f"ESGF knee at step {knee_step}" if fired else f"step budget {self.cfg.max_steps}"
@@ -331,6 +335,7 @@ class _StageTraining:
       self.writer.write_images(step, {"esgf/knee_plot": read_image(plot)[None]})
       run_dir.write_json(self.dir.result_json, {"knee_step": knee_step, "reason": reason,
                                                 "fired": fired, "final_step": step})
+    kill_points.reached("stage_ended")
     self.writer.flush()
     log.info("stage %s ends at step %d; next stage starts from step %d (%s)", self.name, step,
              knee_step, reason)

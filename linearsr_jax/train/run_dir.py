@@ -21,9 +21,11 @@ partial last line: `read_jsonl` drops it with a warning.
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 
 from linearsr_jax.atomic import atomic_file
+from linearsr_jax.train import kill_points
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +143,25 @@ def write_jsonl(path, rows):
 
 
 def append_jsonl(path, row: dict):
+  line = json.dumps(row, sort_keys=True) + "\n"
   with open(path, "a", encoding="utf-8") as f:
-    f.write(json.dumps(row, sort_keys=True) + "\n")
+    # Two writes, as a large line may take anyway: a kill between them leaves the partial last
+    # line that read_jsonl drops.
+    f.write(line[:len(line) // 2])
+    f.flush()
+    kill_points.reached("metrics_append")
+    f.write(line[len(line) // 2:])
+
+
+_ATOMIC_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
+def remove_stale_temporaries(root: Path):
+  """Deletes the temporary files of atomic writes (atomic.py's `.<name>.<hex>.tmp`) that a
+  killed run left under `root`. Only for the holder of the run lock: no live writer owns them."""
+  for path in root.rglob(".*.tmp"):
+    if _ATOMIC_TEMPORARY.fullmatch(path.name) and path.is_file():
+      path.unlink()
 
 
 class MetricsLog:

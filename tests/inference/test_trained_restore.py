@@ -12,7 +12,7 @@ import pytest
 import tensorstore as ts
 
 from linearsr_jax.inference.trained import load_trained
-from checkpoint_helpers import full_state
+from linearsr_jax.train.run_outcome import saved_state
 from trained_run import trained_run
 
 
@@ -54,7 +54,7 @@ def test_load_trained_reads_only_the_params_it_returns(run_dir, reads, ema, name
   reads.clear()
 
   before = _bytes_read()
-  state = full_state(run_dir / "moe" / "checkpoints" / str(trained.step) / "state")
+  state = saved_state(run_dir / "moe" / "checkpoints" / str(trained.step) / "state")
   full_bytes = _bytes_read() - before
   # The spy sees every leaf of a full restore, so it would have seen the optimizer's.
   assert any(n.startswith("opt_state.") for n in reads), sorted(reads)[:5]

@@ -23,8 +23,6 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from checkpoint_helpers import full_state
-from linearsr_jax.configs import tiny
 from linearsr_jax.configs.base import stage_config
 from linearsr_jax import sharding
 from linearsr_jax.cli import main
@@ -33,71 +31,21 @@ from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.train import loop
 from linearsr_jax.train.state import create_train_state
+from linearsr_jax.train.run_outcome import saved_state
 from linearsr_jax.train.step import make_train_step
 from repo_paths import REPO
-
-MAX_STEPS = 12
-# A model and data small enough that a whole CLI run takes well under a minute on 2 cores.
-SMALL = dict(model=dict(depth=1, hidden=64, heads=2, cross_heads=2, scan_layers=False),
-             data=dict(crop_size=32, batch_size=4, eval=dict(crop_size=64)),
-             train=dict(eval_every=3, eval_steps=1, log_every=1),
-             stages=dict(pretrain=dict(max_steps=MAX_STEPS)), stage_order="pretrain")
-
-
-def _flatten(tree, prefix=""):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flatten(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}", value
-
-
-def small_config(**extra):
-  config = tiny.get_config()
-  config.update_from_flattened_dict(dict(_flatten(SMALL)) | extra)
-  return config
-
-
-def _env(**extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **extra)
-  env.pop("XLA_FLAGS", None)  # the CLI runs see one CPU device, like a plain user's machine
-  return env
+from train_runs import (MAX_STEPS, SMALL, cached_cli_env, checkpoint_steps, cli_env,
+                        small_config, start, train_command, wait_ok)
 
 
 @pytest.fixture(scope="module")
 def cached_env(tmp_path_factory):
-  """The CLI runs' environment with a shared persistent compilation cache: the runs after the
-  first reuse its executables, which keeps the file within its time budget."""
-  return _env(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
-def train_command(workdir, *overrides, tree=SMALL):
-  return [sys.executable, "-m", "linearsr_jax.cli", "train", "--config", "configs/tiny.py",
-          "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in _flatten(tree)),
-          *overrides]
-
-
-def start(command, log_path, env):
-  return subprocess.Popen(command, cwd=REPO, env=env, stdout=open(log_path, "w"),
-                          stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_ok(proc, log_path, timeout=240):
-  assert proc.wait(timeout) == 0, Path(log_path).read_text()[-3000:]
-
-
-def checkpoint_steps(workdir, stage="pretrain"):
-  directory = Path(workdir) / stage / "checkpoints"
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+  return cached_cli_env(tmp_path_factory.mktemp("jax_cache"))
 
 
 def restored_state(workdir, step, stage="pretrain"):
   """The saved TrainState of a run's checkpoint, as a dict of host arrays."""
-  return full_state(Path(workdir) / stage / "checkpoints" / str(step) / "state")
+  return saved_state(Path(workdir) / stage / "checkpoints" / str(step) / "state")
 
 
 # ------------------------------------------------------------------------- kill and resume
@@ -195,7 +143,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(resumed_runs, cached_env):
 def test_bad_config_is_one_line_and_exit_2(tmp_path, args, expected):
   command = [sys.executable, "-m", "linearsr_jax.cli", "train", "--workdir", str(tmp_path / "w"),
              *args]
-  result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
+  result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True,
                           timeout=120)
   assert result.returncode == 2, result.stderr[-3000:]
   errors = [l for l in result.stderr.splitlines() if l.startswith("linearsr: error:")]

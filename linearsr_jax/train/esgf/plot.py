@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 from linearsr_jax.atomic import atomic_file
+from linearsr_jax.train import kill_points
 from linearsr_jax.train.esgf.config import parse_metrics
 from linearsr_jax.train.esgf.detector import KneeDecision, still_improving
 from linearsr_jax.train.esgf.knee import MetricKnee
@@ -18,6 +19,7 @@ def plot_curves(records: Sequence, decision: KneeDecision, config, path, title="
   path = Path(path)
   with atomic_file(path) as f:
     fig.savefig(f, format="png", dpi=100)
+    kill_points.reached("knee_plot")
   return path
 
 

@@ -1,0 +1,70 @@
+"""Issue 15: a two-stage run (pretrain → moe) SIGKILLed at named moments (kill_points.py) and
+resumed after each with the same command ends exactly as the uninterrupted run: run.json, each
+stage's knee and last evaluation, and every leaf of the final states, bit for bit.
+`bench/chaos.py` does the same at many seeded random moments."""
+
+import signal
+
+import pytest
+
+from linearsr_jax.train import kill_points, run_outcome
+from train_runs import SMALL, cached_cli_env, start, train_command, wait_ok
+
+TWO_STAGES = dict(SMALL, stage_order="pretrain,moe",
+                  stages=dict(pretrain=dict(max_steps=12), moe=dict(max_steps=6)))
+
+# One workdir killed again and again: each kill lands in the run that resumed from the last.
+KILLS = [
+    "checkpoint_write@3",  # step 6's save in flight: resume from step 3 (or 6, if it landed)
+    "metrics_append@5",    # a half line in pretrain's metrics.jsonl
+    "knee_plot@1",         # pretrain's knee.png half-written beside its final name
+    "stage_ended@1",       # pretrain's result.json written, moe not started
+    "knee_restored@1",     # the last stage's finish: moe's knee read, nothing of it written
+]
+
+
+def test_point_names_are_known():
+  assert {k.split("@")[0] for k in KILLS} <= set(kill_points.POINTS)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("kills")
+  env = cached_cli_env(root / "jax_cache")
+  straight, killed = root / "straight", root / "killed"
+  wait_ok(start(train_command(straight, tree=TWO_STAGES), root / "straight.log", env),
+          root / "straight.log")
+  stale = {}
+  for n, point in enumerate(KILLS):
+    log = root / f"killed{n}.log"
+    process = start(train_command(killed, tree=TWO_STAGES), log,
+                    dict(env, **{kill_points.ENV: point}))
+    assert process.wait(240) == -signal.SIGKILL, f"{point}:\n{log.read_text()[-2000:]}"
+    stale[point] = sorted(p.name for p in killed.rglob(".*.tmp"))
+  wait_ok(start(train_command(killed, tree=TWO_STAGES), root / "resumed.log", env),
+          root / "resumed.log")
+  return straight, killed, stale
+
+
+def test_killed_at_every_point_ends_as_the_uninterrupted_run(runs):
+  straight, killed, _ = runs
+  a, b = run_outcome.outcome(straight), run_outcome.outcome(killed)
+  assert set(a["stages"]) == {"pretrain", "moe"} and len(a["run"]["stages"]) == 2
+  assert run_outcome.differences(a, b) == []
+
+
+def test_a_half_written_plot_is_cleaned_up_on_resume(runs):
+  _, killed, stale = runs
+  assert stale["knee_plot@1"] and all(n.startswith(".knee.png.") for n in stale["knee_plot@1"])
+  assert not list(killed.rglob(".*.tmp"))
+  assert (killed / "pretrain" / "knee.png").stat().st_size > 0
+
+
+def test_outcomes_differ_when_a_run_does():
+  """The comparison can fail: one flipped bit in one leaf, one changed knee step."""
+  a = {"run": {"stages": [{"knee_step": 6}]}, "stages": {"moe": {"state_sha256": {"x": "0a"}}}}
+  b = {"run": {"stages": [{"knee_step": 6}]}, "stages": {"moe": {"state_sha256": {"x": "0b"}}}}
+  assert run_outcome.differences(a, b) == ["/stages/moe/state_sha256/x"]
+  assert run_outcome.differences(a, a) == []
+  assert run_outcome.differences({"run": {"stages": [{"knee_step": 3}]}},
+                                 {"run": {"stages": [{"knee_step": 6}]}}) == ["/run/stages"]

@@ -1,0 +1,67 @@
+"""`linearsr train` runs as subprocesses of the tests: a small config, its command line, and
+waiting for it (a real SIGKILL and a real second process need a real process)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from linearsr_jax.configs import tiny
+from repo_paths import REPO
+
+MAX_STEPS = 12
+# A model and data small enough that a whole CLI run takes well under a minute on 2 cores.
+SMALL = dict(model=dict(depth=1, hidden=64, heads=2, cross_heads=2, scan_layers=False),
+             data=dict(crop_size=32, batch_size=4, eval=dict(crop_size=64)),
+             train=dict(eval_every=3, eval_steps=1, log_every=1),
+             stages=dict(pretrain=dict(max_steps=MAX_STEPS)), stage_order="pretrain")
+
+
+def flatten(tree, prefix=""):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from flatten(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def small_config(**extra):
+  config = tiny.get_config()
+  config.update_fromflattened_dict(dict(flatten(SMALL)) | extra)
+  return config
+
+
+def cached_cli_env(cache_dir):
+  """The CLI runs' environment with a shared persistent compilation cache: the runs after the
+  first reuse its executables, which keeps a test file within its time budget."""
+  return cli_env(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def cli_env(**extra):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **extra)
+  env.pop("XLA_FLAGS", None)  # the CLI runs see one CPU device, like a plain user's machine
+  return env
+
+
+def train_command(workdir, *overrides, tree=SMALL):
+  return [sys.executable, "-m", "linearsr_jax.cli", "train", "--config", "configs/tiny.py",
+          "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in flatten(tree)),
+          *overrides]
+
+
+def start(command, log_path, env):
+  return subprocess.Popen(command, cwd=REPO, env=env, stdout=open(log_path, "w"),
+                          stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ok(proc, log_path, timeout=240):
+  assert proc.wait(timeout) == 0, Path(log_path).read_text()[-3000:]
+
+
+def checkpoint_steps(workdir, stage="pretrain"):
+  directory = Path(workdir) / stage / "checkpoints"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
