@@ -27,7 +27,7 @@ def flatten(tree, prefix=""):
 
 def small_config(**extra):
   config = tiny.get_config()
-  config.update_fromflattened_dict(dict(flatten(SMALL)) | extra)
+  config.update_from_flattened_dict(dict(flatten(SMALL)) | extra)
   return config
 
 

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import SRModel
+from linearsr_jax.train import state_checksum
 from linearsr_jax.train.run_dir import RunDir, StageDir, read_json
 
 
@@ -111,10 +112,16 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
   if not (step_dir / "state").is_dir():
     raise UserError(f"{step_dir}: no such checkpoint")
   config = ml_collections.ConfigDict(read_json(run.config_json))
+  name = "ema_params" if ema else "params"
   try:
-    params = _restore_on_one_device(step_dir / "state", "ema_params" if ema else "params")
+    params = _restore_on_one_device(step_dir / "state", name)
+    saved = ocp.JsonCheckpointHandler().restore(step_dir / "checksums")
   except (ValueError, FileNotFoundError, KeyError) as e:
     raise UserError(f"{step_dir}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
+  bad = state_checksum.mismatches(params, saved, prefix=f"{name}/")
+  if bad:
+    raise UserError(f"{step_dir}: damaged checkpoint: {bad[0]} reads back different from what "
+                    f"was saved (checksum; {len(bad)} arrays differ)")
   model, latent_space = build_model(config)
   diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
   diffusion.experts.num_experts = jax.tree.leaves(params)[0].shape[0]

@@ -4,21 +4,38 @@ Saves are atomic (Orbax writes to a temporary directory and renames) and asynchr
 arrays. Retention keeps the union of: the latest N, the best by a chosen metric, and every
 step that ESGF may still need (the candidates around the current knee estimate), a set the
 caller passes with each save so it can move as the curve grows.
+
+Every checkpoint carries checksums of its state's arrays (state_checksum.py), checked on
+restore. A checkpoint that cannot be read back intact (a truncated or missing file, flipped
+bytes, an empty step directory) is moved to `damaged_checkpoints/` beside the stage's
+`checkpoints/` with a warning, and the caller falls back to another (`restore_intact`).
 """
 
 import dataclasses
-from typing import AbstractSet
+import logging
+import os
+from typing import AbstractSet, Sequence
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import kill_points
+from linearsr_jax.train import kill_points, state_checksum
 
-ITEMS = ("state", "data_iter", "metrics")
+ITEMS = ("state", "data_iter", "metrics", "checksums")
+log = logging.getLogger(__name__)
+
+
+class DamagedCheckpoint(Exception):
+  """A checkpoint that cannot be read back as it was saved."""
+
+  def __init__(self, step: int, problem: str):
+    super().__init__(f"checkpoint {step} is damaged: {problem}")
+    self.step, self.problem = step, problem
 
 
 @dataclasses.dataclass
@@ -61,26 +78,73 @@ class StageCheckpoints:
     self.manager.save(step, force=True, metrics=metrics or None, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data_iter=grain.checkpoint.CheckpointSave(data_iter),
-        metrics=ocp.args.JsonSave(metrics)))
+        metrics=ocp.args.JsonSave(metrics),
+        checksums=ocp.args.JsonSave(state_checksum.checksums(state))))
     kill_points.reached("checkpoint_write")
 
   def latest_step(self):
     return self.manager.latest_step()
 
+  def all_steps(self) -> list:
+    return sorted(self.manager.all_steps())
+
   def restore(self, step: int, abstract_state, data_iter=None):
     """(state, metrics) at `step`, the state placed as `abstract_state`'s shardings say; the
-    data iterator (when given) is restored in place."""
-    args = {"state": ocp.args.StandardRestore(abstract_state), "metrics": ocp.args.JsonRestore()}
+    data iterator (when given) is restored in place. Raises DamagedCheckpoint when the step
+    cannot be read back intact, UserError when it holds another model."""
+    args = {"state": ocp.args.StandardRestore(abstract_state), "metrics": ocp.args.JsonRestore(),
+            "checksums": ocp.args.JsonRestore()}
     if data_iter is not None:
       args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     # latest_step() already names a checkpoint whose asynchronous save may still be running.
     self.wait()
-    self._check_params(step, abstract_state.params)
+    self._check_structure(step, abstract_state)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    except ValueError as e:  # Orbax: the saved tree has another structure (another optimizer...)
-      raise self._mismatch(step, str(e).splitlines()[0][:300]) from e
+    except Exception as e:  # Orbax wraps TensorStore's errors in a bare Exception
+      problem = _file_error(e)
+      if problem is None:
+        raise
+      raise DamagedCheckpoint(step, problem) from e
+    if restored["checksums"] is None:
+      raise DamagedCheckpoint(step, "its checksums are missing")
+    bad = state_checksum.mismatches(restored["state"], restored["checksums"])
+    if bad:
+      more = f" and {len(bad) - 1} more arrays" if bad[1:] else ""
+      raise DamagedCheckpoint(step, f"{bad[0]}{more} read back different from what was saved "
+                              "(checksum)")
     return restored["state"], dict(restored["metrics"] or {})
+
+  def restore_intact(self, steps: Sequence[int], abstract_state, data_iter=None):
+    """(step, state, metrics) of the first of `steps` that reads back intact. Each damaged one
+    is set aside with a warning naming it and its damage; none intact is a UserError."""
+    problems = []
+    for step in steps:
+      try:
+        return (step, *self.restore(step, abstract_state, data_iter))
+      except DamagedCheckpoint as e:
+        where = self._set_aside(step)
+        log.warning("%s; moved to %s", e, where)
+        problems.append(f"{step}: {e.problem}")
+    self.close()
+    raise UserError(f"no intact checkpoint in {self.manager.directory} (tried "
+                    f"{'; '.join(problems) or 'none: it is empty'})")
+
+  def _set_aside(self, step: int):
+    """Moves a damaged step out of Orbax's directory (so that a resumed run can save that step
+    again), to damaged_checkpoints/<step>[.n]; returns where it went."""
+    directory = epath.Path(self.manager.directory)
+    aside = directory.parent / "damaged_checkpoints"
+    target = aside / str(step)
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      n = 1
+      while target.exists():
+        target, n = aside / f"{step}.{n}", n + 1
+      os.replace(directory / str(step), target)
+    multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+    self.manager.reload()
+    return target
 
   def _mismatch(self, step: int, detail: str) -> UserError:
     """The error of a checkpoint of another model or config. The run stops there: close first,
@@ -89,20 +153,25 @@ class StageCheckpoints:
     return UserError(f"checkpoint {self.manager.directory}/{step} does not match this model and "
                      f"config: {detail}")
 
-  def _check_params(self, step: int, abstract_params):
-    """Names the first param whose saved shape differs from this model's (Orbax's own error
-    gives the shapes but not the param)."""
-    saved = ocp.StandardCheckpointHandler().metadata(
-        epath.Path(self.manager.directory) / str(step) / "state")["params"]
-    saved = {jax.tree_util.keystr(p): tuple(m.shape)
-             for p, m in jax.tree_util.tree_leaves_with_path(saved)}
-    wanted = {jax.tree_util.keystr(p): tuple(a.shape)
-              for p, a in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  def _check_structure(self, step: int, abstract_state):
+    """Names the first array whose saved shape differs from this model's and optimizer's, from
+    the checkpoint's metadata; unreadable metadata is damage."""
+    try:
+      saved = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(self.manager.directory) / str(step) / "state").tree
+    except Exception as e:
+      problem = _file_error(e)
+      if problem is None:
+        raise
+      raise DamagedCheckpoint(step, f"its metadata cannot be read: {problem}") from e
+    saved, wanted = ({state_checksum.path_name(p): _stored_shape(x)
+                      for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+                     for tree in (saved, abstract_state))
     for path in sorted(saved.keys() | wanted.keys()):
       if saved.get(path) != wanted.get(path):
-        raise self._mismatch(step, f"params{path} has shape {saved.get(path, 'absent')} in the "
+        raise self._mismatch(step, f"{path} has shape {saved.get(path, 'absent')} in the "
                              f"checkpoint but {wanted.get(path, 'absent')} in this model (another "
-                             "model, or another number of experts?)")
+                             "model, optimizer, or number of experts?)")
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -110,3 +179,21 @@ class StageCheckpoints:
   def close(self):
     self.manager.close()
 
+
+
+def _stored_shape(x) -> tuple:
+  """The shape Orbax stores: a typed PRNG key's is its key data's."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return tuple(jax.eval_shape(jax.random.key_data, x).shape)
+  return tuple(x.shape)
+
+
+def _file_error(error: BaseException):
+  """The first line of the file-level error (TensorStore's ValueError, a missing file, bad JSON)
+  behind `error`, or None when there is none: the structure already matched, so that is a
+  damaged file; anything else is not a checkpoint's fault and propagates."""
+  while error is not None:
+    if isinstance(error, (ValueError, OSError, KeyError)):
+      return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    error = error.__cause__ or error.__context__
+  return None

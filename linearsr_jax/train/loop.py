@@ -191,10 +191,21 @@ class _StageTraining:
                                   best_mode=train_cfg.best_mode)
 
   def reuse(self, done: dict) -> StageResult:
-    knee_state, _ = self.ckpts.restore(done["knee_step"], self.abstract)
+    knee_step, reason, knee_state = self._restore_knee(done["knee_step"], done["reason"])
     self.ckpts.close()
-    return StageResult(self.name, done["knee_step"], done["reason"], done["fired"],
-                       knee_state.ema_params)
+    if knee_step != done["knee_step"] and self.is_lead:
+      run_dir.write_json(self.dir.result_json, dict(done, knee_step=knee_step, reason=reason))
+    return StageResult(self.name, knee_step, reason, done["fired"], knee_state.ema_params)
+
+  def _restore_knee(self, knee_step: int, reason: str) -> tuple:
+    """(step, reason, state) of the knee checkpoint, or where it is damaged, of the nearest
+    intact checkpoint (the earlier of two as near), with the reason saying so."""
+    nearest = sorted(self.ckpts.all_steps(), key=lambda s: (abs(s - knee_step), s))
+    step, state, _ = self.ckpts.restore_intact(nearest, self.abstract)
+    if step != knee_step:
+      reason = (f"{reason}; its checkpoint {knee_step} was damaged, so the nearest intact one, "
+                f"{step}, was used")
+    return step, reason, state
 
   def set_up(self, index: int, previous):
     """A fresh state from the stage's origin, or the latest checkpoint's; the data iterator,
@@ -210,10 +221,11 @@ class _StageTraining:
     data_cfg.seed = config.data.seed + index  # each stage sees its own crop order
     self.data_iter = iter(pipeline.make_train_dataset(self.run.train_source, data_cfg,
                                                       self.run.tokenize))
-    self.resumed_from = self.ckpts.latest_step()
-    if self.resumed_from is not None:
+    self.resumed_from = None
+    if self.ckpts.all_steps():
       del self.state  # free its buffers before the restore allocates the same again
-      self.state, _ = self.ckpts.restore(self.resumed_from, self.abstract, self.data_iter)
+      self.resumed_from, self.state, _ = self.ckpts.restore_intact(
+          self.ckpts.all_steps()[::-1], self.abstract, self.data_iter)
       log.info("stage %s: resumed from checkpoint %d", self.name, self.resumed_from)
     self.mlog = run_dir.MetricsLog(self.dir.metrics_jsonl, self.resumed_from,
                                    write=self.is_lead)
@@ -292,15 +304,17 @@ class _StageTraining:
     self.state = self.guard.roll_back(self.state, self.tx, self.shardings, self.name, step, why)
 
   def _restore_after_skips(self, step: int) -> int:
-    """Too many non-finite steps in a row: back to the latest checkpoint; returns its step."""
-    limit, good = self.run.config.train.max_consecutive_skips, self.ckpts.latest_step()
-    if good is None:
+    """Too many non-finite steps in a row: back to the latest intact checkpoint; returns its
+    step."""
+    limit = self.run.config.train.max_consecutive_skips
+    if not self.ckpts.all_steps():
       raise UserError(f"stage {self.name}: {limit} consecutive non-finite steps before the "
                       "first checkpoint")
-    log.warning("stage %s: %d consecutive non-finite steps at step %d; restoring checkpoint %d",
-                self.name, int(self.state.consecutive_skips), step, good)
+    log.warning("stage %s: %d consecutive non-finite steps at step %d; restoring the latest "
+                "checkpoint", self.name, int(self.state.consecutive_skips), step)
     del self.state
-    self.state, _ = self.ckpts.restore(good, self.abstract, self.data_iter)
+    _, self.state, _ = self.ckpts.restore_intact(self.ckpts.all_steps()[::-1], self.abstract,
+                                                 self.data_iter)
     return int(self.state.step)
 
   def _budget_branch(self, decision) -> tuple:
@@ -324,7 +338,7 @@ class _StageTraining:
       knee_step, reason, fired = decision.knee_step, decision.reason, True
     else:
       (knee_step, reason), fired = self._budget_branch(decision), False
-    knee_state, _ = self.ckpts.restore(knee_step, self.abstract)
+    knee_step, reason, knee_state = self._restore_knee(knee_step, reason)
     self.ckpts.close()
     kill_points.reached("knee_restored")
     if self.is_lead:

@@ -1,6 +1,7 @@
 """Issue 15: a two-stage run (pretrain → moe) SIGKILLed at named moments (kill_points.py) and
-resumed after each with the same command ends exactly as the uninterrupted run: run.json, each
-stage's knee and last evaluation, and every leaf of the final states, bit for bit.
+resumed after each with the same command (once past a truncated latest checkpoint) ends exactly
+as the uninterrupted run: run.json, each stage's knee and last evaluation, and every leaf of the
+final states, bit for bit.
 `bench/chaos.py` does the same at many seeded random moments."""
 
 import signal
@@ -8,6 +9,7 @@ import signal
 import pytest
 
 from linearsr_jax.train import kill_points, run_outcome
+from damage import truncate_array_file
 from train_runs import SMALL, cached_cli_env, start, train_command, wait_ok
 
 TWO_STAGES = dict(SMALL, stage_order="pretrain,moe",
@@ -21,6 +23,7 @@ KILLS = [
     "stage_ended@1",       # pretrain's result.json written, moe not started
     "knee_restored@1",     # the last stage's finish: moe's knee read, nothing of it written
 ]
+DAMAGED_AFTER = {"metrics_append@5"}  # and then its latest checkpoint is truncated
 
 
 def test_point_names_are_known():
@@ -40,6 +43,10 @@ def runs(tmp_path_factory):
     process = start(train_command(killed, tree=TWO_STAGES), log,
                     dict(env, **{kill_points.ENV: point}))
     assert process.wait(240) == -signal.SIGKILL, f"{point}:\n{log.read_text()[-2000:]}"
+    if point in DAMAGED_AFTER:  # the resumed run falls back past it and redoes its steps
+      steps = sorted(int(p.name) for p in (killed / "pretrain" / "checkpoints").iterdir()
+                     if p.name.isdigit())
+      truncate_array_file(killed / "pretrain" / "checkpoints" / str(steps[-1]))
     stale[point] = sorted(p.name for p in killed.rglob(".*.tmp"))
   wait_ok(start(train_command(killed, tree=TWO_STAGES), root / "resumed.log", env),
           root / "resumed.log")
@@ -58,6 +65,11 @@ def test_a_half_written_plot_is_cleaned_up_on_resume(runs):
   assert stale["knee_plot@1"] and all(n.startswith(".knee.png.") for n in stale["knee_plot@1"])
   assert not list(killed.rglob(".*.tmp"))
   assert (killed / "pretrain" / "knee.png").stat().st_size > 0
+
+
+def test_the_truncated_checkpoint_was_set_aside(runs):
+  _, killed, _ = runs
+  assert len(list((killed / "pretrain" / "damaged_checkpoints").iterdir())) == 1
 
 
 def test_outcomes_differ_when_a_run_does():
