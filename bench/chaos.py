@@ -5,7 +5,7 @@ run.json, each stage's knee and last evaluation, and every leaf of the final sta
   .venv/bin/python bench/chaos.py --kills 30 --seed 0
 
 Half the kills land on a named moment (linearsr_jax/train/kill_points.py: a checkpoint write in
-flight, half a metrics line, a half-written knee plot, between a stage's result.json and the
+flight, half a metrics line, a drawn but unwritten knee plot, between a stage's result.json and the
 next stage, a knee restore, run.json), at a random occurrence; the other half at a random time.
 Kills go to one workdir until its run finishes; then it is compared and a new one starts.
 """

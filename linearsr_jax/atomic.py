@@ -1,10 +1,13 @@
 """Atomic outputs: write beside the target, then rename, so readers never see a partial file."""
 
 import contextlib
+import io
 import os
 import secrets
 import shutil
 from pathlib import Path
+
+from linearsr_jax import disk_space
 
 
 def _sibling(path: Path, create):
@@ -22,17 +25,30 @@ def _sibling(path: Path, create):
 
 @contextlib.contextmanager
 def atomic_file(path, mode="wb"):
-  """Yields a file object; on success the file replaces `path` in one rename."""
+  """Yields an in-memory file; when the block succeeds, its contents replace `path` in one
+  rename. The outputs written this way are small (images, JSON, plots, tables), and knowing
+  their size before writing lets a full disk be one line that names the path and the bytes
+  needed, with nothing left behind."""
+  buffer = io.BytesIO() if "b" in mode else io.StringIO()
+  yield buffer
+  data = buffer.getvalue()
+  write_atomically(path, data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def write_atomically(path, data: bytes):
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
+  disk_space.ensure_room(path.parent, len(data), path.name)
   tmp, fd = _sibling(path, lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
   try:
-    with os.fdopen(fd, mode) as f:
-      yield f
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
+    if disk_space.is_full_disk(e):
+      raise disk_space.full(path.parent, len(data), path.name) from None
     raise
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from linearsr_jax.atomic import atomic_file
+from linearsr_jax.atomic import write_atomically
 from linearsr_jax.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -179,6 +179,5 @@ def write_image(path, array, quality=None) -> None:
   """
   path = Path(path)
   data = encode_image(array, path.suffix, quality)
-  with atomic_file(path) as f:
-    f.write(data)
+  write_atomically(path, data)
   os.chmod(path, 0o644)

@@ -20,7 +20,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from linearsr_jax.atomic import atomic_file
+from linearsr_jax import disk_space
+from linearsr_jax.atomic import write_atomically
 from linearsr_jax.data.degradations import imresize_bicubic
 from linearsr_jax.data.image_io import list_images, read_image
 from linearsr_jax.errors import UserError
@@ -228,7 +229,9 @@ def write_report(out_dir, results, summary: dict, columns: Sequence[str]) -> dic
       "summary.json": json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
       "table.md": markdown_table([summary], columns),
   }
-  for filename, text in outputs.items():
-    with atomic_file(out_dir / filename) as f:
-      f.write(text.encode("utf-8"))
+  data = {filename: text.encode("utf-8") for filename, text in outputs.items()}
+  # All three or none: room for the lot is checked before the first is written.
+  disk_space.ensure_room(out_dir, sum(map(len, data.values())), ", ".join(data))
+  for filename, content in data.items():
+    write_atomically(out_dir / filename, content)
   return {name: out_dir / name for name in outputs}

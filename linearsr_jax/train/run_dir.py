@@ -24,6 +24,7 @@ import logging
 import re
 from pathlib import Path
 
+from linearsr_jax import disk_space
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.train import kill_points
 
@@ -143,14 +144,20 @@ def write_jsonl(path, rows):
 
 
 def append_jsonl(path, row: dict):
-  line = json.dumps(row, sort_keys=True) + "\n"
-  with open(path, "a", encoding="utf-8") as f:
-    # Two writes, as a large line may take anyway: a kill between them leaves the partial last
-    # line that read_jsonl drops.
-    f.write(line[:len(line) // 2])
-    f.flush()
-    kill_points.reached("metrics_append")
-    f.write(line[len(line) // 2:])
+  line = (json.dumps(row, sort_keys=True) + "\n").encode("utf-8")
+  disk_space.ensure_room(Path(path).parent, len(line), f"a line of {Path(path).name}")
+  try:
+    with open(path, "ab") as f:
+      # Two writes, as a large line may take anyway: a kill between them leaves the partial
+      # last line that read_jsonl drops.
+      f.write(line[:len(line) // 2])
+      f.flush()
+      kill_points.reached("metrics_append")
+      f.write(line[len(line) // 2:])
+  except OSError as e:
+    if disk_space.is_full_disk(e):
+      raise disk_space.full(Path(path).parent, len(line), f"a line of {Path(path).name}") from None
+    raise
 
 
 _ATOMIC_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
