@@ -9,13 +9,15 @@ Every tool that reads a run (eval, upscale, export, knee, the demo) goes through
                                  previous stage's knee checkpoint, imported weights, or fresh)
     <stage>/result.json          {knee_step, reason, fired, final_step}, written when the stage
                                  ends; a resumed run takes the stage's knee from it
-    <stage>/checkpoints/<step>/  Orbax: state, data_iter, metrics
+    <stage>/checkpoints/<step>/  Orbax: state, data_iter, metrics, checksums (of the state)
+    <stage>/damaged_checkpoints/ steps that failed to read back intact, set aside
     <stage>/metrics.jsonl        one line per evaluation and per logged train step
     <stage>/knee.png             the validation curves with the knee marked
     <stage>/events.*             TensorBoard
 
 JSON files are replaced atomically. metrics.jsonl is appended to, so a kill can leave a
-partial last line: `read_jsonl` drops it with a warning.
+partial last line: `read_jsonl` drops it with a warning. A kill between an atomic write's
+temporary file and its rename leaves `.<name>.<hex>.tmp`: the next run removes it.
 """
 
 import dataclasses
