@@ -75,7 +75,7 @@ def report(config, pod, devices, stage: str, batch_size: int, compiled=None) -> 
   if train["memory"]["total"] > hbm:
     # XLA:GPU compiles a step of any size: stop where the TPU compiler would have refused it.
     return dict(head, fits=False, train_step=train)
-  model = step_compile.model_flops(run, stage, batch_size)
+  model = step_compile.model_flops(run, stage, batch_size, train["encoder_flops"])
   sampler, sampler_seconds = step_compile.compile_sampler(run, stage)
   bound = step_compile.roofline(pod, train["flops"], train["bytes_accessed"], batch_size)
   return dict(head, **{

@@ -2,7 +2,9 @@
 collectives in its HLO.
 
 XLA's cost analysis (and the HLO text) holds a `while` body once, so a model that scans its
-blocks is undercounted; `scan_corrected` adds the missing repeats from two unrolled compiles.
+blocks, or a matmul XLA:TPU splits into a loop over FSDP shards, is undercounted;
+`extrapolated` counts a whole model from two unrolled compiles without such loops
+(step_compile.py).
 """
 
 import dataclasses
@@ -129,23 +131,23 @@ def stats(compiled) -> dict:
   return result
 
 
-def scan_corrected(scanned: dict, one: dict, two: dict, depth: int) -> dict:
-  """FLOPs, bytes and collectives of `scanned` (blocks in a scan, its body counted once) with
-  the other depth − 1 blocks added; one block's share is the difference between unrolled
-  compiles of depth 1 and 2."""
-  def add(a, b1, b2):
-    return a + (depth - 1) * max(b2 - b1, 0)
+COUNTED = ("flops", "bytes_accessed", "collectives", "collectives_by_dtype")
 
-  by_dtype = {kind: {dtype: add(scanned["collectives_by_dtype"][kind].get(dtype, 0),
-                                one["collectives_by_dtype"][kind].get(dtype, 0),
-                                two["collectives_by_dtype"][kind].get(dtype, 0))
-                     for dtype in set(scanned["collectives_by_dtype"][kind])
-                     | set(two["collectives_by_dtype"][kind])}
-              for kind in scanned["collectives_by_dtype"]}
-  return dict(scanned,
-              flops=add(scanned["flops"], one["flops"], two["flops"]),
-              bytes_accessed=add(scanned["bytes_accessed"], one["bytes_accessed"],
-                                 two["bytes_accessed"]),
-              collectives={k: add(v, one["collectives"][k], two["collectives"][k])
-                           for k, v in scanned["collectives"].items()},
-              collectives_by_dtype=by_dtype)
+
+def _combine(a: dict, b: dict, fn) -> dict:
+  """COUNTED of `a` and `b` combined number by number with fn(x, y)."""
+  def nested(x: dict, y: dict) -> dict:
+    return {k: nested(x.get(k, {}), y.get(k, {})) if isinstance(x.get(k, y.get(k)), dict)
+            else fn(x.get(k, 0), y.get(k, 0)) for k in x.keys() | y.keys()}
+  return nested({k: a[k] for k in COUNTED}, {k: b[k] for k in COUNTED})
+
+
+def extrapolated(one: dict, two: dict, depth: int) -> dict:
+  """COUNTED of a model of `depth` blocks from programs of 1 and 2 (unrolled): one block adds
+  two − one."""
+  return _combine(one, two, lambda x, y: x + (depth - 1) * max(y - x, 0))
+
+
+def added(a: dict, b: dict) -> dict:
+  """COUNTED of two programs run one after the other."""
+  return _combine(a, b, lambda x, y: x + y)

@@ -52,10 +52,21 @@ class DoesNotFit(Exception):
     self.required, self.available = (found + [float("nan")] * 2)[:2]
 
 
-def _timed_compile(lowerable, *args):
+# XLA:TPU turns a matmul whose operand is gathered over FSDP into a loop over the shards
+# (windowed einsum), and cost analysis counts a loop body once: 17 % of the FLOPs of a SANA-600M
+# block went missing on v5e-64. The programs that count FLOPs are compiled without it.
+COUNTING_OPTIONS = {"tpu": {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                            "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}}
+
+
+def _counting_options(run: Run):
+  return COUNTING_OPTIONS.get(run.mesh.devices.flat[0].platform) or None
+
+
+def _timed_compile(lowerable, *args, options=None):
   start = time.perf_counter()
   try:
-    compiled = lowerable.lower(*args).compile()
+    compiled = lowerable.lower(*args).compile(compiler_options=options)
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" in str(e):
       raise DoesNotFit(str(e).splitlines()[0]) from None
@@ -63,14 +74,16 @@ def _timed_compile(lowerable, *args):
   return compiled, time.perf_counter() - start
 
 
-def compile_train_step(run: Run, stage: str, batch_size: int):
-  """(compiled train step, compile seconds) for `batch_size` global HR crops."""
+def compile_train_step(run: Run, stage: str, batch_size: int, counting: bool = False):
+  """(compiled train step, compile seconds) for `batch_size` global HR crops; `counting`:
+  compiled to count FLOPs (COUNTING_OPTIONS), not as it runs."""
   abstract, shardings = run.abstract_state(stage)
   batch = abstract_batch(run, batch_size, run.config.data.crop_size,
                          pipeline.batch_sharding(run.mesh, run.rules))
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     return _timed_compile(run.jit_train_step(stage, shardings), abstract, batch,
-                          run.latent_params)
+                          run.latent_params,
+                          options=_counting_options(run) if counting else None)
 
 
 def compile_sampler(run: Run, stage: str):
@@ -87,10 +100,10 @@ def compile_sampler(run: Run, stage: str):
                           batch["cond"], batch["cond_mask"], key)
 
 
-def _one_block_config(config, depth: int):
-  """`config` unrolled at `depth` blocks for the scan correction, which needs only the
-  difference a block makes: without the DC-AE encoder in the step, whose unrolled convolutions
-  would otherwise dominate both compiles and cancel in the difference."""
+def _blocks_config(config, depth: int):
+  """`config` with `depth` unrolled blocks and precomputed HR latents, for counting what one
+  block adds (the DC-AE encoder is counted on its own: its convolutions would dominate both
+  compiles and cancel in the difference)."""
   config = copy.deepcopy(config)
   config.model.depth = depth
   config.model.scan_layers = False
@@ -98,26 +111,49 @@ def _one_block_config(config, depth: int):
   return config
 
 
+def _counted(run: Run, stage: str, batch_size: int, depth: int) -> dict:
+  config = _blocks_config(run.config, depth)
+  blocks = Run(config, run.workdir, load_weights=False, devices=list(run.mesh.devices.flat))
+  return hlo_stats.stats(compile_train_step(blocks, stage, batch_size, counting=True)[0])
+
+
 def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> dict:
-  """Per-chip stats of the train step, scanned blocks counted in full, plus compile time.
-  `compiled`: (the step at this batch, its compile seconds) when already compiled."""
+  """Per-chip stats of the train step and its compile time. Memory is the program's that runs;
+  FLOPs, bytes accessed and collectives are those of the whole depth, every block and every
+  matmul counted (hlo_stats.extrapolated from programs of 1 and 2 unrolled blocks, compiled
+  to count: XLA counts a scanned body, or a windowed matmul's loop, once), plus the DC-AE
+  encoder's when the step encodes. `compiled`: (the step at this batch, its compile seconds)
+  when already compiled."""
   compiled, seconds = compiled or compile_train_step(run, stage, batch_size)
   result = hlo_stats.stats(compiled)
-  config, devices = run.config, list(run.mesh.devices.flat)
-  if config.model.scan_layers and config.model.depth > 1:
-    one, two = (hlo_stats.stats(compile_train_step(
-        Run(_one_block_config(config, d), run.workdir, load_weights=False, devices=devices), stage,
-        batch_size)[0]) for d in (1, 2))
-    result = hlo_stats.scan_corrected(result, one, two, config.model.depth)
+  depth = run.config.model.depth
+  one = _counted(run, stage, batch_size, 1)
+  counted = hlo_stats.extrapolated(one, _counted(run, stage, batch_size, 2) if depth > 1 else one,
+                                   depth)
+  result["encoder_flops"] = 0.0
+  if run.config.data.hr_latents == "encode" and run.latent_space.abstract_params():
+    encoder = encoder_stats(run, batch_size)
+    counted, result["encoder_flops"] = hlo_stats.added(counted, encoder), encoder["flops"]
+  result.update(counted)
   result["compile_seconds"] = seconds
   return result
 
 
-def model_flops(run: Run, stage: str, batch_size: int) -> dict:
+def encoder_stats(run: Run, batch_size: int) -> dict:
+  """Per-chip stats of the DC-AE encoder's forward over one batch of HR crops, alone."""
+  crop = run.config.data.crop_size
+  batch = jax.ShapeDtypeStruct((batch_size, crop, crop, 3), jnp.float32,
+                               sharding=pipeline.batch_sharding(run.mesh, run.rules))
+  compiled, _ = _timed_compile(jax.jit(run.latent_space.encode_fn), run.latent_params, batch,
+                               options=_counting_options(run))
+  return hlo_stats.stats(compiled)
+
+
+def model_flops(run: Run, stage: str, batch_size: int, encoder_flops=None) -> dict:
   """The work the step must do, per chip: 6·N·tokens for the DiT (N = its token-wise params,
   one expert's, since each sample passes through one) and the DC-AE encoder's forward over
-  the HR crops unless their latents are precomputed (its own compile's cost: the encoder has
-  no scan)."""
+  the HR crops unless their latents are precomputed (its own compile's count, or
+  `encoder_flops` when already counted)."""
   crop, factor = run.config.data.crop_size, run.latent_space.factor
   one_expert = jax.tree_util.tree_flatten_with_path(run.abstract_state(stage)[0].params)[0]
   token_wise = sum(int(np.prod(x.shape[1:])) for p, x in one_expert
@@ -127,10 +163,8 @@ def model_flops(run: Run, stage: str, batch_size: int) -> dict:
   dit = 6.0 * token_wise * tokens / run.mesh.devices.size
   encoder = 0.0
   if run.latent_space.abstract_params() and run.config.data.hr_latents == "encode":
-    batch = jax.ShapeDtypeStruct((batch_size, crop, crop, 3), jnp.float32,
-                                 sharding=pipeline.batch_sharding(run.mesh, run.rules))
-    compiled, _ = _timed_compile(jax.jit(run.latent_space.encode_fn), run.latent_params, batch)
-    encoder = hlo_stats.stats(compiled)["flops"]
+    encoder = (encoder_stats(run, batch_size)["flops"] if encoder_flops is None
+               else encoder_flops)
   return {"dit_params_token_wise": token_wise, "tokens": tokens, "dit_flops": dit,
           "encoder_flops": encoder, "total_flops": dit + encoder}
 
