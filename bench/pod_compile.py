@@ -7,7 +7,8 @@ FLOPs, collectives) and a roofline bound, not measured pod times.
       --results bench/results/pod_compile
 
 Each row's report is kept in --results, so an interrupted table resumes where it stopped
-(full-depth compiles take minutes each on a 2-core machine).
+(full-depth compiles take minutes each on a 2-core machine). --recount compiles the kept rows
+again at their largest batch, without the search: for a change in how FLOPs are counted.
 """
 
 import argparse
@@ -28,22 +29,37 @@ def command(config: str, topology: str, mode: str, overrides) -> list:
           "--find_batch", *MODES[mode], *overrides]
 
 
-def compile_row(config: str, topology: str, mode: str, overrides, results: Path) -> dict:
+def compile_row(config: str, topology: str, mode: str, overrides, results: Path,
+                recount: bool = False) -> dict:
   out = results / f"{config}_{topology}_{mode}.json"
   args = command(config, topology, mode, overrides)
-  if not out.exists():
-    # find_batch's progress (one line per compile) passes through; its error lines are kept.
-    errors = []
-    with subprocess.Popen([str(ROOT / ".venv/bin" / args[0]), *args[1:], "--out", str(out)],
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True) as process:
-      for line in process.stderr:
-        print(f"  {config} {topology} {mode}: {line.rstrip()}", file=sys.stderr, flush=True)
-        errors += [line.strip()] if line.startswith("linearsr") else []
-    if not out.exists():
-      return {"config": config, "topology": topology, "mode": mode,
-              "error": (errors or ["failed"])[-1]}
+  kept = json.loads(out.read_text()) if out.exists() else None
+  if kept is None or (recount and kept.get("largest_batch")):
+    run = args if kept is None else [a for a in args if a != "--find_batch"] + [
+        f"--config.data.batch_size={kept['largest_batch']}"]
+    fresh = out if kept is None else out.with_suffix(".recount")
+    error = _linearsr(run, fresh, f"{config} {topology} {mode}")
+    if not fresh.exists():
+      return {"config": config, "topology": topology, "mode": mode, "error": error}
+    if kept is not None:  # the search's answer stays: memory is counted as before
+      out.write_text(json.dumps(dict(json.loads(fresh.read_text()),
+                                     largest_batch=kept["largest_batch"]), indent=2,
+                                sort_keys=True))
+      fresh.unlink()
   return dict(json.loads(out.read_text()), config=config, mode=mode, command=" ".join(args))
+
+
+def _linearsr(args, out: Path, label: str) -> str:
+  """Runs `linearsr ARGS --out OUT`, its progress (one line per compile) passing through;
+  returns its last error line."""
+  errors = []
+  with subprocess.Popen([str(ROOT / ".venv/bin" / args[0]), *args[1:], "--out", str(out)],
+                        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                        text=True) as process:
+    for line in process.stderr:
+      print(f"  {label}: {line.rstrip()}", file=sys.stderr, flush=True)
+      errors += [line.strip()] if line.startswith("linearsr") else []
+  return (errors or ["failed"])[-1]
 
 
 def cells(r: dict) -> list:
@@ -73,6 +89,8 @@ def main():
   parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
   parser.add_argument("--results", default="bench/results/pod_compile",
                       help="directory keeping each row's report (rows found there are reused)")
+  parser.add_argument("--recount", action="store_true",
+                      help="compile the kept rows again at their largest batch (no search)")
   args, overrides = parser.parse_known_args()
   results = Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
@@ -83,7 +101,7 @@ def main():
   for config in args.configs:
     for topology in args.topologies:
       for mode in args.modes:
-        r = compile_row(config, topology, mode, overrides, results)
+        r = compile_row(config, topology, mode, overrides, results, args.recount)
         rows.append(cells(r))
         commands.append(r.get("command", ""))
         print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
