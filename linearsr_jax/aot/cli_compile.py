@@ -143,8 +143,8 @@ def _batch_unit(config, mesh, stage: str) -> int:
 
 def _compile_train_step(config, devices, stage: str, batch_size: int):
   """(per-chip bytes of the train step at `batch_size`, (compiled step, compile seconds) or
-  None when the compiler refused it). One compile: the scanned program's memory is already the
-  whole model's."""
+  None when the compiler refused it, the bytes it said it has then or None). One compile: the
+  scanned program's memory is already the whole model's."""
   from linearsr_jax.aot import hlo_stats, step_compile
   from linearsr_jax.train.loop import Run
 
@@ -153,8 +153,8 @@ def _compile_train_step(config, devices, stage: str, batch_size: int):
   try:
     compiled = step_compile.compile_train_step(run, stage, batch_size)
   except step_compile.DoesNotFit as e:
-    return e.required, None
-  return hlo_stats.stats(compiled[0])["memory"]["total"], compiled
+    return e.required, None, e.available
+  return hlo_stats.stats(compiled[0])["memory"]["total"], compiled, None
 
 
 def _crossing(need: dict, hbm: float, a: int, b: int) -> int:
@@ -177,25 +177,31 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
   from linearsr_jax import config_check, sharding
   config_check.mesh_sizes(config, len(devices))  # a clear error first: no Run has checked it
   unit = _batch_unit(config, sharding.make_mesh(dict(config.mesh), devices), stage)
-  hbm, need = pod.chip.hbm_gib * GIB, {}
+  hbm, need, fit = pod.chip.hbm_gib * GIB, {}, {}
   largest = {}  # the largest fitting batch's compiled step, which the report reuses
+  limit = [hbm]  # what the secant aims at: less once the compiler says it keeps some HBM
 
   def fits(multiple) -> bool:
     if multiple not in need:
-      need[multiple], compiled = _compile_train_step(config, devices, stage, unit * multiple)
-      if need[multiple] <= hbm and multiple > largest.get("multiple", 0):
+      need[multiple], compiled, available = _compile_train_step(config, devices, stage,
+                                                                unit * multiple)
+      limit[0] = min(limit[0], available or hbm)
+      # The compiler may refuse a program under the chip's HBM: it keeps some for itself.
+      fit[multiple] = compiled is not None and need[multiple] <= hbm
+      if fit[multiple] and multiple > largest.get("multiple", 0):
         largest.update(multiple=multiple, compiled=compiled)
-      took = f", compiled in {compiled[1]:.0f} s" if compiled else ""
+      took = (f"compiled in {compiled[1]:.0f} s" if compiled
+              else "the compiler refused it")
       log(f"batch {unit * multiple}: {need[multiple] / GIB:.2f} GiB "
-          f"({'fits' if need[multiple] <= hbm else 'too large'}{took})")
-    return need[multiple] <= hbm
+          f"({'fits' if fit[multiple] else 'too large'}, {took})")
+    return fit[multiple]
 
   if not fits(1):
     return 0, report(config, pod, devices, stage, unit)
   lo, hi = (2, None) if fits(2) else (1, 2)
   last = [1, 2]  # the two latest measurements: the secant through them
   while hi is None or hi - lo > 1:
-    probe = max(lo + 1, _crossing(need, hbm, *sorted(last)))
+    probe = max(lo + 1, _crossing(need, limit[0], *sorted(last)))
     probe = probe if hi is None else min(probe, hi - 1)
     if fits(probe):
       lo = probe
@@ -230,8 +236,10 @@ def run(args) -> int:
     with atomic_file(own.out, "w") as f:
       json.dump(result, f, indent=2, sort_keys=True)
   if not result["fits"]:
-    over = (_required_bytes(result) - result["hbm_bytes"]) / GIB
-    print(f"linearsr: the train step does not fit: {over:.2f} GiB per chip over the "
-          f"{pod.chip.hbm_gib:.0f} GiB of a {pod.chip.generation} chip", file=sys.stderr)
+    # Against what the compiler said it has, when it refused the program.
+    available = result.get("available_bytes", result["hbm_bytes"])
+    print(f"linearsr: the train step does not fit: {(_required_bytes(result) - available) / GIB:.2f}"
+          f" GiB per chip over the {available / GIB:.2f} GiB a {pod.chip.generation} chip has for "
+          "it", file=sys.stderr)
     return 1
   return 0

@@ -7,6 +7,7 @@ the code.
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -69,7 +70,7 @@ def test_a_step_that_does_not_fit_exits_1_saying_by_how_much(capsys):
   captured = capsys.readouterr()
   assert code == 1, captured.err[-2000:]
   assert "DOES NOT FIT" in captured.out
-  assert "GiB per chip over the 16 GiB of a v5e chip" in captured.err
+  assert re.search(r"\d GiB per chip over the 1\d\.\d\d GiB a v5e chip has for it", captured.err)
 
 
 def test_slice_names_map_to_libtpu_topologies():
@@ -104,7 +105,7 @@ def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(tmp_path)
 
 
 @pytest.mark.parametrize("name, gib, most", [
-    ("affine", lambda m: 1.0 + 0.1 * m, 4),
+    ("affine", lambda m: 1.0 + 0.1 * m, 5),  # one compile more to learn the compiler's reserve
     ("15 % over at 150 units", lambda m: 1.03 + 0.1 * (m - 1) if m <= 2 else
      1.13 + 17.35 * (m - 2) / 148, 5),
     ("convex", lambda m: 1.0 + 0.1 * m + 0.0008 * m * m, 8),
@@ -114,14 +115,18 @@ def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(tmp_path)
 ])
 def test_find_batch_search_on_memory_curves_of_known_shape(monkeypatch, name, gib, most):
   """The search alone, on memory curves given as formulas (multiples of the unit -> GiB):
-  it returns the largest multiple that fits, the next one does not, in few compiles."""
+  it returns the largest multiple that fits, the next one does not, in few compiles. The
+  compiler refuses programs above 15.75 GiB (it keeps some HBM for itself), as libtpu does:
+  those do not fit either, though under the chip's 16 GiB."""
   from linearsr_jax.aot import cli_compile
 
   probed = []
 
   def compile_step(config, devices, stage, batch):
     probed.append(batch // 8)
-    return gib(batch // 8) * 1024 ** 3, (object(), 1.0)
+    need = gib(batch // 8) * 1024 ** 3
+    kept = 15.75 * 1024 ** 3
+    return (need, (object(), 1.0), None) if need <= kept else (need, None, kept)
 
   monkeypatch.setattr(cli_compile, "_compile_train_step", compile_step)
   monkeypatch.setattr(cli_compile, "_batch_unit", lambda *args: 8)
@@ -132,7 +137,7 @@ def test_find_batch_search_on_memory_curves_of_known_shape(monkeypatch, name, gi
   config = type("Config", (), {"mesh": {}})()
   batch, _ = cli_compile.find_batch(config, pod, [], "pretrain", log=lambda line: None)
   largest = batch // 8
-  assert gib(largest) <= 16 < gib(largest + 1), (name, probed)
+  assert gib(largest) <= 15.75 < gib(largest + 1), (name, probed)
   assert len(probed) <= most, (name, probed)
 
 

@@ -71,7 +71,7 @@ def test_a_step_too_large_for_the_gpus_exits_1_saying_by_how_much(capsys):
   captured = capsys.readouterr()
   assert code == 1, captured.err[-2000:]
   assert "DOES NOT FIT" in captured.out
-  assert "GiB per chip over the 80 GiB of a A100 chip" in captured.err
+  assert "GiB per chip over the 80.00 GiB a A100 chip has for it" in captured.err
 
 
 @pytest.mark.parametrize("args, expected", [
