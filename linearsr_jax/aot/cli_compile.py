@@ -8,6 +8,7 @@ train step does not fit; a bad topology, mesh or batch is one line and exit 2.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -201,7 +202,10 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
   lo, hi = (2, None) if fits(2) else (1, 2)
   last = [1, 2]  # the two latest measurements: the secant through them
   while hi is None or hi - lo > 1:
-    probe = max(lo + 1, _crossing(need, limit[0], *sorted(last)))
+    # An unreadable refusal has no size: bisect until two sizes are known again.
+    secant = all(math.isfinite(need[m]) for m in last)
+    probe = max(lo + 1, _crossing(need, limit[0], *sorted(last)) if secant or hi is None
+                else (lo + hi) // 2)
     probe = probe if hi is None else min(probe, hi - 1)
     if fits(probe):
       lo = probe

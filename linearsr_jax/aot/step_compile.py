@@ -44,12 +44,16 @@ class DoesNotFit(Exception):
   """The TPU compiler refused the program: it needs more HBM than the chip has. (XLA:GPU
   compiles any size: there, fit is judged from the memory analysis alone.)"""
 
+  # libtpu words it two ways: "… HLO temporaries (15.95G) exceeds available HBM (15.75G)" and
+  # "… Used 16.01G of 15.75G hbm. Exceeded hbm capacity by 266.01M."
+  SIZES = (r"Used ([\d.]+[KMGT]) of ([\d.]+[KMGT]) hbm", r"\(([\d.]+[KMGT])\)\D+\(([\d.]+[KMGT])\)")
+
   def __init__(self, message: str):
     super().__init__(message)
-    sizes = re.findall(r"\(([\d.]+)([KMGT])\)", message)
     scale = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
-    found = [float(v) * scale[u] for v, u in sizes]
-    self.required, self.available = (found + [float("nan")] * 2)[:2]
+    found = next((m.groups() for m in map(lambda p: re.search(p, message), self.SIZES) if m),
+                 ("nan ", "nan "))
+    self.required, self.available = (float(v[:-1]) * scale.get(v[-1], 1) for v in found)
 
 
 # XLA:TPU turns a matmul whose operand is gathered over FSDP into a loop over the shards

@@ -190,3 +190,19 @@ def test_matmuls_looped_over_fsdp_shards_are_counted_in_full():
   stats = step_compile.train_step_stats(run, "finetune", 256, compiled)
   per_chip = analytic_step_flops(batch=256, depth=1) / 16
   assert stats["flops"] == pytest.approx(per_chip, rel=0.10)
+
+
+@pytest.mark.parametrize("message, required, available", [
+    ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+     "temporaries (15.95G) exceeds available HBM (15.75G).", 15.95, 15.75),
+    ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of "
+     "memory in memory space hbm. Used 15.80G of 15.75G hbm. Exceeded hbm capacity by 50.77M.",
+     15.80, 15.75),
+])
+def test_both_ways_libtpu_refuses_a_program_give_its_sizes(message, required, available):
+  """The two messages libtpu gave sana600m on v5e-16 (batches 3392 and 2704): the search needs
+  the sizes of both (it had read the second as NaN and walked down one unit at a time)."""
+  from linearsr_jax.aot.step_compile import DoesNotFit
+  refused = DoesNotFit(message)
+  assert refused.required == pytest.approx(required * 1024 ** 3)
+  assert refused.available == pytest.approx(available * 1024 ** 3)
