@@ -115,7 +115,8 @@ def _blocks_config(config, depth: int):
   return config
 
 
-def _counted(run: Run, stage: str, batch_size: int, depth: int) -> dict:
+def counted_stats(run: Run, stage: str, batch_size: int, depth: int) -> dict:
+  """Per-chip stats of the train step with `depth` unrolled blocks, compiled to count."""
   config = _blocks_config(run.config, depth)
   blocks = Run(config, run.workdir, load_weights=False, devices=list(run.mesh.devices.flat))
   return hlo_stats.stats(compile_train_step(blocks, stage, batch_size, counting=True)[0])
@@ -131,8 +132,8 @@ def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> di
   compiled, seconds = compiled or compile_train_step(run, stage, batch_size)
   result = hlo_stats.stats(compiled)
   depth = run.config.model.depth
-  one = _counted(run, stage, batch_size, 1)
-  counted = hlo_stats.extrapolated(one, _counted(run, stage, batch_size, 2) if depth > 1 else one,
+  one = counted_stats(run, stage, batch_size, 1)
+  counted = hlo_stats.extrapolated(one, counted_stats(run, stage, batch_size, 2) if depth > 1 else one,
                                    depth)
   result["encoder_flops"] = 0.0
   if run.config.data.hr_latents == "encode" and run.latent_space.abstract_params():

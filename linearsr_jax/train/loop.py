@@ -310,11 +310,12 @@ class _StageTraining:
     if not self.ckpts.all_steps():
       raise UserError(f"stage {self.name}: {limit} consecutive non-finite steps before the "
                       "first checkpoint")
-    log.warning("stage %s: %d consecutive non-finite steps at step %d; restoring the latest "
-                "checkpoint", self.name, int(self.state.consecutive_skips), step)
+    skips = int(self.state.consecutive_skips)
     del self.state
-    _, self.state, _ = self.ckpts.restore_intact(self.ckpts.all_steps()[::-1], self.abstract,
-                                                 self.data_iter)
+    good, self.state, _ = self.ckpts.restore_intact(self.ckpts.all_steps()[::-1], self.abstract,
+                                                    self.data_iter)
+    log.warning("stage %s: %d consecutive non-finite steps at step %d; restoring checkpoint %d",
+                self.name, skips, step, good)
     return int(self.state.step)
 
   def _budget_branch(self, decision) -> tuple:

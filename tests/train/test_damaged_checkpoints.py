@@ -100,17 +100,18 @@ def test_a_damaged_knee_is_replaced_by_the_nearest_intact_checkpoint(tmp_path):
   """A finished stage whose knee checkpoint is then damaged: the run, started again, takes the
   nearest intact checkpoint instead (the earlier of two as near), and result.json and run.json
   say so. (Resuming past a damaged latest checkpoint: test_kills.py.)"""
-  config = small_config(**{"stages.pretrain.max_steps": 6, "data.batch_size": 8})
+  config = small_config(**{"stages.pretrain.max_steps": 4, "train.eval_every": 2,
+                            "data.batch_size": 8})
   loop.run(config, tmp_path)
   stage = run_dir.RunDir(tmp_path).stage("pretrain")
-  assert stage.checkpoint_steps() == [0, 3, 6]
-  run_dir.write_json(stage.result_json, dict(stage.result(), knee_step=3))
-  flip_bytes(stage.checkpoint(3))
+  assert stage.checkpoint_steps() == [0, 2, 4]
+  run_dir.write_json(stage.result_json, dict(stage.result(), knee_step=2))
+  flip_bytes(stage.checkpoint(2))
   loop.run(config, tmp_path)
   result, entry = stage.result(), run_dir.read_json(tmp_path / "run.json")["stages"][0]
   assert result["knee_step"] == entry["knee_step"] == 0
-  assert "its checkpoint 3 was damaged, so the nearest intact one, 0, was used" in entry["reason"]
-  assert [p.name for p in (stage.path / "damaged_checkpoints").iterdir()] == ["3"]
+  assert "its checkpoint 2 was damaged, so the nearest intact one, 0, was used" in entry["reason"]
+  assert [p.name for p in (stage.path / "damaged_checkpoints").iterdir()] == ["2"]
 
 
 def test_tools_refuse_a_damaged_checkpoint(tmp_path_factory, tmp_path, capsys):

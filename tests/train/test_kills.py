@@ -16,14 +16,13 @@ TWO_STAGES = dict(SMALL, stage_order="pretrain,moe",
                   stages=dict(pretrain=dict(max_steps=12), moe=dict(max_steps=6)))
 
 # One workdir killed again and again: each kill lands in the run that resumed from the last.
+# (A half metrics line: test_training.py; every point at random moments: bench/chaos.py.)
 KILLS = [
     "checkpoint_write@3",  # step 6's save in flight: resume from step 3 (or 6, if it landed)
-    "metrics_append@5",    # a half line in pretrain's metrics.jsonl
-    "knee_plot@1",         # pretrain's knee plot drawn, not yet written
     "stage_ended@1",       # pretrain's result.json written, moe not started
     "knee_restored@1",     # the last stage's finish: moe's knee read, nothing of it written
 ]
-DAMAGED_AFTER = {"metrics_append@5"}  # and then its latest checkpoint is truncated
+DAMAGED_AFTER = {"checkpoint_write@3"}  # and then its latest checkpoint is truncated
 
 
 def test_point_names_are_known():
