@@ -2,7 +2,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Tests use both cores through pytest-xdist; set PYTEST_WORKERS=0 to run in one process.
+# Tests use both cores through pytest-xdist, one test file per worker at a time (a file's
+# module fixtures, such as a training run, are then built once); PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 
 $(BIN)/.installed: requirements.txt requirements-test.txt requirements-gpu-aot.txt \
@@ -18,7 +19,7 @@ $(BIN)/.installed: requirements.txt requirements-test.txt requirements-gpu-aot.t
 install: $(BIN)/.installed
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 tests
 
 # Trains the tiny config on the embedded photographs, ESGF, experts, eval, upscale: runs/demo/.
 demo: $(BIN)/.installed
