@@ -16,7 +16,8 @@ from linearsr_jax.cli import main
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import loop, run_dir, state_checksum
 from linearsr_jax.train.checkpoint import StageCheckpoints
-from damage import empty_step_dir, flip_bytes, remove_metadata, truncate_array_file
+from damage import (empty_step_dir, flip_bytes, flip_bytes_throughout, remove_metadata,
+                    truncate_array_file)
 from trained_run import trained_run
 from train_runs import small_config
 
@@ -118,7 +119,7 @@ def test_tools_refuse_a_damaged_checkpoint(tmp_path_factory, tmp_path, capsys):
   run = tmp_path / "run"
   shutil.copytree(trained_run(tmp_path_factory), run)
   step = run_dir.RunDir(run).stage("moe").result()["knee_step"]
-  flip_bytes(run / "moe" / "checkpoints" / str(step))
+  flip_bytes_throughout(run / "moe" / "checkpoints" / str(step))
   assert main(["export", str(run), "--out", str(tmp_path / "out")]) == 2
   error = capsys.readouterr().err.strip().splitlines()
   assert len(error) == 1 and str(step) in error[0] and (
