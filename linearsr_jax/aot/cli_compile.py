@@ -242,8 +242,8 @@ def run(args) -> int:
   if not result["fits"]:
     # Against what the compiler said it has, when it refused the program.
     available = result.get("available_bytes", result["hbm_bytes"])
-    print(f"linearsr: the train step does not fit: {(_required_bytes(result) - available) / GIB:.2f}"
-          f" GiB per chip over the {available / GIB:.2f} GiB a {pod.chip.generation} chip has for "
-          "it", file=sys.stderr)
+    over = (_required_bytes(result) - available) / GIB
+    print(f"linearsr: the train step does not fit: {over:.2f} GiB per chip over the "
+          f"{available / GIB:.2f} GiB a {pod.chip.generation} chip has for it", file=sys.stderr)
     return 1
   return 0

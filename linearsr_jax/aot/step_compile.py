@@ -133,8 +133,8 @@ def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> di
   result = hlo_stats.stats(compiled)
   depth = run.config.model.depth
   one = counted_stats(run, stage, batch_size, 1)
-  counted = hlo_stats.extrapolated(one, counted_stats(run, stage, batch_size, 2) if depth > 1 else one,
-                                   depth)
+  two = counted_stats(run, stage, batch_size, 2) if depth > 1 else one
+  counted = hlo_stats.extrapolated(one, two, depth)
   result["encoder_flops"] = 0.0
   if run.config.data.hr_latents == "encode" and run.latent_space.abstract_params():
     encoder = encoder_stats(run, batch_size)
