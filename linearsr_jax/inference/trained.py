@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import SRModel
-from linearsr_jax.train import state_checksum
+from linearsr_jax.train import abandoned_reads, state_checksum
 from linearsr_jax.train.run_dir import RunDir, StageDir, read_json
 
 
@@ -113,6 +113,7 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
     raise UserError(f"{step_dir}: no such checkpoint")
   config = ml_collections.ConfigDict(read_json(run.config_json))
   name = "ema_params" if ema else "params"
+  abandoned_reads.silence()
   try:
     params = _restore_on_one_device(step_dir / "state", name)
     saved = ocp.JsonCheckpointHandler().restore(step_dir / "checksums")

@@ -26,7 +26,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from linearsr_jax import disk_space
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import kill_points, state_checksum
+from linearsr_jax.train import abandoned_reads, kill_points, state_checksum
 
 ITEMS = ("state", "data_iter", "metrics", "checksums")
 log = logging.getLogger(__name__)
@@ -173,6 +173,7 @@ class StageCheckpoints:
   def _check_structure(self, step: int, abstract_state):
     """Names the first array whose saved shape differs from this model's and optimizer's, from
     the checkpoint's metadata; unreadable metadata is damage."""
+    abandoned_reads.silence()
     try:
       saved = ocp.StandardCheckpointHandler().metadata(
           epath.Path(self.manager.directory) / str(step) / "state").tree

@@ -6,6 +6,7 @@ locked, with `--config.*` overrides), as big_vision and the Flax examples do.
 
 import logging
 import os
+import sys
 
 from linearsr_jax.errors import UserError
 
@@ -114,6 +115,19 @@ def _raised_in(error: BaseException, path):
   return lines[-1] if lines else None
 
 
+class _CurrentStderr(logging.StreamHandler):
+  """Writes to sys.stderr as it is when a record comes, not as it was when `train` started: run
+  in-process (tests, notebooks), that stream may be closed by the time a library logs."""
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, _):
+    pass
+
+
 def run(args) -> int:
   from absl import flags as absl_flags
 
@@ -126,7 +140,7 @@ def run(args) -> int:
   # root logger, which left our INFO lines ("resumed from checkpoint" ...) unprinted. Libraries
   # (Orbax, grain) stay at WARNING.
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
-                      force=True)
+                      handlers=[_CurrentStderr()], force=True)
   logging.getLogger("linearsr_jax").setLevel(logging.INFO)
   distributed.maybe_initialize()
   results = loop.run(config, workdir)
