@@ -1,8 +1,11 @@
 """A tiny two-stage training run (1-expert pretrain, 4-expert MoE) shared by the tool tests.
 
-`trained_run(tmp_path_factory)` trains it once per test session (cached by path) in ~tens of
-seconds on CPU; the run directory has the layout `linearsr train` writes (train/loop.py).
+`trained_run(tmp_path_factory)` trains it once per test session in ~tens of seconds on CPU;
+the run directory has the layout `linearsr train` writes (train/loop.py).
 """
+
+import fcntl
+import os
 
 from linearsr_jax.configs import tiny
 
@@ -29,10 +32,17 @@ def tiny_run_config():
 
 
 def trained_run(tmp_path_factory):
-  """Path of the run directory (trained on first use)."""
+  """Path of the run directory, trained once per test session: the xdist workers share it,
+  the first to ask trains it under a file lock and the others wait for it. Tests that change
+  a run copy it first."""
   if "run" not in _RUNS:
     from linearsr_jax.train import loop
-    path = tmp_path_factory.mktemp("tiny_run")
-    loop.run(tiny_run_config(), path)
+    base = tmp_path_factory.getbasetemp()
+    session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = session / "tiny_run"
+    with open(session / "tiny_run.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not (path / "run.json").is_file():
+        loop.run(tiny_run_config(), path)
     _RUNS["run"] = path
   return _RUNS["run"]

@@ -132,9 +132,12 @@ def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> di
   compiled, seconds = compiled or compile_train_step(run, stage, batch_size)
   result = hlo_stats.stats(compiled)
   depth = run.config.model.depth
-  one = counted_stats(run, stage, batch_size, 1)
-  two = counted_stats(run, stage, batch_size, 2) if depth > 1 else one
-  counted = hlo_stats.extrapolated(one, two, depth)
+  if depth <= 2:  # nothing to extrapolate: the whole depth, unrolled, is counted directly
+    whole = counted_stats(run, stage, batch_size, depth)
+    counted = {k: whole[k] for k in hlo_stats.COUNTED}
+  else:
+    counted = hlo_stats.extrapolated(counted_stats(run, stage, batch_size, 1),
+                                     counted_stats(run, stage, batch_size, 2), depth)
   result["encoder_flops"] = 0.0
   if run.config.data.hr_latents == "encode" and run.latent_space.abstract_params():
     encoder = encoder_stats(run, batch_size)

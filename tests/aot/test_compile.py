@@ -81,7 +81,7 @@ def test_slice_names_map_to_libtpu_topologies():
   assert len(tpu_pods.pod_devices(tpu_pods.parse_pod("v6e-16"))) == 16
 
 
-def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(tmp_path):
+def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(monkeypatch):
   """On a v5e-4 whose chips are given just room for about three batch units (so the search
   walks a short way), the batch found fits and one unit more does not."""
   from linearsr_jax.configs.sana600m_x4 import get_config
@@ -92,6 +92,15 @@ def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(tmp_path)
   config.update_from_flattened_dict(NARROW)
   pod = tpu_pods.parse_pod("v5e-4")
   devices = tpu_pods.pod_devices(pod)
+  # Each batch compiled once: the probes the search makes are the ones checked here too.
+  compiled, compile_step = {}, cli_compile._compile_train_step
+
+  def compile_once(config, devices, stage, batch):
+    if batch not in compiled:
+      compiled[batch] = compile_step(config, devices, stage, batch)
+    return compiled[batch]
+
+  monkeypatch.setattr(cli_compile, "_compile_train_step", compile_once)
   step_bytes = lambda batch: cli_compile._compile_train_step(config, devices, "pretrain",
                                                              batch)[0]
   one, two = step_bytes(4), step_bytes(8)
@@ -157,7 +166,7 @@ def test_each_expert_on_its_own_chips_gathers_only_its_own_weights():
     config.update_from_flattened_dict(dict(NARROW, **{"mesh.expert": expert,
                                                       "data.batch_size": 32}))
     run = Run(config, os.devnull, load_weights=False, devices=devices)
-    stats[expert] = step_compile.train_step_stats(run, "finetune", 32)
+    stats[expert] = step_compile.counted_stats(run, "finetune", 32, depth=1)
     token_wise = step_compile.model_flops(run, "finetune", 32)["dit_params_token_wise"]
   gathered = {e: s["collectives"]["all-gather"] for e, s in stats.items()}
   # Two gathers of each bfloat16 kernel (forward, remat's re-forward): one expert's f32 bytes.
