@@ -1,6 +1,12 @@
 """Test set-up: 8 fake CPU devices for mesh tests, float32 matmuls at full precision."""
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
 
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (
@@ -13,9 +19,14 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
+# Many tests build the same small configs' steps in this process; each run's new closures make
+# jax.jit trace again, but XLA's compile is then found on disk. One directory per process (the
+# xdist workers would race on a shared one); TPU / GPU AOT compiles are never cached.
+_compilation_cache = tempfile.mkdtemp(prefix="linearsr_jax_cache_")
+atexit.register(shutil.rmtree, _compilation_cache, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _compilation_cache)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture(scope="session")
