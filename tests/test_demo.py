@@ -72,13 +72,37 @@ def test_stage_two_starts_from_the_knee_with_identical_experts_that_diverge(demo
 
 
 def test_demo_outputs(demo):
-  for method in ("ours", "bicubic"):
-    summary = json.loads((demo / "eval" / method / "summary.json").read_text())
-    assert summary["scored"] == 2 and np.isfinite(summary["mean"]["psnr_y"])
+  summary = json.loads((demo / "eval" / "ours" / "summary.json").read_text())
+  for method in (summary, summary["baseline"]):
+    assert method["scored"] == 2 and np.isfinite(method["mean"]["psnr_y"])
   grids = list(demo.glob("grid_*.png"))
   assert len(grids) == 1
   with Image.open(grids[0]) as grid:
-    assert grid.size == (4 * 128, 128 + 20)
+    assert grid.size == (4 * 128, 20 + 128 + 128)  # labels, the panels, their zoomed windows
   report = (demo / "report.md").read_text()
   knee = json.loads((demo / "train" / "run.json").read_text())["stages"][0]["knee_step"]
   assert f"| {knee} |" in report and grids[0].name in report
+
+
+def test_the_grid_zooms_into_the_most_textured_window(tmp_path):
+  """A flat photo with one 16 px checkerboard patch: the zoom row shows that patch of each
+  panel, enlarged 4× by pixel repetition, and a red box marks it on the full panels."""
+  from linearsr_jax.data.image_io import read_image, write_image
+  from linearsr_jax.demo import textured_window, write_grid
+
+  hr = np.full((64, 64, 3), 0.5)
+  rows, cols = np.indices((16, 16))
+  hr[24:40, 40:56] = ((rows + cols) % 2)[..., None]
+  assert textured_window(hr, 16) == (24, 40)
+  lr = hr[::4, ::4]
+  for name, image in (("lr", lr), ("sr", hr), ("hr", hr)):
+    write_image(tmp_path / f"{name}.png", image)
+  write_grid(tmp_path / "lr.png", tmp_path / "sr.png", tmp_path / "hr.png",
+             tmp_path / "grid.png", 4)
+  grid = read_image(tmp_path / "grid.png")
+  assert grid.shape == (20 + 64 + 64, 4 * 64, 3)
+  patch = np.kron(hr[24:40, 40:56], np.ones((4, 4, 1)))
+  for panel in (2, 3):  # ours (here the HR image itself) and HR
+    np.testing.assert_allclose(grid[84:, 64 * panel:64 * (panel + 1)], patch, atol=1 / 255)
+  red = grid[20 + 24, 64 * 3 + 44]  # on the box's top edge in the HR panel
+  assert red[0] > 0.9 and red[1] < 0.1 and red[2] < 0.1

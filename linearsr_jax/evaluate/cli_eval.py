@@ -4,7 +4,8 @@
   linearsr eval --hr_dir HR --lr_dir LR --scale 4 --out DIR   # the bicubic baseline row
   linearsr eval --hr_dir HR --lr_dir LR --checkpoint RUN --out DIR   # a trained model
 
-Writes DIR/per_image.csv, DIR/summary.json and DIR/table.md. Exit code 0 when every pair
+Writes DIR/per_image.csv, DIR/summary.json and DIR/table.md; a trained model's report holds
+the bicubic row beside its own. Exit code 0 when every pair
 was scored, 1 when some were not (each is listed with its reason), 2 on bad arguments.
 """
 
@@ -97,6 +98,20 @@ def _metric_names(text):
   return names
 
 
+def _bicubic(scale: int) -> str:
+  return f"bicubic x{scale} (MATLAB imresize), rounded to 8 bits"
+
+
+def _settings(args, source_dir, upsampler, names) -> dict:
+  return {
+      "hr_dir": str(args.hr_dir),
+      "sr_dir" if args.lr_dir is None else "lr_dir": str(source_dir),
+      "upsampler": upsampler,
+      "crop_border": args.crop_border,
+      "metrics": {n: metrics.METRICS[n].convention for n in names},
+  }
+
+
 def run(args) -> int:
   names = _metric_names(args.metrics)
   if args.scale < 1:
@@ -112,34 +127,35 @@ def run(args) -> int:
     source_dir, label = args.lr_dir, args.label or "linearsr"
   elif args.lr_dir is not None:
     source_dir, super_resolve = args.lr_dir, evaluate.bicubic_upscaler(args.scale)
-    upsampler = f"bicubic x{args.scale} (MATLAB imresize), rounded to 8 bits"
+    upsampler = _bicubic(args.scale)
     label = args.label or "bicubic"
   else:
-    source_dir, super_resolve = args.sr_dir, None
+    source_dir, super_resolve, upsampler = args.sr_dir, None, None
     label = args.label or args.sr_dir.resolve().name
   extra = evaluate.read_extra_scores(args.extra_scores) if args.extra_scores else {}
 
   pairs = evaluate.match_pairs(args.hr_dir, source_dir)
+  baseline = None
+  if args.checkpoint is not None:  # the bicubic row beside the model's: does the model help?
+    settings = _settings(args, source_dir, _bicubic(args.scale), names)
+    scored = evaluate.evaluate_pairs(pairs, evaluate.bicubic_upscaler(args.scale), names,
+                                     args.crop_border, not args.no_progress, desc="bicubic")
+    baseline = scored, evaluate.summarize(scored, names, "bicubic", settings)
   results = evaluate.evaluate_pairs(pairs, super_resolve, names, args.crop_border,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, desc=label)
   columns = names + evaluate.merge_extra_scores(results, extra)
   unmatched = sorted(extra.keys() - {r.name for r in results})
   if unmatched:
     print(f"linearsr eval: {len(unmatched)} precomputed score rows match no image "
           f"(first: {unmatched[0]})", file=sys.stderr)
-  settings = {
-      "hr_dir": str(args.hr_dir),
-      "sr_dir" if args.lr_dir is None else "lr_dir": str(source_dir),
-      "upsampler": None if args.lr_dir is None else upsampler,
-      "crop_border": args.crop_border,
-      "metrics": {n: metrics.METRICS[n].convention for n in names},
-      "extra_scores": str(args.extra_scores) if args.extra_scores else None,
-  }
+  settings = dict(_settings(args, source_dir, upsampler, names),
+                  extra_scores=str(args.extra_scores) if args.extra_scores else None)
   summary = evaluate.summarize(results, columns, label, settings)
-  evaluate.write_report(args.out, results, summary, columns)
+  evaluate.write_report(args.out, results, summary, columns, baseline)
 
   for failure in summary["failures"]:
     print(f"linearsr eval: {failure['name']}: {failure['error']}", file=sys.stderr)
-  print(evaluate.markdown_table([summary], columns), end="")
+  print(evaluate.markdown_table([baseline[1], summary] if baseline else [summary], columns),
+        end="")
   print(f"{summary['scored']} of {summary['images']} images scored; report in {args.out}")
   return 1 if summary["failed"] else 0

@@ -119,7 +119,7 @@ def _score_pair(pair, super_resolve, metric_fns, crop_border, source_kind):
 
 def evaluate_pairs(pairs: Sequence[Pair], super_resolve: Optional[SuperResolve] = None,
                    metric_names: Sequence[str] = DEFAULT_METRICS, crop_border: int = 0,
-                   progress: bool = True) -> list:
+                   progress: bool = True, desc: str = "eval") -> list:
   """Scores every pair; failures become ImageResults with an error and empty scores.
 
   With `super_resolve`, each pair's source is an LR image and the scored image is
@@ -129,7 +129,7 @@ def evaluate_pairs(pairs: Sequence[Pair], super_resolve: Optional[SuperResolve] 
   metric_fns = {name: metrics.metric_fn(name, crop_border) for name in metric_names}
   source_kind = "SR" if super_resolve is None else "LR"
   results = []
-  for pair in tqdm(pairs, desc="eval", unit="img", disable=not progress):
+  for pair in tqdm(pairs, desc=desc, unit="img", disable=not progress):
     try:
       scores = _score_pair(pair, super_resolve, metric_fns, crop_border, source_kind)
       results.append(ImageResult(pair.name, scores))
@@ -215,19 +215,36 @@ def markdown_table(summaries: Sequence[dict], columns: Sequence[str]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir, results, summary: dict, columns: Sequence[str]) -> dict:
-  """per_image.csv, summary.json and table.md in out_dir, each written atomically."""
+def write_report(out_dir, results, summary: dict, columns: Sequence[str],
+                 baseline: Optional[tuple] = None) -> dict:
+  """per_image.csv, summary.json and table.md in out_dir, each written atomically.
+
+  `baseline`: (results, summary) of another method on the same pairs (bicubic beside a model),
+  so that one report says whether the model helps: its row comes first in table.md, its
+  scores follow the method's in per_image.csv (columns named `<its label>_<metric>`), and
+  summary.json holds its summary under "baseline".
+  """
   out_dir = Path(out_dir)
+  summaries, scored = [summary], [(results, columns, "")]
+  if baseline is not None:
+    base_results, base_summary = baseline
+    base_columns = [c for c in columns if c in base_summary["mean"]]
+    summary = dict(summary, baseline=base_summary)
+    summaries.insert(0, base_summary)
+    scored.append((base_results, base_columns, f"{base_summary['label']}_"))
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(["name", "status", *columns, "error"])
-  for r in results:
-    cells = [repr(r.scores[c]) if c in r.scores else "" for c in columns]
-    writer.writerow([r.name, "error" if r.error else "ok", *cells, r.error or ""])
+  writer.writerow(["name", "status", *(prefix + c for _, cols, prefix in scored for c in cols),
+                   "error"])
+  for row in zip(*(rows for rows, _, _ in scored)):
+    cells = [repr(r.scores[c]) if c in r.scores else ""
+             for r, (_, cols, _) in zip(row, scored) for c in cols]
+    errors = "; ".join(dict.fromkeys(r.error for r in row if r.error))
+    writer.writerow([row[0].name, "error" if errors else "ok", *cells, errors])
   outputs = {
       "per_image.csv": buffer.getvalue(),
       "summary.json": json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
-      "table.md": markdown_table([summary], columns),
+      "table.md": markdown_table(summaries, columns),
   }
   data = {filename: text.encode("utf-8") for filename, text in outputs.items()}
   # All three or none: room for the lot is checked before the first is written.

@@ -1,6 +1,8 @@
 """`linearsr upscale` and `linearsr eval --checkpoint` with a tiny trained run (trained_run.py)."""
 
+import csv
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -190,9 +192,18 @@ def test_eval_with_a_checkpoint_on_realsr_pairs(tmp_path, run_dir, realsr, monke
   summary = json.loads((out / "summary.json").read_text())
   assert summary["scored"] == 2 and summary["label"] == "linearsr"
   assert "moe step 2" in summary["settings"]["upsampler"]
-  table = (out / "table.md").read_text()
-  assert "linearsr" in table
-  rows = (out / "per_image.csv").read_text().splitlines()
-  assert len(rows) == 3
+  # The bicubic row beside the model's is the one `eval --lr_dir` alone gives.
+  assert main(["eval", "--lr_dir", "LR", "--hr_dir", "HR", "--out", "bicubic", "--metrics",
+               "psnr_y,ssim_y", "--no_progress"]) == 0
+  bicubic = json.loads((tmp_path / "bicubic" / "summary.json").read_text())
+  assert summary["baseline"]["mean"] == bicubic["mean"] and summary["baseline"]["scored"] == 2
+  assert summary["baseline"]["mean"] != summary["mean"]
+  table = (out / "table.md").read_text().splitlines()
+  assert [row.split(" | ")[0] for row in table[2:]] == ["| bicubic", "| linearsr"]
+  rows = list(csv.DictReader(io.StringIO((out / "per_image.csv").read_text())))
+  assert len(rows) == 2 and list(rows[0]) == [
+      "name", "status", "psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y", "error"]
+  assert np.mean([float(r["bicubic_psnr_y"]) for r in rows]) == pytest.approx(
+      bicubic["mean"]["psnr_y"])
   # an almost untrained model on the LR-anchored flow stays near bicubic (RealSR ~ 27 dB)
   assert 20 < summary["mean"]["psnr_y"] < 35
