@@ -22,6 +22,8 @@ from linearsr_jax.models.sr_model import SRModel
 from linearsr_jax.train import abandoned_reads, state_checksum
 from linearsr_jax.train.run_dir import RunDir, StageDir, read_json
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class Trained:
@@ -114,12 +116,16 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
   config = ml_collections.ConfigDict(read_json(run.config_json))
   name = "ema_params" if ema else "params"
   abandoned_reads.silence()
+  verified = (step_dir / "checksums").is_dir()  # absent: written before checkpoints had them
   try:
     params = _restore_on_one_device(step_dir / "state", name)
-    saved = ocp.JsonCheckpointHandler().restore(step_dir / "checksums")
+    saved = ocp.JsonCheckpointHandler().restore(step_dir / "checksums") if verified else {}
   except (ValueError, FileNotFoundError, KeyError) as e:
     raise UserError(f"{step_dir}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
-  bad = state_checksum.mismatches(params, saved, prefix=f"{name}/")
+  if not verified:
+    log.warning("%s has no checksums (written by a version before they existed): its params "
+                "are used unverified", step_dir)
+  bad = state_checksum.mismatches(params, saved, prefix=f"{name}/") if verified else []
   if bad:
     raise UserError(f"{step_dir}: damaged checkpoint: {bad[0]} reads back different from what "
                     f"was saved (checksum; {len(bad)} arrays differ)")

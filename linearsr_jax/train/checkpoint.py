@@ -6,7 +6,7 @@ step that ESGF may still need (the candidates around the current knee estimate),
 caller passes with each save so it can move as the curve grows.
 
 Every checkpoint carries checksums of its state's arrays (state_checksum.py), checked on
-restore. A checkpoint that cannot be read back intact (a truncated or missing file, flipped
+restore (one written before they existed is read with a warning, unverified). A checkpoint that cannot be read back intact (a truncated or missing file, flipped
 bytes, an empty step directory) is moved to `damaged_checkpoints/` beside the stage's
 `checkpoints/` with a warning, and the caller falls back to another (`restore_intact`).
 """
@@ -109,13 +109,20 @@ class StageCheckpoints:
     """(state, metrics) at `step`, the state placed as `abstract_state`'s shardings say; the
     data iterator (when given) is restored in place. Raises DamagedCheckpoint when the step
     cannot be read back intact, UserError when it holds another model."""
-    args = {"state": ocp.args.StandardRestore(abstract_state), "metrics": ocp.args.JsonRestore(),
-            "checksums": ocp.args.JsonRestore()}
+    args = {"state": ocp.args.StandardRestore(abstract_state), "metrics": ocp.args.JsonRestore()}
     if data_iter is not None:
       args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     # latest_step() already names a checkpoint whose asynchronous save may still be running.
     self.wait()
     self._check_structure(step, abstract_state)
+    # A finished save holds every item (Orbax renames its directory into place at the end), so
+    # a step without checksums was written before checkpoints had them: read, not verified.
+    verified = (epath.Path(self.manager.directory) / str(step) / "checksums").exists()
+    if verified:
+      args["checksums"] = ocp.args.JsonRestore()
+    else:
+      log.warning("checkpoint %s has no checksums (written by a version before they existed): "
+                  "restored without verifying its arrays", step)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # Orbax wraps TensorStore's errors in a bare Exception
@@ -123,6 +130,8 @@ class StageCheckpoints:
       if problem is None:
         raise
       raise DamagedCheckpoint(step, problem) from e
+    if not verified:
+      return restored["state"], dict(restored["metrics"] or {})
     if restored["checksums"] is None:
       raise DamagedCheckpoint(step, "its checksums are missing")
     bad = state_checksum.mismatches(restored["state"], restored["checksums"])

@@ -70,6 +70,24 @@ def test_restore_falls_back_to_the_newest_intact_checkpoint(tmp_path, damage, ca
   ckpts.close()
 
 
+def test_a_checkpoint_from_before_checksums_is_read_with_a_warning(tmp_path, caplog):
+  """Checkpoints written by a version without checksums (no `checksums` item) are a user's run
+  resumed after an upgrade, not damage: the latest is restored, unverified, and says so."""
+  directory = tmp_path / "checkpoints"
+  _saved(directory).close()
+  for step in STEPS:
+    shutil.rmtree(directory / str(step) / "checksums")
+  ckpts = StageCheckpoints(directory, keep_latest=len(STEPS), best_metric="val/psnr_y",
+                           best_mode="max", async_save=False)
+  with caplog.at_level(logging.WARNING):
+    step, state, metrics = ckpts.restore_intact(ckpts.all_steps()[::-1], _abstract(_state(0)))
+  ckpts.close()
+  assert step == 2 and metrics == {"val/psnr_y": 2.0}
+  np.testing.assert_array_equal(state["params"]["w"], _state(2)["params"]["w"])
+  assert "checkpoint 2 has no checksums" in caplog.text and "damaged" not in caplog.text
+  assert not (tmp_path / "damaged_checkpoints").exists()
+
+
 def test_no_intact_checkpoint_is_one_line(tmp_path):
   directory = tmp_path / "checkpoints"
   _saved(directory).close()
@@ -130,3 +148,12 @@ def test_tools_refuse_a_damaged_checkpoint(tmp_path_factory, tmp_path):
   assert len(error) == 1 and str(step) in error[0] and (
       "damaged checkpoint" in error[0] or "unreadable checkpoint" in error[0]), error
   assert not (tmp_path / "out").exists()
+  # Without checksums (a checkpoint from before them), the tools read it and warn.
+  shutil.rmtree(run / "moe" / "checkpoints" / str(step))
+  shutil.copytree(trained_run(tmp_path_factory) / "moe" / "checkpoints" / str(step),
+                  run / "moe" / "checkpoints" / str(step))
+  shutil.rmtree(run / "moe" / "checkpoints" / str(step) / "checksums")
+  done = subprocess.run([sys.executable, "-m", "linearsr_jax.cli", "export", str(run), "--out",
+                         str(tmp_path / "out")], env=cli_env(), capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  assert "has no checksums" in done.stderr and (tmp_path / "out").is_dir()
