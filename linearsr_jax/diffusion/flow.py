@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from linearsr_jax.errors import UserError
+from linearsr_jax.inference.resize import upsample_bicubic
 
 SOURCES = ("noise", "lr")
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
@@ -112,6 +113,14 @@ def sample_sigma(key, shape, cfg, lo=0.0, hi=1.0):
   else:
     raise UserError(f"unknown diffusion.timestep_sampling '{cfg.timestep_sampling}'")
   return shift_sigma(u, cfg.train_shift)
+
+
+def lr_source_latent(cfg, latent_space, latent_params, lr, scale: int):
+  """What source 'lr' anchors the flow at: the latent of the bicubic-upsampled LR image (lr in
+  [-1, 1], [B, h, w, 3]); None for source 'noise', which needs no encode."""
+  if cfg.source != "lr":
+    return None
+  return latent_space.encode_fn(latent_params, upsample_bicubic(lr, scale))
 
 
 def draw_source(key, shape, cfg, lr_latent=None):

@@ -9,7 +9,7 @@ the bicubic-upsampled LR image.
 import jax
 import jax.numpy as jnp
 
-from linearsr_jax.diffusion import experts, samplers
+from linearsr_jax.diffusion import experts, flow, samplers
 from linearsr_jax.inference.resize import upsample_bicubic
 
 
@@ -24,9 +24,8 @@ def make_super_resolve(model, latent_space, diffusion_cfg, *, scale: int, **samp
   apply_fn = experts.model_apply(model)
 
   def super_resolve(params, latent_params, lr, cond, cond_mask, key):
-    up = upsample_bicubic(lr, scale)
-    probe = jax.eval_shape(latent_space.encode_fn, latent_params, up)
-    lr_latent = latent_space.encode_fn(latent_params, up) if diffusion_cfg.source == "lr" else None
+    probe = jax.eval_shape(latent_space.encode_fn, latent_params, upsample_bicubic(lr, scale))
+    lr_latent = flow.lr_source_latent(diffusion_cfg, latent_space, latent_params, lr, scale)
     null = (jnp.zeros_like(cond), jnp.zeros_like(cond_mask))
     latents = samplers.sample(apply_fn, params, key, probe.shape, (lr, cond, cond_mask),
                               diffusion_cfg, null_context=null, lr_latent=lr_latent,

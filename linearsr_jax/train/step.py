@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from linearsr_jax.diffusion import experts
-from linearsr_jax.inference.resize import upsample_bicubic
+from linearsr_jax.diffusion import experts, flow
 
 
 def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_dropout: float,
@@ -26,9 +25,8 @@ def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_
     key_drop, key_flow = jax.random.split(key)
     x0 = (batch["hr_latent"] if "hr_latent" in batch
           else latent_space.encode_fn(latent_params, batch["hr"]))
-    lr_latent = None
-    if diffusion_cfg.source == "lr":
-      lr_latent = latent_space.encode_fn(latent_params, upsample_bicubic(batch["lr"], scale))
+    lr_latent = flow.lr_source_latent(diffusion_cfg, latent_space, latent_params, batch["lr"],
+                                      scale)
     # Condition dropout: an all-False mask selects the learned null condition, which is what
     # classifier-free guidance later uses as its unconditional branch.
     keep = ~jax.random.bernoulli(key_drop, cond_dropout, batch["cond_mask"].shape[:1])

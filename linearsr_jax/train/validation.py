@@ -92,8 +92,7 @@ class ExpertFlowLosses:
     def fixed_triples(latent_params, hr, lr, key):
       key_sigma, key_source = jax.random.split(key)
       x0 = latent_space.encode_fn(latent_params, hr)
-      lr_latent = (latent_space.encode_fn(latent_params, upsample_bicubic(lr, scale))
-                   if cfg.source == "lr" else None)
+      lr_latent = flow.lr_source_latent(cfg, latent_space, latent_params, lr, scale)
       sigma = flow.sample_sigma(key_sigma, (num_experts, x0.shape[0]), cfg, lo[:, None],
                                 hi[:, None])
       x1 = jnp.stack([flow.draw_source(k, x0.shape, cfg, lr_latent)
