@@ -31,8 +31,8 @@ def add_arguments(parser):
   model.add_argument("--steps", type=int, help="sampler steps (default: the config's)")
   model.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
   model.add_argument("--seed", type=int, default=0)
-  model.add_argument("--tags", help="comma-separated tags for every image (default: none); for "
-                                     "a hash-encoder model")
+  model.add_argument("--tags", help="comma-separated tags for every image (default: IMAGE.txt "
+                                     "beside each LR image, else none); for a hash-encoder model")
   model.add_argument("--cond_mapping", type=Path, metavar="FILE",
                      help="an .npz / .safetensors file of [L, C] arrays keyed by LR image (path "
                           "relative to --lr_dir, name or stem); default: IMAGE.npy beside each "
@@ -59,17 +59,19 @@ def add_arguments(parser):
 
 
 def _conditions(args, upscaler):
-  """LR path -> (cond, cond_mask): --tags for every image (hash encoder), or each image's
-  array from --cond_mapping or its IMAGE.npy sidecar (precomputed), else the null condition."""
+  """LR path -> (cond, cond_mask), as `upscale` finds them: --tags for every image, else each
+  LR image's IMAGE.txt sidecar (hash encoder); each image's array from --cond_mapping or its
+  IMAGE.npy sidecar (precomputed); else the null condition."""
   from linearsr_jax.data import tag_sources
   from linearsr_jax.inference.upscale import check_condition_flags
 
   check_condition_flags(upscaler.encoder, args.tags, args.cond_mapping, "--cond_mapping")
-  if upscaler.encoder == "hash":
-    return upscaler.conditions(tag_sources.split_tags(args.tags) if args.tags else None)
-  arrays = tag_sources.make_tag_source("sidecar" if args.cond_mapping is None else "mapping",
-                                       args.cond_mapping, root=args.lr_dir, encoder="precomputed")
-  return upscaler.conditions(per_image=arrays)
+  if args.tags is not None:
+    return upscaler.conditions(tag_sources.split_tags(args.tags))
+  per_image = tag_sources.make_tag_source("sidecar" if args.cond_mapping is None else "mapping",
+                                          args.cond_mapping, root=args.lr_dir,
+                                          encoder=upscaler.encoder)
+  return upscaler.conditions(per_image=per_image)
 
 
 def _model_upscaler(args):

@@ -177,6 +177,39 @@ def test_output_over_an_input_is_refused(tmp_path, run_dir, messy_folder, capsys
                                   [Path("good_x4_x4.png")]}
 
 
+def test_eval_reads_each_lr_images_tags_beside_it(tmp_path, run_dir, realsr):
+  """As upscale does: with no --tags, each LR image's IMAGE.txt gives its tags. Each image
+  then scores what it scores alone with those tags given by --tags, and not what the null
+  condition gives."""
+  names = sorted(p.stem for p in (realsr / "LR").iterdir())[:2]
+  tags = dict(zip(names, ["cat, whiskers, fur", "rocket, launch pad, sky"]))
+
+  def folder(name, images, sidecars):
+    for kind in ("LR", "HR"):
+      (tmp_path / name / kind).mkdir(parents=True)
+      for image in images:
+        (tmp_path / name / kind / f"{image}.png").write_bytes(
+            (realsr / kind / f"{image}.png").read_bytes())
+    for image in images if sidecars else ():
+      (tmp_path / name / "LR" / f"{image}.txt").write_text(tags[image])
+    return tmp_path / name
+
+  def scores(pairs, *extra):
+    out = tmp_path / f"report_{len(list(tmp_path.iterdir()))}"
+    assert main(["eval", "--checkpoint", str(run_dir), "--lr_dir", str(pairs / "LR"),
+                 "--hr_dir", str(pairs / "HR"), "--out", str(out), "--metrics", "psnr_y",
+                 "--no_progress", *extra]) == 0
+    return {r["name"]: float(r["psnr_y"]) for r in csv.DictReader(
+        io.StringIO((out / "per_image.csv").read_text()))}
+
+  from_sidecars = scores(folder("sidecars", names, True))
+  untagged = scores(folder("untagged", names, False))
+  for name in names:
+    alone = scores(folder(f"alone_{name}", [name], False), "--tags", tags[name])
+    assert from_sidecars[name] == alone[name]
+  assert from_sidecars != untagged
+
+
 def test_eval_with_a_checkpoint_on_realsr_pairs(tmp_path, run_dir, realsr, monkeypatch):
   bench = realsr
   names = sorted(p.name for p in (bench / "LR").iterdir())[:2]
