@@ -119,14 +119,13 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
   verified = (step_dir / "checksums").is_dir()  # absent: written before checkpoints had them
   try:
     params = _restore_on_one_device(step_dir / "state", name)
-    saved = ocp.JsonCheckpointHandler().restore(step_dir / "checksums") if verified else {}
+    saved = ocp.JsonCheckpointHandler().restore(step_dir / "checksums") if verified else None
   except (ValueError, FileNotFoundError, KeyError) as e:
     raise UserError(f"{step_dir}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
-  if not verified:
+  if saved is None:
     log.warning("%s has no checksums (written by a version before they existed): its params "
                 "are used unverified", step_dir)
-  bad = state_checksum.mismatches(params, saved, prefix=f"{name}/") if verified else []
-  if bad:
+  elif bad := state_checksum.mismatches(params, saved, prefix=f"{name}/"):
     raise UserError(f"{step_dir}: damaged checkpoint: {bad[0]} reads back different from what "
                     f"was saved (checksum; {len(bad)} arrays differ)")
   model, latent_space = build_model(config)
