@@ -5,11 +5,12 @@
 #     launch/tpu_pod.sh create
 #   TPU_NAME=... ZONE=... launch/tpu_pod.sh setup
 #   TPU_NAME=... ZONE=... launch/tpu_pod.sh train --config configs/sana600m_x4.py \
-#       --workdir /gcs/BUCKET/runs/sana600m
+#       --workdir gs://BUCKET/runs/sana600m
 #
 # Every worker runs the same command (`--worker=all`); JAX discovers the pod itself
-# (LINEARSR_DISTRIBUTED=auto). The workdir must be a directory every host sees, e.g. the
-# bucket mounted with gcsfuse (`gcsfuse --implicit-dirs BUCKET /gcs/BUCKET` on each worker).
+# (LINEARSR_DISTRIBUTED=auto). The workdir is a gs:// URL that every host reads and writes
+# with the TPU VM's service account (application-default credentials); a directory every
+# host sees (NFS) works too.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 CMD=${1:?usage: $0 create|setup|train|delete [linearsr-train-args...]}

@@ -1,13 +1,19 @@
-"""Atomic outputs: write beside the target, then rename, so readers never see a partial file."""
+"""Atomic outputs: readers never see a partial file.
+
+Locally: write beside the target, then rename. On object storage (gs://) an object appears
+whole when its upload ends, so a file is one upload, and a directory is staged locally and
+uploaded file by file, its largest file (the params, which readers open last) last.
+"""
 
 import contextlib
 import io
 import os
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
 
-from linearsr_jax import disk_space
+from linearsr_jax import disk_space, storage
 
 
 def _sibling(path: Path, create):
@@ -36,7 +42,11 @@ def atomic_file(path, mode="wb"):
 
 
 def write_atomically(path, data: bytes):
-  path = Path(path)
+  path = storage.path(path)
+  if storage.is_url(path):
+    with storage.errors_as_one_line(f"cannot write {path}"):
+      path.write_bytes(data)
+    return
   path.parent.mkdir(parents=True, exist_ok=True)
   disk_space.ensure_room(path.parent, len(data), path.name)
   tmp, fd = _sibling(path, lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -61,9 +71,15 @@ def atomic_dir(path, overwrite=False):
   """
   from linearsr_jax.errors import UserError
 
-  path = Path(path)
+  path = storage.path(path)
   if path.exists() and not overwrite:
     raise UserError(f"output {path} already exists (pass --overwrite to replace it)")
+  if storage.is_url(path):
+    with tempfile.TemporaryDirectory(prefix="linearsr-") as tmp:
+      yield Path(tmp)
+      with storage.errors_as_one_line(f"cannot write {path}"):
+        _upload_tree(Path(tmp), path)
+    return
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp, _ = _sibling(path, lambda p: os.mkdir(p, 0o777))
   try:
@@ -78,3 +94,20 @@ def atomic_dir(path, overwrite=False):
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def _upload_tree(local: Path, url):
+  """Uploads the files under `local` to the object-store prefix `url`, smallest first, then
+  deletes what an earlier output left there that the new one does not have."""
+  files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  for file in files:
+    target = url / file.relative_to(local).as_posix()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(file, "rb") as src, target.open("wb") as dst:
+      shutil.copyfileobj(src, dst, 1 << 24)
+  new = {file.relative_to(local).as_posix() for file in files}
+  for folder, _, names in url.walk():
+    for name in names:
+      target = folder / name
+      if target.relative_to(url).as_posix() not in new:
+        target.unlink()

@@ -5,6 +5,7 @@ import errno
 import shutil
 from pathlib import Path
 
+from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 
 
@@ -21,7 +22,10 @@ def free_bytes(directory) -> int:
 
 
 def ensure_room(directory, needed: int, what: str):
-  """DiskFull unless `needed` bytes fit on the device of `directory`."""
+  """DiskFull unless `needed` bytes fit on the device of `directory`. Object storage has no
+  device to fill: nothing to check there."""
+  if storage.is_url(directory):
+    return
   free = free_bytes(directory)
   if needed > free:
     raise full(directory, needed, what, free)

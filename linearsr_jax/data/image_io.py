@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from linearsr_jax import storage
 from linearsr_jax.atomic import write_atomically
 from linearsr_jax.errors import UserError
 
@@ -38,16 +39,11 @@ def is_image_path(path) -> bool:
 
 def list_images(root, recursive=True) -> list:
   """Sorted image paths under `root` (by suffix; hidden files such as `._x.jpg` are skipped)."""
-  root = Path(root)
+  root = storage.path(root)
   if not root.is_dir():
     raise UserError(f"{root}: not a directory")
-  pattern = "**/*" if recursive else "*"
-  return sorted(
-      p
-      for p in root.glob(pattern)
-      if p.is_file() and is_image_path(p) and not any(
-          part.startswith(".") for part in p.relative_to(root).parts)
-  )
+  return [p for p in storage.files(root, recursive) if is_image_path(p) and not any(
+      part.startswith(".") for part in p.relative_to(root).parts)]
 
 
 def _sixteen_bit_colour(im: Image.Image, data: bytes) -> bool:
@@ -109,7 +105,7 @@ def read_image(path) -> np.ndarray:
 
   Raises UserError for missing, unreadable, truncated or non-image files.
   """
-  path = Path(path)
+  path = storage.path(path)
   try:
     data = path.read_bytes()
   except OSError as e:
@@ -139,7 +135,7 @@ def decode_image(data: bytes, name="image") -> np.ndarray:
 def image_size(path) -> tuple:
   """(height, width) of an upright image from its header alone (no pixel decoding)."""
   try:
-    with Image.open(path) as im:
+    with storage.path(path).open("rb") as f, Image.open(f) as im:
       width, height = im.size
       if im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
         width, height = height, width
@@ -177,7 +173,8 @@ def write_image(path, array, quality=None) -> None:
 
   `quality` is the JPEG quality (default 95); PNG ignores it.
   """
-  path = Path(path)
+  path = storage.path(path)
   data = encode_image(array, path.suffix, quality)
   write_atomically(path, data)
-  os.chmod(path, 0o644)
+  if not storage.is_url(path):
+    os.chmod(path, 0o644)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from linearsr_jax import storage
 from linearsr_jax.data import image_io, tag_sources
 from linearsr_jax.errors import UserError
 
@@ -86,13 +87,12 @@ class FolderSource:
   """
 
   def __init__(self, root, min_size=0, tags=None, recursive=True, verify=True):
-    self.root = Path(root)
+    self.root = storage.path(root)
     self.tag_source = tags if tags is not None else tag_sources.SidecarTags()
     if not self.root.is_dir():
       raise UserError(f"{self.root}: no such image folder")
-    pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in self.root.glob(pattern) if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(self.root).parts))
+    files = [p for p in storage.files(self.root, recursive) if not any(
+        part.startswith(".") for part in p.relative_to(self.root).parts)]
     images = [p for p in files if image_io.is_image_path(p)]
     # Condition files (sidecars, the mapping) are expected, not skipped.
     expected_text = {s for p in images for suffix in (".txt", ".npy")

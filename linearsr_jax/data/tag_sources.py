@@ -27,6 +27,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 
 TAG_SOURCE_KINDS = ("sidecar", "mapping", "none")
@@ -49,7 +50,7 @@ def split_tags(text) -> list:
 def sidecar_paths(image_path, suffix=".txt") -> tuple:
   """The sidecars SidecarTags (.txt) or SidecarArrays (.npy) would read for `image_path`, in
   order (so folder scans can skip them)."""
-  image_path = Path(image_path)
+  image_path = storage.path(image_path)
   return image_path.with_suffix(suffix), image_path.with_name(image_path.name + suffix)
 
 
@@ -70,7 +71,7 @@ class SidecarTags:
     for sidecar in sidecar_paths(image_path):
       if sidecar.is_file():
         try:
-          return split_tags(sidecar.read_text(encoding="utf-8", errors="replace"))
+          return split_tags(sidecar.read_bytes().decode("utf-8", errors="replace"))
         except OSError as e:
           raise UserError(f"{sidecar}: cannot read tags ({e.strerror or e})") from None
     return []
@@ -110,18 +111,18 @@ class _Mapping:
   SUFFIXES, WHAT = (), ""
 
   def __init__(self, mapping_path, root=None):
-    mapping_path = Path(mapping_path)
+    mapping_path = storage.path(mapping_path)
     if mapping_path.suffix.lower() not in self.SUFFIXES:
       raise UserError(f"{mapping_path}: a {self.WHAT} mapping must be a "
                       f"{' or '.join(self.SUFFIXES)} file")
     if not mapping_path.is_file():
       raise UserError(f"{mapping_path}: no such {self.WHAT} mapping file")
     self.path = mapping_path
-    self.root = Path(root) if root is not None else None
+    self.root = storage.path(root) if root is not None else None
 
   def _key(self, image_path, keys) -> Optional[str]:
     """The first of the image's relative path, file name and stem that is in `keys`."""
-    image_path = Path(image_path)
+    image_path = storage.path(image_path)
     candidates = [image_path.name, image_path.stem]
     if self.root is not None and image_path.is_relative_to(self.root):
       candidates.insert(0, image_path.relative_to(self.root).as_posix())

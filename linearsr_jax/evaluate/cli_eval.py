@@ -10,18 +10,18 @@ was scored, 1 when some were not (each is listed with its reason), 2 on bad argu
 """
 
 import sys
-from pathlib import Path
 
+from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 from linearsr_jax.evaluate import evaluate, metrics
 
 def add_arguments(parser):
-  parser.add_argument("--hr_dir", required=True, type=Path, metavar="DIR",
+  parser.add_argument("--hr_dir", required=True, type=storage.path, metavar="DIR",
                       help="reference (HR) images")
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--sr_dir", type=Path, metavar="DIR",
+  source.add_argument("--sr_dir", type=storage.path, metavar="DIR",
                       help="images to score, made by any method")
-  source.add_argument("--lr_dir", type=Path, metavar="DIR",
+  source.add_argument("--lr_dir", type=storage.path, metavar="DIR",
                       help="LR images: scores their bicubic up-sampling (the baseline row)")
   model = parser.add_argument_group("a trained model instead of bicubic (with --lr_dir)")
   model.add_argument("--checkpoint", help="run dir, stage dir or checkpoint step dir")
@@ -33,7 +33,7 @@ def add_arguments(parser):
   model.add_argument("--seed", type=int, default=0)
   model.add_argument("--tags", help="comma-separated tags for every image (default: IMAGE.txt "
                                      "beside each LR image, else none); for a hash-encoder model")
-  model.add_argument("--cond_mapping", type=Path, metavar="FILE",
+  model.add_argument("--cond_mapping", type=storage.path, metavar="FILE",
                      help="an .npz / .safetensors file of [L, C] arrays keyed by LR image (path "
                           "relative to --lr_dir, name or stem); default: IMAGE.npy beside each "
                           "LR image, else none. For a precomputed-encoder model")
@@ -42,7 +42,7 @@ def add_arguments(parser):
   model.add_argument("--color_fix", choices=["wavelet", "adain", "none"], default="none")
   parser.add_argument("--scale", type=int, default=4, metavar="N",
                       help="up-sampling factor for --lr_dir (default 4)")
-  parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+  parser.add_argument("--out", required=True, type=storage.path, metavar="DIR",
                       help="report folder: per_image.csv, summary.json, table.md")
   parser.add_argument("--metrics", default=",".join(evaluate.DEFAULT_METRICS), metavar="LIST",
                       help=f"comma-separated, from: {', '.join(metrics.METRICS)} "
@@ -50,7 +50,7 @@ def add_arguments(parser):
   parser.add_argument("--crop_border", type=int, default=0, metavar="N",
                       help="pixels removed on each side before PSNR / SSIM (default 0, the "
                            "real-world SR convention; BasicSR uses the scale on synthetic sets)")
-  parser.add_argument("--extra_scores", type=Path, metavar="CSV",
+  parser.add_argument("--extra_scores", type=storage.path, metavar="CSV",
                       help="CSV with a 'name' column and precomputed scores (e.g. MUSIQ, "
                            "MANIQA, CLIPIQA) to merge into the report")
   parser.add_argument("--label", help="method name in the table (default: the folder name, "

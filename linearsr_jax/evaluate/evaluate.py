@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from linearsr_jax import disk_space
+from linearsr_jax import disk_space, storage
 from linearsr_jax.atomic import write_atomically
 from linearsr_jax.data.degradations import imresize_bicubic
 from linearsr_jax.data.image_io import list_images, read_image
@@ -57,7 +57,7 @@ class ImageResult:
 
 def _images_by_name(root) -> tuple[dict, set]:
   """{relative path without suffix: path} under root, and the names held by several files."""
-  root = Path(root)
+  root = storage.path(root)
   found, clashes = {}, set()
   for path in list_images(root):
     name = path.relative_to(root).with_suffix("").as_posix()
@@ -224,7 +224,7 @@ def write_report(out_dir, results, summary: dict, columns: Sequence[str],
   scores follow the method's in per_image.csv (columns named `<its label>_<metric>`), and
   summary.json holds its summary under "baseline".
   """
-  out_dir = Path(out_dir)
+  out_dir = storage.path(out_dir)
   summaries, scored = [summary], [(results, columns, "")]
   if baseline is not None:
     base_results, base_summary = baseline

@@ -6,8 +6,9 @@ reported and the rest processed; the exit code is 1 if anything failed.
 """
 
 import sys
-from pathlib import Path
+from pathlib import PurePosixPath
 
+from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 
 
@@ -40,11 +41,12 @@ def collect_inputs(inputs) -> list:
   """[(path, relative output stem)] for files and (recursively) folders, in order."""
   from linearsr_jax.data.image_io import list_images
   found = []
-  for item in map(Path, inputs):
+  for item in map(storage.path, inputs):
     if item.is_dir():
-      found += [(p, p.relative_to(item).with_suffix("")) for p in list_images(item)]
+      found += [(p, PurePosixPath(p.relative_to(item).as_posix()).with_suffix(""))
+                for p in list_images(item)]
     elif item.is_file():
-      found.append((item, Path(item.stem)))
+      found.append((item, PurePosixPath(item.stem)))
     else:
       raise UserError(f"{item}: no such file or directory")
   return found
@@ -76,7 +78,7 @@ def run(args) -> int:
   trained = load_trained(args.checkpoint, args.stage, args.step, ema=not args.raw)
   upscaler = Upscaler(trained, UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance,
                                               args.seed, args.color_fix))
-  out_dir = Path(args.out)
+  out_dir = storage.path(args.out)
   inputs = {p.resolve() for p, _ in jobs}
   conditions = _conditions(args, upscaler)
   failures, done, skipped = [], 0, 0

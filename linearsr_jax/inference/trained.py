@@ -10,12 +10,12 @@ params are restored from Orbax without needing the training state's structure in
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import SRModel
@@ -40,7 +40,7 @@ class Trained:
     return jax.tree.leaves(self.params)[0].shape[0]
 
 
-def _resolve(path: Path, stage, step):
+def _resolve(path, stage, step):
   """(run dir, stage name, step) from any of: run dir, stage dir, step dir."""
   if (path / "_CHECKPOINT_METADATA").exists() or (path / "state").is_dir():
     step_dir = path
@@ -75,7 +75,7 @@ def _resolve_stage(run: RunDir, stage: str, step):
   return run, stage, int(step)
 
 
-def _restore_on_one_device(path: Path, name: str):
+def _restore_on_one_device(path, name: str):
   """The saved state's `name` subtree alone (`ema_params` or `params`), every array on the first
   local device: the tools run on whatever machine they are given, not on the training mesh the
   checkpoint was written from. Orbax's partial restore reads only that subtree's arrays from
@@ -106,7 +106,9 @@ def _restore_on_one_device(path: Path, name: str):
 
 
 def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
-  path = Path(path).absolute()  # Orbax refuses relative checkpoint paths
+  path = storage.path(path)
+  if not storage.is_url(path):
+    path = path.absolute()  # Orbax refuses relative checkpoint paths
   if not path.exists():
     raise UserError(f"{path}: no such checkpoint or run directory")
   run, stage, step = _resolve(path, stage, step)

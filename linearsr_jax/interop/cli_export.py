@@ -19,11 +19,12 @@ loads it back.
 """
 
 import dataclasses
+import io
 import json
-from pathlib import Path
 
 import numpy as np
 
+from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 from linearsr_jax.interop import params_io
 
@@ -72,7 +73,7 @@ def _select_experts(spec: str, count: int) -> list:
 
 def load_export(args) -> Export:
   from linearsr_jax.models.dit import DiTConfig
-  src = Path(args.src)
+  src = storage.path(args.src)
   if not src.is_dir():
     raise UserError(f"{src}: not a linearsr params directory or training run")
   if (src / params_io.HEADER_FILE).exists():
@@ -103,7 +104,7 @@ def _info(export: Export, position: int) -> str:
                      "interval": export.intervals[position], "tags": export.tags}, indent=2) + "\n"
 
 
-def write_diffusers(export: Export, out: Path, overwrite: bool):
+def write_diffusers(export: Export, out, overwrite: bool):
   import jax
   from linearsr_jax.atomic import atomic_dir
   from linearsr_jax.interop.diffusers_sana import export_transformer
@@ -122,7 +123,7 @@ def write_diffusers(export: Export, out: Path, overwrite: bool):
       write(position, tmp / f"expert_{index}", False)
 
 
-def write_npz(export: Export, out: Path, overwrite: bool):
+def write_npz(export: Export, out, overwrite: bool):
   from linearsr_jax.atomic import atomic_dir
   with atomic_dir(out, overwrite=overwrite) as tmp:
     np.savez(tmp / NPZ_FILE, **params_io.flatten(export.params))
@@ -134,15 +135,15 @@ def write_npz(export: Export, out: Path, overwrite: bool):
 
 def read_npz_export(path) -> tuple[dict, dict]:
   """(config.json contents, params tree with experts on the leading axis) of an npz export."""
-  path = Path(path)
+  path = storage.path(path)
   config = json.loads((path / CONFIG_FILE).read_text())
-  with np.load(path / NPZ_FILE) as arrays:
+  with np.load(io.BytesIO((path / NPZ_FILE).read_bytes())) as arrays:
     return config, params_io.unflatten({k: arrays[k] for k in arrays.files})
 
 
 def run(args) -> int:
   export = load_export(args)
-  out = Path(args.out)
+  out = storage.path(args.out)
   (write_npz if args.layout == "npz" else write_diffusers)(export, out, args.overwrite)
   experts = ", ".join(map(str, export.experts))
   print(f"exported expert(s) {experts} of {export.source} as {args.layout} to {out}")

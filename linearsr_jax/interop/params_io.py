@@ -6,11 +6,11 @@ tools read it.
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 from flax import traverse_util
 
+from linearsr_jax import storage
 from linearsr_jax.atomic import atomic_dir
 from linearsr_jax.errors import UserError
 
@@ -40,7 +40,7 @@ def save_params_dir(out_dir, kind: str, config: dict, params, overwrite=False, e
 
 def read_header(path, kind: str) -> dict:
   """The config dict of a params directory, checking its kind; the weights are not read."""
-  path = Path(path)
+  path = storage.path(path)
   if not path.is_dir():
     raise UserError(f"{path}: no such params directory")
   if not (path / HEADER_FILE).exists() or not (path / PARAMS_FILE).exists():
@@ -59,10 +59,13 @@ def read_header(path, kind: str) -> dict:
 def load_params_dir(path, kind: str):
   """Returns (config dict, params) from a params directory, checking its kind."""
   from safetensors import SafetensorError
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load, load_file
 
   config = read_header(path, kind)
+  file = storage.path(path) / PARAMS_FILE
   try:
-    return config, unflatten(load_file(str(Path(path) / PARAMS_FILE)))
+    # Locally memory-mapped; an object is downloaded whole.
+    return config, unflatten(load(file.read_bytes()) if storage.is_url(file)
+                             else load_file(str(file)))
   except SafetensorError as e:  # a truncated or overwritten file
-    raise UserError(f"{Path(path) / PARAMS_FILE}: unreadable ({e})") from e
+    raise UserError(f"{file}: unreadable ({e})") from e

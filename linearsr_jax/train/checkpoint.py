@@ -14,7 +14,6 @@ bytes, an empty step directory) is moved to `damaged_checkpoints/` beside the st
 import contextlib
 import dataclasses
 import logging
-import os
 from typing import AbstractSet, Sequence
 
 import grain
@@ -24,7 +23,7 @@ from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from linearsr_jax import disk_space
+from linearsr_jax import disk_space, storage
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import abandoned_reads, kill_points, state_checksum
 
@@ -167,7 +166,7 @@ class StageCheckpoints:
       n = 1
       while target.exists():
         target, n = aside / f"{step}.{n}", n + 1
-      os.replace(directory / str(step), target)
+      storage.move(directory / str(step), target)
     multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
     self.manager.reload()
     return target

@@ -9,10 +9,10 @@ code 0 whether or not a knee is found (the answer is in the output), 2 on bad ar
 """
 
 import itertools
-from pathlib import Path
 
 import ml_collections
 
+from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import esgf
 from linearsr_jax.train.metric_keys import flow_loss_key
@@ -21,11 +21,11 @@ from linearsr_jax.train.run_dir import RunDir, StageDir, read_json
 
 def add_arguments(parser):
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--workdir", type=Path,
+  source.add_argument("--workdir", type=storage.path,
                       help="run folder holding metrics.jsonl (or <stage>/metrics.jsonl)")
-  source.add_argument("--metrics_file", type=Path, help="a metrics.jsonl file directly")
+  source.add_argument("--metrics_file", type=storage.path, help="a metrics.jsonl file directly")
   parser.add_argument("--stage", help="stage sub-folder of --workdir (e.g. pretrain)")
-  parser.add_argument("--plot", type=Path, help="write a PNG of the curves and the knee")
+  parser.add_argument("--plot", type=storage.path, help="write a PNG of the curves and the knee")
   # Unset options keep the run's own ESGF settings (its config.json), else the defaults.
   defaults = esgf.default_config()
   parser.add_argument("--metrics", help=f"NAME:max|min pairs, comma-separated "
@@ -48,18 +48,18 @@ def run_esgf_config(workdir):
   return config
 
 
-def metrics_path(workdir, stage=None, metrics_file=None) -> Path:
+def metrics_path(workdir, stage=None, metrics_file=None):
   """The metrics.jsonl to read; a clear UserError when it is not there."""
   if metrics_file is not None:
-    if not metrics_file.is_file():
+    if not metrics_file.exists():
       raise UserError(f"metrics file {metrics_file} does not exist")
     return metrics_file
   if not workdir.is_dir():
     raise UserError(f"workdir {workdir} does not exist")
   folder = workdir / stage if stage else workdir
   path = StageDir(folder).metrics_jsonl
-  if not path.is_file():
-    stages = sorted(p.name for p in workdir.iterdir() if StageDir(p).metrics_jsonl.is_file())
+  if not path.exists():  # on object storage, a folder of segments (see run_dir)
+    stages = sorted(p.name for p in workdir.iterdir() if StageDir(p).metrics_jsonl.exists())
     hint = f"; stages with metrics: {', '.join(stages)} (pass --stage)" if stages else ""
     raise UserError(f"no metrics.jsonl in {folder}{hint}")
   return path

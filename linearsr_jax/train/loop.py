@@ -9,14 +9,13 @@ knee's EMA params.
 import dataclasses
 import json
 import logging
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import ml_collections
 from clu import metric_writers, periodic_actions
 
-from linearsr_jax import config_check, sharding
+from linearsr_jax import config_check, sharding, storage
 from linearsr_jax.data import latent_crops, pipeline
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
@@ -53,7 +52,7 @@ class Run:
                devices=None):
     config_check.validate(config, len(jax.devices() if devices is None else devices))
     self.config = config
-    self.workdir = Path(workdir)
+    self.workdir = storage.path(workdir)
     self.run_dir = run_dir.RunDir(self.workdir)
     self.mesh = sharding.make_mesh(dict(config.mesh), devices)
     self.rules = [tuple(r) for r in config.sharding_rules]
@@ -125,10 +124,9 @@ class Run:
 
 def run(config: ml_collections.ConfigDict, workdir) -> list:
   """Trains every stage of `config.stage_order`; resumes whatever the workdir already holds."""
-  if "://" in str(workdir):
-    raise UserError(f"--workdir {workdir}: URLs are not supported; give a directory every host "
-                    "sees (e.g. a gcsfuse mount of the bucket, or NFS)")
-  workdir = Path(workdir).absolute()  # Orbax refuses relative checkpoint paths
+  workdir = storage.path(workdir)
+  if not storage.is_url(workdir):
+    workdir = workdir.absolute()  # Orbax refuses relative checkpoint paths
   # Everything that can be wrong with the config, the weights or the data is found here, before
   # the workdir is touched, so a corrected command starts clean.
   the_run = Run(config, workdir)
@@ -138,6 +136,8 @@ def run(config: ml_collections.ConfigDict, workdir) -> list:
     raise UserError(f"--workdir {workdir} is a file, not a directory") from None
   except OSError as e:
     raise UserError(f"--workdir {workdir} cannot be created: {e.strerror}") from e
+  except Exception as e:  # object storage: tf.errors.* (a missing bucket, a denied write)
+    raise UserError(f"--workdir {workdir} cannot be created: {storage.describe(e)}") from e
   with run_lock.holding(workdir, lead=jax.process_index() == 0):
     if jax.process_index() == 0:
       run_dir.remove_stale_temporaries(workdir)
@@ -227,7 +227,7 @@ class _StageTraining:
       self.resumed_from, self.state, _ = self.ckpts.restore_intact(
           self.ckpts.all_steps()[::-1], self.abstract, self.data_iter)
       log.info("stage %s: resumed from checkpoint %d", self.name, self.resumed_from)
-    self.mlog = run_dir.MetricsLog(self.dir.metrics_jsonl, self.resumed_from,
+    self.mlog = run_dir.metrics_log(self.dir.metrics_jsonl, self.resumed_from,
                                    write=self.is_lead)
     self.first_stage = index == 0
     for row in self.mlog.evaluations():
@@ -242,7 +242,7 @@ class _StageTraining:
         self.run.model, self.run.latent_space, self.run.latent_params,
         self.run.diffusion_config(self.name), self.run.eval_batches, scale=config.data.scale,
         seed=config.seed)
-    self.writer = metric_writers.create_default_writer(self.dir.path,
+    self.writer = metric_writers.create_default_writer(str(self.dir.path),
                                                        just_logging=not self.is_lead)
     self.guard = DivergenceGuard(config.train.guard, start_params)
 

@@ -11,64 +11,74 @@ Every tool that reads a run (eval, upscale, export, knee, the demo) goes through
                                  ends; a resumed run takes the stage's knee from it
     <stage>/checkpoints/<step>/  Orbax: state, data_iter, metrics, checksums (of the state)
     <stage>/damaged_checkpoints/ steps that failed to read back intact, set aside
-    <stage>/metrics.jsonl        one line per evaluation and per logged train step
+    <stage>/metrics.jsonl        one line per evaluation and per logged train step (on object
+                                 storage: segments, see ObjectStoreMetricsLog)
     <stage>/knee.png             the validation curves with the knee marked
     <stage>/events.*             TensorBoard
 
 JSON files are replaced atomically. metrics.jsonl is appended to, so a kill can leave a
 partial last line: `read_jsonl` drops it with a warning. A kill between an atomic write's
 temporary file and its rename leaves `.<name>.<hex>.tmp`: the next run removes it.
+
+The workdir may be a gs:// URL (see storage.py); then every path here is an epath.
 """
 
 import dataclasses
 import json
 import logging
 import re
-from pathlib import Path
-
-from linearsr_jax import disk_space
+from linearsr_jax import disk_space, storage
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.train import kill_points
 
 log = logging.getLogger(__name__)
 
 
+# Orbax on object storage writes a step in place and marks it finished with this file last
+# (there is no rename to make it appear whole).
+COMMIT_SUCCESS = "commit_success.txt"
+
+
 @dataclasses.dataclass(frozen=True)
 class StageDir:
-  path: Path
+  path: object  # pathlib.Path or epath.Path: see storage.path
+
+  def __post_init__(self):
+    object.__setattr__(self, "path", storage.path(self.path))
 
   @property
   def name(self) -> str:
     return self.path.name
 
   @property
-  def stage_json(self) -> Path:
+  def stage_json(self):
     return self.path / "stage.json"
 
   @property
-  def result_json(self) -> Path:
+  def result_json(self):
     return self.path / "result.json"
 
   @property
-  def checkpoints(self) -> Path:
+  def checkpoints(self):
     return self.path / "checkpoints"
 
   @property
-  def metrics_jsonl(self) -> Path:
+  def metrics_jsonl(self):
     return self.path / "metrics.jsonl"
 
   @property
-  def knee_png(self) -> Path:
+  def knee_png(self):
     return self.path / "knee.png"
 
-  def checkpoint(self, step: int) -> Path:
+  def checkpoint(self, step: int):
     return self.checkpoints / str(step)
 
   def checkpoint_steps(self) -> list:
     """Steps of the finished checkpoints (Orbax's temporary dirs are not digits)."""
     if not self.checkpoints.is_dir():
       return []
-    return sorted(int(p.name) for p in self.checkpoints.iterdir() if p.name.isdigit())
+    return sorted(int(p.name) for p in self.checkpoints.iterdir() if p.name.isdigit() and (
+        not storage.is_url(p) or (p / COMMIT_SUCCESS).exists()))
 
   def result(self):
     """result.json, or None while the stage has not ended."""
@@ -77,14 +87,17 @@ class StageDir:
 
 @dataclasses.dataclass(frozen=True)
 class RunDir:
-  path: Path
+  path: object
+
+  def __post_init__(self):
+    object.__setattr__(self, "path", storage.path(self.path))
 
   @property
-  def config_json(self) -> Path:
+  def config_json(self):
     return self.path / "config.json"
 
   @property
-  def run_json(self) -> Path:
+  def run_json(self):
     return self.path / "run.json"
 
   def stage(self, name: str) -> StageDir:
@@ -106,7 +119,7 @@ def write_json(path, obj):
 
 def read_json(path):
   """The file's JSON value, or None when it does not exist."""
-  path = Path(path)
+  path = storage.path(path)
   return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -114,11 +127,15 @@ def read_jsonl(path) -> tuple:
   """(the JSON objects of a JSONL file in order, how many lines were unreadable); ([], 0) when
   it does not exist. A last line that does not parse is what a kill during an append leaves:
   dropped with a warning. An unreadable line elsewhere is a damaged file, also dropped and
-  warned about, with its line number."""
-  path = Path(path)
-  if not path.exists():
+  warned about, with its line number. On object storage the file is ObjectStoreMetricsLog's
+  segments."""
+  path = storage.path(path)
+  if storage.is_url(path):
+    text = ObjectStoreMetricsLog.read_text(path)
+  elif path.exists():
+    text = path.read_text(encoding="utf-8")
+  else:
     return [], 0
-  text = path.read_text(encoding="utf-8")
   lines = text.split("\n")
   rows, unreadable = [], 0
   for number, line in enumerate(lines, 1):
@@ -147,7 +164,8 @@ def write_jsonl(path, rows):
 
 def append_jsonl(path, row: dict):
   line = (json.dumps(row, sort_keys=True) + "\n").encode("utf-8")
-  disk_space.ensure_room(Path(path).parent, len(line), f"a line of {Path(path).name}")
+  path = storage.path(path)
+  disk_space.ensure_room(path.parent, len(line), f"a line of {path.name}")
   try:
     with open(path, "ab") as f:
       # Two writes, as a large line may take anyway: a kill between them leaves the partial
@@ -158,32 +176,44 @@ def append_jsonl(path, row: dict):
       f.write(line[len(line) // 2:])
   except OSError as e:
     if disk_space.is_full_disk(e):
-      raise disk_space.full(Path(path).parent, len(line), f"a line of {Path(path).name}") from None
+      raise disk_space.full(path.parent, len(line), f"a line of {path.name}") from None
     raise
 
 
 _ATOMIC_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
-def remove_stale_temporaries(root: Path):
+def remove_stale_temporaries(root):
   """Deletes the temporary files of atomic writes (atomic.py's `.<name>.<hex>.tmp`) that a
-  killed run left under `root`. Only for the holder of the run lock: no live writer owns them."""
+  killed run left under `root`. Only for the holder of the run lock: no live writer owns them.
+  Object storage has none: an object is written whole."""
+  if storage.is_url(root):
+    return
   for path in root.rglob(".*.tmp"):
     if _ATOMIC_TEMPORARY.fullmatch(path.name) and path.is_file():
       path.unlink()
+
+
+def metrics_log(path, resume_step, write: bool = True):
+  """The metrics log of a stage: appended to on a local disk, segments on object storage."""
+  cls = ObjectStoreMetricsLog if storage.is_url(path) else MetricsLog
+  return cls(storage.path(path), resume_step, write)
 
 
 class MetricsLog:
   """metrics.jsonl: append-only, truncated on resume to what the restored checkpoint saw, so a
   resumed run writes exactly the lines a run that never stopped would have."""
 
-  def __init__(self, path: Path, resume_step, write: bool = True):
+  def __init__(self, path, resume_step, write: bool = True):
     """`write`: whether this process writes the file (one process of a multi-host run does)."""
     self.path, self.write = path, write
     self.rows = [] if resume_step is None else [
         r for r in read_jsonl(path)[0] if r.get("step", resume_step + 1) <= resume_step]
     if write:
-      write_jsonl(path, self.rows)
+      self._rewrite(self.rows)
+
+  def _rewrite(self, rows):
+    write_jsonl(self.path, rows)
 
   def append(self, row: dict):
     self.rows.append(row)
@@ -192,3 +222,58 @@ class MetricsLog:
 
   def evaluations(self):
     return [r for r in self.rows if any(k.startswith("val/") for k in r)]
+
+
+class ObjectStoreMetricsLog(MetricsLog):
+  """metrics.jsonl on object storage, where an object cannot be appended to: an append there
+  rewrites the whole object, which over a long run is quadratic in its length. Instead the log
+  is a folder of whole objects, `metrics.jsonl/<generation>/<part>.jsonl`:
+
+  - rows are buffered and written as one new part at each evaluation (a checkpoint follows
+    each evaluation, so everything a resume keeps is written before the checkpoint is);
+  - a resume truncates by starting the next generation, whose part 0 holds the kept rows;
+  - readers take the newest generation that has its part 0: a kill before that part is whole
+    leaves the previous generation the log. Older generations are deleted after.
+  """
+
+  def __init__(self, path, resume_step, write: bool = True):
+    self.pending = []
+    self.part = 1
+    super().__init__(path, resume_step, write)
+
+  @staticmethod
+  def _generations(path) -> list:
+    """The generation folders that have their part 0, oldest first."""
+    if not path.is_dir():
+      return []
+    folders = sorted((p for p in path.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return [p for p in folders if (p / _part_name(0)).exists()]
+
+  @classmethod
+  def read_text(cls, path) -> str:
+    generations = cls._generations(path)
+    if not generations:
+      return ""
+    parts = sorted((p for p in generations[-1].iterdir() if p.name.endswith(".jsonl")),
+                   key=lambda p: p.name)
+    return "".join(p.read_text(encoding="utf-8") for p in parts)
+
+  def _rewrite(self, rows):
+    old = self._generations(self.path)
+    generation = self.path / str(int(old[-1].name) + 1 if old else 0)
+    write_jsonl(generation / _part_name(0), rows)
+    for folder in old:
+      folder.rmtree()
+    self.generation = generation
+
+  def append(self, row: dict):
+    self.rows.append(row)
+    self.pending.append(row)
+    if self.write and any(k.startswith("val/") for k in row):
+      write_jsonl(self.generation / _part_name(self.part), self.pending)
+      kill_points.reached("metrics_append")
+      self.pending, self.part = [], self.part + 1
+
+
+def _part_name(index: int) -> str:
+  return f"{index:08d}.jsonl"

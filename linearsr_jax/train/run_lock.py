@@ -7,6 +7,11 @@ on this host when its pid no longer runs, from another host (a shared filesystem
 heartbeat is older than `STALE_SECONDS`. Only process 0 of a multi-process run takes it; the
 readers (`knee`, `eval --checkpoint`, `export`, `upscale`) never do, so they work while a run
 trains.
+
+On object storage (a gs:// workdir) the same file is an object created with GCS's
+`ifGenerationMatch=0` precondition, the object store's exclusive create; its heartbeat is a
+rewrite conditional on the generation this run wrote last, so a run whose lock was taken over
+cannot overwrite the new holder's.
 """
 
 import contextlib
@@ -18,8 +23,7 @@ import secrets
 import socket
 import threading
 import time
-from pathlib import Path
-
+from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -53,38 +57,112 @@ def _stale_reason(holder: dict, age: float):
   return None
 
 
-def _read(path: Path):
-  """(holder dict, seconds since its heartbeat), or (None, 0) when the file vanished."""
-  try:
-    text, age = path.read_text(), time.time() - path.stat().st_mtime
-  except FileNotFoundError:
-    return None, 0.0
+def _parse(text: str) -> dict:
   try:
     holder = json.loads(text)
   except json.JSONDecodeError:
     holder = None
-  return (holder if isinstance(holder, dict) else {"unreadable": True}), age
+  return holder if isinstance(holder, dict) else {"unreadable": True}
 
 
-def _write_new(path: Path, record: dict) -> bool:
-  """Creates the lock; False when it exists already. It is the run's first write into the
-  workdir, so a workdir it cannot write is said here."""
-  try:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-  except FileExistsError:
-    return False
-  except OSError as e:
-    raise UserError(f"--workdir {path.parent} is not writable: {e.strerror}") from e
-  with os.fdopen(fd, "w") as f:
-    json.dump(record, f)
-  return True
+class _LocalFile:
+  """The lock file on a local or shared filesystem."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def create(self, text: str) -> bool:
+    """Creates the file; False when it exists already. It is the run's first write into the
+    workdir, so a workdir it cannot write is said here."""
+    try:
+      fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+      return False
+    except OSError as e:
+      raise UserError(f"--workdir {self.path.parent} is not writable: {e.strerror}") from e
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    return True
+
+  def read(self):
+    """(text, seconds since its heartbeat), or None when the file vanished."""
+    try:
+      return self.path.read_text(), time.time() - self.path.stat().st_mtime
+    except FileNotFoundError:
+      return None
+
+  def touch(self):
+    with contextlib.suppress(FileNotFoundError):
+      os.utime(self.path)
+
+  def delete(self):
+    with contextlib.suppress(FileNotFoundError):
+      self.path.unlink()
+
+
+class _ObjectFile:
+  """The lock file as a GCS object, through google-cloud-storage's preconditions."""
+
+  def __init__(self, path):
+    from google.cloud import storage as gcs
+
+    self.path = path
+    bucket, _, name = str(path).removeprefix("gs://").partition("/")
+    self.blob = gcs.Client().bucket(bucket).blob(name)
+    self.generation = None  # of the last version this process wrote
+
+  def create(self, text: str) -> bool:
+    from google.api_core import exceptions
+
+    try:
+      self.blob.upload_from_string(text, if_generation_match=0)
+    except exceptions.PreconditionFailed:
+      return False
+    except exceptions.GoogleAPICallError as e:
+      raise UserError(f"--workdir {self.path.parent} is not writable: "
+                      f"{storage.describe(e)}") from e
+    self.generation = self.blob.generation
+    return True
+
+  def read(self):
+    from google.api_core import exceptions
+
+    try:
+      text = self.blob.download_as_text()
+    except exceptions.NotFound:
+      return None
+    updated = self.blob.updated.timestamp() if self.blob.updated else time.time()
+    return text, time.time() - updated
+
+  def touch(self):
+    from google.api_core import exceptions
+
+    try:
+      self.blob.upload_from_string(self.blob.download_as_text(),
+                                   if_generation_match=self.generation)
+      self.generation = self.blob.generation
+    except (exceptions.PreconditionFailed, exceptions.NotFound):
+      log.warning("%s: no longer this run's lock (taken over or deleted)", self.path)
+
+  def delete(self):
+    from google.api_core import exceptions
+
+    with contextlib.suppress(exceptions.NotFound, exceptions.PreconditionFailed):
+      self.blob.delete()
+
+
+def _read(file):
+  """(holder dict, seconds since its heartbeat), or (None, 0) when the file vanished."""
+  found = file.read()
+  return (None, 0.0) if found is None else (_parse(found[0]), found[1])
 
 
 class RunLock:
   """Holds <workdir>/run.lock from `acquire` to `release` (see the module docstring)."""
 
   def __init__(self, workdir):
-    self.path = Path(workdir) / LOCK_NAME
+    self.path = storage.path(workdir) / LOCK_NAME
+    self.file = (_ObjectFile if storage.is_url(self.path) else _LocalFile)(self.path)
     self.record = {"host": socket.gethostname(), "pid": os.getpid(),
                    "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                    "token": secrets.token_hex(8)}
@@ -92,8 +170,8 @@ class RunLock:
     self._heartbeat = None
 
   def acquire(self):
-    while not _write_new(self.path, self.record):
-      holder, age = _read(self.path)
+    while not self.file.create(json.dumps(self.record)):
+      holder, age = _read(self.file)
       if holder is None:
         continue  # released meanwhile: try again
       reason = _stale_reason(holder, age)
@@ -103,26 +181,24 @@ class RunLock:
                         f"{holder.get('since')} (delete {self.path} if that run is gone)")
       log.warning("taking over %s from host %s, pid %s, since %s: %s", self.path,
                   holder.get("host"), holder.get("pid"), holder.get("since"), reason)
-      if _read(self.path)[0] == holder:  # not a run that took it over meanwhile
-        with contextlib.suppress(FileNotFoundError):
-          self.path.unlink()
+      if _read(self.file)[0] == holder:  # not a run that took it over meanwhile
+        self.file.delete()
     self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="run-lock")
     self._heartbeat.start()
     return self
 
   def _beat(self):
     while not self._stop.wait(HEARTBEAT_SECONDS):
-      with contextlib.suppress(FileNotFoundError):
-        os.utime(self.path)
+      self.file.touch()
 
   def release(self):
     """Removes the lock if it is still this run's (a run that took it over keeps it)."""
     self._stop.set()
     if self._heartbeat is not None:
       self._heartbeat.join()
-    holder, _ = _read(self.path)
+    holder, _ = _read(self.file)
     if holder is not None and holder.get("token") == self.record["token"]:
-      self.path.unlink()
+      self.file.delete()
 
 
 @contextlib.contextmanager

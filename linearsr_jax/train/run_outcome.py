@@ -2,7 +2,6 @@
 two runs (one killed and resumed, one not) can be compared bit for bit."""
 
 import hashlib
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,7 +27,7 @@ def saved_state(state_dir):
 def outcome(workdir) -> dict:
   """run.json; per stage, result.json, its last evaluation and the SHA-256 of its last
   checkpoint's state, leaf by leaf."""
-  run = run_dir.RunDir(Path(workdir))
+  run = run_dir.RunDir(workdir)
   stages = {}
   for stage in run.stages():
     evaluations = [r for r in run_dir.read_jsonl(stage.metrics_jsonl)[0]

@@ -1,9 +1,9 @@
 """A PNG of the validation curves with ESGF's knee marked (matplotlib is imported only
 here, when a plot is asked for)."""
 
-from pathlib import Path
 from typing import Sequence
 
+from linearsr_jax import storage
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.train import kill_points
 from linearsr_jax.train.esgf.config import parse_metrics
@@ -13,10 +13,10 @@ from linearsr_jax.train.esgf.records import baseline_key, metric_series
 from linearsr_jax.train.esgf.smoothing import smooth
 
 
-def plot_curves(records: Sequence, decision: KneeDecision, config, path, title="") -> Path:
+def plot_curves(records: Sequence, decision: KneeDecision, config, path, title=""):
   """PNG of `curves_figure`, written atomically."""
   fig = curves_figure(records, decision, config, title)
-  path = Path(path)
+  path = storage.path(path)
   with atomic_file(path) as f:
     fig.savefig(f, format="png", dpi=100)
     kill_points.reached("knee_plot")

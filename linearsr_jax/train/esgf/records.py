@@ -2,11 +2,11 @@
 handed over by the loop, and the curves in them."""
 
 import math
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
+from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 from linearsr_jax.train.run_dir import read_jsonl
 
@@ -17,8 +17,8 @@ def read_metrics_jsonl(path) -> tuple:
   Lines that are not JSON objects with an integer "step" (a partial last line after a kill)
   are counted in `ignored`, not fatal; non-numeric values are dropped.
   """
-  path = Path(path)
-  if not path.is_file():
+  path = storage.path(path)
+  if not path.exists():
     raise UserError(f"metrics file {path} does not exist")
   rows, unreadable = read_jsonl(path)
   records = [(int(r["step"]), numeric_values(r)) for r in rows if _is_step(r.get("step"))]

@@ -1,0 +1,75 @@
+"""Where files live: a local path or an object-store URL (gs://bucket/prefix), behind one
+door. Every path the CLI takes goes through `path()`.
+
+URLs become `etils.epath` paths, the type Orbax uses: epath sends gs:// to tf.io.gfile, so the
+checkpoints' directories, our JSON, TensorBoard and the images share one GCS client, with the
+standard Google credentials. Local paths stay `pathlib` paths: epath's local paths cannot glob
+recursively, and the local-only guarantees (exclusive create, rename into place, free space)
+need the OS's own calls.
+"""
+
+import contextlib
+import os
+import pathlib
+import re
+
+from etils import epath
+
+
+def is_url(p) -> bool:
+  return "://" in str(p)
+
+
+def path(p):
+  """`p` as a path object: epath for a URL, pathlib for a local path."""
+  return epath.Path(str(p)) if is_url(p) else pathlib.Path(p)
+
+
+def move(src, dst):
+  """Renames a file or folder. On object storage a folder is only a prefix with no rename:
+  each object is copied, then the source deleted (a kill in between leaves both whole)."""
+  if not is_url(src):
+    os.replace(src, dst)
+    return
+  for folder, _, names in src.walk():
+    for name in names:
+      (folder / name).copy(dst / (folder / name).relative_to(src).as_posix())
+  src.rmtree()
+
+
+@contextlib.contextmanager
+def errors_as_one_line(what: str):
+  """An object-store client's error in the block as a UserError: `what`: the reason."""
+  from linearsr_jax.errors import UserError
+
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:
+    raise UserError(f"{what}: {describe(e)}") from e
+
+
+def describe(error: BaseException) -> str:
+  """One line for an object-store client's error (TF's and TensorStore's carry the HTTP
+  exchange over several lines)."""
+  text = str(getattr(error, "message", None) or error)
+  found = re.search(r"(?:HTTP response code |http_response_code=')(\d+)", text)
+  status = str(error.code) if isinstance(getattr(error, "code", None), int) else (
+      found.group(1) if found else None)
+  reasons = {"404": "not found (does the bucket exist?)", "403": "permission denied",
+             "401": "not authenticated (application-default credentials?)"}
+  first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+  return reasons.get(status, first)
+
+
+def files(root, recursive: bool = True) -> list:
+  """The files under `root`, sorted (epath cannot glob `**` on object storage: it walks)."""
+  if not is_url(root):
+    return sorted(p for p in root.glob("**/*" if recursive else "*") if p.is_file())
+  found = []
+  for folder, _, names in root.walk():
+    found += [folder / name for name in names]
+    if not recursive:
+      break
+  return sorted(found)

@@ -1,0 +1,166 @@
+"""Issue 16: gs:// workdirs, checkpoints, datasets and tool outputs, against a GCS emulator
+(fake-gcs-server behind a TLS proxy, tests/gcs_emulator.py) that the tests start and stop.
+
+One two-stage run trains from a dataset folder in the bucket into a gs:// workdir; a second,
+the same, is SIGKILLed mid-stage and resumed from the bucket, and both end alike. The tools
+read that run from the bucket and write their outputs there."""
+
+import io
+import signal
+
+import numpy as np
+import pytest
+from etils import epath
+from PIL import Image
+
+from gcs_emulator import DENIED_BUCKET, Emulator
+from linearsr_jax.cli import main
+from linearsr_jax.data.sources import DEMO_IMAGES
+from linearsr_jax.interop import params_io
+from linearsr_jax.interop.cli_export import read_npz_export
+from linearsr_jax.train import kill_points, run_dir, run_outcome
+from train_runs import SMALL, cached_cli_env, start, train_command, wait_ok
+
+BUCKET = "gs://runs"
+TWO_STAGES = dict(SMALL, stage_order="pretrain,moe",
+                  data=dict(SMALL["data"], source=dict(kind="folder", path=f"{BUCKET}/photos")),
+                  train=dict(SMALL["train"], eval_every=2),
+                  stages=dict(pretrain=dict(max_steps=4), moe=dict(max_steps=2)))
+
+
+def _png(array) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def _photo(name, size):
+  import skimage.data
+  image = getattr(skimage.data, name)()[:256, :256]
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  emulator = Emulator(tmp_path_factory.mktemp("gcs"))
+  patch = pytest.MonkeyPatch()
+  for key, value in emulator.environment.items():
+    patch.setenv(key, value)
+  for bucket in ("runs", DENIED_BUCKET):
+    emulator.create_bucket(bucket)
+  for name in list(DEMO_IMAGES)[:3]:  # the training photos, with a tag sidecar for one
+    (epath.Path(BUCKET) / "photos" / f"{name}.png").write_bytes(_png(_photo(name, 96)))
+  (epath.Path(BUCKET) / "photos" / f"{list(DEMO_IMAGES)[0]}.txt").write_text("cat, fur")
+  hr, lr = _photo("coffee", 64), _photo("coffee", 16)  # a held-out pair for eval and upscale
+  (epath.Path(BUCKET) / "pairs" / "HR" / "coffee.png").write_bytes(_png(hr))
+  (epath.Path(BUCKET) / "pairs" / "LR" / "coffee.png").write_bytes(_png(lr))
+  yield emulator
+  patch.undo()
+  emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def runs(gcs, tmp_path_factory):
+  """(uninterrupted workdir, killed-and-resumed workdir), both in the bucket."""
+  root = tmp_path_factory.mktemp("gcs_runs")
+  env = cached_cli_env(root / "jax_cache")
+  straight, killed = f"{BUCKET}/straight", f"{BUCKET}/killed"
+  wait_ok(start(train_command(straight, tree=TWO_STAGES), root / "straight.log", env),
+          root / "straight.log")
+  log = root / "killed.log"
+  process = start(train_command(killed, tree=TWO_STAGES), log,
+                  dict(env, **{kill_points.ENV: "checkpoint_write@2"}))
+  assert process.wait(240) == -signal.SIGKILL, log.read_text()[-2000:]
+  assert not run_dir.RunDir(killed).run_json.exists()
+  wait_ok(start(train_command(killed, tree=TWO_STAGES), root / "resumed.log", env),
+          root / "resumed.log")
+  return straight, killed
+
+
+def test_a_run_killed_mid_stage_resumes_from_the_bucket_and_ends_alike(runs):
+  straight, killed = runs
+  a, b = run_outcome.outcome(straight), run_outcome.outcome(killed)
+  assert [s["name"] for s in a["run"]["stages"]] == ["pretrain", "moe"]
+  assert a == b
+  workdir = epath.Path(straight)
+  assert {"config.json", "run.json", "pretrain", "moe"} <= {p.name for p in workdir.iterdir()}
+  stage = workdir / "pretrain"
+  assert (stage / "knee.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert any(p.name.startswith("events.") for p in stage.iterdir())
+  assert not (workdir / "run.lock").exists()
+  # The metrics log is whole objects: part 0 of the newest generation, then one per evaluation.
+  rows, unreadable = run_dir.read_jsonl(stage / "metrics.jsonl")
+  assert unreadable == 0
+  assert [r["step"] for r in rows if "val/psnr_y" in r] == [0, 2, 4]
+  resumed = epath.Path(killed) / "pretrain" / "metrics.jsonl"
+  assert [p.name for p in resumed.iterdir()] == ["1"]  # the first generation was replaced
+
+
+def test_tools_read_the_run_from_the_bucket_and_write_there(runs, capsys):
+  straight, _ = runs
+  assert main(["knee", "--workdir", straight, "--stage", "pretrain"]) == 0
+  assert capsys.readouterr().out.startswith("metrics: gs://runs/straight/pretrain/metrics.jsonl (")
+  out = f"{BUCKET}/outputs"
+  assert main(["eval", "--hr_dir", f"{BUCKET}/pairs/HR", "--lr_dir", f"{BUCKET}/pairs/LR",
+               "--checkpoint", straight, "--out", f"{out}/eval", "--no_progress"]) == 0
+  assert "bicubic" in epath.Path(f"{out}/eval/table.md").read_text()
+  assert main(["upscale", "--checkpoint", straight, f"{BUCKET}/pairs/LR/coffee.png",
+               "--out", f"{out}/up", "--no_progress"]) == 0
+  with Image.open(io.BytesIO(epath.Path(f"{out}/up/coffee_x4.png").read_bytes())) as image:
+    assert image.size == (64, 64)
+  assert main(["export", "--layout", "npz", straight, "--out", f"{out}/export"]) == 0
+  config, params = read_npz_export(f"{out}/export")
+  knee = run_dir.RunDir(straight).stage("moe").result()["knee_step"]
+  saved = run_outcome.saved_state(run_dir.RunDir(straight).stage("moe").checkpoint(knee) / "state")
+  assert config["experts"] == [0, 1, 2, 3]
+  exported, ema = params_io.flatten(params), params_io.flatten(saved["ema_params"])
+  assert exported.keys() == ema.keys()
+  for key, value in exported.items():
+    np.testing.assert_array_equal(value, ema[key], err_msg=key)
+
+
+@pytest.mark.parametrize("workdir, expected", [
+    ("gs://no-such-bucket/run", "not found (does the bucket exist?)"),
+    (f"gs://{DENIED_BUCKET}/run", "permission denied"),
+])
+def test_an_unwritable_bucket_is_one_line_and_exit_2(gcs, workdir, expected, capsys):
+  args = ["train", "--config", "configs/tiny.py", f"--workdir={workdir}",
+          *(f"--config.{k}={v}" for k, v in [("model.depth", 1), ("model.hidden", 64),
+                                            ("model.heads", 2), ("model.cross_heads", 2)])]
+  assert main(args) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and expected in err, err
+  assert not list(epath.Path(f"gs://{DENIED_BUCKET}").iterdir())
+
+
+def test_a_prefix_without_a_run_and_a_denied_output_are_one_line_and_exit_2(runs, capsys):
+  straight, _ = runs
+  for args in (["eval", "--hr_dir", f"{BUCKET}/pairs/HR", "--lr_dir", f"{BUCKET}/pairs/LR",
+                "--checkpoint", f"{BUCKET}/nothing", "--out", f"{BUCKET}/never"],
+               ["export", f"{BUCKET}/pairs", "--out", f"{BUCKET}/never"],
+               ["export", straight, "--out", f"gs://{DENIED_BUCKET}/export"]):
+    assert main(args) == 2, args
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("linearsr: "), err
+  assert not epath.Path(f"{BUCKET}/never").exists()
+  assert not list(epath.Path(f"gs://{DENIED_BUCKET}").iterdir())
+
+
+def test_a_params_dir_in_the_bucket_is_written_whole_and_read_back(gcs):
+  """What `import --out gs://…` writes and `train.init_from` / `latent.dcae_params` read."""
+  rng = np.random.default_rng(0)
+  params = {"block": {"kernel": rng.standard_normal((3, 5)).astype(np.float32),
+                      "bias": rng.standard_normal(5).astype(np.float32)}}
+  target = f"{BUCKET}/weights/dit"
+  params_io.save_params_dir(target, "dit", {"depth": 1}, params)
+  config, loaded = params_io.load_params_dir(target, "dit")
+  assert config == {"depth": 1}
+  for key in ("kernel", "bias"):
+    np.testing.assert_array_equal(loaded["block"][key], params["block"][key])
+  with pytest.raises(Exception, match="already exists"):
+    params_io.save_params_dir(target, "dit", {"depth": 1}, params)
+  params_io.save_params_dir(target, "dit", {"depth": 2}, {"other": params["block"]},
+                            overwrite=True)
+  assert params_io.load_params_dir(target, "dit")[0] == {"depth": 2}
+  assert sorted(p.name for p in epath.Path(target).iterdir()) == [
+      params_io.HEADER_FILE, params_io.PARAMS_FILE]
