@@ -101,8 +101,7 @@ def _upload_tree(local: Path, url):
   deletes what an earlier output left there that the new one does not have."""
   files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
   for file in files:
-    target = url / file.relative_to(local).as_posix()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = url / file.relative_to(local).as_posix()  # objects need no parent folders
     with open(file, "rb") as src, target.open("wb") as dst:
       shutil.copyfileobj(src, dst, 1 << 24)
   new = {file.relative_to(local).as_posix() for file in files}

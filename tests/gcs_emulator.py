@@ -12,6 +12,7 @@ included, with only the host name changed.
 """
 
 import atexit
+import contextlib
 import datetime
 import json
 import re
@@ -19,6 +20,7 @@ import select
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -83,7 +85,7 @@ DENIED_BUCKET = "read-only"  # writes to it get 403, as a bucket without write p
 _WRITE = re.compile(rb"^(POST|PUT|PATCH|DELETE) (\S*/b/|/)" + DENIED_BUCKET.encode() + rb"[/?]")
 _DENIAL = json.dumps({"error": {"code": 403, "message": "denied by the test proxy"}}).encode()
 _FORBIDDEN = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
-              b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_DENIAL), _DENIAL))
+              b"Content-Length: %d\r\n\r\n%s" % (len(_DENIAL), _DENIAL))
 
 
 class _Proxy:
@@ -125,8 +127,8 @@ class _Proxy:
     for sock in (client, upstream):  # small HTTP messages: no Nagle / delayed-ACK stalls
       sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-      if first and not self._forward(first, client, upstream):
-        return
+      if first:
+        self._forward(first, client, upstream)
       while True:
         ready = [client] if getattr(client, "pending", lambda: 0)() else select.select([client, upstream], [], [])[0]
         for sock in ready:
@@ -134,26 +136,23 @@ class _Proxy:
           if not data:
             return
           if sock is client:
-            if not self._forward(data, client, upstream):
-              return
+            self._forward(data, client, upstream)
           else:
             client.sendall(_rewrite_response(data))
     except OSError:
       pass
     finally:
-      client.close()
-      upstream.close()
+      for sock in (client, upstream):
+        with contextlib.suppress(OSError):
+          sock.shutdown(socket.SHUT_RDWR)  # the FIN now, whoever else holds the socket
+        sock.close()
 
   @staticmethod
-  def _forward(data: bytes, client, upstream) -> bool:
-    if _WRITE.match(data):
+  def _forward(data: bytes, client, upstream):
+    if _WRITE.match(data):  # answered here; the connection stays open, as GCS keeps it
       client.sendall(_FORBIDDEN)
-      return False
-    upstream.sendall(_rewrite_request(data))
-    return True
-
-  def close(self):
-    self.listener.close()
+    else:
+      upstream.sendall(_rewrite_request(data))
 
 
 class Emulator:
@@ -173,8 +172,13 @@ class Emulator:
     atexit.register(self.process.kill)  # also when the test process dies without teardown
     self._wait_until_up()
     ca, cert, key = write_certificates(folder)
-    self.proxy = _Proxy(cert, key, port)
-    proxy_url = f"http://127.0.0.1:{self.proxy.port}"
+    # The proxy runs in its own process: a client call that holds the test process's GIL
+    # (TF closes a failed upload again in a C++ destructor) would otherwise starve it.
+    self.proxy = subprocess.Popen(
+        [sys.executable, __file__, str(cert), str(key), str(port)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    atexit.register(self.proxy.kill)
+    proxy_url = f"http://127.0.0.1:{self.proxy.stdout.readline().strip()}"
     self.environment = {
         "https_proxy": proxy_url, "HTTPS_PROXY": proxy_url,
         "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
@@ -204,6 +208,12 @@ class Emulator:
     urllib.request.urlopen(request).read()
 
   def stop(self):
-    self.proxy.close()
-    self.process.terminate()
-    self.process.wait(10)
+    for process in (self.proxy, self.process):
+      process.terminate()
+      process.wait(10)
+
+
+if __name__ == "__main__":  # the proxy process: prints its port, serves until its parent goes
+  proxy = _Proxy(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+  print(proxy.port, flush=True)
+  sys.stdin.read()  # EOF: the test process ended, however it ended

@@ -164,3 +164,42 @@ def test_a_params_dir_in_the_bucket_is_written_whole_and_read_back(gcs):
   assert params_io.load_params_dir(target, "dit")[0] == {"depth": 2}
   assert sorted(p.name for p in epath.Path(target).iterdir()) == [
       params_io.HEADER_FILE, params_io.PARAMS_FILE]
+
+
+def test_the_run_lock_in_a_bucket_is_exclusive_and_its_heartbeat_keeps_the_holder(gcs):
+  from linearsr_jax.errors import UserError
+  from linearsr_jax.train import run_lock
+
+  workdir = f"{BUCKET}/locked"
+  held = run_lock.RunLock(workdir).acquire()
+  try:
+    with pytest.raises(UserError, match=r"is in use by another linearsr train: host .*, pid "):
+      run_lock.RunLock(workdir).acquire()
+    intruder = run_lock.RunLock(workdir)
+    intruder.file.blob.upload_from_string('{"host": "other"}')  # a run that took it over
+    held.file.touch()  # its heartbeat no longer matches the generation it wrote: left alone
+    assert "other" in epath.Path(f"{workdir}/run.lock").read_text()
+  finally:
+    held.release()
+  assert epath.Path(f"{workdir}/run.lock").exists()  # not this run's lock any more: kept
+
+
+def test_metrics_in_a_bucket_survive_a_kill_during_truncation(gcs):
+  path = f"{BUCKET}/metrics/metrics.jsonl"
+  log = run_dir.metrics_log(path, resume_step=None)
+  for step in (1, 2, 3, 4):
+    log.append({"step": step, "train/loss": float(step)})
+    log.append({"step": step, "val/psnr_y": 20.0 + step})
+  assert [r["step"] for r in run_dir.read_jsonl(path)[0]] == [1, 1, 2, 2, 3, 3, 4, 4]
+  # A resume from step 2 killed after the new generation's part 0 but before it deleted the
+  # old one: readers already see the truncated log.
+  kept = [r for r in run_dir.read_jsonl(path)[0] if r["step"] <= 2]
+  run_dir.write_jsonl(epath.Path(path) / "1" / "00000000.jsonl", kept)
+  assert run_dir.read_jsonl(path)[0] == kept
+  # A kill before part 0 is whole leaves only parts of the new generation: ignored.
+  run_dir.write_jsonl(epath.Path(path) / "2" / "00000001.jsonl", [{"step": 9}])
+  assert run_dir.read_jsonl(path)[0] == kept
+  resumed = run_dir.metrics_log(path, resume_step=2)
+  resumed.append({"step": 3, "val/psnr_y": 30.0})
+  assert [r["step"] for r in run_dir.read_jsonl(path)[0]] == [1, 1, 2, 2, 3]
+  assert sorted(p.name for p in epath.Path(path).iterdir()) == ["3"]

@@ -130,18 +130,21 @@ def run(config: ml_collections.ConfigDict, workdir) -> list:
   # Everything that can be wrong with the config, the weights or the data is found here, before
   # the workdir is touched, so a corrected command starts clean.
   the_run = Run(config, workdir)
+  if not storage.is_url(workdir):  # object storage has no folders: there the lock is the first
+    _make_workdir(workdir)         # write, and says what is wrong with the bucket
+  with run_lock.holding(workdir, lead=jax.process_index() == 0):
+    if jax.process_index() == 0:
+      run_dir.remove_stale_temporaries(workdir)
+    return _train_stages(the_run, config)
+
+
+def _make_workdir(workdir):
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except FileExistsError:
     raise UserError(f"--workdir {workdir} is a file, not a directory") from None
   except OSError as e:
     raise UserError(f"--workdir {workdir} cannot be created: {e.strerror}") from e
-  except Exception as e:  # object storage: tf.errors.* (a missing bucket, a denied write)
-    raise UserError(f"--workdir {workdir} cannot be created: {storage.describe(e)}") from e
-  with run_lock.holding(workdir, lead=jax.process_index() == 0):
-    if jax.process_index() == 0:
-      run_dir.remove_stale_temporaries(workdir)
-    return _train_stages(the_run, config)
 
 
 def _train_stages(the_run: Run, config) -> list:

@@ -242,29 +242,29 @@ class ObjectStoreMetricsLog(MetricsLog):
     super().__init__(path, resume_step, write)
 
   @staticmethod
-  def _generations(path) -> list:
-    """The generation folders that have their part 0, oldest first."""
+  def _folders(path) -> list:
+    """The generation folders, oldest first, whole or not."""
     if not path.is_dir():
       return []
-    folders = sorted((p for p in path.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    return [p for p in folders if (p / _part_name(0)).exists()]
+    return sorted((p for p in path.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
   @classmethod
   def read_text(cls, path) -> str:
-    generations = cls._generations(path)
-    if not generations:
+    whole = [p for p in cls._folders(path) if (p / _part_name(0)).exists()]
+    if not whole:
       return ""
-    parts = sorted((p for p in generations[-1].iterdir() if p.name.endswith(".jsonl")),
+    parts = sorted((p for p in whole[-1].iterdir() if p.name.endswith(".jsonl")),
                    key=lambda p: p.name)
     return "".join(p.read_text(encoding="utf-8") for p in parts)
 
   def _rewrite(self, rows):
-    old = self._generations(self.path)
-    generation = self.path / str(int(old[-1].name) + 1 if old else 0)
-    write_jsonl(generation / _part_name(0), rows)
+    """A new generation, numbered past every folder there (a killed truncation may have left
+    parts of one without its part 0), then the others go."""
+    old = self._folders(self.path)
+    self.generation = self.path / str(int(old[-1].name) + 1 if old else 0)
+    write_jsonl(self.generation / _part_name(0), rows)
     for folder in old:
       folder.rmtree()
-    self.generation = generation
 
   def append(self, row: dict):
     self.rows.append(row)
