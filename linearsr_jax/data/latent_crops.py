@@ -23,6 +23,7 @@ import grain
 import numpy as np
 from flax import serialization
 
+from linearsr_jax import storage
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.data import degradations, image_io, pipeline, tag_sources
 from linearsr_jax.errors import UserError
@@ -174,7 +175,7 @@ class LatentCropSource:
   """The records of a `linearsr data encode` output, checked against the training config."""
 
   def __init__(self, path, data_cfg, latent_channels: int, latent_factor: int):
-    path = Path(path)
+    path = storage.path(path)
     if not (path / INDEX).is_file():
       raise UserError(f"data.latents_path={path}: not a `linearsr data encode` output "
                       f"(no {INDEX})")

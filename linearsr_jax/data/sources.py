@@ -268,7 +268,7 @@ class TfdsFolderSource:
 
   def __init__(self, dataset_dir, split="train"):
     tfds = _tfds()
-    dataset_dir = Path(dataset_dir)
+    dataset_dir = storage.path(dataset_dir)
     try:
       builder = tfds.builder_from_directory(str(dataset_dir))
     except Exception as e:  # TFDS raises several types for a missing / foreign directory.
