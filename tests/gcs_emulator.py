@@ -5,8 +5,8 @@ Why the proxy: epath sends gs:// to tf.io.gfile, whose GCS client always talks t
 https://www.googleapis.com and has no endpoint variable; it does honour `https_proxy` and
 `CURL_CA_BUNDLE`. So the proxy answers CONNECT, terminates TLS with a certificate for
 Google's storage hosts signed by a CA made here, and forwards the plain HTTP to the emulator.
-TensorStore (Orbax's arrays) and google-cloud-storage (our run lock, Orbax's pruning) are
-pointed at the same proxy through their own variables, so that it can refuse writes to one
+TensorStore (Orbax's arrays), google-cloud-storage (our run lock, Orbax's pruning) and
+google-cloud-cpp (array_record's reader, for TFDS folders) are pointed at the same proxy through their own variables, so that it can refuse writes to one
 bucket for all of them. This is the path a pod takes, every client
 included, with only the host name changed.
 """
@@ -186,6 +186,7 @@ class Emulator:
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",  # TF and TensorStore skip credentials
         "STORAGE_EMULATOR_HOST": proxy_url,  # google-cloud-storage
         "TENSORSTORE_GCS_HTTP_URL": proxy_url,
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": proxy_url,  # google-cloud-cpp (array_record)
         "GCS_RETRY_CONFIG_MAX_RETRIES": "0",  # TF: a refused request fails now, not in minutes
         "GOOGLE_CLOUD_PROJECT": "test",
     }

@@ -203,3 +203,21 @@ def test_metrics_in_a_bucket_survive_a_kill_during_truncation(gcs):
   resumed.append({"step": 3, "val/psnr_y": 30.0})
   assert [r["step"] for r in run_dir.read_jsonl(path)[0]] == [1, 1, 2, 2, 3]
   assert sorted(p.name for p in epath.Path(path).iterdir()) == ["3"]
+
+
+def test_a_tfds_folder_in_the_bucket_reads_as_the_local_one(gcs, tmp_path):
+  from linearsr_jax.data import sources
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("coffee", "chelsea"):
+    (photos / f"{name}.png").write_bytes(_png(_photo(name, 48)))
+  local = sources.build_tfds_folder(photos, tmp_path / "tfds")
+  remote = epath.Path(BUCKET) / "tfds"
+  for file in local.rglob("*"):
+    if file.is_file():
+      (remote / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
+  here, there = sources.TfdsFolderSource(local), sources.TfdsFolderSource(str(remote))
+  assert len(there) == len(here) == 2
+  for index in range(2):
+    assert there[index]["name"] == here[index]["name"]
+    np.testing.assert_array_equal(there[index]["hr"], here[index]["hr"])
