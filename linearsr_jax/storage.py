@@ -12,6 +12,7 @@ import contextlib
 import os
 import pathlib
 import re
+import tempfile
 
 from etils import epath
 
@@ -73,3 +74,18 @@ def files(root, recursive: bool = True) -> list:
     if not recursive:
       break
   return sorted(found)
+
+
+@contextlib.contextmanager
+def local_file(p):
+  """A local filename with `p`'s bytes, for readers that need one (np.load, safetensors, csv):
+  `p` itself, or for an object a temporary download of it."""
+  p = path(p)
+  if not is_url(p):
+    yield p
+    return
+  with tempfile.TemporaryDirectory(prefix="linearsr-") as tmp:
+    copy = pathlib.Path(tmp) / p.name
+    with errors_as_one_line(f"cannot read {p}"):
+      copy.write_bytes(p.read_bytes())
+    yield copy

@@ -221,3 +221,24 @@ def test_a_tfds_folder_in_the_bucket_reads_as_the_local_one(gcs, tmp_path):
   for index in range(2):
     assert there[index]["name"] == here[index]["name"]
     np.testing.assert_array_equal(there[index]["hr"], here[index]["hr"])
+
+
+def test_condition_arrays_tag_mappings_and_extra_scores_read_from_the_bucket(gcs, tmp_path):
+  from linearsr_jax.data import tag_sources
+  from linearsr_jax.evaluate.evaluate import read_extra_scores
+  rng = np.random.default_rng(1)
+  array = rng.standard_normal((4, 8)).astype(np.float32)
+  folder = epath.Path(BUCKET) / "conditions"
+  buffer = io.BytesIO()
+  np.save(buffer, array)
+  (folder / "a.npy").write_bytes(buffer.getvalue())
+  buffer = io.BytesIO()
+  np.savez(buffer, a=array, b=2 * array)
+  (folder / "all.npz").write_bytes(buffer.getvalue())
+  np.testing.assert_array_equal(tag_sources.read_array(str(folder / "a.npy")), array)
+  np.testing.assert_array_equal(tag_sources.read_array(str(folder / "all.npz"), "b"), 2 * array)
+  assert tag_sources.array_names(str(folder / "all.npz")) == ["a", "b"]
+  (folder / "tags.csv").write_text('name,tags\na.png,"cat, fur"\n')
+  assert tag_sources.MappingTags(str(folder / "tags.csv"))(str(folder / "a.png")) == ["cat", "fur"]
+  (folder / "scores.csv").write_text("name,musiq\na.png,61.5\n")
+  assert read_extra_scores(str(folder / "scores.csv")) == {"a": {"musiq": 61.5}}

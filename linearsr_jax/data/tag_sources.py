@@ -22,7 +22,6 @@ import contextlib
 import csv
 import json
 import zipfile
-from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -85,7 +84,7 @@ class SidecarArrays:
     return ArrayRef(str(found[0])) if found else None
 
 
-def _read_json_mapping(path: Path) -> dict:
+def _read_json_mapping(path) -> dict:
   try:
     data = json.loads(path.read_text(encoding="utf-8"))
   except (OSError, ValueError) as e:
@@ -95,9 +94,9 @@ def _read_json_mapping(path: Path) -> dict:
   return {str(k): split_tags(v or []) for k, v in data.items()}
 
 
-def _read_csv_mapping(path: Path) -> dict:
+def _read_csv_mapping(path) -> dict:
   try:
-    with open(path, newline="", encoding="utf-8") as f:
+    with storage.local_file(path) as file, open(file, newline="", encoding="utf-8") as f:
       rows = [row for row in csv.reader(f) if row and row[0].strip()]
   except (OSError, csv.Error, UnicodeDecodeError) as e:
     raise UserError(f"{path}: not a readable CSV tag mapping ({e})") from None
@@ -157,36 +156,38 @@ class MappingArrays(_Mapping):
 
 
 @contextlib.contextmanager
-def _array_file(path: Path):
+def _array_file(path):
   """(entry names, get(name) -> array) of an open .npz or .safetensors file."""
   from safetensors import SafetensorError, safe_open
 
   try:
-    if path.suffix.lower() == ".npz":
-      with np.load(path, allow_pickle=False) as arrays:
-        yield list(arrays.files), arrays.__getitem__
-    else:
-      with safe_open(str(path), "numpy") as arrays:
-        yield list(arrays.keys()), arrays.get_tensor
+    with storage.local_file(path) as file:
+      if path.suffix.lower() == ".npz":
+        with np.load(file, allow_pickle=False) as arrays:
+          yield list(arrays.files), arrays.__getitem__
+      else:
+        with safe_open(str(file), "numpy") as arrays:
+          yield list(arrays.keys()), arrays.get_tensor
   except (OSError, ValueError, TypeError, zipfile.BadZipFile, SafetensorError) as e:
     raise UserError(f"{path}: not a readable {path.suffix} array file ({e})") from None
 
 
 def array_names(path) -> list:
   """The entry names of an .npz or .safetensors file."""
-  with _array_file(Path(path)) as (names, _):
+  with _array_file(storage.path(path)) as (names, _):
     return names
 
 
 def read_array(path, key=None) -> np.ndarray:
   """An .npy file's array, or entry `key` of an .npz / .safetensors file (no key: its only
   entry). Shapes and values are the encoder's to check (models/tags.py)."""
-  path = Path(path)
+  path = storage.path(path)
   if not path.is_file():
     raise UserError(f"{path}: no such condition file")
   if path.suffix.lower() == ".npy":
     try:
-      return np.load(path, allow_pickle=False)
+      with storage.local_file(path) as file:
+        return np.load(file, allow_pickle=False)
     except (OSError, ValueError) as e:
       raise UserError(f"{path}: not a readable .npy array ({e})") from None
   if path.suffix.lower() not in ARRAY_MAPPING_SUFFIXES:

@@ -141,9 +141,9 @@ def evaluate_pairs(pairs: Sequence[Pair], super_resolve: Optional[SuperResolve] 
 def read_extra_scores(path) -> dict:
   """{image name: {column: float}} from a CSV with a `name` column (file name or stem) and
   one column per precomputed score, e.g. MUSIQ / MANIQA / CLIPIQA from pyiqa."""
-  path = Path(path)
+  path = storage.path(path)
   try:
-    with open(path, newline="") as f:
+    with storage.local_file(path) as file, open(file, newline="") as f:
       rows = list(csv.DictReader(f))
   except OSError as e:
     raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
