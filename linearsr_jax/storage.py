@@ -56,8 +56,10 @@ def describe(error: BaseException) -> str:
   exchange over several lines)."""
   text = str(getattr(error, "message", None) or error)
   found = re.search(r"(?:HTTP response code |http_response_code=')(\d+)", text)
-  status = str(error.code) if isinstance(getattr(error, "code", None), int) else (
-      found.group(1) if found else None)
+  # TF's and TensorStore's errors name the HTTP status in their text; google-cloud-storage's
+  # carry it as `.code` (TF's `.code` is a gRPC code, not an HTTP one).
+  status = found.group(1) if found else (
+      str(error.code) if isinstance(getattr(error, "code", None), int) else None)
   reasons = {"404": "not found (does the bucket exist?)", "403": "permission denied",
              "401": "not authenticated (application-default credentials?)"}
   first = text.strip().splitlines()[0] if text.strip() else type(error).__name__

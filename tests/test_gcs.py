@@ -142,6 +142,7 @@ def test_a_prefix_without_a_run_and_a_denied_output_are_one_line_and_exit_2(runs
     assert main(args) == 2, args
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("linearsr: "), err
+  assert err.endswith(f"cannot write gs://{DENIED_BUCKET}/export: permission denied"), err
   assert not epath.Path(f"{BUCKET}/never").exists()
   assert not list(epath.Path(f"gs://{DENIED_BUCKET}").iterdir())
 
