@@ -26,6 +26,12 @@ def path(p):
   return epath.Path(str(p)) if is_url(p) else pathlib.Path(p)
 
 
+def absolute(p):
+  """`p` as a path, a local one made absolute (Orbax refuses relative checkpoint paths)."""
+  p = path(p)
+  return p if is_url(p) else p.absolute()
+
+
 def move(src, dst):
   """Renames a file or folder. On object storage a folder is only a prefix with no rename:
   each object is copied, then the source deleted (a kill in between leaves both whole)."""

@@ -106,9 +106,7 @@ def _restore_on_one_device(path, name: str):
 
 
 def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
-  path = storage.path(path)
-  if not storage.is_url(path):
-    path = path.absolute()  # Orbax refuses relative checkpoint paths
+  path = storage.absolute(path)
   if not path.exists():
     raise UserError(f"{path}: no such checkpoint or run directory")
   run, stage, step = _resolve(path, stage, step)

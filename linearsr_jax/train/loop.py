@@ -124,9 +124,7 @@ class Run:
 
 def run(config: ml_collections.ConfigDict, workdir) -> list:
   """Trains every stage of `config.stage_order`; resumes whatever the workdir already holds."""
-  workdir = storage.path(workdir)
-  if not storage.is_url(workdir):
-    workdir = workdir.absolute()  # Orbax refuses relative checkpoint paths
+  workdir = storage.absolute(workdir)
   # Everything that can be wrong with the config, the weights or the data is found here, before
   # the workdir is touched, so a corrected command starts clean.
   the_run = Run(config, workdir)

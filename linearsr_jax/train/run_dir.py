@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import re
+
 from linearsr_jax import disk_space, storage
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.train import kill_points
@@ -221,7 +222,7 @@ class MetricsLog:
       append_jsonl(self.path, row)
 
   def evaluations(self):
-    return [r for r in self.rows if any(k.startswith("val/") for k in r)]
+    return [r for r in self.rows if _is_evaluation(r)]
 
 
 class ObjectStoreMetricsLog(MetricsLog):
@@ -269,10 +270,14 @@ class ObjectStoreMetricsLog(MetricsLog):
   def append(self, row: dict):
     self.rows.append(row)
     self.pending.append(row)
-    if self.write and any(k.startswith("val/") for k in row):
+    if self.write and _is_evaluation(row):
       write_jsonl(self.generation / _part_name(self.part), self.pending)
       kill_points.reached("metrics_append")
       self.pending, self.part = [], self.part + 1
+
+
+def _is_evaluation(row: dict) -> bool:
+  return any(k.startswith("val/") for k in row)
 
 
 def _part_name(index: int) -> str:

@@ -23,6 +23,7 @@ import secrets
 import socket
 import threading
 import time
+
 from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 
