@@ -6,7 +6,8 @@ run.json, each stage's knee and last evaluation, and every leaf of the final sta
 
 Half the kills land on a named moment (linearsr_jax/train/kill_points.py: a checkpoint write in
 flight, half a metrics line, a drawn but unwritten knee plot, between a stage's result.json and the
-next stage, a knee restore, run.json), at a random occurrence; the other half at a random time.
+next stage, a knee restore, run.json), taken in turn from a shuffled cycle of all of them so each
+gets its share, at a random occurrence; the other half at a random time.
 Kills go to one workdir until its run finishes; then it is compared and a new one starts.
 """
 
@@ -74,12 +75,15 @@ def main():
 
   tried, survived, missed = collections.Counter(), collections.Counter(), collections.Counter()
   runs, delivered = 0, 0
+  named = []  # a shuffled cycle of the points: a plain random choice left knee_plot out of 30
   while delivered < args.kills:
     runs += 1
     workdir, pending = root / f"run{runs}", []
     while delivered < args.kills:
       if rng.random() < 0.5:
-        point = rng.choice(kill_points.POINTS)
+        if not named:
+          named = rng.sample(kill_points.POINTS, len(kill_points.POINTS))
+        point = named.pop()
         kind, moment = point, f"{point}@{rng.randint(1, REACHED[point])}"
         code = train(workdir, dict(env, **{kill_points.ENV: moment}), root / "kill.log")
       else:
