@@ -4,7 +4,8 @@
 #
 #   launch/local_multiprocess.sh 2 --config configs/tiny.py --workdir runs/mp
 #
-# Logs: WORKDIR/process_<i>.log. Exit code: non-zero if any process failed.
+# Logs: LOGDIR/process_<i>.log, LOGDIR=${LINEARSR_LOG_DIR:-WORKDIR}; a gs:// workdir needs
+# LINEARSR_LOG_DIR (a shell cannot append to an object). Exit code: non-zero if any process failed.
 set -euo pipefail
 NUM=${1:?usage: $0 NUM_PROCESSES linearsr-train-args...}
 shift
@@ -14,16 +15,21 @@ for ((i = 1; i <= $#; i++)); do
   if [[ "${!i}" == --workdir=* ]]; then WORKDIR="${!i#--workdir=}"; fi
 done
 : "${WORKDIR:?pass --workdir}"
-mkdir -p "$WORKDIR"
+LOGDIR=${LINEARSR_LOG_DIR:-$WORKDIR}
+if [[ "$LOGDIR" == *://* ]]; then
+  echo "the workdir $WORKDIR is a URL: set LINEARSR_LOG_DIR to a local folder for the logs" >&2
+  exit 2
+fi
+mkdir -p "$LOGDIR"
 PORT=${LINEARSR_PORT:-$((20000 + RANDOM % 20000))}
 BIN=${LINEARSR_BIN:-$(dirname "$0")/../.venv/bin/linearsr}
 pids=()
 for ((p = 0; p < NUM; p++)); do
   JAX_PLATFORMS=cpu LINEARSR_COORDINATOR="localhost:$PORT" LINEARSR_NUM_PROCESSES="$NUM" \
-    LINEARSR_PROCESS_ID="$p" "$BIN" train "$@" >"$WORKDIR/process_$p.log" 2>&1 &
+    LINEARSR_PROCESS_ID="$p" "$BIN" train "$@" >"$LOGDIR/process_$p.log" 2>&1 &
   pids+=($!)
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-[[ $status -eq 0 ]] || echo "a process failed; see $WORKDIR/process_*.log" >&2
+[[ $status -eq 0 ]] || echo "a process failed; see $LOGDIR/process_*.log" >&2
 exit $status

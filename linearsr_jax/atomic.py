@@ -96,14 +96,37 @@ def atomic_dir(path, overwrite=False):
     raise
 
 
+@contextlib.contextmanager
+def staged_file(path):
+  """Yields a local filename for a writer that needs one (array_record's); when the block
+  succeeds, the file becomes `path`: renamed into place locally, one upload to object storage.
+  On failure nothing is left."""
+  path = storage.path(path)
+  if storage.is_url(path):
+    with tempfile.TemporaryDirectory(prefix="linearsr-") as tmp:
+      local = Path(tmp) / path.name
+      yield local
+      with storage.errors_as_one_line(f"cannot write {path}"):
+        storage.upload(local, path)
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp, fd = _sibling(path, lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
 def _upload_tree(local: Path, url):
   """Uploads the files under `local` to the object-store prefix `url`, smallest first, then
   deletes what an earlier output left there that the new one does not have."""
   files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
   for file in files:
-    target = url / file.relative_to(local).as_posix()  # objects need no parent folders
-    with open(file, "rb") as src, target.open("wb") as dst:
-      shutil.copyfileobj(src, dst, 1 << 24)
+    storage.upload(file, url / file.relative_to(local).as_posix())  # no parent folders needed
   new = {file.relative_to(local).as_posix() for file in files}
   for folder, _, names in url.walk():
     for name in names:

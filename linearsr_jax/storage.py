@@ -12,6 +12,7 @@ import contextlib
 import os
 import pathlib
 import re
+import shutil
 import tempfile
 
 from etils import epath
@@ -70,6 +71,12 @@ def describe(error: BaseException) -> str:
              "401": "not authenticated (application-default credentials?)"}
   first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
   return reasons.get(status, first)
+
+
+def upload(local, url):
+  """Streams the local file `local` into the object `url` (one upload: it appears whole)."""
+  with open(local, "rb") as src, url.open("wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 24)
 
 
 def files(root, recursive: bool = True) -> list:

@@ -3,12 +3,16 @@
 
 One two-stage run trains from a dataset folder in the bucket into a gs:// workdir; a second,
 the same, is SIGKILLed mid-stage and resumed from the bucket, and both end alike. The tools
-read that run from the bucket and write their outputs there."""
+read that run from the bucket and write their outputs there. A two-process run with params
+sharded across the processes trains into the bucket as a pod does, and ends where one process
+with two devices ends."""
 
 import io
 import signal
+import subprocess
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 from PIL import Image
@@ -19,7 +23,9 @@ from linearsr_jax.data.sources import DEMO_IMAGES
 from linearsr_jax.interop import params_io
 from linearsr_jax.interop.cli_export import read_npz_export
 from linearsr_jax.train import kill_points, run_dir, run_outcome
-from train_runs import SMALL, cached_cli_env, start, train_command, wait_ok
+from repo_paths import REPO
+from train_runs import (SMALL, cached_cli_env, checkpoint_steps, start, train_command,
+                        wait_ok)
 
 BUCKET = "gs://runs"
 TWO_STAGES = dict(SMALL, stage_order="pretrain,moe",
@@ -206,22 +212,49 @@ def test_metrics_in_a_bucket_survive_a_kill_during_truncation(gcs):
   assert sorted(p.name for p in epath.Path(path).iterdir()) == ["3"]
 
 
-def test_a_tfds_folder_in_the_bucket_reads_as_the_local_one(gcs, tmp_path):
+def test_a_tfds_folder_written_to_the_bucket_reads_as_the_local_one(gcs, tmp_path):
   from linearsr_jax.data import sources
   photos = tmp_path / "photos"
   photos.mkdir()
   for name in ("coffee", "chelsea"):
     (photos / f"{name}.png").write_bytes(_png(_photo(name, 48)))
   local = sources.build_tfds_folder(photos, tmp_path / "tfds")
-  remote = epath.Path(BUCKET) / "tfds"
-  for file in local.rglob("*"):
-    if file.is_file():
-      (remote / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
+  remote = sources.build_tfds_folder(photos, f"{BUCKET}/tfds")
+  assert str(remote) == f"{BUCKET}/tfds/{local.relative_to(tmp_path / 'tfds').as_posix()}"
   here, there = sources.TfdsFolderSource(local), sources.TfdsFolderSource(str(remote))
   assert len(there) == len(here) == 2
   for index in range(2):
     assert there[index]["name"] == here[index]["name"]
     np.testing.assert_array_equal(there[index]["hr"], here[index]["hr"])
+
+
+def test_latents_encoded_into_the_bucket_by_two_hosts_train_as_local_ones(gcs, tmp_path,
+                                                                         capsys):
+  from linearsr_jax.configs.tiny import get_config
+  from linearsr_jax.data import latent_crops, pipeline
+  config, remote = get_config(), f"{BUCKET}/latents"
+  # Host 1 finishes first: latents.json appears only when host 0 sees both shards.
+  latent_crops.encode_crops(config, remote, 1, process_index=1, process_count=2, progress=False)
+  assert not (epath.Path(remote) / latent_crops.INDEX).exists()
+  latent_crops.encode_crops(config, remote, 1, process_index=0, process_count=2, progress=False)
+  assert main(["data", "encode", "--config", "configs/tiny.py", "--out", str(tmp_path / "one"),
+               "--crops_per_image", "1"]) == 0
+  assert main(["data", "encode", "--config", "configs/tiny.py", "--out", remote,
+               "--crops_per_image", "1"]) == 2
+  assert capsys.readouterr().err.strip().endswith(f"output {remote} already exists (pass "
+                                                  "--overwrite to replace it)")
+  here = latent_crops.LatentCropSource(tmp_path / "one", config.data, 48, 4)
+  there = latent_crops.LatentCropSource(remote, config.data, 48, 4)
+  assert len(there) == len(here) > 0
+  records = {r["name"]: r for r in (there[i] for i in range(len(there)))}
+  for record in (here[i] for i in range(len(here))):
+    np.testing.assert_array_equal(records[record["name"]]["hr"], record["hr"])
+    np.testing.assert_array_equal(records[record["name"]]["latent"], record["latent"])
+  data = config.data
+  data.hr_latents, data.latents_path, data.batch_size = "precomputed", remote, 2
+  tokenize = lambda tags: (np.zeros(2, np.int32), np.zeros(2, bool))
+  batch = next(iter(pipeline.make_train_dataset(there, data, tokenize, 0, 1)))
+  assert batch["hr_latent"].shape == (2, 16, 16, 48) and batch["lr"].shape == (2, 16, 16, 3)
 
 
 def test_condition_arrays_tag_mappings_and_extra_scores_read_from_the_bucket(gcs, tmp_path):
@@ -243,3 +276,52 @@ def test_condition_arrays_tag_mappings_and_extra_scores_read_from_the_bucket(gcs
   assert tag_sources.MappingTags(str(folder / "tags.csv"))(str(folder / "a.png")) == ["cat", "fur"]
   (folder / "scores.csv").write_text("name,musiq\na.png,61.5\n")
   assert read_extra_scores(str(folder / "scores.csv")) == {"a": {"musiq": 61.5}}
+
+
+def _export_npz(run, out):
+  assert main(["export", "--layout", "npz", str(run), "--out", str(out)]) == 0
+  return dict(np.load(out / "params.npz"))
+
+
+def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_one(
+    gcs, tmp_path):
+  """pretrain -> 4 experts with params FSDP-sharded over two gloo processes (one CPU device
+  each), into a gs:// workdir, ends where the same run in one process with two devices and a
+  local workdir does: the data stream, the branch to experts and every restore are independent
+  of the process count, and only process 0's small files and both processes' shards reach the
+  bucket."""
+  tree = dict(SMALL, stage_order="pretrain,moe", mesh=dict(data=1, fsdp=2),
+              data=dict(SMALL["data"], batch_size=8),
+              stages=dict(pretrain=dict(max_steps=2, esgf=False), moe=dict(max_steps=2)),
+              train=dict(SMALL["train"], eval_every=2))
+  env = cached_cli_env(tmp_path / "jax_cache")
+  two, logs = f"{BUCKET}/two_processes", tmp_path / "logs"
+  command = ["bash", "launch/local_multiprocess.sh", "2", *train_command(two, tree=tree)[4:]]
+  result = subprocess.run(command, cwd=REPO, env=dict(env, LINEARSR_LOG_DIR=str(logs)),
+                          capture_output=True, text=True, timeout=400)
+  texts = [(logs / f"process_{p}.log").read_text() for p in range(2)]
+  assert result.returncode == 0, result.stderr + "\n".join(t[-2000:] for t in texts)
+  for p, text in enumerate(texts):
+    assert f"process {p} of 2 processes, 1 local of 2 global devices" in text, text[-2000:]
+  one = tmp_path / "one_process"
+  wait_ok(start(train_command(one, tree=tree), tmp_path / "one.log",
+                dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")),
+          tmp_path / "one.log")
+  assert checkpoint_steps(two, "moe") == checkpoint_steps(one, "moe") == [0, 2]
+  knees = [[(s["name"], s["knee_step"]) for s in run_dir.read_json(run_dir.RunDir(run).run_json)
+            ["stages"]] for run in (two, one)]
+  assert knees[0] == knees[1] == [("pretrain", 2), ("moe", 2)], knees
+  # The params really were split between the processes: half of each kernel per device.
+  saved = ocp.StandardCheckpointHandler().metadata(
+      epath.Path(two) / "moe" / "checkpoints" / "2" / "state").tree["params"]
+  assert saved["dit"]["patch_embed"]["kernel"].shape == (4, 64, 64)
+  exported = [_export_npz(run, tmp_path / f"export_{i}") for i, run in enumerate((two, one))]
+  assert sorted(exported[0]) == sorted(exported[1])
+  assert exported[0]["dit/patch_embed/kernel"].shape[0] == 4
+  for name in exported[0]:
+    np.testing.assert_allclose(exported[0][name], exported[1][name], rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+  branch = run_outcome.saved_state(epath.Path(two) / "moe" / "checkpoints" / "0" / "state")
+  # the experts trained
+  assert not np.array_equal(exported[0]["dit/patch_embed/kernel"],
+                            branch["ema_params"]["dit"]["patch_embed"]["kernel"])

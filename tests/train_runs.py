@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from linearsr_jax import storage
 from linearsr_jax.configs import tiny
 from repo_paths import REPO
 
@@ -61,7 +62,7 @@ def wait_ok(proc, log_path, timeout=240):
 
 
 def checkpoint_steps(workdir, stage="pretrain"):
-  directory = Path(workdir) / stage / "checkpoints"
+  directory = storage.path(workdir) / stage / "checkpoints"
   if not directory.is_dir():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())

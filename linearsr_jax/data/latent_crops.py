@@ -16,15 +16,13 @@ stored HR crop, so every epoch sees new LR images of the same crops.
 
 import json
 import logging
-import os
-from pathlib import Path
 
 import grain
 import numpy as np
 from flax import serialization
 
 from linearsr_jax import storage
-from linearsr_jax.atomic import atomic_file
+from linearsr_jax.atomic import atomic_file, staged_file
 from linearsr_jax.data import degradations, image_io, pipeline, tag_sources
 from linearsr_jax.errors import UserError
 
@@ -91,21 +89,19 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
   if crops_per_image < 1 or batch_size < 1:
     raise UserError("--crops_per_image and --batch must be positive")
   process_index, process_count = pipeline.host_of(process_index, process_count)
-  out = Path(out)
+  out = storage.path(out)
   if (out / INDEX).exists() and not overwrite:
     raise UserError(f"output {out} already exists (pass --overwrite to replace it)")
   data_cfg = config.data
   source = pipeline.make_source(data_cfg, "train", config.tags.encoder)
   latent_space = make_latent_space(config.latent)
   if process_index == 0 and (out / INDEX).exists():
-    os.unlink(out / INDEX)  # readers must not trust a mix of old and new shards
-  out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX).unlink()  # readers must not trust a mix of old and new shards
   mine = range(process_index, len(source), process_count)
   name = shard_name(process_index, process_count)
-  partial = out / f".{name}.partial"
-  written = _write_shard(partial, source, mine, latent_space, data_cfg, crops_per_image,
-                         batch_size, progress=progress and process_index == 0)
-  os.replace(partial, out / name)
+  with staged_file(out / name) as local:
+    written = _write_shard(local, source, mine, latent_space, data_cfg, crops_per_image,
+                           batch_size, progress=progress and process_index == 0)
   _wait_for_hosts(process_count)
   index = {"format": FORMAT, "crop_size": data_cfg.crop_size, "scale": data_cfg.scale,
            "crops_per_image": crops_per_image, "seed": data_cfg.seed, "augment": data_cfg.augment,
@@ -124,7 +120,7 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
 def _write_shard(path, source, indices, latent_space, data_cfg, crops_per_image: int,
                  batch_size: int, progress: bool) -> int:
   """Writes the fixed crops of `source[indices]` with their latents (encoded `batch_size` at a
-  time) to one array_record file; removed again on failure. Returns the number of crops."""
+  time) to one local array_record file. Returns the number of crops."""
   from array_record.python.array_record_module import ArrayRecordWriter
   from tqdm import tqdm
 
@@ -148,11 +144,8 @@ def _write_shard(path, source, indices, latent_space, data_cfg, crops_per_image:
           flush()
     if pending:
       flush()
+  finally:
     writer.close()
-  except BaseException:
-    writer.close()
-    path.unlink(missing_ok=True)
-    raise
   return written
 
 

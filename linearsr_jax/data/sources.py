@@ -254,9 +254,9 @@ def build_tfds_folder(src, data_dir, name="image_folder", split="train", min_siz
     builder = tfds.dataset_builders.store_as_tfds_dataset(
         name=name, version="1.0.0", features=features, split_datasets={split: examples()},
         data_dir=tmp, file_format="array_record", disable_shuffling=True,
-        description=f"Images of {Path(src).resolve()}, stored as the original file bytes.")
+        description=f"Images of {storage.absolute(src)}, stored as the original file bytes.")
     version_dir = Path(builder.data_dir).relative_to(tmp)
-  return Path(data_dir) / version_dir
+  return storage.path(data_dir) / version_dir.as_posix()
 
 
 def _text(value) -> str:
