@@ -1,32 +1,41 @@
-"""`linearsr demo`: the whole system on the embedded photographs, as plain CLI calls.
+"""`linearsr demo`: the whole system on real photographs, as plain CLI calls.
 
-1. `linearsr train` with configs/tiny.py: stage 1 until ESGF finds the knee, then 4 SNR
-   experts branched from the knee checkpoint;
-2. the held-out photographs (never trained on) as LR/HR pairs;
-3. `linearsr eval` of bicubic and of the trained model on them;
-4. `linearsr upscale` of one held-out photo and an LR | bicubic | ours | HR grid;
+1. the photographs split three ways (demo_photos.py): train, validation (ESGF's curves), test;
+2. `linearsr train` with configs/demo.py: stage 1 until ESGF finds the knee on the validation
+   photos, then 4 SNR experts branched from the knee checkpoint;
+3. the test photographs, never seen by training or by the knee, as LR/HR pairs twice: classic
+   bicubic ×4 LR, and the real-world degradation the model trained for;
+4. `linearsr eval` of each (the bicubic row beside the model's), `linearsr upscale` of one test
+   photo per kind and an LR | bicubic | ours | HR grid;
 5. report.md linking all of it.
 """
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from linearsr_jax import configs
 from linearsr_jax.atomic import atomic_file
+from linearsr_jax.demo_photos import split_photos
 from linearsr_jax.errors import UserError
 from linearsr_jax.train.run_dir import RunDir, read_json
 
 EVAL_METRICS = "psnr_y,ssim_y,lpips_alex"
+# The two test degradations: classic bicubic ×4, and the training degradation.
+TEST_KINDS = {"bicubic": "bicubic ×4 LR", "realistic": "real-world degradation (as trained)"}
 
 
 def add_arguments(parser):
   parser.add_argument("--workdir", default="runs/demo", help="where everything goes")
-  parser.add_argument("--config", default=str(Path(configs.__file__).parent / "tiny.py"))
+  parser.add_argument("--config", default=str(Path(configs.__file__).parent / "demo.py"))
+  parser.add_argument("--photos", metavar="DIR",
+                      help="train on this folder's photographs instead of the embedded ones "
+                           "(split by name: a fifth for test, a tenth for validation)")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override for training, e.g. --set stages.pretrain.max_steps=50")
   parser.add_argument("--heldout_crop", type=int, default=0,
-                      help="center-crop the held-out photos to this HR size (0: whole photos)")
+                      help="center-crop the test photos to this HR size (0: whole photos)")
 
 
 def _cli(*argv) -> int:
@@ -35,22 +44,28 @@ def _cli(*argv) -> int:
   return main([str(a) for a in argv])
 
 
-def write_heldout_pairs(config, out: Path) -> list:
-  """The eval photographs as HR/LR PNGs (degraded once, seeded), for eval and upscale."""
-  import functools
-
-  from linearsr_jax.data import pipeline
+def write_test_pairs(config, photos: Path, out: Path, kind: str) -> list:
+  """The test photographs as HR/ and LR/ PNGs (degraded once, seeded, as `kind` says), each LR
+  image with its tag sidecar; returns the file names."""
+  from linearsr_jax.data import pipeline, sources
   from linearsr_jax.data.image_io import write_image
   from linearsr_jax.models.tags import tokenize_tags
 
+  data = config.data.copy_and_resolve_references()
+  data.degradation.mode = "bicubic" if kind == "bicubic" else data.degradation.mode
   tokenize = functools.partial(tokenize_tags, vocab_size=config.tags.vocab_size,
                                max_tokens=config.tags.max_tokens)
-  data = config.data
+  source = sources.FolderSource(photos)
   names = []
-  for example in pipeline.make_eval_examples(pipeline.make_source(data, "eval"), data, tokenize):
-    for kind in ("hr", "lr"):
-      write_image(out / kind.upper() / f"{example['name']}.png", (example[kind] + 1) / 2)
-    names.append(example["name"])
+  for index in range(len(source)):
+    example = pipeline.eval_example(source[index], index, data, tokenize)
+    name = Path(example["name"]).with_suffix(".png").name
+    for key in ("hr", "lr"):
+      write_image(out / key.upper() / name, (example[key] + 1) / 2)
+    tags = source[index]["tags"]
+    if tags:
+      (out / "LR" / name).with_suffix(".txt").write_text(", ".join(tags))
+    names.append(name)
   return names
 
 
@@ -104,37 +119,49 @@ def write_grid(lr_path, sr_path, hr_path, out_path, scale):
 def run(args) -> int:
   from linearsr_jax.train.cli_train import parse_flags
 
-  workdir = Path(args.workdir)
-  overrides = [f"--config.{kv}" for kv in args.set]
-  train_dir = workdir / "train"
+  workdir, train_dir = Path(args.workdir), Path(args.workdir) / "train"
+  config, _ = parse_flags(["--config", args.config, "--workdir", str(train_dir),
+                           *(f"--config.{kv}" for kv in args.set)], command="demo")
+  photos = workdir / "photos"
+  split = split_photos(photos, args.photos, seed=config.seed, min_size=config.data.crop_size)
+  # The folders first, so that a --set of the user's may still override them.
+  overrides = ["--config.data.source.kind=folder", f"--config.data.source.path={photos / 'train'}",
+               "--config.data.eval_source.kind=folder",
+               f"--config.data.eval_source.path={photos / 'validation'}",
+               *(f"--config.{kv}" for kv in args.set)]
   if _cli("train", "--config", args.config, "--workdir", train_dir, *overrides):
     raise UserError("training failed")
-  config, _ = parse_flags(["--config", args.config, "--workdir", str(train_dir), *overrides])
   config.data.eval.crop_size = args.heldout_crop
-  heldout = workdir / "heldout"
-  names = write_heldout_pairs(config, heldout)
-  scale = config.data.scale
-  status = _cli("eval", "--hr_dir", heldout / "HR", "--lr_dir", heldout / "LR", "--scale", scale,
-                "--checkpoint", train_dir, "--metrics", EVAL_METRICS,
-                "--out", workdir / "eval" / "ours")
-  photo = names[0]
-  if _cli("upscale", heldout / "LR" / f"{photo}.png", "--checkpoint", train_dir,
-          "--out", workdir / "upscale", "--overwrite"):
-    raise UserError("upscaling the held-out photo failed")
-  sr_path = workdir / "upscale" / f"{photo}_x{scale}.png"
-  grid_path = workdir / f"grid_{photo}.png"
-  write_grid(heldout / "LR" / f"{photo}.png", sr_path, heldout / "HR" / f"{photo}.png", grid_path,
-             scale)
-  report = write_report(workdir, train_dir, grid_path, names)
+  scale, grids = config.data.scale, {}
+  for kind in TEST_KINDS:
+    pairs = workdir / "test" / kind
+    names = write_test_pairs(config, photos / "test", pairs, kind)
+    if _cli("eval", "--hr_dir", pairs / "HR", "--lr_dir", pairs / "LR", "--scale", scale,
+            "--checkpoint", train_dir, "--metrics", EVAL_METRICS, "--no_progress",
+            "--out", workdir / "eval" / kind):
+      raise UserError(f"evaluating the {kind} test pairs failed")
+    photo = names[0]
+    if _cli("upscale", pairs / "LR" / photo, "--checkpoint", train_dir, "--color_fix", "none",
+            "--out", workdir / "upscale" / kind, "--overwrite", "--no_progress"):
+      raise UserError(f"upscaling the {kind} test photo failed")
+    grids[kind] = workdir / f"grid_{kind}_{Path(photo).stem}.png"
+    write_grid(pairs / "LR" / photo, workdir / "upscale" / kind / f"{Path(photo).stem}_x{scale}.png",
+               pairs / "HR" / photo, grids[kind], scale)
+  report = write_report(workdir, train_dir, grids, split)
   print(report["summary"])
-  return status
+  return 0
 
 
-def write_report(workdir: Path, train_dir: Path, grid_path: Path, names) -> dict:
+def _verdict(ours: dict, bicubic: dict) -> str:
+  return (f"PSNR-Y {ours['psnr_y'] - bicubic['psnr_y']:+.2f} dB, "
+          f"LPIPS {ours['lpips_alex'] - bicubic['lpips_alex']:+.4f} against bicubic")
+
+
+def write_report(workdir: Path, train_dir: Path, grids: dict, split: dict) -> dict:
+  import shutil
+
   train_run = RunDir(train_dir)
   run_info = read_json(train_run.run_json)["stages"]
-  summary = read_json(workdir / "eval" / "ours" / "summary.json")
-  ours, bicubic = summary["mean"], summary["baseline"]["mean"]
   stage_lines = []
   for stage in run_info:
     origin = read_json(train_run.stage(stage["name"]).stage_json)["init_from"]
@@ -143,27 +170,29 @@ def write_report(workdir: Path, train_dir: Path, grid_path: Path, names) -> dict
     stage_lines.append(f"| {stage['name']} | {start} | {stage['knee_step']} | "
                        f"{'ESGF knee' if stage['fired'] else 'step budget'} | "
                        f"![curves]({stage['name']}_knee.png) |")
-  headline = (f"held-out photos ({', '.join(names)}): PSNR-Y {ours['psnr_y']:.2f} dB "
-              f"(bicubic {bicubic['psnr_y']:.2f}), SSIM-Y {ours['ssim_y']:.4f} "
-              f"(bicubic {bicubic['ssim_y']:.4f}), LPIPS {ours['lpips_alex']:.4f} "
-              f"(bicubic {bicubic['lpips_alex']:.4f})")
   lines = [
       "# LinearSR demo", "",
-      "Tiny config, trained from scratch on the scikit-image photographs; "
-      f"{', '.join(names)} held out.", "",
+      f"Trained from scratch on {len(split['train'])} photographs; ESGF's curves measured on "
+      f"{', '.join(split['validation'])}; tested on {', '.join(split['test'])}, which neither "
+      "training nor the knee saw.", "",
       "## Training stages", "",
       "| stage | start | next stage starts from step | ended by | curves |",
-      "|---|---|---|---|---|", *stage_lines, "",
-      "## Held-out evaluation", "",
-      "| method | PSNR-Y (dB) ↑ | SSIM-Y ↑ | LPIPS-Alex ↓ |", "|---|---|---|---|",
-      *(f"| {label} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['lpips_alex']:.4f} |"
-        for label, m in (("bicubic", bicubic), ("LinearSR (tiny, this run)", ours))), "",
-      "Per-image scores, bicubic's beside ours: [eval/ours/per_image.csv]"
-      "(eval/ours/per_image.csv).", "",
-      "## Upscaled held-out photo", "", f"![grid]({grid_path.name})", "",
-      "LR (nearest) | bicubic | ours | HR; below, the most textured window of each, enlarged.",
-      ""]
-  import shutil
+      "|---|---|---|---|---|", *stage_lines, ""]
+  headlines = []
+  for kind, title in TEST_KINDS.items():
+    summary = read_json(workdir / "eval" / kind / "summary.json")
+    ours, bicubic = summary["mean"], summary["baseline"]["mean"]
+    headlines.append(f"{title}: {_verdict(ours, bicubic)}")
+    lines += [
+        f"## Test photographs, {title}", "",
+        "| method | PSNR-Y (dB) ↑ | SSIM-Y ↑ | LPIPS-Alex ↓ |", "|---|---|---|---|",
+        *(f"| {label} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['lpips_alex']:.4f} |"
+          for label, m in (("bicubic", bicubic), ("LinearSR (this run)", ours))), "",
+        f"{_verdict(ours, bicubic)}. Per image, bicubic's beside ours: "
+        f"[eval/{kind}/per_image.csv](eval/{kind}/per_image.csv).", "",
+        f"![grid]({grids[kind].name})", "",
+        "LR (nearest) | bicubic | ours | HR; below, the most textured window of each, enlarged.",
+        ""]
   for stage in run_info:
     shutil.copyfile(train_run.stage(stage["name"]).knee_png, workdir / f"{stage['name']}_knee.png")
   with atomic_file(workdir / "report.md", "w") as f:
@@ -171,6 +200,8 @@ def write_report(workdir: Path, train_dir: Path, grid_path: Path, names) -> dict
   summary = (f"\nDemo finished. Report: {workdir / 'report.md'}\n"
              f"  knee: " + ", ".join(f"{s['name']} -> step {s['knee_step']}"
                                      f" ({'ESGF' if s['fired'] else 'budget'})"
-                                     for s in run_info) + "\n"
-             f"  {headline}\n  grid: {grid_path}\n  TensorBoard: tensorboard --logdir {train_dir}")
-  return {"summary": summary, "headline": headline}
+                                     for s in run_info) + "\n" +
+             "".join(f"  {line}\n" for line in headlines) +
+             f"  grids: {', '.join(str(g) for g in grids.values())}\n"
+             f"  TensorBoard: tensorboard --logdir {train_dir}")
+  return {"summary": summary, "headlines": headlines}

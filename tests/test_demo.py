@@ -1,9 +1,10 @@
 """The whole system end to end on CPU: `linearsr demo` at a reduced size.
 
-One real run on the embedded photographs checks what issues 6 and 8 promise: stage 1 trains
-until ESGF fires on a real validation curve (PSNR rises from its first value, the bicubic
-baseline logged beside it), stage 2 starts from the knee checkpoint with 4 identical experts
-that then diverge, and the demo's eval, upscale grid and report come out.
+One real run on the embedded photographs checks what issues 6, 8 and 17 promise: stage 1
+trains until ESGF fires on a real validation curve (PSNR rises from its first value, the
+bicubic baseline logged beside it), stage 2 starts from the knee checkpoint with 4 identical
+experts that then diverge, and the demo's two test evaluations (bicubic and real-world LR, each
+with its bicubic row), grids and report come out, on photographs split three ways.
 """
 
 import json
@@ -18,8 +19,9 @@ from linearsr_jax.cli import main
 # Small enough for the test budget, large enough for a real knee: the tiny model at crop 32,
 # evaluated every 10 steps, with a noisier LR-anchored source, whose validation PSNR peaks
 # and turns back early; ESGF (combine=any) fires on that.
-OVERRIDES = ["diffusion.lr_source_noise=0.1", "model.depth=2", "data.crop_size=32", "data.eval.crop_size=64", "train.eval_every=10",
-             "stages.pretrain.max_steps=400", "stages.moe.max_steps=20", "esgf.patience=3"]
+OVERRIDES = ["diffusion.lr_source_noise=0.1", "model.depth=2", "data.crop_size=32",
+             "data.eval.crop_size=64", "train.eval_every=10", "stages.pretrain.max_steps=400",
+             "stages.moe.max_steps=20", "esgf.patience=3", "esgf.combine=any"]
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +74,61 @@ def test_stage_two_starts_from_the_knee_with_identical_experts_that_diverge(demo
 
 
 def test_demo_outputs(demo):
-  summary = json.loads((demo / "eval" / "ours" / "summary.json").read_text())
-  for method in (summary, summary["baseline"]):
-    assert method["scored"] == 2 and np.isfinite(method["mean"]["psnr_y"])
-  grids = list(demo.glob("grid_*.png"))
-  assert len(grids) == 1
-  with Image.open(grids[0]) as grid:
-    assert grid.size == (4 * 128, 20 + 128 + 128)  # labels, the panels, their zoomed windows
+  photos = {kind: sorted(p.name for p in (demo / "photos" / kind).glob("*.png"))
+            for kind in ("train", "validation", "test")}
+  assert photos["test"] == ["chelsea.png", "coffee.png"]
+  assert photos["validation"] == ["motorcycle.png", "rocket.png"]
+  assert not set(photos["train"]) & set(photos["test"] + photos["validation"])
+  config = json.loads((demo / "train" / "config.json").read_text())
+  assert config["data"]["eval_source"]["path"].endswith("photos/validation")
   report = (demo / "report.md").read_text()
+  for kind in ("bicubic", "realistic"):
+    summary = json.loads((demo / "eval" / kind / "summary.json").read_text())
+    for method in (summary, summary["baseline"]):
+      assert method["scored"] == 2 and np.isfinite(method["mean"]["psnr_y"])
+    grids = list(demo.glob(f"grid_{kind}_*.png"))
+    assert len(grids) == 1 and grids[0].name in report
+    with Image.open(grids[0]) as grid:
+      assert grid.size == (4 * 128, 20 + 128 + 128)  # labels, the panels, their zoomed windows
+    bicubic = summary["baseline"]["mean"]["psnr_y"]
+    assert f"| bicubic | {bicubic:.2f} |" in report
+  # The bicubic test LR is classic bicubic of the HR; the real-world one is not.
+  from linearsr_jax.data.degradations import imresize_bicubic
+  from linearsr_jax.data.image_io import read_image
+  hr = read_image(demo / "test" / "bicubic" / "HR" / "coffee.png")
+  for kind, close in (("bicubic", True), ("realistic", False)):
+    lr = read_image(demo / "test" / kind / "LR" / "coffee.png")
+    error = np.abs(lr - np.clip(imresize_bicubic(hr, *lr.shape[:2]), 0, 1)).max()
+    assert (error <= 1 / 255 + 1e-6) == close, (kind, error)
   knee = json.loads((demo / "train" / "run.json").read_text())["stages"][0]["knee_step"]
-  assert f"| {knee} |" in report and grids[0].name in report
+  assert f"| {knee} |" in report
+
+
+def test_photos_of_a_folder_split_three_ways_with_their_tags(tmp_path, capsys):
+  from linearsr_jax.data.image_io import write_image
+  from linearsr_jax.demo_photos import split_photos
+  folder = tmp_path / "mine"
+  rng = np.random.default_rng(0)
+  for i in range(12):
+    write_image(folder / "sub" / f"p{i:02d}.png", rng.random((40, 40, 3)))
+  (folder / "sub" / "p03.txt").write_text("tree, sky")
+  write_image(folder / "small.png", rng.random((8, 8, 3)))
+  split = split_photos(tmp_path / "out", folder, seed=0, min_size=32)
+  assert [len(split[k]) for k in ("train", "validation", "test")] == [9, 1, 2]
+  names = sorted(sum(split.values(), []))
+  assert names == [f"sub__p{i:02d}.png" for i in range(12)]  # the small one left out
+  for kind, files in split.items():
+    assert sorted(p.name for p in (tmp_path / "out" / kind).glob("*.png")) == files
+  kind = next(k for k, files in split.items() if "sub__p03.png" in files)
+  assert (tmp_path / "out" / kind / "sub__p03.txt").read_text() == "tree, sky"
+  assert split_photos(tmp_path / "again", folder, seed=0, min_size=32) == split
+  for p in list(folder.glob("sub/*.png"))[2:]:
+    p.unlink()
+  assert main(["demo", "--photos", str(folder), "--workdir", str(tmp_path / "w"),
+               "--set", "data.crop_size=32"]) == 2
+  assert capsys.readouterr().err.strip().endswith(
+      "2 usable photo(s) of at least 32 px; the demo needs 3 (one each to train on, validate "
+      "on and test on)")
 
 
 def test_the_grid_zooms_into_the_most_textured_window(tmp_path):

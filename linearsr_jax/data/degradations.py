@@ -54,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   """Real-ESRGAN x4plus ranges; `mode='bicubic'` gives classic (MATLAB-style) bicubic SR."""
   return ml_collections.ConfigDict(dict(
       mode="realesrgan",
+      # With this probability a 'realesrgan' pair is classic bicubic instead: a model trained
+      # only on heavy degradations over-restores a clean LR image.
+      bicubic_prob=0.0,
       kernel_sizes=tuple(range(7, 22, 2)),
       resize_modes=RESIZE_MODES,
       pass1=_pass_config((0.2, 3.0), (0.2, 0.7, 0.1), (0.15, 1.5), (1.0, 30.0), (0.05, 3.0),
@@ -345,10 +348,14 @@ def degrade_pair(hr, scale, rng, config, trace=None):
   if config.mode not in DEGRADATION_MODES:
     raise UserError(f"unknown degradation mode '{config.mode}' "
                     f"(choose from {', '.join(DEGRADATION_MODES)})")
+  if not 0 <= config.bicubic_prob <= 1:
+    raise UserError(f"data.degradation.bicubic_prob={config.bicubic_prob} is not a probability")
   hr = np.asarray(hr, np.float32)
   if config.usm_target:
     hr = usm_sharpen(hr, config.usm_weight, config.usm_radius, config.usm_threshold)
-  if config.mode == "bicubic":
+  # The draw only when asked for, so that the other draws stay where they were.
+  if config.mode == "bicubic" or (config.bicubic_prob > 0 and rng.uniform() < config.bicubic_prob):
+    _log(trace, "bicubic")
     lr = imresize_bicubic(hr, h // scale, w // scale)
   else:
     lr = _realesrgan(hr, scale, rng, config, trace)

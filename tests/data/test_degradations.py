@@ -223,6 +223,36 @@ def test_degrade_pair_shapes_range_and_seed(photo):
   assert np.corrcoef(results[0].ravel(), reference.ravel())[0, 1] > 0.5
 
 
+def test_bicubic_prob_mixes_in_pillow_bicubic_pairs_at_that_rate(photo):
+  hr = photo[:64, :64] / 255.0
+  cfg = deg.default_config()
+  cfg.bicubic_prob = 0.3
+  reference = np.clip(np.round(_pillow_bicubic(photo[:64, :64].astype(np.float64), (16, 16))),
+                      0, 255) / 255
+  bicubic = 0
+  for seed in range(200):
+    trace = []
+    lr = deg.degrade_pair(hr, 4, np.random.default_rng(seed), cfg, trace)[1]
+    if trace == [("bicubic", {})]:
+      bicubic += 1
+      assert np.abs(lr - reference)[_B:-_B, _B:-_B].max() <= 1 / 255 + 1e-6
+    else:
+      assert ("bicubic", {}) not in trace and len(trace) > 3
+  assert abs(bicubic - 60) <= 4 * math.sqrt(200 * 0.3 * 0.7)  # binomial(200, 0.3)
+  cfg.bicubic_prob = 0.0  # off: not one draw more than a config without it
+  plain = deg.default_config()
+  for seed in range(3):
+    np.testing.assert_array_equal(
+        deg.degrade_pair(hr, 4, np.random.default_rng(seed), cfg)[1],
+        _realesrgan_without_the_draw(hr, seed, plain))
+
+
+def _realesrgan_without_the_draw(hr, seed, cfg):
+  rng = np.random.default_rng(seed)
+  lr = deg._realesrgan(np.asarray(hr, np.float32), 4, rng, cfg, None)
+  return np.clip(np.round(lr * 255.0), 0, 255).astype(np.float32) / 255.0
+
+
 def test_usm_target_sharpens_edges_only():
   flat = np.full((64, 64, 3), 0.4, np.float32)
   np.testing.assert_allclose(deg.usm_sharpen(flat), flat, atol=1e-6)
@@ -240,6 +270,10 @@ def test_bad_inputs():
   cfg = deg.default_config()
   with pytest.raises(UserError, match="divisible"):
     deg.degrade_pair(np.zeros((30, 32, 3), np.float32), 4, np.random.default_rng(0), cfg)
+  cfg.bicubic_prob = 1.5
+  with pytest.raises(UserError, match="not a probability"):
+    deg.degrade_pair(np.zeros((32, 32, 3), np.float32), 4, np.random.default_rng(0), cfg)
+  cfg.bicubic_prob = 0.0
   cfg.mode = "nearest"
   with pytest.raises(UserError, match="degradation mode"):
     deg.degrade_pair(np.zeros((32, 32, 3), np.float32), 4, np.random.default_rng(0), cfg)
