@@ -1,10 +1,10 @@
 """The whole system end to end on CPU: `linearsr demo` at a reduced size.
 
 One real run on the embedded photographs checks what issues 6, 8 and 17 promise: stage 1
-trains until ESGF fires on a real validation curve (PSNR rises from its first value, the
-bicubic baseline logged beside it), stage 2 starts from the knee checkpoint with 4 identical
-experts that then diverge, and the demo's two test evaluations (bicubic and real-world LR, each
-with its bicubic row), grids and report come out, on photographs split three ways.
+trains until ESGF fires on a real validation curve (PSNR rises or LPIPS falls from its first
+value, the bicubic baseline logged beside it), stage 2 starts from the knee checkpoint with 4
+identical experts that then diverge, and the demo's two test evaluations (bicubic and real-world
+LR, each with its bicubic row), grids and report come out, on photographs split three ways.
 """
 
 import json
@@ -16,9 +16,9 @@ from PIL import Image
 
 from linearsr_jax.cli import main
 
-# Small enough for the test budget, large enough for a real knee: the tiny model at crop 32,
-# evaluated every 10 steps, with a noisier LR-anchored source, whose validation PSNR peaks
-# and turns back early; ESGF (combine=any) fires on that.
+# Small enough for the test budget, large enough for a real knee: a 2-block tiny model at crop
+# 32, evaluated every 10 steps, with a noisier LR-anchored source, whose validation curves turn
+# back early; ESGF (combine=any) fires on that.
 OVERRIDES = ["diffusion.lr_source_noise=0.1", "model.depth=2", "data.crop_size=32",
              "data.eval.crop_size=64", "train.eval_every=10", "stages.pretrain.max_steps=400",
              "stages.moe.max_steps=20", "esgf.patience=3", "esgf.combine=any"]
@@ -27,7 +27,10 @@ OVERRIDES = ["diffusion.lr_source_noise=0.1", "model.depth=2", "data.crop_size=3
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("demo")
-  argv = ["demo", "--workdir", str(workdir), "--heldout_crop", "128"]
+  # The tiny config, not the demo's recipe: the budget here is the test's, and its numbers
+  # must not move when the recipe is tuned.
+  argv = ["demo", "--workdir", str(workdir), "--heldout_crop", "128",
+          "--config", "configs/tiny.py"]
   for item in OVERRIDES:
     argv += ["--set", item]
   assert main(argv) == 0
@@ -48,7 +51,9 @@ def test_stage_one_ends_at_a_real_esgf_knee(demo):
   assert pretrain["name"] == "pretrain" and pretrain["fired"], pretrain
   evals = [r for r in rows(demo / "train" / "pretrain" / "metrics.jsonl") if "val/psnr_y" in r]
   psnr = [r["val/psnr_y"] for r in evals]
-  assert max(psnr) > psnr[0] + 0.01  # the curve it acted on really rose
+  lpips = [r["val/lpips_alex"] for r in evals]
+  # The curve it acted on really moved: with rule 'any' that may be either metric.
+  assert max(psnr) > psnr[0] + 0.01 or min(lpips) < lpips[0] - 0.005, (psnr, lpips)
   assert all("val/bicubic_psnr_y" in r for r in evals)
   assert evals[-1]["step"] < 400  # stopped early, by ESGF, not by the budget
   assert pretrain["knee_step"] in [r["step"] for r in evals]
