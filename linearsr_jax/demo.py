@@ -52,7 +52,9 @@ def write_test_pairs(config, photos: Path, out: Path, kind: str) -> list:
   from linearsr_jax.models.tags import tokenize_tags
 
   data = config.data.copy_and_resolve_references()
-  data.degradation.mode = "bicubic" if kind == "bicubic" else data.degradation.mode
+  if kind == "bicubic":
+    data.degradation.mode = "bicubic"
+  data.degradation.bicubic_prob = 0.0  # the real-world pairs are all real-world
   tokenize = functools.partial(tokenize_tags, vocab_size=config.tags.vocab_size,
                                max_tokens=config.tags.max_tokens)
   source = sources.FolderSource(photos)

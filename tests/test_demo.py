@@ -19,7 +19,8 @@ from linearsr_jax.cli import main
 # Small enough for the test budget, large enough for a real knee: a 2-block tiny model at crop
 # 32, evaluated every 10 steps, with a noisier LR-anchored source, whose validation curves turn
 # back early; ESGF (combine=any) fires on that.
-OVERRIDES = ["diffusion.lr_source_noise=0.1", "model.depth=2", "data.crop_size=32",
+OVERRIDES = ["diffusion.lr_source_noise=0.1", "data.degradation.bicubic_prob=0.5",
+             "model.depth=2", "data.crop_size=32",
              "data.eval.crop_size=64", "train.eval_every=10", "stages.pretrain.max_steps=400",
              "stages.moe.max_steps=20", "esgf.patience=3", "esgf.combine=any"]
 
@@ -97,14 +98,17 @@ def test_demo_outputs(demo):
       assert grid.size == (4 * 128, 20 + 128 + 128)  # labels, the panels, their zoomed windows
     bicubic = summary["baseline"]["mean"]["psnr_y"]
     assert f"| bicubic | {bicubic:.2f} |" in report
-  # The bicubic test LR is classic bicubic of the HR; the real-world one is not.
+  # The bicubic test LR is classic bicubic of the HR; the real-world ones are not, though the
+  # training mixes bicubic pairs in.
+  assert config["data"]["degradation"]["bicubic_prob"] == 0.5
   from linearsr_jax.data.degradations import imresize_bicubic
   from linearsr_jax.data.image_io import read_image
-  hr = read_image(demo / "test" / "bicubic" / "HR" / "coffee.png")
-  for kind, close in (("bicubic", True), ("realistic", False)):
-    lr = read_image(demo / "test" / kind / "LR" / "coffee.png")
+  for kind, name, close in (("bicubic", "coffee", True), ("bicubic", "chelsea", True),
+                            ("realistic", "coffee", False), ("realistic", "chelsea", False)):
+    hr = read_image(demo / "test" / kind / "HR" / f"{name}.png")
+    lr = read_image(demo / "test" / kind / "LR" / f"{name}.png")
     error = np.abs(lr - np.clip(imresize_bicubic(hr, *lr.shape[:2]), 0, 1)).max()
-    assert (error <= 1 / 255 + 1e-6) == close, (kind, error)
+    assert (error <= 1 / 255 + 1e-6) == close, (kind, name, error)
   knee = json.loads((demo / "train" / "run.json").read_text())["stages"][0]["knee_step"]
   assert f"| {knee} |" in report
 
