@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from linearsr_jax import configs
-from linearsr_jax.atomic import atomic_file
+from linearsr_jax.atomic import atomic_file, write_atomically
 from linearsr_jax.demo_photos import split_photos
 from linearsr_jax.errors import UserError
 from linearsr_jax.train.run_dir import RunDir, read_json
@@ -66,7 +66,7 @@ def write_test_pairs(config, photos: Path, out: Path, kind: str) -> list:
       write_image(out / key.upper() / name, (example[key] + 1) / 2)
     tags = source[index]["tags"]
     if tags:
-      (out / "LR" / name).with_suffix(".txt").write_text(", ".join(tags))
+      write_atomically((out / "LR" / name).with_suffix(".txt"), ", ".join(tags).encode())
     names.append(name)
   return names
 
@@ -146,8 +146,9 @@ def run(args) -> int:
     if _cli("upscale", pairs / "LR" / photo, "--checkpoint", train_dir, "--color_fix", "none",
             "--out", workdir / "upscale" / kind, "--overwrite", "--no_progress"):
       raise UserError(f"upscaling the {kind} test photo failed")
-    grids[kind] = workdir / f"grid_{kind}_{Path(photo).stem}.png"
-    write_grid(pairs / "LR" / photo, workdir / "upscale" / kind / f"{Path(photo).stem}_x{scale}.png",
+    stem = Path(photo).stem
+    grids[kind] = workdir / f"grid_{kind}_{stem}.png"
+    write_grid(pairs / "LR" / photo, workdir / "upscale" / kind / f"{stem}_x{scale}.png",
                pairs / "HR" / photo, grids[kind], scale)
   report = write_report(workdir, train_dir, grids, split)
   print(report["summary"])
