@@ -80,20 +80,12 @@ def realsr_crops(out: Path, count: int, hr_size: int = 256) -> Path:
 def heldout_pairs(out: Path) -> Path:
   """The embedded eval photographs (coffee, chelsea) as whole-photo HR / LR pairs, degraded once
   (seeded) as configs/tiny.py's validation degrades them."""
-  import functools
-
   from linearsr_jax.configs import tiny
   from linearsr_jax.data import pipeline
-  from linearsr_jax.models.tags import tokenize_tags
   if not (out / "HR").is_dir():
     config = tiny.get_config()
     config.data.eval.crop_size = 0
-    tokenize = functools.partial(tokenize_tags, vocab_size=config.tags.vocab_size,
-                                 max_tokens=config.tags.max_tokens)
-    source = pipeline.make_source(config.data, "eval")
-    for example in pipeline.make_eval_examples(source, config.data, tokenize):
-      for kind in ("hr", "lr"):
-        write_image(out / kind.upper() / f"{example['name']}.png", (example[kind] + 1) / 2)
+    pipeline.write_eval_pairs(pipeline.make_source(config.data, "eval"), config.data, out)
   return out
 
 

@@ -10,7 +10,6 @@
 5. report.md linking all of it.
 """
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -48,26 +47,17 @@ def write_test_pairs(config, photos: Path, out: Path, kind: str) -> list:
   """The test photographs as HR/ and LR/ PNGs (degraded once, seeded, as `kind` says), each LR
   image with its tag sidecar; returns the file names."""
   from linearsr_jax.data import pipeline, sources
-  from linearsr_jax.data.image_io import write_image
-  from linearsr_jax.models.tags import tokenize_tags
 
   data = config.data.copy_and_resolve_references()
   if kind == "bicubic":
     data.degradation.mode = "bicubic"
   data.degradation.bicubic_prob = 0.0  # the real-world pairs are all real-world
-  tokenize = functools.partial(tokenize_tags, vocab_size=config.tags.vocab_size,
-                               max_tokens=config.tags.max_tokens)
   source = sources.FolderSource(photos)
-  names = []
-  for index in range(len(source)):
-    example = pipeline.eval_example(source[index], index, data, tokenize)
-    name = Path(example["name"]).with_suffix(".png").name
-    for key in ("hr", "lr"):
-      write_image(out / key.upper() / name, (example[key] + 1) / 2)
-    tags = source[index]["tags"]
+  names = pipeline.write_eval_pairs(source, data, out)
+  for path, name in zip(source.paths, names):
+    tags = source.tag_source(path)
     if tags:
       write_atomically((out / "LR" / name).with_suffix(".txt"), ", ".join(tags).encode())
-    names.append(name)
   return names
 
 

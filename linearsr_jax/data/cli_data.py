@@ -13,12 +13,9 @@ precomputed --config.data.latents_path=LATENTS` trains from (latent_crops.py).
 """
 
 import os
-from pathlib import Path
-
-import numpy as np
 
 from linearsr_jax.atomic import atomic_dir
-from linearsr_jax.data import degradations, image_io, pipeline, sources, tag_sources
+from linearsr_jax.data import degradations, pipeline, sources, tag_sources
 from linearsr_jax.errors import UserError
 
 # cli.main hands unknown arguments through: `encode` parses --config and its overrides itself.
@@ -58,11 +55,6 @@ def add_arguments(parser):
   encode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
-def _no_tokens(tags):
-  del tags
-  return np.zeros(0, np.int32), np.zeros(0, bool)
-
-
 def _degrade(args) -> int:
   config = pipeline.default_config()
   config.scale, config.degradation.mode = args.scale, args.mode
@@ -72,11 +64,7 @@ def _degrade(args) -> int:
   else:
     source = sources.FolderSource(args.src, min_size=max(args.crop, args.scale))
   with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
-    for index in range(len(source)):
-      example = pipeline.eval_example(source[index], index, config, _no_tokens)
-      name = Path(example["name"]).with_suffix(".png")
-      for key, folder in (("hr", "HR"), ("lr", "LR")):
-        image_io.write_image(tmp / folder / name, (example[key] + 1) / 2)
+    pipeline.write_eval_pairs(source, config, tmp)
   print(f"wrote {len(source)} LR/HR pairs (x{args.scale}, {args.mode}, seed {args.seed}) "
         f"to {args.out}")
   return 0

@@ -319,6 +319,27 @@ def make_eval_examples(source, config, tokenize: Tokenize, align: int = 1) -> li
   return [eval_example(source[i], i, config, tokenize, align) for i in range(len(source))]
 
 
+def write_eval_pairs(source, config, out) -> list:
+  """Every eval pair of `source`, as eval_example makes it (seeded, center-cropped), written as
+  PNGs to out/HR/ and out/LR/ under the image's name; returns the file names."""
+  from pathlib import Path
+
+  from linearsr_jax.data.image_io import write_image
+
+  def no_tokens(tags):  # only the pixels are written
+    del tags
+    return np.zeros(0, np.int32), np.zeros(0, bool)
+
+  names = []
+  for index in range(len(source)):
+    example = eval_example(source[index], index, config, no_tokens)
+    name = Path(example["name"]).with_suffix(".png").as_posix()
+    for key in ("hr", "lr"):
+      write_image(Path(out) / key.upper() / name, (example[key] + 1) / 2)
+    names.append(name)
+  return names
+
+
 def eval_batches(examples, batch_size):
   """Batches of consecutive same-size examples; 'name' becomes a list of names."""
   group = []
