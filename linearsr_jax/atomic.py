@@ -29,6 +29,11 @@ def _sibling(path: Path, create):
       continue
 
 
+def _new_file(path) -> int:
+  """A file descriptor of a new file at `path` (FileExistsError if one is there)."""
+  return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode="wb"):
   """Yields an in-memory file; when the block succeeds, its contents replace `path` in one
@@ -49,7 +54,7 @@ def write_atomically(path, data: bytes):
     return
   path.parent.mkdir(parents=True, exist_ok=True)
   disk_space.ensure_room(path.parent, len(data), path.name)
-  tmp, fd = _sibling(path, lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+  tmp, fd = _sibling(path, _new_file)
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -110,7 +115,7 @@ def staged_file(path):
         storage.upload(local, path)
     return
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp, fd = _sibling(path, lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+  tmp, fd = _sibling(path, _new_file)
   os.close(fd)
   try:
     yield tmp
