@@ -297,7 +297,11 @@ def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_
   env = cached_cli_env(tmp_path / "jax_cache")
   two, logs = f"{BUCKET}/two_processes", tmp_path / "logs"
   command = ["bash", "launch/local_multiprocess.sh", "2", *train_command(two, tree=tree)[4:]]
-  result = subprocess.run(command, cwd=REPO, env=dict(env, LINEARSR_LOG_DIR=str(logs)),
+  # gRPC (jax.distributed's coordinator) reads the lowercase https_proxy, and JAX warns that a
+  # proxy may hang its initialisation (one run here did: RegisterTask deadline exceeded). curl
+  # (TF's GCS client) and Python's HTTP clients read HTTPS_PROXY too, so the bucket still works.
+  env_two = {k: v for k, v in env.items() if k != "https_proxy"}
+  result = subprocess.run(command, cwd=REPO, env=dict(env_two, LINEARSR_LOG_DIR=str(logs)),
                           capture_output=True, text=True, timeout=400)
   texts = [(logs / f"process_{p}.log").read_text() for p in range(2)]
   assert result.returncode == 0, result.stderr + "\n".join(t[-2000:] for t in texts)
