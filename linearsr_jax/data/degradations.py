@@ -1,4 +1,5 @@
-"""The Real-ESRGAN second-order degradation model (NumPy / OpenCV), and plain bicubic.
+"""The Real-ESRGAN second-order degradation model (NumPy / OpenCV), its first pass alone, and
+plain bicubic.
 
 Follows BasicSR's `RealESRGANDataset` + `RealESRGANModel.feed_data` with the ranges of
 `train_realesrgan_x4plus.yml` (the recipe SeeSR, OSEDiff, DiT4SR and HYPIR reuse):
@@ -7,6 +8,9 @@ Follows BasicSR's `RealESRGANDataset` + `RealESRGANModel.feed_data` with the ran
          -> pass 2: blur (p=.8) -> resize -> noise
          -> either [resize to target + sinc] -> JPEG, or JPEG -> [resize + sinc]   (p=.5)
          -> round to 8 bits.
+
+`mode='first_order'` is pass 1 alone, resizing straight to the target size (blur (p) ->
+resize -> noise -> JPEG -> 8 bits): the classic first-order model, milder, with pass 1's ranges.
 
 Images are float32 HxWx3 RGB in [0, 1]. All randomness comes from the np.random.Generator
 passed in, so a seed fixes the LR image. Differences from the PyTorch original: resizing uses
@@ -29,7 +33,7 @@ KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 _CV2_INTERPOLATION = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR,
                       "bicubic": cv2.INTER_CUBIC}
-DEGRADATION_MODES = ("realesrgan", "bicubic")
+DEGRADATION_MODES = ("realesrgan", "first_order", "bicubic")
 
 
 def _pass_config(sigma, resize_probs, resize_range, noise_range, poisson_range, blur_prob):
@@ -54,8 +58,8 @@ def default_config() -> ml_collections.ConfigDict:
   """Real-ESRGAN x4plus ranges; `mode='bicubic'` gives classic (MATLAB-style) bicubic SR."""
   return ml_collections.ConfigDict(dict(
       mode="realesrgan",
-      # With this probability a 'realesrgan' pair is classic bicubic instead: a model trained
-      # only on heavy degradations over-restores a clean LR image.
+      # With this probability a 'realesrgan' / 'first_order' pair is classic bicubic instead:
+      # a model trained only on degraded LR images over-restores a clean one.
       bicubic_prob=0.0,
       kernel_sizes=tuple(range(7, 22, 2)),
       resize_modes=RESIZE_MODES,
@@ -336,6 +340,17 @@ def _realesrgan(image, scale, rng, config, trace):
   return out
 
 
+def _first_order(image, scale, rng, config, trace):
+  h, w = image.shape[:2]
+  cfg, modes = config.pass1, tuple(config.resize_modes)
+  if rng.uniform() < cfg.blur_prob:
+    image = filter2d(image, random_blur_kernel(rng, cfg, tuple(config.kernel_sizes), trace))
+  mode = modes[rng.choice(len(modes))]
+  _log(trace, "resize_to_target", mode=mode)
+  out = _random_noise(resize(image, h // scale, w // scale, mode), rng, cfg, trace)
+  return _random_jpeg(out, rng, cfg, trace)
+
+
 def degrade_pair(hr, scale, rng, config, trace=None):
   """(target, lr) for one HR image: float32 HxWx3 in [0, 1], H and W divisible by `scale`.
 
@@ -357,6 +372,8 @@ def degrade_pair(hr, scale, rng, config, trace=None):
   if config.mode == "bicubic" or (config.bicubic_prob > 0 and rng.uniform() < config.bicubic_prob):
     _log(trace, "bicubic")
     lr = imresize_bicubic(hr, h // scale, w // scale)
+  elif config.mode == "first_order":
+    lr = _first_order(hr, scale, rng, config, trace)
   else:
     lr = _realesrgan(hr, scale, rng, config, trace)
   lr = np.clip(np.round(lr * 255.0), 0, 255).astype(np.float32) / 255.0

@@ -31,6 +31,11 @@ def default_config() -> ml_collections.ConfigDict:
       "timestep_sampling": "logit_normal",  # 'logit_normal' | 'uniform'
       "logit_mean": 0.0,
       "logit_std": 1.0,
+      # Share of training draws at σ = 1 exactly, the source, where the sampler takes its first
+      # step: for source 'lr' the prediction there is the conditional mean given the LR image
+      # (the PSNR-best output of a one-step sampler), which a continuous density never draws and
+      # which, without source noise, nearby σ do not teach (x_σ there already reveals x0).
+      "source_prob": 0.0,
       "train_shift": 1.0,             # flow shift applied to training σ draws
       "timestep_scale": 1000.0,       # model time = σ · timestep_scale (SANA: 1000)
       "experts": {
@@ -60,6 +65,8 @@ def check_config(cfg):
     raise UserError(f"diffusion.logit_std must be > 0, got {cfg.logit_std}")
   if cfg.train_shift <= 0:
     raise UserError(f"diffusion.train_shift must be > 0, got {cfg.train_shift}")
+  if not 0 <= cfg.source_prob <= 1:
+    raise UserError(f"diffusion.source_prob={cfg.source_prob} is not a probability")
 
 
 def _per_sample(sigma, x):
@@ -93,8 +100,18 @@ def sample_sigma(key, shape, cfg, lo=0.0, hi=1.0):
 
   lo / hi broadcast against `shape` (per-expert intervals). Restriction is exact: the draw is
   the configured distribution conditioned on landing in [lo, hi] (truncated normal in logit
-  space, or uniform on the unshifted interval), not a clip.
+  space, or uniform on the unshifted interval), not a clip. Where hi is 1, a share
+  cfg.source_prob of the draws is σ = 1 itself.
   """
+  if cfg.source_prob > 0:  # split only then, so that the other configs draw as before
+    key, key_source = jax.random.split(key)
+    at_source = jax.random.bernoulli(key_source, cfg.source_prob, shape)
+    at_source &= jnp.broadcast_to(jnp.asarray(hi) >= 1.0, shape)
+    return jnp.where(at_source, 1.0, _continuous_sigma(key, shape, cfg, lo, hi))
+  return _continuous_sigma(key, shape, cfg, lo, hi)
+
+
+def _continuous_sigma(key, shape, cfg, lo, hi):
   lo = unshift_sigma(jnp.clip(jnp.asarray(lo, jnp.float32), _SIGMA_EPS, 1 - _SIGMA_EPS),
                      cfg.train_shift)
   hi = unshift_sigma(jnp.clip(jnp.asarray(hi, jnp.float32), _SIGMA_EPS, 1 - _SIGMA_EPS),

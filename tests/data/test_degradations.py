@@ -247,6 +247,28 @@ def test_bicubic_prob_mixes_in_pillow_bicubic_pairs_at_that_rate(photo):
         _realesrgan_without_the_draw(hr, seed, plain))
 
 
+def test_first_order_is_one_pass_resized_straight_to_the_target(photo, monkeypatch):
+  hr = photo[:128, :96] / 255.0
+  cfg = deg.default_config()
+  cfg.mode = "first_order"
+  trace = []
+  deg.degrade_pair(hr, 4, np.random.default_rng(0), cfg, trace)
+  ops = [op for op, _ in trace]
+  assert ops == ["blur", "resize_to_target", ops[2], "jpeg"]
+  assert ops[2] in ("gaussian_noise", "poisson_noise")
+  # Without blur and noise, and JPEG seen through its input, it is torch's bilinear down-scaling.
+  cfg.resize_modes = ("bilinear",)
+  cfg.pass1.update(blur_prob=0.0, gaussian_noise_prob=1.0, noise_range=(0.0, 0.0),
+                   jpeg_range=(90, 90))
+  encoded = []
+  monkeypatch.setattr(deg, "jpeg", lambda image, quality: encoded.append(quality) or image)
+  lr = deg.degrade_pair(hr, 4, np.random.default_rng(1), cfg)[1]
+  small = F.interpolate(torch.from_numpy(hr).permute(2, 0, 1)[None], size=(32, 24),
+                        mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+  assert encoded == [90] and lr.shape == (32, 24, 3)
+  assert np.abs(lr - small).max() <= 0.5 / 255 + 1e-4
+
+
 def _realesrgan_without_the_draw(hr, seed, cfg):
   rng = np.random.default_rng(seed)
   lr = deg._realesrgan(np.asarray(hr, np.float32), 4, rng, cfg, None)

@@ -76,6 +76,22 @@ def test_uniform_sampling_is_uniform_before_shift():
   assert stats.kstest(u, "uniform").pvalue > 1e-3
 
 
+def test_source_prob_puts_that_share_at_sigma_one_for_the_expert_holding_it():
+  cfg = _cfg(logit_mean=2.0, source_prob=0.3)
+  n = 40_000
+  lo, hi = np.array([[0.0], [0.5]]), np.array([[0.5], [1.0]])
+  sigma = np.asarray(flow.sample_sigma(jax.random.PRNGKey(5), (2, n), cfg, lo, hi), np.float64)
+  at_one = sigma[1] == 1.0
+  # Binomial(n, 0.3): 5 standard errors.
+  assert abs(at_one.mean() - 0.3) < 5 * np.sqrt(0.3 * 0.7 / n)
+  assert not (sigma[0] == 1.0).any() and sigma[0].max() <= 0.5
+  # The rest keep the configured density: logit-normal(2, 1) truncated to [0.5, 1).
+  z = np.log(sigma[1][~at_one]) - np.log1p(-sigma[1][~at_one])
+  assert stats.kstest(z, stats.truncnorm(-2.0, np.inf, loc=2.0).cdf).pvalue > 1e-3
+  with pytest.raises(UserError, match="source_prob"):
+    flow.check_config(_cfg(source_prob=1.5))
+
+
 def test_sources():
   key = jax.random.PRNGKey(4)
   shape = (2, 4, 4, 3)
