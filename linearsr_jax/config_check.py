@@ -155,7 +155,8 @@ def _rule_key(path: str) -> str:
 
 
 def _check_fields(flat: dict):
-  """The CHOICES and RANGES, probabilities (*_prob) and their weights (*_probs)."""
+  """The CHOICES and RANGES, probabilities (*_prob), their weights (*_probs) and intervals
+  drawn from (*_range, e.g. the degradation's)."""
   for path, value in flat.items():
     key = _rule_key(path)
     if key in CHOICES:
@@ -167,6 +168,10 @@ def _check_fields(flat: dict):
       raise _error(path, value, f"must be {rule}")
     if key.endswith("_probs") and (min(value) < 0 or sum(value) <= 0):
       raise _error(path, value, "must be weights >= 0 with a positive sum")
+    # A tuple flag given twice appends (ml_collections), which would reach a data worker.
+    if key.endswith("_range") and (len(value) != 2 or value[0] > value[1]):
+      raise _error(path, value, "must be a (low, high) pair with low <= high; a tuple "
+                                "override given twice is appended to, not replaced")
 
 
 def _check_stages(config):

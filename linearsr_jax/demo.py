@@ -4,7 +4,7 @@
 2. `linearsr train` with configs/demo.py: stage 1 until ESGF finds the knee on the validation
    photos, then 4 SNR experts branched from the knee checkpoint;
 3. the test photographs, never seen by training or by the knee, as LR/HR pairs twice: classic
-   bicubic ×4 LR, and the real-world degradation the model trained for;
+   bicubic ×4 LR, and the degradation the model trained for (its bicubic share left out);
 4. `linearsr eval` of each (the bicubic row beside the model's), `linearsr upscale` of one test
    photo per kind and an LR | bicubic | ours | HR grid;
 5. report.md linking all of it.
@@ -21,8 +21,9 @@ from linearsr_jax.errors import UserError
 from linearsr_jax.train.run_dir import RunDir, read_json
 
 EVAL_METRICS = "psnr_y,ssim_y,lpips_alex"
-# The two test degradations: classic bicubic ×4, and the training degradation.
-TEST_KINDS = {"bicubic": "bicubic ×4 LR", "realistic": "real-world degradation (as trained)"}
+# The two test degradations: classic bicubic ×4, and the training degradation without its
+# bicubic share.
+TEST_KINDS = {"bicubic": "bicubic ×4 LR", "realistic": "degraded LR (the training degradation)"}
 
 
 def add_arguments(parser):
@@ -51,7 +52,7 @@ def write_test_pairs(config, photos: Path, out: Path, kind: str) -> list:
   data = config.data.copy_and_resolve_references()
   if kind == "bicubic":
     data.degradation.mode = "bicubic"
-  data.degradation.bicubic_prob = 0.0  # the real-world pairs are all real-world
+  data.degradation.bicubic_prob = 0.0  # the degraded pairs are all degraded
   source = sources.FolderSource(photos)
   names = pipeline.write_eval_pairs(source, data, out)
   for path, name in zip(source.paths, names):

@@ -27,6 +27,8 @@ from repo_paths import CONFIGS
     ("stages.moe.optimizer.learning_rate=0",
      "config.stages.moe.optimizer.learning_rate=0.0 must be > 0"),
     ("tags.dropout_prob=1.5", "config.tags.dropout_prob=1.5 must be in [0, 1]"),
+    ("data.degradation.pass1.jpeg_range=(95,30)",
+     "config.data.degradation.pass1.jpeg_range=(95, 30) must be a (low, high) pair"),
     ("train.eval_every=0", "config.train.eval_every=0 must be >= 1"),
     ("data.crop_size=66", "config.data.crop_size=66 must be a multiple of 4 (the scale 4 and "
                           "the latent factor 4)"),
