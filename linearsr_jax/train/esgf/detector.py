@@ -72,9 +72,15 @@ def _steps_to_keep(verdicts, all_steps, radius, knee_step=None) -> frozenset:
 
 def budget_branch(decision: KneeDecision, config) -> tuple:
   """(step, why) for a stage whose step budget ran out before ESGF fired: not the latest
-  checkpoint, which is the one that collapsed in the paper, but ESGF's knee candidate where a
-  metric's curve has bent, else the step of the best smoothed value (the `knee_step` rule
-  picks among metrics). (None, why) while no metric has enough evaluations to judge."""
+  checkpoint, which is the one that collapsed in the paper, but the knee of a metric that
+  confirmed one (rule 'all' waited for the others), else ESGF's knee candidate where a metric's
+  curve has bent, else the step of the best smoothed value (the `knee_step` rule picks among
+  metrics). A confirmed knee outranks another metric's unconfirmed candidate: that metric kept
+  improving past it, so its candidate is a bend that did not last. (None, why) while no metric
+  has enough evaluations to judge."""
+  confirmed = [m.knee_step for m in decision.metrics if m.confirmed]
+  if confirmed:
+    return _pick_step(confirmed, config.knee_step), "the knee a metric confirmed"
   bent = [m.knee_step for m in decision.metrics if m.knee_step is not None
           and m.evidence.get("knee_score", 0.0) >= config.knee.min_score]
   if bent:

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from esgf_helpers import INTERVAL, config, fire_online, run_online, two_metric_records
+from esgf_helpers import (INTERVAL, config, eval_steps, fire_online, run_online,
+                          two_metric_records)
 from linearsr_jax.train import esgf
 
 
@@ -128,6 +129,33 @@ def test_budget_ending_without_a_bend_uses_the_best_and_too_few_points_give_none
   assert step == 0 and "best" in why and step in decision.keep_steps
   few, _, _ = run_online(steps[:3], falling[:3], cfg)
   assert esgf.budget_branch(few, cfg)[0] is None
+
+
+def test_a_budget_ending_branches_from_a_confirmed_knee_not_a_stale_candidate():
+  """Rule 'all': LPIPS levels off, turns back and confirms its knee; PSNR bends early (a bump) but keeps
+  rising to the end, so the stage runs out of budget. Its early candidate is a bend that did
+  not last; the branch is LPIPS's confirmed knee (the demo's first two runs, 2026-11-30)."""
+  steps = eval_steps(20)
+  rng = np.random.default_rng(0)
+  lpips = (0.35 + 0.1 * np.exp(-steps / 300) + 0.01 * np.maximum(0, steps - 800) / 1200
+           + 0.001 * rng.standard_normal(20))
+  psnr = (27.4 + 0.15 * np.exp(-((steps - 300) / 150) ** 2) + 0.0002 * steps
+          + 0.005 * rng.standard_normal(20))
+  records = [(int(s), {"val/psnr_y": float(p), "val/lpips_alex": float(l)})
+             for s, p, l in zip(steps, psnr, lpips)]
+  cfg = config("val/psnr_y:max,val/lpips_alex:min", combine="all")
+  decision = esgf.detect(records, cfg)
+  verdicts = {m.name: m for m in decision.metrics}
+  assert not decision.fired and verdicts["val/lpips_alex"].confirmed
+  assert not verdicts["val/psnr_y"].confirmed
+  step, why = esgf.budget_branch(decision, cfg)
+  assert step == verdicts["val/lpips_alex"].knee_step and "confirmed" in why, (step, why)
+  assert step in decision.keep_steps
+  for sign in (1, -1):
+    jitter = 1 + sign * 1e-9 * rng.standard_normal(20)
+    again = esgf.detect([(s, {k: v * j for k, v in r.items()})
+                         for (s, r), j in zip(records, jitter)], cfg)
+    assert esgf.budget_branch(again, cfg) == (step, why)
 
 
 def _with_expert_losses(records, taus, seed=0):
