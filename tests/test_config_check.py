@@ -27,6 +27,7 @@ from repo_paths import CONFIGS
     ("stages.moe.optimizer.learning_rate=0",
      "config.stages.moe.optimizer.learning_rate=0.0 must be > 0"),
     ("tags.dropout_prob=1.5", "config.tags.dropout_prob=1.5 must be in [0, 1]"),
+    ("diffusion.source_prob=1.5", "config.diffusion.source_prob=1.5 must be in [0, 1]"),
     ("data.degradation.pass1.jpeg_range=(95,30)",
      "config.data.degradation.pass1.jpeg_range=(95, 30) must be a (low, high) pair"),
     ("train.eval_every=0", "config.train.eval_every=0 must be >= 1"),

@@ -281,6 +281,13 @@ def _random_resize(image, rng, cfg, resize_modes, base_hw, trace):
   return resize(image, base_hw[0] * factor, base_hw[1] * factor, mode)
 
 
+def _resize_to_target(image, target_hw, resize_modes, rng, trace):
+  """The LR size, by a resize mode drawn from resize_modes."""
+  mode = resize_modes[rng.choice(len(resize_modes))]
+  _log(trace, "resize_to_target", mode=mode)
+  return resize(image, *target_hw, mode)
+
+
 def _random_noise(image, rng, cfg, trace):
   gray = False
   if rng.uniform() < cfg.gaussian_noise_prob:
@@ -328,9 +335,7 @@ def _realesrgan(image, scale, rng, config, trace):
   out = _random_noise(out, rng, config.pass2, trace)
 
   def resize_and_sinc(x):
-    mode = modes[rng.choice(len(modes))]
-    _log(trace, "resize_to_target", mode=mode)
-    x = resize(x, h // scale, w // scale, mode)
+    x = _resize_to_target(x, (h // scale, w // scale), modes, rng, trace)
     return filter2d(x, final_kernel) if final_kernel is not None else x
 
   if rng.uniform() < 0.5:
@@ -342,13 +347,11 @@ def _realesrgan(image, scale, rng, config, trace):
 
 def _first_order(image, scale, rng, config, trace):
   h, w = image.shape[:2]
-  cfg, modes = config.pass1, tuple(config.resize_modes)
+  cfg = config.pass1
   if rng.uniform() < cfg.blur_prob:
     image = filter2d(image, random_blur_kernel(rng, cfg, tuple(config.kernel_sizes), trace))
-  mode = modes[rng.choice(len(modes))]
-  _log(trace, "resize_to_target", mode=mode)
-  out = _random_noise(resize(image, h // scale, w // scale, mode), rng, cfg, trace)
-  return _random_jpeg(out, rng, cfg, trace)
+  out = _resize_to_target(image, (h // scale, w // scale), tuple(config.resize_modes), rng, trace)
+  return _random_jpeg(_random_noise(out, rng, cfg, trace), rng, cfg, trace)
 
 
 def degrade_pair(hr, scale, rng, config, trace=None):

@@ -65,8 +65,6 @@ def check_config(cfg):
     raise UserError(f"diffusion.logit_std must be > 0, got {cfg.logit_std}")
   if cfg.train_shift <= 0:
     raise UserError(f"diffusion.train_shift must be > 0, got {cfg.train_shift}")
-  if not 0 <= cfg.source_prob <= 1:
-    raise UserError(f"diffusion.source_prob={cfg.source_prob} is not a probability")
 
 
 def _per_sample(sigma, x):

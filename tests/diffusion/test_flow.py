@@ -88,8 +88,6 @@ def test_source_prob_puts_that_share_at_sigma_one_for_the_expert_holding_it():
   # The rest keep the configured density: logit-normal(2, 1) truncated to [0.5, 1).
   z = np.log(sigma[1][~at_one]) - np.log1p(-sigma[1][~at_one])
   assert stats.kstest(z, stats.truncnorm(-2.0, np.inf, loc=2.0).cdf).pvalue > 1e-3
-  with pytest.raises(UserError, match="source_prob"):
-    flow.check_config(_cfg(source_prob=1.5))
 
 
 def test_sources():
