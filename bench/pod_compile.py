@@ -9,6 +9,7 @@ FLOPs, collectives) and a roofline bound, not measured pod times.
 Each row's report is kept in --results, so an interrupted table resumes where it stopped
 (full-depth compiles take minutes each on a 2-core machine). --recount compiles the kept rows
 again at their largest batch, without the search: for a change in how FLOPs are counted.
+--kept prints the table of the rows finished so far (while others still compile).
 """
 
 import argparse
@@ -30,17 +31,22 @@ def command(config: str, topology: str, mode: str, overrides) -> list:
 
 
 def compile_row(config: str, topology: str, mode: str, overrides, results: Path,
-                recount: bool = False) -> dict:
+                recount: bool = False, kept_only: bool = False) -> dict:
+  """The row's kept report, compiled first when it is missing (or with --recount); None
+  when it is missing and `kept_only`."""
   out = results / f"{config}_{topology}_{mode}.json"
   args = command(config, topology, mode, overrides)
   kept = json.loads(out.read_text()) if out.exists() else None
+  if kept is None and kept_only:
+    return None
   if kept is None or (recount and kept.get("largest_batch")):
     run = args if kept is None else [a for a in args if a != "--find_batch"] + [
         f"--config.data.batch_size={kept['largest_batch']}"]
     fresh = out if kept is None else out.with_suffix(".recount")
     error = _linearsr(run, fresh, f"{config} {topology} {mode}")
     if not fresh.exists():
-      return {"config": config, "topology": topology, "mode": mode, "error": error}
+      return {"config": config, "topology": topology, "mode": mode, "error": error,
+              "command": " ".join(args)}
     if kept is not None:  # the search's answer stays: memory is counted as before
       out.write_text(json.dumps(dict(json.loads(fresh.read_text()),
                                      largest_batch=kept["largest_batch"]), indent=2,
@@ -63,22 +69,24 @@ def _linearsr(args, out: Path, label: str) -> str:
 
 
 def cells(r: dict) -> list:
-  head = [r["config"], r["topology"], r["mode"]]
+  """One README row: the figures per chip, then the command that made them."""
+  head, command = [r["config"], r["topology"], r["mode"]], f"`{r['command']}`"
   if "error" in r:
-    return head + [r["error"]] + [""] * 9
+    return head + [r["error"]] + [""] * 7 + [command]
   if "train_step" not in r:
     return head + ["0", f"needs {r['required_bytes'] / GIB:.1f} of "
-                        f"{r['hbm_bytes'] / GIB:.0f}"] + [""] * 8
+                        f"{r['hbm_bytes'] / GIB:.0f}"] + [""] * 6 + [command]
   t, m, roof = r["train_step"], r["model"], r["roofline"]
+  encoder = m["encoder_flops"] / max(m["total_flops"], 1)
   return head + [
       str(r.get("largest_batch", r["global_batch"])),
       f"{t['memory']['total'] / GIB:.2f} of {r['hbm_bytes'] / GIB:.0f}",
-      f"{t['flops'] / 1e12:.2f}", f"{m['total_flops'] / 1e12:.2f}",
-      f"{m['encoder_flops'] / max(m['total_flops'], 1):.0%}",
+      f"{t['flops'] / 1e12:.2f}",
+      f"{m['total_flops'] / 1e12:.2f}" + (f" (encoder {encoder:.0%})" if encoder else ""),
       f"{r['compiled_over_model_flops']:.2f}",
-      f"{t['collectives']['all-gather'] / GIB:.1f} / {t['collectives']['all-reduce'] / GIB:.1f}",
+      f"{t['collectives']['all-gather'] / GIB:.2f} / {t['collectives']['all-reduce'] / GIB:.2f}",
       f"{roof['seconds'] * 1e3:.0f} ({roof['bound']})",
-      f"{roof['images_per_second_per_chip']:.1f}"]
+      f"{roof['images_per_second_per_chip']:.1f}", command]
 
 
 def main():
@@ -91,25 +99,23 @@ def main():
                       help="directory keeping each row's report (rows found there are reused)")
   parser.add_argument("--recount", action="store_true",
                       help="compile the kept rows again at their largest batch (no search)")
+  parser.add_argument("--kept", action="store_true",
+                      help="print the table of the rows kept so far, compiling nothing")
   args, overrides = parser.parse_known_args()
   results = Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
   header = ["config", "slice", "HR latents", "largest batch", "GiB per chip",
-            "compiled TFLOP/chip", "model TFLOP/chip", "encoder share", "compiled / model",
-            "all-gather / all-reduce GiB", "roofline ms", "images/s/chip"]
-  rows, commands = [], []
+            "compiled TFLOP/chip", "model TFLOP/chip", "compiled / model",
+            "all-gather / all-reduce GiB", "roofline ms", "images/s/chip", "command"]
+  rows = []
   for config in args.configs:
     for topology in args.topologies:
       for mode in args.modes:
-        r = compile_row(config, topology, mode, overrides, results, args.recount)
-        rows.append(cells(r))
-        commands.append(r.get("command", ""))
-        print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+        r = compile_row(config, topology, mode, overrides, results, args.recount, args.kept)
+        if r is not None:
+          rows.append(cells(r))
+          print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
   print(markdown_table(header, rows))
-  print()
-  print("Rows, in order:")
-  for c in commands:
-    print(f"- `{c}`")
 
 
 if __name__ == "__main__":
