@@ -77,6 +77,7 @@ def cells(r: dict) -> list:
     return head + ["0", f"needs {r['required_bytes'] / GIB:.1f} of "
                         f"{r['hbm_bytes'] / GIB:.0f}"] + [""] * 6 + [command]
   t, m, roof = r["train_step"], r["model"], r["roofline"]
+  c = t["collectives"]
   encoder = m["encoder_flops"] / max(m["total_flops"], 1)
   return head + [
       str(r.get("largest_batch", r["global_batch"])),
@@ -84,7 +85,7 @@ def cells(r: dict) -> list:
       f"{t['flops'] / 1e12:.2f}",
       f"{m['total_flops'] / 1e12:.2f}" + (f" (encoder {encoder:.0%})" if encoder else ""),
       f"{r['compiled_over_model_flops']:.2f}",
-      f"{t['collectives']['all-gather'] / GIB:.2f} / {t['collectives']['all-reduce'] / GIB:.2f}",
+      f"{c['all-gather'] / GIB:.2f} / {(c['all-reduce'] + c['reduce-scatter']) / GIB:.2f}",
       f"{roof['seconds'] * 1e3:.0f} ({roof['bound']})",
       f"{roof['images_per_second_per_chip']:.1f}", command]
 
@@ -106,7 +107,7 @@ def main():
   results.mkdir(parents=True, exist_ok=True)
   header = ["config", "slice", "HR latents", "largest batch", "GiB per chip",
             "compiled TFLOP/chip", "model TFLOP/chip", "compiled / model",
-            "all-gather / all-reduce GiB", "roofline ms", "images/s/chip", "command"]
+            "all-gather / reduction GiB", "roofline ms", "images/s/chip", "command"]
   rows = []
   for config in args.configs:
     for topology in args.topologies:
