@@ -36,6 +36,7 @@ def compile_row(config: str, topology: str, mode: str, overrides, results: Path,
   when it is missing and `kept_only`."""
   out = results / f"{config}_{topology}_{mode}.json"
   args = command(config, topology, mode, overrides)
+  row = {"config": config, "topology": topology, "mode": mode, "command": " ".join(args)}
   kept = json.loads(out.read_text()) if out.exists() else None
   if kept is None and kept_only:
     return None
@@ -45,14 +46,13 @@ def compile_row(config: str, topology: str, mode: str, overrides, results: Path,
     fresh = out if kept is None else out.with_suffix(".recount")
     error = _linearsr(run, fresh, f"{config} {topology} {mode}")
     if not fresh.exists():
-      return {"config": config, "topology": topology, "mode": mode, "error": error,
-              "command": " ".join(args)}
+      return dict(row, error=error)
     if kept is not None:  # the search's answer stays: memory is counted as before
       out.write_text(json.dumps(dict(json.loads(fresh.read_text()),
                                      largest_batch=kept["largest_batch"]), indent=2,
                                 sort_keys=True))
       fresh.unlink()
-  return dict(json.loads(out.read_text()), config=config, mode=mode, command=" ".join(args))
+  return dict(json.loads(out.read_text()), **row)
 
 
 def _linearsr(args, out: Path, label: str) -> str:
