@@ -64,6 +64,16 @@ def test_config_builds_its_run_on_the_mesh(name, tmp_path):
     assert sum(x.size for x in leaves) == _torch_param_count(AutoencoderDC, **dcae)
 
 
+def test_a_run_built_from_shapes_reads_no_data(tmp_path):
+  """Compiling for a pod needs no data: a source only the pod can see (here, one that does
+  not exist) does not stop it."""
+  config = importlib.import_module("configs.sana600m_x4").get_config()
+  for section in (config.data.source, config.data.eval_source):
+    section.kind, section.path = "folder", str(tmp_path / "on_the_pod")
+  run = Run(config, tmp_path, load_weights=False)
+  assert run.eval_batches == [] and run.train_source is None
+
+
 @pytest.mark.parametrize("name, published", [("sana600m_x4", 590e6), ("sana1600m_x4", 1604e6)])
 def test_sana_dit_has_the_published_size_and_diffusers_layout(name, published, tmp_path):
   """The DiT of the SANA configs has exactly the params of diffusers' SanaTransformer2DModel

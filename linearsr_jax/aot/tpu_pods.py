@@ -43,6 +43,12 @@ class Pod:
     return f"{self.chip.generation}:{'x'.join(map(str, self.topology))}"
 
   @property
+  def accelerator_type(self) -> str:
+    """The name Cloud TPU's metadata gives a VM of this slice (v5e is "v5litepod")."""
+    prefix = "v5litepod" if self.chip.generation == "v5e" else self.chip.generation
+    return f"{prefix}-{self.chips * self.chip.cores_per_name_unit}"
+
+  @property
   def host_bounds(self) -> tuple[int, int, int]:
     """4 chips per host (2×2), as on every multi-host slice of these generations."""
     bounds = tuple(min(2, n) for n in self.topology[:2])
@@ -83,6 +89,11 @@ def pod_devices(pod: Pod):
   # libtpu lets one process at a time hold a machine's TPU (a lock file in /tmp); compiling
   # for a described slice uses none, so several compiles (or a training run) may coexist.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  if not _tpu_attached():
+    # Off a TPU VM, libtpu asks the VM metadata for these, fails, and logs an alarming
+    # INVALID_ARGUMENT; the described slice does not depend on them.
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", pod.accelerator_type)
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   try:
     from jax.experimental import topologies
     topology = topologies.get_topology_desc(
@@ -97,3 +108,8 @@ def pod_devices(pod: Pod):
     raise UserError(f"--topology {pod.name}: libtpu gave {len(devices)} devices for "
                     f"{pod.chips} chips")
   return devices
+
+
+def _tpu_attached() -> bool:
+  from jax._src import hardware_utils  # jax's own probe of the PCI bus for TPU chips
+  return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0

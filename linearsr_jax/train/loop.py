@@ -45,7 +45,8 @@ class Run:
   """Everything shared by the stages of one run.
 
   With load_weights=False nothing is read but headers: the latent params are ShapeDtypeStructs
-  that carry their shardings, which is what shape checks and ahead-of-time compilation need.
+  that carry their shardings, which is what shape checks and ahead-of-time compilation need,
+  and there are no eval batches or train source.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir, load_weights: bool = True,
@@ -69,20 +70,21 @@ class Run:
                                                     expert_param_shapes(self.model))
     # Tag lists or precomputed arrays -> (cond, cond_mask), as the encoder takes them.
     self.tokenize = make_condition(config.tags, config.model.caption_channels)
-    eval_source = pipeline.make_source(config.data, "eval", config.tags.encoder)
-    eval_examples = pipeline.make_eval_examples(eval_source, config.data, self.tokenize,
-                                                align=self.latent_space.factor)
-    self.eval_batches = list(pipeline.eval_batches(eval_examples, config.data.eval.batch_size))
-    self.train_source = self._train_source(load_weights)
+    self.eval_batches = self._eval_batches() if load_weights else []
+    self.train_source = self._train_source() if load_weights else None
 
-  def _train_source(self, load_weights: bool):
-    """The config's images, or with data.hr_latents="precomputed" the stored crops and latents
-    (read only with load_weights: shapes and compilation need no data)."""
+  def _eval_batches(self) -> list:
+    data = self.config.data
+    eval_source = pipeline.make_source(data, "eval", self.config.tags.encoder)
+    eval_examples = pipeline.make_eval_examples(eval_source, data, self.tokenize,
+                                                align=self.latent_space.factor)
+    return list(pipeline.eval_batches(eval_examples, data.eval.batch_size))
+
+  def _train_source(self):
+    """The config's images, or with data.hr_latents="precomputed" the stored crops and latents."""
     data = self.config.data
     if data.hr_latents == "encode":
       return pipeline.make_source(data, "train", self.config.tags.encoder)
-    if not load_weights:
-      return None
     if not data.latents_path:
       raise UserError("data.hr_latents='precomputed' needs data.latents_path, a `linearsr data "
                       "encode` output")

@@ -7,7 +7,10 @@ the code.
 
 import dataclasses
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -79,6 +82,19 @@ def test_slice_names_map_to_libtpu_topologies():
   assert tpu_pods.parse_pod("v4-32").topology_name == "v4:2x2x4"    # 16 chips, 2 cores each
   assert tpu_pods.parse_pod("v5p-128").topology_name == "v5p:4x4x4"
   assert len(tpu_pods.pod_devices(tpu_pods.parse_pod("v6e-16"))) == 16
+
+
+def test_describing_a_slice_off_a_tpu_vm_logs_no_metadata_errors():
+  """libtpu, loaded fresh in a process with no TPU VM metadata, describes the slice without
+  logging its failed metadata queries as errors."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
+  code = ("from linearsr_jax.aot import tpu_pods;"
+          "print(len(tpu_pods.pod_devices(tpu_pods.parse_pod('v5e-16'))))")
+  done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        check=True)
+  assert done.stdout.strip() == "16"
+  assert "could not determine" not in done.stderr and "INVALID_ARGUMENT" not in done.stderr, \
+      done.stderr
 
 
 def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(monkeypatch):
