@@ -56,6 +56,10 @@ def get_base_config() -> ml_collections.ConfigDict:
       best_metric="val/lpips_alex",
       best_mode="min",
       max_consecutive_skips=5,  # non-finite steps in a row before restoring a checkpoint
+      # The run lock (train/run_lock.py): its heartbeat's period, and the age past which a
+      # heartbeat means a stopped run (a host gone, not a slow one) whose lock is taken over.
+      lock_heartbeat_seconds=30.0,
+      lock_stale_seconds=600.0,
       guard=ml_collections.ConfigDict(dict(enabled=True, psnr_drop_db=3.0, loss_factor=10.0,
                                            lr_factor=0.5, max_rollbacks=2)),
   ))

@@ -81,7 +81,8 @@ RANGES = {
                      "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.grad_clip",
                      "train.guard.max_rollbacks"], NON_NEGATIVE),
     **dict.fromkeys(["model.mlp_ratio", "diffusion.timestep_scale", "diffusion.sampler.shift",
-                     "optimizer.learning_rate", "optimizer.eps", "train.guard.psnr_drop_db"],
+                     "optimizer.learning_rate", "optimizer.eps", "train.guard.psnr_drop_db",
+                     "train.lock_heartbeat_seconds"],
                     POSITIVE),
     "optimizer.b1": DECAY, "optimizer.b2": DECAY, "optimizer.ema_decay": PROBABILITY,
     "train.guard.lr_factor": _Range(0, 1, low_open=True),
@@ -96,6 +97,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check_stages(config)
   flow.check_config(config.diffusion)
   _check_esgf(config.esgf, min(config.stages[n].num_experts for n in stage_names(config)))
+  _check_lock(config.train)
   latent_space = make_latent_space(config.latent, load_params=False)  # kind, factor, header
   _check_crop_size(config.data, latent_space.factor)
   _check_model(config, latent_space)
@@ -206,6 +208,14 @@ def _check_esgf(esgf_cfg, fewest_experts: int):
     if name not in logged:
       raise _error("esgf.metrics", esgf_cfg.metrics, f"names {name!r}, which validation does "
                    f"not log; choose from {_alternatives(logged)}")
+
+
+def _check_lock(train):
+  """A live run's heartbeat must land several times within the stale threshold, so that one
+  late beat does not hand its workdir to another run."""
+  if not train.lock_stale_seconds >= 3 * train.lock_heartbeat_seconds:
+    raise _error("train.lock_stale_seconds", train.lock_stale_seconds, "must be at least 3 × "
+                 f"train.lock_heartbeat_seconds ({train.lock_heartbeat_seconds:g})")
 
 
 def _check_crop_size(data, latent_factor: int):

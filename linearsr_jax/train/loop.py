@@ -72,6 +72,7 @@ class Run:
     self.tokenize = make_condition(config.tags, config.model.caption_channels)
     self.eval_batches = self._eval_batches() if load_weights else []
     self.train_source = self._train_source() if load_weights else None
+    self.lock = run_lock.NOT_HELD  # `run` puts the run lock here; its check() before writes
 
   def _eval_batches(self) -> list:
     data = self.config.data
@@ -132,7 +133,9 @@ def run(config: ml_collections.ConfigDict, workdir) -> list:
   the_run = Run(config, workdir)
   if not storage.is_url(workdir):  # object storage has no folders: there the lock is the first
     _make_workdir(workdir)         # write, and says what is wrong with the bucket
-  with run_lock.holding(workdir, lead=jax.process_index() == 0):
+  with run_lock.holding(workdir, lead=jax.process_index() == 0,
+                        heartbeat_seconds=config.train.lock_heartbeat_seconds,
+                        stale_seconds=config.train.lock_stale_seconds) as the_run.lock:
     if jax.process_index() == 0:
       run_dir.remove_stale_temporaries(workdir)
     return _train_stages(the_run, config)
@@ -255,6 +258,7 @@ class _StageTraining:
     val, sr = self.validator(self.state.ema_params)
     val.update(self.expert_losses(self.state.ema_params))
     row = {"step": step, **val, **self.bicubic, "train/lr_scale": float(self.state.lr_scale)}
+    self.run.lock.check()
     self.mlog.append(row)
     self.writer.write_scalars(step, row)
     self.writer.write_images(step, {"val/lr_bicubic_sr_hr": self.validator.image_grid(sr)})
@@ -279,6 +283,7 @@ class _StageTraining:
       self.guard.start(self.mlog.evaluations()[0])
     with jax.set_mesh(self.run.mesh), nn.logical_axis_rules(self.run.rules):
       while step < max_steps and not (self.cfg.esgf and decision.fired):
+        self.run.lock.check()  # a run that lost its lock stops before it writes on
         batch = pipeline.make_global_batch(next(self.data_iter), self.run.mesh,
                                            self.run.rules)
         self.state, metrics = step_fn(self.state, batch, self.run.latent_params)
