@@ -215,7 +215,8 @@ def _check_lock(train):
   late beat does not hand its workdir to another run."""
   if not train.lock_stale_seconds >= 3 * train.lock_heartbeat_seconds:
     raise _error("train.lock_stale_seconds", train.lock_stale_seconds, "must be at least 3 × "
-                 f"train.lock_heartbeat_seconds ({train.lock_heartbeat_seconds:g})")
+                 f"train.lock_heartbeat_seconds ({train.lock_heartbeat_seconds:g}): a live "
+                 "run's heartbeat must land several times within it")
 
 
 def _check_crop_size(data, latent_factor: int):

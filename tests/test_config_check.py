@@ -31,6 +31,9 @@ from repo_paths import CONFIGS
     ("data.degradation.pass1.jpeg_range=(95,30)",
      "config.data.degradation.pass1.jpeg_range=(95, 30) must be a (low, high) pair"),
     ("train.eval_every=0", "config.train.eval_every=0 must be >= 1"),
+    ("train.lock_heartbeat_seconds=0", "config.train.lock_heartbeat_seconds=0.0 must be > 0"),
+    ("train.lock_stale_seconds=60", "config.train.lock_stale_seconds=60.0 must be at least 3 × "
+                                    "train.lock_heartbeat_seconds (30): a live run's heartbeat"),
     ("data.crop_size=66", "config.data.crop_size=66 must be a multiple of 4 (the scale 4 and "
                           "the latent factor 4)"),
     ("stages.moe.num_experts=3", "config.stages.moe.num_experts must be a power of two, got 3"),

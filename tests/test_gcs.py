@@ -8,8 +8,11 @@ sharded across the processes trains into the bucket as a pod does, and ends wher
 with two devices ends."""
 
 import io
+import json
 import signal
 import subprocess
+import threading
+import time
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -173,22 +176,71 @@ def test_a_params_dir_in_the_bucket_is_written_whole_and_read_back(gcs):
       params_io.HEADER_FILE, params_io.PARAMS_FILE]
 
 
-def test_the_run_lock_in_a_bucket_is_exclusive_and_its_heartbeat_keeps_the_holder(gcs):
+def _lock_object(workdir) -> dict | None:
+  """The lock's JSON, read with the client the lock uses (TF's keeps a stat cache)."""
+  from google.cloud import storage as gcs
+
+  bucket, _, prefix = workdir.removeprefix("gs://").partition("/")
+  blob = gcs.Client().bucket(bucket).get_blob(f"{prefix}/run.lock")
+  return None if blob is None else json.loads(blob.download_as_text())
+
+
+def test_the_run_lock_in_a_bucket_is_exclusive_and_a_run_that_lost_it_is_told(gcs):
   from linearsr_jax.errors import UserError
   from linearsr_jax.train import run_lock
 
   workdir = f"{BUCKET}/locked"
-  held = run_lock.RunLock(workdir).acquire()
+  held = run_lock.RunLock(workdir, heartbeat_seconds=0.05, stale_seconds=30).acquire()
   try:
     with pytest.raises(UserError, match=r"is in use by another linearsr train: host .*, pid "):
-      run_lock.RunLock(workdir).acquire()
-    intruder = run_lock.RunLock(workdir)
-    intruder.file.blob.upload_from_string('{"host": "other"}')  # a run that took it over
-    held.file.touch()  # its heartbeat no longer matches the generation it wrote: left alone
-    assert "other" in epath.Path(f"{workdir}/run.lock").read_text()
+      run_lock.RunLock(workdir, heartbeat_seconds=0.05, stale_seconds=30).acquire()
+    epath.Path(f"{workdir}/run.lock").write_text('{"host": "other"}')  # a run that took it over
+    deadline = time.monotonic() + 10
+    while held.lost is None and time.monotonic() < deadline:
+      time.sleep(0.01)
+    with pytest.raises(UserError, match="this run's lock was taken over by another linearsr "
+                                        "train: host other, pid None"):
+      held.check()
   finally:
     held.release()
-  assert epath.Path(f"{workdir}/run.lock").exists()  # not this run's lock any more: kept
+  assert _lock_object(workdir) == {"host": "other"}  # not this run's lock any more: kept
+
+
+def test_a_bucket_lock_whose_heartbeat_stopped_goes_to_one_of_the_runs_racing_for_it(gcs):
+  """A VM preempted and replaced: its lock's heartbeat, on GCS's clock, grows old, and of the
+  runs that start then, exactly one takes the lock over."""
+  from google.cloud import storage as gcs
+
+  from linearsr_jax.errors import UserError
+  from linearsr_jax.train import run_lock
+
+  workdir, stale = f"{BUCKET}/preempted", 1.0
+  epath.Path(f"{workdir}/run.lock").write_text(json.dumps(
+      {"host": "gone", "pid": 1, "since": "2026-11-30T01:00:00+00:00", "token": "old"}))
+  starters = [run_lock.RunLock(workdir, heartbeat_seconds=60.0, stale_seconds=stale)
+              for _ in range(4)]
+  with pytest.raises(UserError, match=r"host gone, pid 1, .*; its heartbeat is 0\.\d s old"):
+    starters[0].acquire()
+  time.sleep(stale + 0.2)
+  ready, won, refused = threading.Barrier(len(starters)), [], []
+
+  def start(lock):
+    ready.wait()
+    try:
+      won.append(lock.acquire())
+    except UserError:
+      refused.append(lock)
+
+  threads = [threading.Thread(target=start, args=(lock,)) for lock in starters]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert len(won) == 1 and len(refused) == len(starters) - 1
+  assert _lock_object(workdir)["token"] == won[0].token
+  won[0].release()
+  assert _lock_object(workdir) is None
+  assert [b.name for b in gcs.Client().list_blobs("runs", prefix="preempted/")] == []  # no probe
 
 
 def test_metrics_in_a_bucket_survive_a_kill_during_truncation(gcs):

@@ -301,7 +301,6 @@ class RunLock:
         continue
       self.lost = ("was deleted" if holder is None else
                    f"was taken over by another linearsr train: {_describe(holder)}")
-      log.warning("%s: this run's lock %s", self.path, self.lost)
       return
 
   def _pause(self, failures: int) -> float:

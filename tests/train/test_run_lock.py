@@ -225,7 +225,7 @@ def test_a_run_whose_lock_is_taken_over_stops_in_one_line_before_writing(tmp_pat
                  "2026-11-30T01:00:00+00:00; this run stops rather than write over that one"]
   assert held_by(tmp_path)["token"] == "other"
   stage = run_dir.RunDir(tmp_path).stage("pretrain")
-  assert stage.checkpoint_steps() == [] and not stage.metrics_jsonl.exists()
+  assert stage.checkpoint_steps() == [] and run_dir.read_jsonl(stage.metrics_jsonl) == ([], 0)
 
 
 def test_readers_work_on_a_workdir_a_live_run_holds(tmp_path_factory, live_pid, capsys):
