@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = {"model.depth": 1, "model.hidden": 64, "model.heads": 2, "model.cross_heads": 2,
              "model.scan_layers": False, "data.crop_size": 32, "data.batch_size": 4,
              "data.eval.crop_size": 64, "train.eval_every": 3, "train.eval_steps": 1,
-             "train.log_every": 1, "stage_order": "pretrain,moe",
+             "train.log_every": 1, "train.lock_heartbeat_seconds": 0.25,
+             "stage_order": "pretrain,moe",
              "stages.pretrain.max_steps": 12, "stages.moe.max_steps": 6}
 # How often each point is reached by a whole run, bounding the occurrence drawn.
 REACHED = {"checkpoint_write": 8, "metrics_append": 26, "knee_restored": 2, "knee_plot": 2,

@@ -31,9 +31,13 @@ from train_runs import (SMALL, cached_cli_env, checkpoint_steps, start, train_co
                         wait_ok)
 
 BUCKET = "gs://runs"
+# A bucket has no flocks: the killed run's lock is taken over once its heartbeat is LOCK_STALE s
+# old (run_lock.py).
+LOCK_STALE = 5
 TWO_STAGES = dict(SMALL, stage_order="pretrain,moe",
                   data=dict(SMALL["data"], source=dict(kind="folder", path=f"{BUCKET}/photos")),
-                  train=dict(SMALL["train"], eval_every=2),
+                  train=dict(SMALL["train"], eval_every=2, lock_heartbeat_seconds=1,
+                             lock_stale_seconds=LOCK_STALE),
                   stages=dict(pretrain=dict(max_steps=4), moe=dict(max_steps=2)))
 
 
@@ -81,6 +85,7 @@ def runs(gcs, tmp_path_factory):
                   dict(env, **{kill_points.ENV: "checkpoint_write@2"}))
   assert process.wait(240) == -signal.SIGKILL, log.read_text()[-2000:]
   assert not run_dir.RunDir(killed).run_json.exists()
+  time.sleep(LOCK_STALE)
   wait_ok(start(train_command(killed, tree=TWO_STAGES), root / "resumed.log", env),
           root / "resumed.log")
   return straight, killed

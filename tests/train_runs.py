@@ -14,7 +14,9 @@ MAX_STEPS = 12
 # A model and data small enough that a whole CLI run takes well under a minute on 2 cores.
 SMALL = dict(model=dict(depth=1, hidden=64, heads=2, cross_heads=2, scan_layers=False),
              data=dict(crop_size=32, batch_size=4, eval=dict(crop_size=64)),
-             train=dict(eval_every=3, eval_steps=1, log_every=1),
+             # A heartbeat 4 times a second: a run SIGKILLed here is taken over (run_lock.py's
+             # same-host shortcut) as soon as its resume starts, not 60 s after.
+             train=dict(eval_every=3, eval_steps=1, log_every=1, lock_heartbeat_seconds=0.25),
              stages=dict(pretrain=dict(max_steps=MAX_STEPS)), stage_order="pretrain")
 
 

@@ -6,7 +6,12 @@ holder. A lock whose heartbeat is older than `train.lock_stale_seconds` is taken
 warning, whatever its host and pid say: a restarted container has pid 1 again, and containers
 with separate pid namespaces share a host name, so a pid proves neither that the holder lives
 nor that it died. The age is read on the storage's own clock, against a probe written beside
-the lock, so the clocks of the hosts do not matter.
+the lock, so the clocks of the hosts do not matter. One shortcut, on a filesystem: a holder that
+names this host, whose heartbeat is more than two periods late, and whose flock on the lock file
+no process holds any more (the kernel drops it with its process, whatever pid namespace it ran
+in), is gone: a run killed and restarted on the same machine or container does not wait the
+stale threshold. A live holder is never taken over that way, so it need not stop itself sooner
+than after the stale threshold of failed heartbeats.
 
 A takeover is fenced, so that of runs starting at once exactly one wins: on a filesystem the
 stale lock is replaced (atomically, by a rename) only while a flock on a guard file beside it
@@ -71,19 +76,45 @@ class _LocalFile:
 
   def __init__(self, path):
     self.path = path
+    self._held = None  # the lock file, open with a shared flock while this run holds it
 
   def create(self, text: str) -> bool:
     """Creates the file; False when it exists already. It is the run's first write into the
     workdir, so a workdir it cannot write is said here."""
     try:
-      fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
       return False
     except OSError as e:
       raise UserError(f"--workdir {self.path.parent} is not writable: {e.strerror}") from e
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    os.write(fd, text.encode())
+    self._hold(fd)
     return True
+
+  def _hold(self, fd: int):
+    # Read-write: NFS emulates flocks with POSIX locks, which need it.
+    with contextlib.suppress(OSError):  # a filesystem without flocks: no shortcut then
+      fcntl.flock(fd, fcntl.LOCK_SH)
+    self._held = fd
+
+  def holder_gone_here(self) -> bool:
+    """Whether no process on this host (or NFS client) holds the lock file's flock."""
+    try:
+      fd = os.open(self.path, os.O_RDWR)
+    except OSError:
+      return False
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      return True
+    except OSError:  # held, or a filesystem without flocks: cannot tell
+      return False
+    finally:
+      os.close(fd)
+
+  def close(self):
+    if self._held is not None:
+      os.close(self._held)
+      self._held = None
 
   def read(self):
     """The lock as _Found, or None when there is none."""
@@ -129,6 +160,7 @@ class _LocalFile:
       if self._text() != found.text:
         return False
       atomic.write_atomically(self.path, text.encode())
+      self._hold(os.open(self.path, os.O_RDWR))
       return True
 
   @contextlib.contextmanager
@@ -177,6 +209,12 @@ class _ObjectFile:
 
   def create(self, text: str) -> bool:
     return self._write(text, 0)
+
+  def holder_gone_here(self) -> bool:
+    return False  # object storage has no flocks: the heartbeat's age alone tells
+
+  def close(self):
+    pass
 
   def read(self):
     from google.api_core import exceptions
@@ -269,21 +307,32 @@ class RunLock:
       if found is None:
         continue  # released meanwhile: try again
       holder, age = _parse(found.text), max(self.file.now() - found.beat, 0.0)
-      if age <= self.stale_seconds:
+      reason = self._stale_reason(holder, age)
+      if reason is None:
         raise UserError(
             f"{self.path.parent} is in use by another linearsr train: {_describe(holder)}; its "
             f"heartbeat is {age:.1f} s old, and it is taken over once older than "
             f"{self.stale_seconds:g} s (train.lock_stale_seconds; delete {self.path} if that "
             f"run is gone)")
       if self.file.replace(found, self.text):
-        log.warning("took over %s from %s: its heartbeat stopped %.1f s ago", self.path,
-                    _describe(holder), age)
+        log.warning("took over %s from %s: %s", self.path, _describe(holder), reason)
         break
       # Another run changed it meanwhile (took it over, or its heartbeat landed): read again.
     self._last_beat = time.monotonic()
     self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="run-lock")
     self._heartbeat.start()
     return self
+
+  def _stale_reason(self, holder: dict, age: float):
+    """Why the holder is gone, or None while it may still be running (see the module
+    docstring)."""
+    if age > self.stale_seconds:
+      return f"its heartbeat stopped {age:.1f} s ago"
+    if (holder.get("host") == socket.gethostname() and age > 2 * self.heartbeat_seconds
+        and self.file.holder_gone_here()):
+      return (f"its heartbeat stopped {age:.1f} s ago, and no process on this host holds "
+              "the lock")
+    return None
 
   def _beat(self):
     failures = 0
@@ -334,6 +383,8 @@ class RunLock:
     except Exception as e:  # it ends the run, often on another error: one line, not a second
       log.warning("%s: the lock was not removed (%s: %s); the next run takes it over once it "
                   "is stale", self.path, type(e).__name__, storage.describe(e))
+    finally:
+      self.file.close()
 
 
 class _NotHeld:

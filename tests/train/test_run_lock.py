@@ -7,6 +7,7 @@ here, so no test waits for the 10 minutes of the default."""
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,9 +19,10 @@ import pytest
 from linearsr_jax.cli import main
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import loop, run_dir, run_lock
+from repo_paths import REPO
 from trained_run import tiny_run_config, trained_run
 
-FAST = dict(heartbeat_seconds=0.05, stale_seconds=0.5)
+FAST = dict(heartbeat_seconds=0.25, stale_seconds=1.0)
 STALE = 3600.0  # a heartbeat an hour old
 
 
@@ -69,7 +71,7 @@ def test_a_live_holder_refuses_naming_it(tmp_path, live_pid):
   with pytest.raises(UserError, match=rf"in use by another linearsr train: host "
                      rf"{socket.gethostname()}, pid {live_pid}, since 2026-11-30T01:00:00\S*; "
                      rf"its heartbeat is 0\.\d s old, and it is taken over once older than "
-                     rf"0\.5 s \(train\.lock_stale_seconds; delete {path} if that run is gone\)"):
+                     rf"1 s \(train\.lock_stale_seconds; delete {path} if that run is gone\)"):
     new_lock(tmp_path).acquire()
   assert path.read_bytes() == before
 
@@ -103,6 +105,30 @@ def test_a_lock_is_taken_over_by_its_heartbeats_age_whatever_its_pid(tmp_path, c
                                                         lock.token)
   lock.release()
   assert sorted(p.name for p in tmp_path.iterdir()) == []  # no probe or guard file left
+
+
+def test_a_holder_killed_on_this_host_is_taken_over_as_soon_as_its_heartbeat_is_late(
+    tmp_path, caplog):
+  """The same-host shortcut: a holder whose flock on the lock file is gone. A stopped one (a
+  paused container) still holds it, however late its heartbeat."""
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from linearsr_jax.train import run_lock; "
+       f"run_lock.RunLock(sys.argv[1], **{FAST}).acquire(); print(flush=True); time.sleep(120)",
+       str(tmp_path)], stdout=subprocess.PIPE, cwd=REPO)
+  try:
+    holder.stdout.readline()
+    holder.send_signal(signal.SIGSTOP)
+    time.sleep(3 * FAST["heartbeat_seconds"])
+    with pytest.raises(UserError, match=f"pid {holder.pid}"):
+      new_lock(tmp_path, stale_seconds=60.0).acquire()
+  finally:
+    holder.kill()
+    holder.wait()
+  with caplog.at_level(logging.WARNING, logger=run_lock.__name__):
+    lock = new_lock(tmp_path, stale_seconds=60.0).acquire()
+  assert f"pid {holder.pid}" in caplog.text and "no process on this host holds the lock" in (
+      caplog.text)
+  lock.release()
 
 
 def test_of_starters_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
