@@ -92,7 +92,8 @@ class _LocalFile:
     return True
 
   def _hold(self, fd: int):
-    # Read-write: NFS emulates flocks with POSIX locks, which need it.
+    """Keeps the lock file open with a shared flock until `close`. (Opened read-write: NFS
+    emulates flocks with POSIX locks, which need it.)"""
     with contextlib.suppress(OSError):  # a filesystem without flocks: no shortcut then
       fcntl.flock(fd, fcntl.LOCK_SH)
     self._held = fd
@@ -223,11 +224,14 @@ class _ObjectFile:
     blob = self.bucket.get_blob(self.name)
     if blob is None:
       return None
+    generation, beat = blob.generation, blob.updated.timestamp()
     try:
       text = blob.download_as_text()
     except exceptions.NotFound:  # removed since
       return None
-    return _Found(text, blob.updated.timestamp(), blob.generation)
+    # The download sets the generation it read: another one is a lock replaced meanwhile,
+    # whose text does not go with the heartbeat time read.
+    return _Found(text, beat, generation) if blob.generation == generation else None
 
   def now(self) -> float:
     """GCS's clock: the `updated` time of a probe just written beside the lock."""
