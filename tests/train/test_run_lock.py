@@ -159,7 +159,7 @@ def test_of_starters_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
     ("taken over", "was taken over by another linearsr train: host elsewhere, pid 12345, since "
                    r"\S+"),
     ("deleted", "was deleted"),
-])
+], ids=["taken over", "deleted"])
 def test_a_run_whose_lock_is_lost_is_told_and_leaves_the_new_holders(tmp_path, how, why):
   lock = new_lock(tmp_path).acquire()
   lock.check()
