@@ -157,8 +157,8 @@ def branch_check(train_run: RunDir, origin: dict) -> str:
   result = read_json(train_run.stage(origin["stage"]).result_json)
   chosen = result.get("chosen_step", result["knee_step"])  # absent: a run from before it
   if origin["knee_step"] == chosen:
-    return (f"branched from {origin['stage']} step {origin['knee_step']}, the knee that stage "
-            "reports")
+    return (f"branched from {origin['stage']} step {origin['knee_step']}, the knee "
+            f"{origin['stage']} chose and reports")
   return (f"branched from {origin['stage']} step {origin['knee_step']}, not the knee "
           f"{chosen} that stage chose: {result['reason']}")
 

@@ -193,18 +193,22 @@ class _StageTraining:
     self.ckpts = StageCheckpoints(self.dir.checkpoints, keep_latest=train_cfg.keep_latest,
                                   best_metric=train_cfg.best_metric,
                                   best_mode=train_cfg.best_mode)
-    self.snapshots = KneeSnapshots(self.dir.knee_snapshots)
+    # Written whole before the checkpoint of the same evaluation, which a resume starts after.
+    self.snapshots = KneeSnapshots(self.dir.knee_snapshots, async_save=False)
 
   def reuse(self, done: dict) -> StageResult:
     knee_step, reason, knee_params = self._restore_knee(done["knee_step"], done["reason"])
-    self._close()
+    self.ckpts.close()
     if knee_step != done["knee_step"] and self.is_lead:
       run_dir.write_json(self.dir.result_json, dict(done, knee_step=knee_step, reason=reason))
+    self._keep_knee_snapshot_only(knee_step)
     return StageResult(self.name, knee_step, reason, done["fired"], knee_params)
 
-  def _close(self):
+  def _keep_knee_snapshot_only(self, knee_step: int):
+    """Once result.json names the knee for good, the other steps' snapshots go (a kill before
+    leaves them for the next start to drop)."""
+    self.snapshots.keep_only({knee_step})
     self.snapshots.close()
-    self.ckpts.close()
 
   def _restore_knee(self, knee_step: int, reason: str) -> tuple:
     """(step, reason, EMA params) of the knee: its snapshot, else its checkpoint; where neither
@@ -280,7 +284,6 @@ class _StageTraining:
                 if esgf.judged(step, self.first_stage) else self.detector.decision)
     if step in decision.branch_steps:
       self.snapshots.save(step, self.state.ema_params, keep=decision.branch_steps)
-      self.snapshots.wait()  # on storage before the checkpoint a resume would start after
     self.ckpts.save(step, self.state, self.data_iter, val, keep=decision.keep_steps)
     log.info("stage %s step %d: %s", self.name, step, ", ".join(
         f"{k}={v:.4f}" for k, v in val.items()))
@@ -361,8 +364,7 @@ class _StageTraining:
       (knee_step, reason), fired = self._budget_branch(decision), False
     chosen = knee_step
     knee_step, reason, knee_params = self._restore_knee(knee_step, reason)
-    self.snapshots.keep_only({knee_step})
-    self._close()
+    self.ckpts.close()
     kill_points.reached("knee_restored")
     if self.is_lead:
       records = [(r["step"], r) for r in self.mlog.evaluations()]
@@ -373,6 +375,7 @@ class _StageTraining:
       run_dir.write_json(self.dir.result_json, {"knee_step": knee_step, "reason": reason,
                                                 "fired": fired, "final_step": step,
                                                 "chosen_step": chosen})
+    self._keep_knee_snapshot_only(knee_step)
     kill_points.reached("stage_ended")
     self.writer.flush()
     log.info("stage %s ends at step %d; next stage starts from step %d (%s)", self.name, step,
