@@ -151,16 +151,30 @@ def _verdict(ours: dict, bicubic: dict) -> str:
           f"LPIPS {ours['lpips_alex'] - bicubic['lpips_alex']:+.4f} against bicubic")
 
 
+def branch_check(train_run: RunDir, origin: dict) -> str:
+  """Which step a stage branched from, and whether it is the knee ESGF (or the budget rule)
+  chose for the stage before it, from that stage's result.json; why not when it is not."""
+  result = read_json(train_run.stage(origin["stage"]).result_json)
+  chosen = result.get("chosen_step", result["knee_step"])  # absent: a run from before it
+  if origin["knee_step"] == chosen:
+    return (f"branched from {origin['stage']} step {origin['knee_step']}, the knee "
+            f"{origin['stage']} chose and reports")
+  return (f"branched from {origin['stage']} step {origin['knee_step']}, not the knee "
+          f"{chosen} that stage chose: {result['reason']}")
+
+
 def write_report(workdir: Path, train_dir: Path, grids: dict, split: dict) -> dict:
   import shutil
 
   train_run = RunDir(train_dir)
   run_info = read_json(train_run.run_json)["stages"]
-  stage_lines = []
+  stage_lines, branches = [], []
   for stage in run_info:
     origin = read_json(train_run.stage(stage["name"]).stage_json)["init_from"]
     start = (f"branched from {origin['stage']} step {origin['knee_step']}"
              if origin["stage"] else "from scratch")
+    if origin["stage"]:
+      branches.append(f"{stage['name']} {branch_check(train_run, origin)}")
     stage_lines.append(f"| {stage['name']} | {start} | {stage['knee_step']} | "
                        f"{'ESGF knee' if stage['fired'] else 'step budget'} | "
                        f"![curves]({stage['name']}_knee.png) |")
@@ -171,7 +185,8 @@ def write_report(workdir: Path, train_dir: Path, grids: dict, split: dict) -> di
       "training nor the knee saw.", "",
       "## Training stages", "",
       "| stage | start | next stage starts from step | ended by | curves |",
-      "|---|---|---|---|---|", *stage_lines, ""]
+      "|---|---|---|---|---|", *stage_lines, "",
+      *(f"- {line}" for line in branches), ""]
   headlines = []
   for kind, title in TEST_KINDS.items():
     summary = read_json(workdir / "eval" / kind / "summary.json")
@@ -195,6 +210,7 @@ def write_report(workdir: Path, train_dir: Path, grids: dict, split: dict) -> di
              f"  knee: " + ", ".join(f"{s['name']} -> step {s['knee_step']}"
                                      f" ({'ESGF' if s['fired'] else 'budget'})"
                                      for s in run_info) + "\n" +
+             "".join(f"  {line}\n" for line in branches) +
              "".join(f"  {line}\n" for line in headlines) +
              f"  grids: {', '.join(str(g) for g in grids.values())}\n"
              f"  TensorBoard: tensorboard --logdir {train_dir}")

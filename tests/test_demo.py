@@ -8,6 +8,7 @@ LR, each with its bicubic row), grids and report come out, on photographs split 
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from linearsr_jax.cli import main
+from linearsr_jax.train.run_dir import RunDir
 
 # Small enough for the test budget, large enough for a real knee: a 2-block tiny model at crop
 # 32, evaluated every 10 steps, with a noisier LR-anchored source, whose validation curves turn
@@ -67,7 +69,9 @@ def test_stage_two_starts_from_the_knee_with_identical_experts_that_diverge(demo
   origin = json.loads((train / "moe" / "stage.json").read_text())["init_from"]
   assert origin["stage"] == "pretrain" and origin["knee_step"] == knee
   assert origin["experts_initialised_identically"]
-  knee_params = restore_params(train / "pretrain" / "checkpoints" / str(knee))["ema_params"]
+  # Its snapshot (or checkpoint): what the branch was read from, and whatever retention kept.
+  assert origin["checkpoint"] == str(RunDir(train).stage("pretrain").ema_params_dir(knee))
+  knee_params = restore_params(Path(origin["checkpoint"]))["ema_params"]
   start = restore_params(train / "moe" / "checkpoints" / "0")["params"]
   end = restore_params(train / "moe" / "checkpoints" / "20")["params"]
   start_kernel = np.asarray(start["dit"]["proj_out"]["kernel"])
@@ -111,6 +115,7 @@ def test_demo_outputs(demo):
     assert (error <= 1 / 255 + 1e-6) == close, (kind, name, error)
   knee = json.loads((demo / "train" / "run.json").read_text())["stages"][0]["knee_step"]
   assert f"| {knee} |" in report
+  assert f"moe branched from pretrain step {knee}, the knee pretrain chose and reports" in report
 
 
 def test_photos_of_a_folder_split_three_ways_with_their_tags(tmp_path, capsys):

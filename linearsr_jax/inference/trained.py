@@ -3,9 +3,12 @@
     trained = load_trained("runs/demo")                      # last stage, its knee checkpoint
     trained = load_trained("runs/demo", stage="pretrain", step=400, ema=False)
     trained = load_trained("runs/demo/moe/checkpoints/350")  # one step directory
+    trained = load_trained("runs/demo/pretrain/knee_snapshots/300")  # the knee's EMA params
 
 The run's resolved config.json rebuilds the model, latent space and sampler settings; the
-params are restored from Orbax without needing the training state's structure in advance.
+params are restored from Orbax without needing the training state's structure in advance; the
+EMA params of a step come from its knee snapshot when it has one (train/knee_snapshots.py), else
+from its checkpoint.
 """
 
 import dataclasses
@@ -75,6 +78,18 @@ def _resolve_stage(run: RunDir, stage: str, step):
   return run, stage, int(step)
 
 
+def _step_dir(stage_dir: StageDir, step: int, ema: bool):
+  """The step directory holding `step`'s params: for the EMA params its knee snapshot or its
+  checkpoint (run_dir.StageDir.ema_params_dir), for the raw params its checkpoint alone."""
+  step_dir = stage_dir.ema_params_dir(step) if ema else stage_dir.checkpoint(step)
+  if step_dir is not None and (step_dir / "state").is_dir():
+    return step_dir
+  if not ema and step in stage_dir.snapshot_steps():
+    raise UserError(f"{stage_dir.checkpoint(step)}: no such checkpoint; only the EMA params "
+                    f"of step {step} were kept (a knee snapshot), so --raw cannot read it")
+  raise UserError(f"{stage_dir.checkpoint(step)}: no such checkpoint")
+
+
 def _restore_on_one_device(path, name: str):
   """The saved state's `name` subtree alone (`ema_params` or `params`), every array on the first
   local device: the tools run on whatever machine they are given, not on the training mesh the
@@ -110,9 +125,7 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
   if not path.exists():
     raise UserError(f"{path}: no such checkpoint or run directory")
   run, stage, step = _resolve(path, stage, step)
-  step_dir = run.stage(stage).checkpoint(step)
-  if not (step_dir / "state").is_dir():
-    raise UserError(f"{step_dir}: no such checkpoint")
+  step_dir = _step_dir(run.stage(stage), step, ema)
   config = ml_collections.ConfigDict(read_json(run.config_json))
   name = "ema_params" if ema else "params"
   abandoned_reads.silence()

@@ -77,26 +77,15 @@ class StageCheckpoints:
     metrics = {k: float(v) for k, v in metrics.items()}
     self._keep.steps = frozenset(keep)
     self.wait()  # the previous save's bytes are on disk before the room for this one is judged
-    needed = _bytes_written_here(state)
+    needed = bytes_written_here(state)
     disk_space.ensure_room(self.manager.directory, needed, f"checkpoint {step}")
-    with self._full_disk_as_one_line(needed, f"checkpoint {step}"):
+    with full_disk_as_one_line(self.manager.directory, needed, f"checkpoint {step}"):
       self.manager.save(step, force=True, metrics=metrics or None, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data_iter=grain.checkpoint.CheckpointSave(data_iter),
           metrics=ocp.args.JsonSave(metrics),
           checksums=ocp.args.JsonSave(state_checksum.checksums(state))))
     kill_points.reached("checkpoint_write")
-
-  @contextlib.contextmanager
-  def _full_disk_as_one_line(self, needed: int, what: str):
-    """A save that still ran out of space (another writer took it meanwhile) is DiskFull; the
-    error of an asynchronous one surfaces at the next save or wait."""
-    try:
-      yield
-    except Exception as e:
-      if disk_space.is_full_disk(e):
-        raise disk_space.full(self.manager.directory, needed, what) from None
-      raise
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -200,7 +189,7 @@ class StageCheckpoints:
                              "model, optimizer, or number of experts?)")
 
   def wait(self):
-    with self._full_disk_as_one_line(0, "the checkpoint being written"):
+    with full_disk_as_one_line(self.manager.directory, 0, "the checkpoint being written"):
       self.manager.wait_until_finished()
 
   def close(self):
@@ -208,7 +197,19 @@ class StageCheckpoints:
 
 
 
-def _bytes_written_here(state) -> int:
+@contextlib.contextmanager
+def full_disk_as_one_line(directory, needed: int, what: str):
+  """A save that still ran out of space (another writer took it meanwhile) is DiskFull; the
+  error of an asynchronous one surfaces at the next save or wait."""
+  try:
+    yield
+  except Exception as e:
+    if disk_space.is_full_disk(e):
+      raise disk_space.full(directory, needed, what) from None
+    raise
+
+
+def bytes_written_here(state) -> int:
   """Bytes of the arrays this process writes (one replica of each shard it holds): an upper
   bound of its checkpoint files, which Orbax may compress."""
   return sum(shard.data.nbytes for x in jax.tree.leaves(state) if isinstance(x, jax.Array)

@@ -4,7 +4,8 @@
   linearsr knee --workdir DIR --stage pretrain  # DIR/pretrain/metrics.jsonl
   linearsr knee --metrics_file run.jsonl --plot knee.png --patience 8
 
-Prints the decision, the reason per metric and the checkpoint steps ESGF would keep. Exit
+Prints the decision, the reason per metric, the checkpoint steps ESGF would keep and the steps
+whose EMA snapshots it keeps. Exit
 code 0 whether or not a knee is found (the answer is in the output), 2 on bad arguments.
 """
 
@@ -105,6 +106,11 @@ def run(args) -> int:
   keep = sorted(decision.keep_steps)
   if keep:
     print(f"checkpoints to keep: {', '.join(map(str, keep))}")
+  branch = sorted(decision.branch_steps)
+  if branch:  # every judged step until ESGF fires: any of them may still become the knee
+    print("EMA snapshots to keep (steps ESGF may still branch from): " + (
+        f"the knee, {branch[0]}" if decision.fired else
+        f"all {len(branch)} judged steps, {branch[0]} to {branch[-1]}"))
   if args.plot:
     title = f"{args.stage or path.parent.name}: " + (
         f"knee at step {decision.knee_step}" if decision.fired else "no knee yet")

@@ -24,6 +24,7 @@ from linearsr_jax.models.tags import make_condition
 from linearsr_jax.train import esgf, init_from, kill_points, optimizer, run_dir, run_lock
 from linearsr_jax.train.checkpoint import StageCheckpoints
 from linearsr_jax.train.divergence_guard import DivergenceGuard
+from linearsr_jax.train.knee_snapshots import KneeSnapshots, UnreadableSnapshot
 from linearsr_jax.train.state import (abstract_train_state, branch_params, create_train_state,
                                       expert_param_shapes, overlay_params)
 from linearsr_jax.train.step import make_train_step
@@ -195,23 +196,42 @@ class _StageTraining:
     self.ckpts = StageCheckpoints(self.dir.checkpoints, keep_latest=train_cfg.keep_latest,
                                   best_metric=train_cfg.best_metric,
                                   best_mode=train_cfg.best_mode)
+    # Written whole before the checkpoint of the same evaluation, which a resume starts after.
+    self.snapshots = KneeSnapshots(self.dir.knee_snapshots, async_save=False)
 
   def reuse(self, done: dict) -> StageResult:
-    knee_step, reason, knee_state = self._restore_knee(done["knee_step"], done["reason"])
+    knee_step, reason, knee_params = self._restore_knee(done["knee_step"], done["reason"])
     self.ckpts.close()
     if knee_step != done["knee_step"] and self.is_lead:
       run_dir.write_json(self.dir.result_json, dict(done, knee_step=knee_step, reason=reason))
-    return StageResult(self.name, knee_step, reason, done["fired"], knee_state.ema_params)
+    self._keep_knee_snapshot_only(knee_step)
+    return StageResult(self.name, knee_step, reason, done["fired"], knee_params)
+
+  def _keep_knee_snapshot_only(self, knee_step: int):
+    """Once result.json names the knee for good, the other steps' snapshots go (a kill before
+    leaves them for the next start to drop)."""
+    self.snapshots.keep_only({knee_step})
+    self.snapshots.close()
 
   def _restore_knee(self, knee_step: int, reason: str) -> tuple:
-    """(step, reason, state) of the knee checkpoint, or where it is damaged, of the nearest
-    intact checkpoint (the earlier of two as near), with the reason saying so."""
-    nearest = sorted(self.ckpts.all_steps(), key=lambda s: (abs(s - knee_step), s))
+    """(step, reason, EMA params) of the knee: its snapshot, else its checkpoint; where neither
+    reads back intact, the nearest intact checkpoint's, the reason saying why."""
+    snapshot_problem = "it has no EMA snapshot"
+    if knee_step in self.snapshots.steps():
+      try:
+        return knee_step, reason, self.snapshots.restore(knee_step, self.abstract.ema_params)
+      except UnreadableSnapshot as e:
+        snapshot_problem = str(e)
+        log.warning("stage %s: knee %d: %s; trying its checkpoint", self.name, knee_step, e)
+    kept = self.ckpts.all_steps()
+    nearest = sorted(kept, key=lambda s: (abs(s - knee_step), s))
     step, state, _ = self.ckpts.restore_intact(nearest, self.abstract)
     if step != knee_step:
-      reason = (f"{reason}; its checkpoint {knee_step} was damaged, so the nearest intact one, "
-                f"{step}, was used")
-    return step, reason, state
+      cause = (f"its checkpoint {knee_step} was damaged" if knee_step in kept else
+               f"step {knee_step} cannot be branched from: {snapshot_problem} and its "
+               "checkpoint was not kept")
+      reason = f"{reason}; {cause}, so the nearest intact one, {step}, was used"
+    return step, reason, state.ema_params
 
   def set_up(self, index: int, previous):
     """A fresh state from the stage's origin, or the latest checkpoint's; the data iterator,
@@ -233,6 +253,8 @@ class _StageTraining:
       self.resumed_from, self.state, _ = self.ckpts.restore_intact(
           self.ckpts.all_steps()[::-1], self.abstract, self.data_iter)
       log.info("stage %s: resumed from checkpoint %d", self.name, self.resumed_from)
+    # The evaluations after the resumed checkpoint are made again, snapshots included.
+    self.snapshots.keep_only(range(-1 if self.resumed_from is None else self.resumed_from + 1))
     self.mlog = run_dir.metrics_log(self.dir.metrics_jsonl, self.resumed_from,
                                    write=self.is_lead)
     self.first_stage = index == 0
@@ -262,8 +284,10 @@ class _StageTraining:
     self.mlog.append(row)
     self.writer.write_scalars(step, row)
     self.writer.write_images(step, {"val/lr_bicubic_sr_hr": self.validator.image_grid(sr)})
-    decision = (self.detector.update(step, val)  # first: its keep-set prunes this save
+    decision = (self.detector.update(step, val)  # first: its keep-sets prune these saves
                 if esgf.judged(step, self.first_stage) else self.detector.decision)
+    if step in decision.branch_steps:
+      self.snapshots.save(step, self.state.ema_params, keep=decision.branch_steps)
     self.ckpts.save(step, self.state, self.data_iter, val, keep=decision.keep_steps)
     log.info("stage %s step %d: %s", self.name, step, ", ".join(
         f"{k}={v:.4f}" for k, v in val.items()))
@@ -332,10 +356,6 @@ class _StageTraining:
     chosen, why = esgf.budget_branch(decision, self.run.config.esgf)
     if chosen is None:
       chosen, why = self.ckpts.latest_step(), f"the latest checkpoint: {why}"
-    elif chosen not in self.dir.checkpoint_steps():
-      log.warning("stage %s: checkpoint %d (%s) was not kept", self.name, chosen, why)
-      why = f"the latest checkpoint: step {chosen} ({why}) was not kept"
-      chosen = self.ckpts.latest_step()
     return chosen, (f"step budget {self.cfg.max_steps} reached; branching from step {chosen}, "
                     f"{why} ({decision.reason})")
 
@@ -347,7 +367,8 @@ class _StageTraining:
       knee_step, reason, fired = decision.knee_step, decision.reason, True
     else:
       (knee_step, reason), fired = self._budget_branch(decision), False
-    knee_step, reason, knee_state = self._restore_knee(knee_step, reason)
+    chosen = knee_step
+    knee_step, reason, knee_params = self._restore_knee(knee_step, reason)
     self.ckpts.close()
     kill_points.reached("knee_restored")
     if self.is_lead:
@@ -357,12 +378,14 @@ class _StageTraining:
                               title=f"stage {self.name}: {ending}")
       self.writer.write_images(step, {"esgf/knee_plot": read_image(plot)[None]})
       run_dir.write_json(self.dir.result_json, {"knee_step": knee_step, "reason": reason,
-                                                "fired": fired, "final_step": step})
+                                                "fired": fired, "final_step": step,
+                                                "chosen_step": chosen})
+    self._keep_knee_snapshot_only(knee_step)
     kill_points.reached("stage_ended")
     self.writer.flush()
     log.info("stage %s ends at step %d; next stage starts from step %d (%s)", self.name, step,
              knee_step, reason)
-    return StageResult(self.name, knee_step, reason, fired, knee_state.ema_params)
+    return StageResult(self.name, knee_step, reason, fired, knee_params)
 
 
 def _start(the_run: Run, index: int, previous, tx, num_experts, shardings):
@@ -374,7 +397,7 @@ def _start(the_run: Run, index: int, previous, tx, num_experts, shardings):
     state, shardings = create_train_state(the_run.model, tx, num_experts, rng, the_run.mesh,
                                           the_run.rules, start)
     origin = {"stage": previous.name, "knee_step": previous.knee_step,
-              "checkpoint": str(the_run.run_dir.stage(previous.name).checkpoint(
+              "checkpoint": str(the_run.run_dir.stage(previous.name).ema_params_dir(
                   previous.knee_step)),
               "experts_initialised_identically": num_experts > 1 and
               jax.tree.leaves(previous.params)[0].shape[0] == 1}

@@ -7,10 +7,16 @@ Every tool that reads a run (eval, upscale, export, knee, the demo) goes through
                                  stages in order
     <stage>/stage.json           {name, num_experts, init_from}: where the stage started (the
                                  previous stage's knee checkpoint, imported weights, or fresh)
-    <stage>/result.json          {knee_step, reason, fired, final_step}, written when the stage
-                                 ends; a resumed run takes the stage's knee from it
+    <stage>/result.json          {knee_step, reason, fired, final_step, chosen_step}, written
+                                 when the stage ends (knee_step: the step branched from;
+                                 chosen_step: ESGF's or the budget rule's choice, the same
+                                 unless the reason says why not); a resumed run takes the
+                                 stage's knee from it
     <stage>/checkpoints/<step>/  Orbax: state, data_iter, metrics, checksums (of the state)
     <stage>/damaged_checkpoints/ steps that failed to read back intact, set aside
+    <stage>/knee_snapshots/<step>/ Orbax: state (the EMA params alone), checksums: each judged
+                                 evaluation's while ESGF may still branch from it, the knee's
+                                 once the stage has ended (train/knee_snapshots.py)
     <stage>/metrics.jsonl        one line per evaluation and per logged train step (on object
                                  storage: segments, see ObjectStoreMetricsLog)
     <stage>/knee.png             the validation curves with the knee marked
@@ -71,15 +77,30 @@ class StageDir:
   def knee_png(self):
     return self.path / "knee.png"
 
+  @property
+  def knee_snapshots(self):
+    return self.path / "knee_snapshots"
+
   def checkpoint(self, step: int):
     return self.checkpoints / str(step)
 
   def checkpoint_steps(self) -> list:
-    """Steps of the finished checkpoints (Orbax's temporary dirs are not digits)."""
-    if not self.checkpoints.is_dir():
-      return []
-    return sorted(int(p.name) for p in self.checkpoints.iterdir() if p.name.isdigit() and (
-        not storage.is_url(p) or (p / COMMIT_SUCCESS).exists()))
+    """Steps of the finished checkpoints."""
+    return _finished_steps(self.checkpoints)
+
+  def snapshot_steps(self) -> list:
+    """Steps of the finished knee snapshots (EMA params only)."""
+    return _finished_steps(self.knee_snapshots)
+
+  def ema_params_dir(self, step: int):
+    """The step directory to read `step`'s EMA params from: its knee snapshot (the smaller
+    read), else its checkpoint; None when neither was kept. Both hold `state/ema_params` and
+    its checksums."""
+    for folder, steps in ((self.knee_snapshots, self.snapshot_steps),
+                          (self.checkpoints, self.checkpoint_steps)):
+      if step in steps():
+        return folder / str(step)
+    return None
 
   def result(self):
     """result.json, or None while the stage has not ended."""
@@ -110,6 +131,15 @@ class RunDir:
 
   def is_run(self) -> bool:
     return self.config_json.is_file()
+
+
+def _finished_steps(folder) -> list:
+  """Steps of the finished Orbax step directories in `folder` (its temporary ones are not
+  digits; on object storage a step is finished once COMMIT_SUCCESS is written)."""
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (
+      not storage.is_url(p) or (p / COMMIT_SUCCESS).exists()))
 
 
 def write_json(path, obj):

@@ -25,8 +25,8 @@ def saved_state(state_dir):
 
 
 def outcome(workdir) -> dict:
-  """run.json; per stage, result.json, its last evaluation and the SHA-256 of its last
-  checkpoint's state, leaf by leaf."""
+  """run.json; per stage, result.json, its last evaluation, the steps of its knee snapshots
+  and the SHA-256 of its last checkpoint's state, leaf by leaf."""
   run = run_dir.RunDir(workdir)
   stages = {}
   for stage in run.stages():
@@ -36,7 +36,7 @@ def outcome(workdir) -> dict:
     state = saved_state(stage.checkpoint(last) / "state")
     stages[stage.name] = {
         "result": stage.result(), "last_evaluation": evaluations[-1] if evaluations else None,
-        "last_checkpoint": last,
+        "last_checkpoint": last, "knee_snapshots": stage.snapshot_steps(),
         "state_sha256": {jax.tree_util.keystr(p): _sha256(x)
                          for p, x in jax.tree_util.tree_leaves_with_path(state)}}
   return {"run": run_dir.read_json(run.run_json), "stages": stages}

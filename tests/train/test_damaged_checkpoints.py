@@ -139,8 +139,12 @@ def test_tools_refuse_a_damaged_checkpoint(tmp_path_factory, tmp_path):
   sibling reads report into a closed event loop after the error line, even at exit."""
   run = tmp_path / "run"
   shutil.copytree(trained_run(tmp_path_factory), run)
-  step = run_dir.RunDir(run).stage("moe").result()["knee_step"]
-  flip_bytes_throughout(run / "moe" / "checkpoints" / str(step))
+  stage = run_dir.RunDir(run).stage("moe")
+  step = stage.result()["knee_step"]
+  # The step directory the tools read the knee's EMA params from: its knee snapshot.
+  read = stage.ema_params_dir(step).relative_to(run)
+  assert read.parts[1] == "knee_snapshots"
+  flip_bytes_throughout(run / read)
   done = subprocess.run([sys.executable, "-m", "linearsr_jax.cli", "export", str(run), "--out",
                          str(tmp_path / "out")], env=cli_env(), capture_output=True, text=True)
   assert done.returncode == 2, done.stderr
@@ -149,10 +153,9 @@ def test_tools_refuse_a_damaged_checkpoint(tmp_path_factory, tmp_path):
       "damaged checkpoint" in error[0] or "unreadable checkpoint" in error[0]), error
   assert not (tmp_path / "out").exists()
   # Without checksums (a checkpoint from before them), the tools read it and warn.
-  shutil.rmtree(run / "moe" / "checkpoints" / str(step))
-  shutil.copytree(trained_run(tmp_path_factory) / "moe" / "checkpoints" / str(step),
-                  run / "moe" / "checkpoints" / str(step))
-  shutil.rmtree(run / "moe" / "checkpoints" / str(step) / "checksums")
+  shutil.rmtree(run / read)
+  shutil.copytree(trained_run(tmp_path_factory) / read, run / read)
+  shutil.rmtree(run / read / "checksums")
   done = subprocess.run([sys.executable, "-m", "linearsr_jax.cli", "export", str(run), "--out",
                          str(tmp_path / "out")], env=cli_env(), capture_output=True, text=True)
   assert done.returncode == 0, done.stderr

@@ -32,7 +32,9 @@ class KneeDecision:
   reason: str
   confidence: float
   metrics: tuple = ()  # MetricKnee per configured metric present in the history
-  keep_steps: frozenset = frozenset()  # evaluated steps whose checkpoints ESGF may need
+  keep_steps: frozenset = frozenset()  # evaluated steps whose full checkpoints ESGF keeps
+  # Judged steps whose EMA params ESGF may still branch from (see `_branch_steps`).
+  branch_steps: frozenset = frozenset()
   expert_losses: tuple = ()  # MetricKnee per expert's validation flow loss (the gate)
 
   def metric(self, name) -> MetricKnee:
@@ -47,11 +49,23 @@ def _pick_step(knees, rule):
           "median": ordered[(len(ordered) - 1) // 2]}[rule]
 
 
+def _branch_steps(all_steps, knee_step=None) -> frozenset:
+  """Judged steps whose EMA params ESGF may still branch from: every one while undecided, the
+  knee once fired. Each metric's knee is Kneedle's point of a curve smoothed afresh at every
+  evaluation (LOWESS over a neighbourhood that grows with the run), taken against the chord to
+  the newest point, and a stage that ends on its budget may branch from the best smoothed
+  value: a later evaluation can move either to any step judged so far, earlier ones included (a
+  late rise steepens the chord and pulls Kneedle's point back; two metrics swap which is
+  earliest). No step can be ruled out before the decision is made."""
+  return frozenset({knee_step} if knee_step is not None else all_steps)
+
+
 def _steps_to_keep(verdicts, all_steps, radius, knee_step=None) -> frozenset:
-  """Checkpoints ESGF may still branch from.
+  """Full checkpoints kept around ESGF's candidates (the branch itself is made from the EMA
+  params of `_branch_steps`, which may lie outside this set).
 
   Undecided: every step from the earliest candidate (less `radius` evaluations) to the
-  newest, because Kneedle's knee drifts later as the run grows (for an exponential by about
+  newest, because Kneedle's knee mostly drifts later as the run grows (for an exponential by about
   τ·ln 2 per doubling of the run), onto steps after today's candidate; every step while a
   metric has no candidate yet; and each metric's best step, which a stage that ends on its
   budget may branch from (`budget_branch`). Fired: the knee +- `radius` evaluations.
@@ -117,7 +131,8 @@ def detect(records: Sequence, config, num_experts: int = 1) -> KneeDecision:
   all_steps = {int(s) for v in verdicts for s in metric_series(records, v.name)[0]}
   if not verdicts:
     return KneeDecision(False, None, "no knee yet: none of the metrics "
-                        f"{config.metrics} has been logged", 0.0, (), frozenset(all_steps))
+                        f"{config.metrics} has been logged", 0.0, (), frozenset(all_steps),
+                        _branch_steps(all_steps))
   confirmed = [v for v in verdicts if v.confirmed]
   needed = len(verdicts) if config.combine == "all" else 1
   waiting = [g for g in gates if still_improving(g, config)]
@@ -132,19 +147,21 @@ def detect(records: Sequence, config, num_experts: int = 1) -> KneeDecision:
     return KneeDecision(False, _pick_step(candidates, config.knee_step) if candidates
                         else None, f"no knee yet ({why}) - {summary}", confidence,
                         tuple(verdicts), _steps_to_keep(verdicts, all_steps,
-                                                        config.candidate_radius), gates)
+                                                        config.candidate_radius),
+                        _branch_steps(all_steps), gates)
   knee_step = _pick_step([v.knee_step for v in confirmed], config.knee_step)
   confidence = (min if config.combine == "all" else max)(v.confidence for v in confirmed)
   return KneeDecision(True, knee_step, f"knee at step {knee_step} ({config.knee_step} of "
                       f"{len(confirmed)} confirmed, rule '{config.combine}') - {summary}",
                       confidence, tuple(verdicts),
                       _steps_to_keep(verdicts, all_steps, config.candidate_radius, knee_step),
-                      gates)
+                      _branch_steps(all_steps, knee_step), gates)
 
 
 class KneeDetector:
   """Online use: the training loop calls `update` after every evaluation, then saves that
-  evaluation's checkpoint with `decision.keep_steps` for retention to protect.
+  evaluation's EMA params for `decision.branch_steps` and its checkpoint with
+  `decision.keep_steps` for retention to protect.
 
   Each update re-runs `detect` on the whole history, so a detector rebuilt from
   metrics.jsonl on resume (`KneeDetector(config, records)`) decides exactly as the one that
