@@ -56,6 +56,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       best_metric="val/lpips_alex",
       best_mode="min",
       max_consecutive_skips=5,  # non-finite steps in a row before restoring a checkpoint
+      # A stage with no intact checkpoint left but with work on record (set-aside steps,
+      # metrics past step 0) stops rather than start over; naming it here starts it over.
+      restart_stage="",
       guard=ml_collections.ConfigDict(dict(enabled=True, psnr_drop_db=3.0, loss_factor=10.0,
                                            lr_factor=0.5, max_rollbacks=2)),
   ))

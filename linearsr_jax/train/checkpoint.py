@@ -25,18 +25,16 @@ from typing import AbstractSet, Sequence
 
 import grain
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from linearsr_jax import disk_space, storage, storage_errors
+from linearsr_jax import disk_space, lead_decides, storage, storage_errors
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import abandoned_reads, data_position, kill_points, state_checksum
 
 ITEMS = ("state", "data_iter", "metrics", "checksums")
-_PROBLEM_BYTES = 512  # of a damage description, as process 0 broadcasts it
 log = logging.getLogger(__name__)
 
 
@@ -87,7 +85,7 @@ class StageCheckpoints:
     self._keep.steps = frozenset(keep)
     self.wait()  # the previous save's bytes are on disk before the room for this one is judged
     needed = _bytes_written_here(state)
-    disk_space.ensure_room(self.manager.directory, needed, f"checkpoint {step}")
+    disk_space.ensure_room_on_every_host(self.manager.directory, needed, f"checkpoint {step}")
     with self._full_disk_as_one_line(needed, f"checkpoint {step}"):
       self.manager.save(step, force=True, metrics=metrics or None, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -185,17 +183,23 @@ class StageCheckpoints:
     aside)."""
     problems = []
     for step in steps:
+      found, problem, error = None, None, None
       try:
         found = (step, *self.restore(step, abstract_state, data_iter))
-        problem = None
       except DamagedCheckpoint as e:
-        found, problem = None, e.problem
-      problem = _agreed(problem, f"restore checkpoint {step}")
+        problem = e.problem
+      except UserError as e:  # another model, storage that keeps failing: said by each host
+        error = e
+      problem = lead_decides.broadcast(problem)
+      # A host that failed where the lead read the step intact, or that cannot read on, stops
+      # every host (rather than leave them waiting for it in the next collective).
+      failed = lead_decides.processes_where(error is not None or (problem is None and
+                                                                   found is None))
+      if failed:
+        self.close()
+        raise error or UserError(f"checkpoint {self.manager.directory}/{step} cannot be read on "
+                                 f"process {failed[0]} (see its log)")
       if problem is None:
-        if found is None:  # this host alone failed to read what the lead read intact
-          self.close()
-          raise UserError(f"checkpoint {self.manager.directory}/{step} read back intact on "
-                          f"process 0 but not on process {jax.process_index()}")
         return found
       where = self._set_aside(step)
       log.warning("checkpoint %d is damaged: %s; moved to %s", step, problem, where)
@@ -208,7 +212,7 @@ class StageCheckpoints:
     """Moves a damaged step out of Orbax's directory (so that a resumed run can save that step
     again), to damaged_checkpoints/<step>[.n]; returns where it went."""
     directory = epath.Path(self.manager.directory)
-    aside = directory.parent / "damaged_checkpoints"
+    aside = directory.parent / "damaged_checkpoints"  # run_dir.StageDir.damaged_checkpoints
     target = aside / str(step)
     if jax.process_index() == 0:
       aside.mkdir(parents=True, exist_ok=True)
@@ -264,13 +268,3 @@ def _stored_shape(x) -> tuple:
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
     return tuple(jax.eval_shape(jax.random.key_data, x).shape)
   return tuple(x.shape)
-
-
-def _agreed(problem, what: str):
-  """Process 0's `problem` (a str or None) on every process."""
-  if jax.process_count() == 1:
-    return problem
-  text = multihost_utils.broadcast_one_to_all(
-      np.frombuffer((problem or "").encode()[:_PROBLEM_BYTES].ljust(_PROBLEM_BYTES), np.uint8))
-  text = bytes(np.asarray(text)).rstrip(b" ").decode(errors="replace")
-  return text or None

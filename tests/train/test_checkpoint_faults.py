@@ -107,7 +107,7 @@ def _data_config(num_workers):
   return cfg
 
 
-@pytest.mark.parametrize("saved_with, resumed_with", [(1, 0), (0, 2), (2, 1)])
+@pytest.mark.parametrize("saved_with, resumed_with", [(1, 0), (0, 2)])
 def test_a_resume_with_another_num_workers_continues_with_the_same_batches(
     tmp_path, demo, saved_with, resumed_with, caplog):
   """The saved iterator had consumed 3 batches; the resumed one, built with another number of
