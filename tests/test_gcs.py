@@ -66,10 +66,15 @@ def gcs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(gcs, tmp_path_factory):
+def env(tmp_path_factory):
+  """The CLI runs' environment, their compilation cache shared by this module's runs."""
+  return cached_cli_env(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="module")
+def runs(gcs, env, tmp_path_factory):
   """(uninterrupted workdir, killed-and-resumed workdir), both in the bucket."""
   root = tmp_path_factory.mktemp("gcs_runs")
-  env = cached_cli_env(root / "jax_cache")
   straight, killed = f"{BUCKET}/straight", f"{BUCKET}/killed"
   wait_ok(start(train_command(straight, tree=TWO_STAGES), root / "straight.log", env),
           root / "straight.log")
@@ -102,6 +107,28 @@ def test_a_run_killed_mid_stage_resumes_from_the_bucket_and_ends_alike(runs):
   # The first generation was replaced, and stays until the next resume: a reader on another
   # host may have listed it just before.
   assert sorted(p.name for p in resumed.iterdir()) == ["0", "1"]
+
+
+def test_dropped_connections_during_a_resume_are_retried_and_it_ends_alike(runs, gcs, env,
+                                                                          tmp_path):
+  """Issue 29: the storage drops the connections of the resume's first reads of the checkpoint
+  (twice), then answers again: the restore tries again, sets nothing aside, and the run ends
+  as the uninterrupted one did."""
+  straight, _ = runs
+  faulted = f"{BUCKET}/dropped"
+  log = tmp_path / "killed.log"
+  process = start(train_command(faulted, tree=TWO_STAGES), log,
+                  dict(env, **{kill_points.ENV: "checkpoint_write@2"}))
+  assert process.wait(240) == -signal.SIGKILL, log.read_text()[-2000:]
+  gcs.drop(r"^GET \S*checkpoints%2F\d+%2Fstate%2F", 2)
+  log = tmp_path / "resumed.log"
+  wait_ok(start(train_command(faulted, tree=TWO_STAGES), log, env), log)
+  text = log.read_text()
+  assert "storage error" in text and "try 3 of" in text, text[-3000:]
+  assert "damaged" not in text, text[-3000:]
+  assert not any((epath.Path(faulted) / stage / "damaged_checkpoints").exists()
+                 for stage in ("pretrain", "moe"))
+  assert run_outcome.outcome(faulted) == run_outcome.outcome(straight)
 
 
 def test_tools_read_the_run_from_the_bucket_and_write_there(runs, capsys):

@@ -190,12 +190,15 @@ class StageCheckpoints:
         problem = e.problem
       except UserError as e:  # another model, storage that keeps failing: said by each host
         error = e
-      problem = lead_decides.broadcast(problem)
+      here, problem = problem, lead_decides.broadcast(problem)
       # A host that failed where the lead read the step intact, or that cannot read on, stops
       # every host (rather than leave them waiting for it in the next collective).
       failed = lead_decides.processes_where(error is not None or (problem is None and
                                                                    found is None))
       if failed:
+        if here and problem is None:
+          log.warning("checkpoint %d: %s on process %d alone (process 0 read it intact); "
+                      "not set aside", step, here, jax.process_index())
         self.close()
         raise error or UserError(f"checkpoint {self.manager.directory}/{step} cannot be read on "
                                  f"process {failed[0]} (see its log)")

@@ -270,11 +270,11 @@ class ObjectStoreMetricsLog(MetricsLog):
     parts of one without its part 0), then all but it and the generation readers took until
     now go."""
     old = self._folders(self.path)
-    whole = [p for p in old if (p / _part_name(0)).exists()]
+    read = [p for p in old if (p / _part_name(0)).exists()][-1:]
     self.generation = self.path / str(int(old[-1].name) + 1 if old else 0)
     write_jsonl(self.generation / _part_name(0), rows)
     for folder in old:
-      if folder != whole[-1]:
+      if folder not in read:
         folder.rmtree()
 
   def append(self, row: dict):

@@ -1,7 +1,8 @@
 """Issue 29: only real damage sets a checkpoint aside. A storage error during a restore is
 retried, then is one line with the checkpoints left as they were; the data iterator is restored
 after the state is verified, and one saved with another data.num_workers is repositioned at the
-same batch; a step without checksums among steps that have them is damage."""
+same batch; a step without checksums among steps that have them is damage. A stage with no
+checkpoint left but work on record starts over only when the user names it."""
 
 import logging
 import sys
@@ -13,7 +14,9 @@ import pytest
 from linearsr_jax import storage_errors
 from linearsr_jax.data import pipeline, sources
 from linearsr_jax.errors import UserError
+from linearsr_jax.train import loop, run_dir
 from linearsr_jax.train.checkpoint import StageCheckpoints
+from train_runs import small_config
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from test_damaged_checkpoints import STEPS, _abstract, _saved, _state  # noqa: E402
@@ -144,3 +147,31 @@ def test_an_iterator_state_of_another_pipeline_is_one_line_not_damage(tmp_path, 
     ckpts.restore_intact(ckpts.all_steps()[::-1], _abstract(_state(0)), data_iter)
   ckpts.close()
   assert not (tmp_path / "damaged_checkpoints").exists()
+
+
+def test_a_stage_with_work_on_record_but_no_checkpoint_starts_over_only_when_named(tmp_path):
+  """Its checkpoints were all set aside (a previous start found them damaged): starting again
+  stops in one line saying what exists, instead of training from step 0 over its metrics;
+  train.restart_stage=pretrain starts it over, the set-aside steps kept."""
+  config = small_config(**{"stages.pretrain.max_steps": 2, "train.eval_every": 2,
+                            "data.batch_size": 8})
+  loop.run(config, tmp_path)
+  stage = run_dir.RunDir(tmp_path).stage("pretrain")
+  for name in ("result.json", "run.json"):  # as if it had been stopped mid-stage
+    (stage.result_json if name == "result.json" else tmp_path / name).unlink()
+  stage.damaged_checkpoints.mkdir()
+  for step in stage.checkpoint_steps():
+    stage.checkpoint(step).rename(stage.damaged_checkpoints / str(step))
+  metrics = stage.metrics_jsonl.read_bytes()
+  with pytest.raises(UserError) as error:
+    loop.run(config, tmp_path)
+  message = str(error.value)
+  assert "\n" not in message and message.startswith(
+      "stage pretrain has no checkpoint to resume from, but set-aside checkpoints in "), message
+  assert "metrics up to step 2" in message, message
+  assert message.endswith("pass --config.train.restart_stage=pretrain"), message
+  assert stage.metrics_jsonl.read_bytes() == metrics and stage.checkpoint_steps() == []
+  config.train.restart_stage = "pretrain"
+  loop.run(config, tmp_path)
+  assert stage.checkpoint_steps() == [0, 2] and stage.result()["final_step"] == 2
+  assert sorted(p.name for p in stage.damaged_checkpoints.iterdir()) == ["0", "2"]
