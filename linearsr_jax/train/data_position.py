@@ -57,5 +57,10 @@ def place(data_iter, saved: dict, what: str):
              "repositioned at the same batch (%d consumed)", what, _workers(saved),
              _workers(like), n)
     saved = state
-  data_iter.set_state(saved)
+  try:
+    data_iter.set_state(saved)
+  except (KeyError, IndexError, TypeError, ValueError) as e:
+    raise UserError(f"the data iterator state of {what} does not fit this data pipeline "
+                    f"({type(e).__name__}: {e}): resume with the data settings it was saved "
+                    "with (data.num_workers, data.batch_size)") from None
   data_iter.start_prefetch()
