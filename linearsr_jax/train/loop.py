@@ -252,17 +252,19 @@ class _StageTraining:
     self.guard = DivergenceGuard(config.train.guard, start_params)
 
   def _check_nothing_lost(self):
-    """A stage about to start from step 0 with work on record (set-aside checkpoints, metrics
-    past step 0) stops in one line, unless train.restart_stage names it: an auto-restarting
-    scheduler would otherwise wipe a run that lost its checkpoints without anyone seeing."""
+    """A stage about to start from step 0 with work on record (set-aside checkpoints,
+    evaluations past step 0) stops in one line, unless train.restart_stage names it: an
+    auto-restarting scheduler would otherwise wipe a run that lost its checkpoints unseen."""
     found = []
     aside = self.dir.damaged_checkpoints
     if aside.is_dir() and any(aside.iterdir()):
       found.append(f"set-aside checkpoints in {aside}")
     rows = run_dir.read_jsonl(self.dir.metrics_jsonl)[0]
-    last = max((r.get("step", 0) for r in rows), default=0)
-    if last > 0:  # a row of step 0 alone is a start killed before its first checkpoint
-      found.append(f"metrics up to step {last} in {self.dir.metrics_jsonl}")
+    # A checkpoint follows each evaluation; train rows before the second evaluation are what a
+    # start killed before checkpoint 0 was written leaves, and cost nothing to train again.
+    last = max((r.get("step", 0) for r in rows if run_dir.is_evaluation(r)), default=0)
+    if last > 0:
+      found.append(f"evaluations up to step {last} in {self.dir.metrics_jsonl}")
     found = lead_decides.broadcast(found)  # every host starts over, or none
     if not found or self.run.config.train.restart_stage == self.name:
       return

@@ -227,7 +227,7 @@ class MetricsLog:
       append_jsonl(self.path, row)
 
   def evaluations(self):
-    return [r for r in self.rows if _is_evaluation(r)]
+    return [r for r in self.rows if is_evaluation(r)]
 
 
 class ObjectStoreMetricsLog(MetricsLog):
@@ -280,13 +280,13 @@ class ObjectStoreMetricsLog(MetricsLog):
   def append(self, row: dict):
     self.rows.append(row)
     self.pending.append(row)
-    if self.write and _is_evaluation(row):
+    if self.write and is_evaluation(row):
       write_jsonl(self.generation / _part_name(self.part), self.pending)
       kill_points.reached("metrics_append")
       self.pending, self.part = [], self.part + 1
 
 
-def _is_evaluation(row: dict) -> bool:
+def is_evaluation(row: dict) -> bool:
   return any(k.startswith("val/") for k in row)
 
 

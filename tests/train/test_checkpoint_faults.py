@@ -168,7 +168,7 @@ def test_a_stage_with_work_on_record_but_no_checkpoint_starts_over_only_when_nam
   message = str(error.value)
   assert "\n" not in message and message.startswith(
       "stage pretrain has no checkpoint to resume from, but set-aside checkpoints in "), message
-  assert "metrics up to step 2" in message, message
+  assert "evaluations up to step 2" in message, message
   assert message.endswith("pass --config.train.restart_stage=pretrain"), message
   assert stage.metrics_jsonl.read_bytes() == metrics and stage.checkpoint_steps() == []
   config.train.restart_stage = "pretrain"
