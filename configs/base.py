@@ -60,6 +60,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       # heartbeat means a stopped run (a host gone, not a slow one) whose lock is taken over.
       lock_heartbeat_seconds=30.0,
       lock_stale_seconds=600.0,
+      # A stage with no intact checkpoint left but with work on record (set-aside steps,
+      # metrics past step 0) stops rather than start over; naming it here starts it over.
+      restart_stage="",
       guard=ml_collections.ConfigDict(dict(enabled=True, psnr_drop_db=3.0, loss_factor=10.0,
                                            lr_factor=0.5, max_rollbacks=2)),
   ))

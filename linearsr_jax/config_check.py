@@ -196,6 +196,10 @@ def _check_stages(config):
     if config.data.batch_size % experts_of_stage:  # each expert trains on an equal share
       raise _error("data.batch_size", config.data.batch_size, f"must split evenly over the "
                    f"{experts_of_stage} experts of stage {name}")
+  restart = config.train.get("restart_stage", "")
+  if restart and restart not in names:
+    raise _error("train.restart_stage", restart, f"must name a stage of stage_order "
+                                                 f"({', '.join(names)})")
 
 
 def _check_esgf(esgf_cfg, fewest_experts: int):

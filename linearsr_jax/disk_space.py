@@ -5,6 +5,8 @@ import errno
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 
@@ -31,9 +33,26 @@ def ensure_room(directory, needed: int, what: str):
     raise full(directory, needed, what, free)
 
 
-def full(directory, needed: int, what: str, free=None) -> DiskFull:
+def ensure_room_on_every_host(directory, needed: int, what: str):
+  """ensure_room before a write every process takes part in (a checkpoint): decided together,
+  so that a host short of room does not raise alone while the others wait for it in the save's
+  barrier. Each host checks its own device; every host raises when one is short."""
+  import jax
+  from jax.experimental import multihost_utils
+
+  if jax.process_count() == 1 or storage.is_url(directory):
+    ensure_room(directory, needed, what)
+    return
+  hosts = np.asarray(multihost_utils.process_allgather(
+      np.array([free_bytes(directory), needed], np.int64)))
+  for process, (free, wanted) in enumerate(hosts.reshape(-1, 2)):
+    if wanted > free:
+      raise full(directory, int(wanted), what, int(free), f" on process {process}")
+
+
+def full(directory, needed: int, what: str, free=None, where: str = "") -> DiskFull:
   free = free_bytes(directory) if free is None else free
-  return DiskFull(f"no space left on the device of {directory} for {what}: it needs "
+  return DiskFull(f"no space left on the device of {directory}{where} for {what}: it needs "
                   f"{needed:,} bytes, {free:,} are free")
 
 

@@ -91,12 +91,16 @@ _FORBIDDEN = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
 class _Proxy:
   """In front of the emulator for every client: CONNECT tunnels (TF) end here in TLS and go on
   as plain HTTP; plain requests (TensorStore, google-cloud-storage) go on as they are. Writes
-  to DENIED_BUCKET are refused here, since fake-gcs-server has no permissions to enforce."""
+  to DENIED_BUCKET are refused here, since fake-gcs-server has no permissions to enforce. On
+  request (`drop`), the connections of the next requests whose line matches a pattern are
+  dropped unanswered, as a GCS front end that resets them does."""
 
   def __init__(self, cert: Path, key: Path, upstream_port: int):
     self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     self.context.load_cert_chain(cert, key)
     self.upstream_port = upstream_port
+    self.lock = threading.Lock()
+    self.dropping, self.drops_left = None, 0
     self.listener = socket.create_server(("127.0.0.1", 0))
     self.port = self.listener.getsockname()[1]
     threading.Thread(target=self._accept, daemon=True, name="gcs-proxy").start()
@@ -147,8 +151,16 @@ class _Proxy:
           sock.shutdown(socket.SHUT_RDWR)  # the FIN now, whoever else holds the socket
         sock.close()
 
-  @staticmethod
-  def _forward(data: bytes, client, upstream):
+  def drop(self, pattern: bytes, count: int):
+    with self.lock:
+      self.dropping, self.drops_left = re.compile(pattern), count
+
+  def _forward(self, data: bytes, client, upstream):
+    with self.lock:
+      dropped = self.drops_left > 0 and self.dropping.search(data.split(b"\r\n", 1)[0])
+      self.drops_left -= bool(dropped)
+    if dropped:
+      raise ConnectionResetError("dropped by the test proxy")  # closes both sides unanswered
     if _WRITE.match(data):  # answered here; the connection stays open, as GCS keeps it
       client.sendall(_FORBIDDEN)
     else:
@@ -202,6 +214,12 @@ class Emulator:
           raise RuntimeError("fake-gcs-server did not start")
         time.sleep(0.05)
 
+  def drop(self, pattern: str, count: int):
+    """Drops the connections of the next `count` requests whose request line (method, path,
+    object names %-encoded) matches the regex `pattern`; then the proxy answers again."""
+    self.proxy.stdin.write(f"drop {count} {pattern}\n")
+    self.proxy.stdin.flush()
+
   def create_bucket(self, name: str):
     request = urllib.request.Request(
         self.url + "/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
@@ -217,4 +235,6 @@ class Emulator:
 if __name__ == "__main__":  # the proxy process: prints its port, serves until its parent goes
   proxy = _Proxy(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
   print(proxy.port, flush=True)
-  sys.stdin.read()  # EOF: the test process ended, however it ended
+  for line in sys.stdin:  # EOF: the test process ended, however it ended
+    _, count, pattern = line.rstrip("\n").split(" ", 2)
+    proxy.drop(pattern.encode(), int(count))

@@ -40,6 +40,8 @@ from repo_paths import CONFIGS
     # stage_order
     ("stage_order=pretrain,moo", "config.stage_order='pretrain,moo' names stage 'moo', which "
                                  "config.stages does not define"),
+    ("train.restart_stage=pretrian", "config.train.restart_stage='pretrian' must name a stage "
+                                     "of stage_order (pretrain, moe)"),
     # the mesh against conftest's 8 devices, and the batch against its batch shards
     ("mesh.data=3", "config.mesh: mesh {'data': 3, 'fsdp': 1, 'tensor': 1, 'expert': 1} needs 3 "
                     "devices, have 8"),

@@ -73,10 +73,15 @@ def gcs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(gcs, tmp_path_factory):
+def env(tmp_path_factory):
+  """The CLI runs' environment, their compilation cache shared by this module's runs."""
+  return cached_cli_env(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="module")
+def runs(gcs, env, tmp_path_factory):
   """(uninterrupted workdir, killed-and-resumed workdir), both in the bucket."""
   root = tmp_path_factory.mktemp("gcs_runs")
-  env = cached_cli_env(root / "jax_cache")
   straight, killed = f"{BUCKET}/straight", f"{BUCKET}/killed"
   wait_ok(start(train_command(straight, tree=TWO_STAGES), root / "straight.log", env),
           root / "straight.log")
@@ -107,7 +112,31 @@ def test_a_run_killed_mid_stage_resumes_from_the_bucket_and_ends_alike(runs):
   assert unreadable == 0
   assert [r["step"] for r in rows if "val/psnr_y" in r] == [0, 2, 4]
   resumed = epath.Path(killed) / "pretrain" / "metrics.jsonl"
-  assert [p.name for p in resumed.iterdir()] == ["1"]  # the first generation was replaced
+  # The first generation was replaced, and stays until the next resume: a reader on another
+  # host may have listed it just before.
+  assert sorted(p.name for p in resumed.iterdir()) == ["0", "1"]
+
+
+def test_dropped_connections_during_a_resume_are_retried_and_it_ends_alike(runs, gcs, env,
+                                                                          tmp_path):
+  """Issue 29: the storage drops the connections of the resume's first reads of the checkpoint
+  (twice), then answers again: the restore tries again, sets nothing aside, and the run ends
+  as the uninterrupted one did."""
+  straight, _ = runs
+  faulted = f"{BUCKET}/dropped"
+  log = tmp_path / "killed.log"
+  process = start(train_command(faulted, tree=TWO_STAGES), log,
+                  dict(env, **{kill_points.ENV: "checkpoint_write@2"}))
+  assert process.wait(240) == -signal.SIGKILL, log.read_text()[-2000:]
+  gcs.drop(r"^GET \S*checkpoints%2F\d+%2Fstate%2F", 2)
+  log = tmp_path / "resumed.log"
+  wait_ok(start(train_command(faulted, tree=TWO_STAGES), log, env), log)
+  text = log.read_text()
+  assert "storage error" in text and "try 3 of" in text, text[-3000:]
+  assert "damaged" not in text, text[-3000:]
+  assert not any((epath.Path(faulted) / stage / "damaged_checkpoints").exists()
+                 for stage in ("pretrain", "moe"))
+  assert run_outcome.outcome(faulted) == run_outcome.outcome(straight)
 
 
 def test_tools_read_the_run_from_the_bucket_and_write_there(runs, capsys):
@@ -269,7 +298,8 @@ def test_metrics_in_a_bucket_survive_a_kill_during_truncation(gcs):
   resumed = run_dir.metrics_log(path, resume_step=2)
   resumed.append({"step": 3, "val/psnr_y": 30.0})
   assert [r["step"] for r in run_dir.read_jsonl(path)[0]] == [1, 1, 2, 2, 3]
-  assert sorted(p.name for p in epath.Path(path).iterdir()) == ["3"]
+  # Generation 1, the one readers took until then, goes one resume later; 0 and 2 go now.
+  assert sorted(p.name for p in epath.Path(path).iterdir()) == ["1", "3"]
 
 
 def test_a_tfds_folder_written_to_the_bucket_reads_as_the_local_one(gcs, tmp_path):

@@ -6,13 +6,20 @@ step that ESGF may still need (the candidates around the current knee estimate),
 caller passes with each save so it can move as the curve grows.
 
 Every checkpoint carries checksums of its state's arrays (state_checksum.py), checked on
-restore (one written before they existed is read with a warning, unverified). A checkpoint that cannot be read back intact (a truncated or missing file, flipped
-bytes, an empty step directory) is moved to `damaged_checkpoints/` beside the stage's
-`checkpoints/` with a warning, and the caller falls back to another (`restore_intact`).
+restore (one written before they existed is read with a warning, unverified; a step without
+them among steps that have them is damage). A checkpoint that cannot be read back intact (a
+truncated or missing file, flipped bytes, an empty step directory) is moved to
+`damaged_checkpoints/` beside the stage's `checkpoints/` with a warning, and the caller falls
+back to another (`restore_intact`). Only such damage sets a step aside (storage_errors.py): a
+storage error (GCS answering 503, a dropped connection, expired credentials) is retried, then
+is one line, the checkpoints left as they were. The data iterator is restored after the state
+is verified, and placed at the same global batch whatever the number of data workers
+(data_position.py).
 """
 
 import contextlib
 import dataclasses
+import json
 import logging
 from typing import AbstractSet, Sequence
 
@@ -23,9 +30,9 @@ from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from linearsr_jax import disk_space, storage
+from linearsr_jax import disk_space, lead_decides, storage, storage_errors
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import abandoned_reads, kill_points, state_checksum
+from linearsr_jax.train import abandoned_reads, data_position, kill_points, state_checksum
 
 ITEMS = ("state", "data_iter", "metrics", "checksums")
 log = logging.getLogger(__name__)
@@ -78,7 +85,7 @@ class StageCheckpoints:
     self._keep.steps = frozenset(keep)
     self.wait()  # the previous save's bytes are on disk before the room for this one is judged
     needed = bytes_written_here(state)
-    disk_space.ensure_room(self.manager.directory, needed, f"checkpoint {step}")
+    disk_space.ensure_room_on_every_host(self.manager.directory, needed, f"checkpoint {step}")
     with full_disk_as_one_line(self.manager.directory, needed, f"checkpoint {step}"):
       self.manager.save(step, force=True, metrics=metrics or None, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -95,29 +102,36 @@ class StageCheckpoints:
 
   def restore(self, step: int, abstract_state, data_iter=None):
     """(state, metrics) at `step`, the state placed as `abstract_state`'s shardings say; the
-    data iterator (when given) is restored in place. Raises DamagedCheckpoint when the step
-    cannot be read back intact, UserError when it holds another model."""
-    args = {"state": ocp.args.StandardRestore(abstract_state), "metrics": ocp.args.JsonRestore()}
-    if data_iter is not None:
-      args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    data iterator (when given) is then placed at the step's batch. Raises DamagedCheckpoint
+    when the step cannot be read back intact, UserError when it holds another model or when
+    storage keeps failing (storage_errors.retried)."""
     # latest_step() already names a checkpoint whose asynchronous save may still be running.
     self.wait()
+    where = f"checkpoint {self.manager.directory}/{step}"
+    state, metrics = storage_errors.retried(
+        lambda: self._restore_verified(step, abstract_state), where, on_give_up=self.close)
+    if data_iter is not None:  # only now: an iterator that does not fit is not the state's damage
+      saved = storage_errors.retried(lambda: self._saved_data_position(step), where,
+                                     on_give_up=self.close)
+      data_position.place(data_iter, saved, f"checkpoint {step}")
+    return state, metrics
+
+  def _restore_verified(self, step: int, abstract_state):
     self._check_structure(step, abstract_state)
+    args = {"state": ocp.args.StandardRestore(abstract_state), "metrics": ocp.args.JsonRestore()}
     # A finished save holds every item (Orbax renames its directory into place at the end), so
-    # a step without checksums was written before checkpoints had them: read, not verified.
-    verified = (epath.Path(self.manager.directory) / str(step) / "checksums").exists()
+    # a step without checksums was written before checkpoints had them: read, not verified;
+    # unless its siblings have them, then it lost them.
+    verified = self._has_checksums(step)
     if verified:
       args["checksums"] = ocp.args.JsonRestore()
+    elif any(self._has_checksums(s) for s in self.all_steps() if s != step):
+      raise DamagedCheckpoint(step, "its checksums are missing (other checkpoints have them)")
     else:
       log.warning("checkpoint %s has no checksums (written by a version before they existed): "
                   "restored without verifying its arrays", step)
-    try:
+    with self._damage_named(step, ""):
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    except Exception as e:  # Orbax wraps TensorStore's errors in a bare Exception
-      problem = _file_error(e)
-      if problem is None:
-        raise
-      raise DamagedCheckpoint(step, problem) from e
     if not verified:
       return restored["state"], dict(restored["metrics"] or {})
     if restored["checksums"] is None:
@@ -129,17 +143,59 @@ class StageCheckpoints:
                               "(checksum)")
     return restored["state"], dict(restored["metrics"] or {})
 
+  def _has_checksums(self, step: int) -> bool:
+    return (epath.Path(self.manager.directory) / str(step) / "checksums").exists()
+
+  def _saved_data_position(self, step: int):
+    """This process's saved grain iterator state (the JSON grain's CheckpointHandler wrote)."""
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    with self._damage_named(step, "its data iterator state: "):
+      return json.loads((epath.Path(self.manager.directory) / str(step) / "data_iter" / name)
+                        .read_text())
+
+  @contextlib.contextmanager
+  def _damage_named(self, step: int, what: str):
+    """Damage behind an error in the block (storage_errors.damage) as DamagedCheckpoint; a
+    storage error (retried by the caller) and anything else propagate."""
+    try:
+      yield
+    except Exception as e:  # Orbax wraps TensorStore's errors in a bare Exception
+      problem = storage_errors.damage(e)
+      if problem is None:
+        raise
+      raise DamagedCheckpoint(step, f"{what}{problem}") from e
+
   def restore_intact(self, steps: Sequence[int], abstract_state, data_iter=None):
     """(step, state, metrics) of the first of `steps` that reads back intact. Each damaged one
-    is set aside with a warning naming it and its damage; none intact is a UserError."""
+    is set aside with a warning naming it and its damage; none intact is a UserError. Process 0
+    decides what is damaged and the others follow (a read error on one host alone sets nothing
+    aside)."""
     problems = []
     for step in steps:
+      found, problem, error = None, None, None
       try:
-        return (step, *self.restore(step, abstract_state, data_iter))
+        found = (step, *self.restore(step, abstract_state, data_iter))
       except DamagedCheckpoint as e:
-        where = self._set_aside(step)
-        log.warning("%s; moved to %s", e, where)
-        problems.append(f"{step}: {e.problem}")
+        problem = e.problem
+      except UserError as e:  # another model, storage that keeps failing: said by each host
+        error = e
+      here, problem = problem, lead_decides.broadcast(problem)
+      # A host that failed where the lead read the step intact, or that cannot read on, stops
+      # every host (rather than leave them waiting for it in the next collective).
+      failed = lead_decides.processes_where(error is not None or (problem is None and
+                                                                   found is None))
+      if failed:
+        if here and problem is None:
+          log.warning("checkpoint %d: %s on process %d alone (process 0 read it intact); "
+                      "not set aside", step, here, jax.process_index())
+        self.close()
+        raise error or UserError(f"checkpoint {self.manager.directory}/{step} cannot be read on "
+                                 f"process {failed[0]} (see its log)")
+      if problem is None:
+        return found
+      where = self._set_aside(step)
+      log.warning("checkpoint %d is damaged: %s; moved to %s", step, problem, where)
+      problems.append(f"{step}: {problem}")
     self.close()
     raise UserError(f"no intact checkpoint in {self.manager.directory} (tried "
                     f"{'; '.join(problems) or 'none: it is empty'})")
@@ -148,7 +204,7 @@ class StageCheckpoints:
     """Moves a damaged step out of Orbax's directory (so that a resumed run can save that step
     again), to damaged_checkpoints/<step>[.n]; returns where it went."""
     directory = epath.Path(self.manager.directory)
-    aside = directory.parent / "damaged_checkpoints"
+    aside = directory.parent / "damaged_checkpoints"  # run_dir.StageDir.damaged_checkpoints
     target = aside / str(step)
     if jax.process_index() == 0:
       aside.mkdir(parents=True, exist_ok=True)
@@ -171,14 +227,9 @@ class StageCheckpoints:
     """Names the first array whose saved shape differs from this model's and optimizer's, from
     the checkpoint's metadata; unreadable metadata is damage."""
     abandoned_reads.silence()
-    try:
+    with self._damage_named(step, "its metadata cannot be read: "):
       saved = ocp.StandardCheckpointHandler().metadata(
           epath.Path(self.manager.directory) / str(step) / "state").tree
-    except Exception as e:
-      problem = _file_error(e)
-      if problem is None:
-        raise
-      raise DamagedCheckpoint(step, f"its metadata cannot be read: {problem}") from e
     saved, wanted = ({state_checksum.path_name(p): _stored_shape(x)
                       for p, x in jax.tree_util.tree_leaves_with_path(tree)}
                      for tree in (saved, abstract_state))
@@ -221,14 +272,3 @@ def _stored_shape(x) -> tuple:
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
     return tuple(jax.eval_shape(jax.random.key_data, x).shape)
   return tuple(x.shape)
-
-
-def _file_error(error: BaseException):
-  """The first line of the file-level error (TensorStore's ValueError, a missing file, bad JSON)
-  behind `error`, or None when there is none: the structure already matched, so that is a
-  damaged file; anything else is not a checkpoint's fault and propagates."""
-  while error is not None:
-    if isinstance(error, (ValueError, OSError, KeyError)):
-      return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-    error = error.__cause__ or error.__context__
-  return None

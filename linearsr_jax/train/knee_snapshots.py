@@ -19,7 +19,8 @@ from typing import AbstractSet
 
 import orbax.checkpoint as ocp
 
-from linearsr_jax import disk_space
+from linearsr_jax import disk_space, storage_errors
+from linearsr_jax.errors import UserError
 from linearsr_jax.train import state_checksum
 from linearsr_jax.train.checkpoint import KeepSteps, bytes_written_here, full_disk_as_one_line
 
@@ -45,7 +46,7 @@ class KneeSnapshots:
     self.wait()
     tree = {"ema_params": ema_params}
     needed = bytes_written_here(tree)
-    disk_space.ensure_room(self.manager.directory, needed, f"knee snapshot {step}")
+    disk_space.ensure_room_on_every_host(self.manager.directory, needed, f"knee snapshot {step}")
     with full_disk_as_one_line(self.manager.directory, needed, f"knee snapshot {step}"):
       self.manager.save(step, force=True, args=ocp.args.Composite(
           state=ocp.args.StandardSave(tree),
@@ -66,11 +67,16 @@ class KneeSnapshots:
     """`step`'s EMA params, placed as `abstract_ema`'s shardings say. UnreadableSnapshot
     names why when they cannot be read back as saved."""
     self.wait()
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
+    def read():
+      return self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore({"ema_params": abstract_ema}),
           checksums=ocp.args.JsonRestore()))
-    except Exception as e:  # any failure: the caller falls back to the step's full checkpoint
+
+    try:  # a storage error is retried, then one line: it says nothing of the snapshot
+      restored = storage_errors.retried(read, f"knee snapshot {self.manager.directory}/{step}")
+    except UserError:
+      raise
+    except Exception as e:  # the caller falls back to the step's full checkpoint
       first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       raise UnreadableSnapshot(f"its EMA snapshot cannot be read ({first})") from e
     bad = state_checksum.mismatches(restored["state"], restored["checksums"] or {})

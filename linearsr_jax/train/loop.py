@@ -15,7 +15,7 @@ import jax
 import ml_collections
 from clu import metric_writers, periodic_actions
 
-from linearsr_jax import config_check, sharding, storage
+from linearsr_jax import config_check, lead_decides, sharding, storage
 from linearsr_jax.data import latent_crops, pipeline
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
@@ -248,6 +248,8 @@ class _StageTraining:
     self.data_iter = iter(pipeline.make_train_dataset(self.run.train_source, data_cfg,
                                                       self.run.tokenize))
     self.resumed_from = None
+    if not self.ckpts.all_steps():
+      self._check_nothing_lost()
     if self.ckpts.all_steps():
       del self.state  # free its buffers before the restore allocates the same again
       self.resumed_from, self.state, _ = self.ckpts.restore_intact(
@@ -273,6 +275,28 @@ class _StageTraining:
     self.writer = metric_writers.create_default_writer(str(self.dir.path),
                                                        just_logging=not self.is_lead)
     self.guard = DivergenceGuard(config.train.guard, start_params)
+
+  def _check_nothing_lost(self):
+    """A stage about to start from step 0 with work on record (set-aside checkpoints,
+    evaluations past step 0) stops in one line, unless train.restart_stage names it: an
+    auto-restarting scheduler would otherwise wipe a run that lost its checkpoints unseen."""
+    found = []
+    aside = self.dir.damaged_checkpoints
+    if aside.is_dir() and any(aside.iterdir()):
+      found.append(f"set-aside checkpoints in {aside}")
+    rows = run_dir.read_jsonl(self.dir.metrics_jsonl)[0]
+    # A checkpoint follows each evaluation; train rows before the second evaluation are what a
+    # start killed before checkpoint 0 was written leaves, and cost nothing to train again.
+    last = max((r.get("step", 0) for r in rows if run_dir.is_evaluation(r)), default=0)
+    if last > 0:
+      found.append(f"evaluations up to step {last} in {self.dir.metrics_jsonl}")
+    found = lead_decides.broadcast(found)  # every host starts over, or none
+    if not found or self.run.config.train.restart_stage == self.name:
+      return
+    self.ckpts.close()
+    raise UserError(f"stage {self.name} has no checkpoint to resume from, but "
+                    f"{' and '.join(found)}: to start it over from step 0 on purpose, pass "
+                    f"--config.train.restart_stage={self.name}")
 
   def evaluate_and_save(self, step: int):
     """Validation metrics of the state's EMA params, logged and checkpointed with the state;

@@ -34,7 +34,7 @@ import json
 import logging
 import re
 
-from linearsr_jax import disk_space, storage
+from linearsr_jax import disk_space, lead_decides, storage
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.train import kill_points
 
@@ -68,6 +68,10 @@ class StageDir:
   @property
   def checkpoints(self):
     return self.path / "checkpoints"
+
+  @property
+  def damaged_checkpoints(self):
+    return self.path / "damaged_checkpoints"
 
   @property
   def metrics_jsonl(self):
@@ -238,8 +242,9 @@ class MetricsLog:
   def __init__(self, path, resume_step, write: bool = True):
     """`write`: whether this process writes the file (one process of a multi-host run does)."""
     self.path, self.write = path, write
-    self.rows = [] if resume_step is None else [
-        r for r in read_jsonl(path)[0] if r.get("step", resume_step + 1) <= resume_step]
+    # Process 0's reading on every process: ESGF judges the same rows on every host.
+    self.rows = [] if resume_step is None else lead_decides.broadcast([
+        r for r in read_jsonl(path)[0] if r.get("step", resume_step + 1) <= resume_step])
     if write:
       self._rewrite(self.rows)
 
@@ -252,7 +257,7 @@ class MetricsLog:
       append_jsonl(self.path, row)
 
   def evaluations(self):
-    return [r for r in self.rows if _is_evaluation(r)]
+    return [r for r in self.rows if is_evaluation(r)]
 
 
 class ObjectStoreMetricsLog(MetricsLog):
@@ -264,7 +269,9 @@ class ObjectStoreMetricsLog(MetricsLog):
     each evaluation, so everything a resume keeps is written before the checkpoint is);
   - a resume truncates by starting the next generation, whose part 0 holds the kept rows;
   - readers take the newest generation that has its part 0: a kill before that part is whole
-    leaves the previous generation the log. Older generations are deleted after.
+    leaves the previous generation the log. Generations older than the previous one are
+    deleted after: the previous one stays, as a reader on another host that listed the folder
+    just before may still be reading it (it goes at the next resume).
   """
 
   def __init__(self, path, resume_step, write: bool = True):
@@ -290,23 +297,26 @@ class ObjectStoreMetricsLog(MetricsLog):
 
   def _rewrite(self, rows):
     """A new generation, numbered past every folder there (a killed truncation may have left
-    parts of one without its part 0), then the others go."""
+    parts of one without its part 0), then all but it and the generation readers took until
+    now go."""
     old = self._folders(self.path)
+    read = [p for p in old if (p / _part_name(0)).exists()][-1:]
     self.generation = self.path / str(int(old[-1].name) + 1 if old else 0)
     write_jsonl(self.generation / _part_name(0), rows)
     for folder in old:
-      folder.rmtree()
+      if folder not in read:
+        folder.rmtree()
 
   def append(self, row: dict):
     self.rows.append(row)
     self.pending.append(row)
-    if self.write and _is_evaluation(row):
+    if self.write and is_evaluation(row):
       write_jsonl(self.generation / _part_name(self.part), self.pending)
       kill_points.reached("metrics_append")
       self.pending, self.part = [], self.part + 1
 
 
-def _is_evaluation(row: dict) -> bool:
+def is_evaluation(row: dict) -> bool:
   return any(k.startswith("val/") for k in row)
 
 
