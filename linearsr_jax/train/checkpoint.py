@@ -175,29 +175,20 @@ class StageCheckpoints:
     """The error of a checkpoint of another model or config. The run stops there: close first,
     or Orbax's background threads print tracebacks at exit."""
     self.close()
-    return UserError(f"checkpoint {self.manager.directory}/{step} does not match this model and "
-                     f"config: {detail}")
+    return not_this_model(epath.Path(self.manager.directory) / str(step), detail)
 
   def _check_structure(self, step: int, abstract_state):
     """Names the first array whose saved shape differs from this model's and optimizer's, from
     the checkpoint's metadata; unreadable metadata is damage."""
-    abandoned_reads.silence()
     try:
-      saved = ocp.StandardCheckpointHandler().metadata(
-          epath.Path(self.manager.directory) / str(step) / "state").tree
+      detail = structure_mismatch(epath.Path(self.manager.directory) / str(step), abstract_state)
     except Exception as e:
       problem = _file_error(e)
       if problem is None:
         raise
       raise DamagedCheckpoint(step, f"its metadata cannot be read: {problem}") from e
-    saved, wanted = ({state_checksum.path_name(p): _stored_shape(x)
-                      for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-                     for tree in (saved, abstract_state))
-    for path in sorted(saved.keys() | wanted.keys()):
-      if saved.get(path) != wanted.get(path):
-        raise self._mismatch(step, f"{path} has shape {saved.get(path, 'absent')} in the "
-                             f"checkpoint but {wanted.get(path, 'absent')} in this model (another "
-                             "model, optimizer, or number of experts?)")
+    if detail is not None:
+      raise self._mismatch(step, detail)
 
   def wait(self):
     with self._full_disk_as_one_line(0, "the checkpoint being written"):
@@ -206,6 +197,27 @@ class StageCheckpoints:
   def close(self):
     self.manager.close()
 
+
+
+def structure_mismatch(step_dir, abstract_state):
+  """The first array whose shape in the checkpoint `step_dir` (from its metadata alone) differs
+  from `abstract_state`'s, in words; None when every array matches. Unreadable metadata raises
+  the storage's error."""
+  abandoned_reads.silence()
+  saved = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir) / "state").tree
+  saved, wanted = ({state_checksum.path_name(p): _stored_shape(x)
+                    for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+                   for tree in (saved, abstract_state))
+  for path in sorted(saved.keys() | wanted.keys()):
+    if saved.get(path) != wanted.get(path):
+      return (f"{path} has shape {saved.get(path, 'absent')} in the checkpoint but "
+              f"{wanted.get(path, 'absent')} in this model (another model, optimizer, or number "
+              "of experts?)")
+  return None
+
+
+def not_this_model(step_dir, detail: str) -> UserError:
+  return UserError(f"checkpoint {step_dir} does not match this model and config: {detail}")
 
 
 def _bytes_written_here(state) -> int:

@@ -7,7 +7,6 @@ knee's EMA params.
 """
 
 import dataclasses
-import json
 import logging
 
 import flax.linen as nn
@@ -21,7 +20,8 @@ from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.tags import make_condition
-from linearsr_jax.train import esgf, init_from, kill_points, optimizer, run_dir, run_lock
+from linearsr_jax.train import (esgf, init_from, kill_points, optimizer, run_config, run_dir,
+                                run_fit, run_lock)
 from linearsr_jax.train.checkpoint import StageCheckpoints
 from linearsr_jax.train.divergence_guard import DivergenceGuard
 from linearsr_jax.train.state import (abstract_train_state, branch_params, create_train_state,
@@ -130,9 +130,11 @@ def run(config: ml_collections.ConfigDict, workdir) -> list:
   # Everything that can be wrong with the config, the weights or the data is found here, before
   # the workdir is touched, so a corrected command starts clean.
   the_run = Run(config, workdir)
+  run_fit.check(the_run)  # reads only: a config that does not fit leaves the workdir as it was
   if not storage.is_url(workdir):  # object storage has no folders: there the lock is the first
     _make_workdir(workdir)         # write, and says what is wrong with the bucket
   with run_lock.holding(workdir, lead=jax.process_index() == 0):
+    run_fit.check(the_run)  # again: the run that held the lock may have written since
     if jax.process_index() == 0:
       run_dir.remove_stale_temporaries(workdir)
     return _train_stages(the_run, config)
@@ -150,7 +152,7 @@ def _make_workdir(workdir):
 def _train_stages(the_run: Run, config) -> list:
   lead = jax.process_index() == 0
   if lead:
-    run_dir.write_json(the_run.run_dir.config_json, json.loads(config.to_json_best_effort()))
+    run_config.write(the_run.run_dir, config)
   results, previous = [], None
   for index, name in enumerate(the_run.stage_names()):
     previous = train_stage(the_run, name, index, previous)
