@@ -278,6 +278,7 @@ class _StageTraining:
     return decision, val
 
   def _save(self, step: int, val: dict, decision):
+    self.mlog.flush()
     self.ckpts.save(step, self.state, self.data_iter, val, keep=decision.keep_steps)
     if self.rolled_back:  # written before training goes on, as the rollback's row is
       self.ckpts.wait()

@@ -13,7 +13,7 @@ from train_runs import SMALL, cached_cli_env, start, train_command, wait_ok
 
 DIVERGING = dict(SMALL, stage_order="pretrain,finetune", optimizer=dict(warmup_steps=0),
                  train=dict(SMALL["train"], guard=dict(max_rollbacks=2)),
-                 stages=dict(pretrain=dict(max_steps=3, esgf=False),
+                 stages=dict(pretrain=dict(max_steps=1, esgf=False),
                              finetune=dict(num_experts=1, max_steps=6, esgf=False,
                                            optimizer=dict(learning_rate=1.0))))
 
@@ -30,12 +30,12 @@ def runs(tmp_path_factory):
   env = cached_cli_env(root / "jax_cache")
   straight, killed = root / "straight", root / "killed"
   wait_ok(start(train_command(straight, tree=DIVERGING), root / "straight.log", env),
-          root / "straight.log")
+          root / "straight.log", timeout=480)
   process = start(train_command(killed, tree=DIVERGING), root / "killed.log",
                   dict(env, **{kill_points.ENV: "rolled_back@2"}))
-  assert process.wait(240) == -signal.SIGKILL, (root / "killed.log").read_text()[-2000:]
+  assert process.wait(480) == -signal.SIGKILL, (root / "killed.log").read_text()[-2000:]
   wait_ok(start(train_command(killed, tree=DIVERGING), root / "resumed.log", env),
-          root / "resumed.log")
+          root / "resumed.log", timeout=480)
   return straight, killed, (root / "resumed.log").read_text()
 
 
