@@ -30,15 +30,15 @@ def check(the_run):
   """Raises UserError when `the_run`'s config (a train.loop.Run) does not fit the run in its
   workdir; reads only."""
   run, config = the_run.run_dir, the_run.config
+  if not run.is_run():  # no config.json: no stage either, as a run writes it first
+    return
   order = the_run.stage_names()
   for stage in run.stages():
     _check_started_stage(stage, order, config, run)
   for name in order:
     _check_checkpoints(run.stage(name), the_run.abstract_state(name)[0])
-  stored = run_config.read(run)
-  if stored is not None:
-    _check_model_fields(config_check.flatten(stored),
-                        config_check.flatten(run_config.resolved(config)), run)
+  _check_model_fields(config_check.flatten(run_config.read(run)),
+                      config_check.flatten(run_config.resolved(config)), run)
 
 
 def _is_under(path: str, fields) -> bool:
