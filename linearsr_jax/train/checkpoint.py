@@ -14,6 +14,7 @@ bytes, an empty step directory) is moved to `damaged_checkpoints/` beside the st
 import contextlib
 import dataclasses
 import logging
+import math
 from typing import AbstractSet, Sequence
 
 import grain
@@ -62,9 +63,11 @@ class StageCheckpoints:
     self._keep = KeepSteps()
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep_latest),
-        # BestN keeps the tail of an ascending sort; reverse for lower-is-better metrics.
-        policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1, reverse=best_mode == "min",
-                       keep_checkpoints_without_metrics=False),
+        # BestN keeps the tail of an ascending sort; reverse for lower-is-better metrics. A
+        # step saved without an evaluation (a rollback's) ranks last: read back, its metrics
+        # are {}, not the None that BestN leaves out.
+        policies.BestN(get_metric_fn=lambda m: m.get(best_metric, _worst(best_mode)), n=1,
+                       reverse=best_mode == "min", keep_checkpoints_without_metrics=False),
         self._keep,
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
@@ -218,6 +221,10 @@ def structure_mismatch(step_dir, abstract_state):
 
 def not_this_model(step_dir, detail: str) -> UserError:
   return UserError(f"checkpoint {step_dir} does not match this model and config: {detail}")
+
+
+def _worst(mode: str) -> float:
+  return -math.inf if mode == "max" else math.inf
 
 
 def _bytes_written_here(state) -> int:
