@@ -36,7 +36,7 @@ def check(the_run):
   for stage in run.stages():
     _check_started_stage(stage, order, config, run)
   for name in order:
-    _check_checkpoints(run.stage(name), the_run.abstract_state(name)[0])
+    _check_checkpoints(run.stage(name), lambda: the_run.abstract_state(name)[0])
   _check_model_fields(config_check.flatten(run_config.read(run)),
                       config_check.flatten(run_config.resolved(config)), run)
 
@@ -80,10 +80,12 @@ def _check_started_stage(stage, order: list, config, run):
 
 def _check_checkpoints(stage, abstract_state):
   """The latest checkpoint whose metadata reads; every checkpoint of a stage holds the same
-  arrays."""
-  for step in reversed(stage.checkpoint_steps()):
+  arrays. `abstract_state()`: the stage's, built only when it has checkpoints."""
+  steps = stage.checkpoint_steps()
+  wanted = abstract_state() if steps else None
+  for step in reversed(steps):
     try:
-      detail = checkpoint.structure_mismatch(stage.checkpoint(step), abstract_state)
+      detail = checkpoint.structure_mismatch(stage.checkpoint(step), wanted)
     except Exception:  # the restore reads it again, and says what is wrong with it
       continue
     if detail is not None:
