@@ -93,7 +93,7 @@ RANGES = {
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises UserError at the first field the run cannot use. With `num_devices`, also the mesh
   and the batch against that many devices."""
-  _check_fields(_flatten(config))
+  _check_fields(flatten(config))
   _check_stages(config)
   flow.check_config(config.diffusion)
   _check_esgf(config.esgf, min(config.stages[n].num_experts for n in stage_names(config)))
@@ -130,12 +130,12 @@ def _alternatives(allowed) -> str:
   return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
-def _flatten(tree, prefix="") -> dict:
+def flatten(tree, prefix="") -> dict:
   """{'data.eval.batch_size': 2, ...}; lists and tuples are values."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, (dict, ml_collections.ConfigDict)):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+      flat.update(flatten(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = value
   return flat

@@ -86,7 +86,7 @@ def test_every_shipped_config_validates_on_8_devices():
 
 def test_every_rule_names_a_field():
   """A renamed field must not leave a rule that checks nothing."""
-  keys = {config_check._rule_key(path) for path in config_check._flatten(tiny.get_config())}
+  keys = {config_check._rule_key(path) for path in config_check.flatten(tiny.get_config())}
   assert set(config_check.CHOICES) | set(config_check.RANGES) <= keys
 
 

@@ -300,6 +300,11 @@ def test_metrics_in_a_bucket_survive_a_kill_during_truncation(gcs):
   assert [r["step"] for r in run_dir.read_jsonl(path)[0]] == [1, 1, 2, 2, 3]
   # Generation 1, the one readers took until then, goes one resume later; 0 and 2 go now.
   assert sorted(p.name for p in epath.Path(path).iterdir()) == ["1", "3"]
+  # A row after the last evaluation is written when the loop flushes before a checkpoint (a
+  # rollback's, which follows no evaluation).
+  resumed.append({"step": 4, "guard/rollbacks": 1})
+  resumed.flush()
+  assert [r["step"] for r in run_dir.read_jsonl(path)[0]] == [1, 1, 2, 2, 3, 4]
 
 
 def test_a_tfds_folder_written_to_the_bucket_reads_as_the_local_one(gcs, tmp_path):

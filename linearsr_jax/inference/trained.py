@@ -18,12 +18,12 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from linearsr_jax import storage
+from linearsr_jax import config_check, storage
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import SRModel
-from linearsr_jax.train import abandoned_reads, state_checksum
-from linearsr_jax.train.run_dir import RunDir, StageDir, read_json
+from linearsr_jax.train import abandoned_reads, run_config, state_checksum
+from linearsr_jax.train.run_dir import RunDir, StageDir
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _resolve(path, stage, step):
   run = RunDir(path)
   if run.is_run():
     if stage is None:
-      names = [s.strip() for s in read_json(run.config_json)["stage_order"].split(",")]
+      names = config_check.stage_names(run_config.read(run))
       done = [n for n in names if run.stage(n).checkpoints.is_dir()]
       if not done:
         raise UserError(f"{path}: the run has no checkpoints yet")
@@ -126,7 +126,9 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
     raise UserError(f"{path}: no such checkpoint or run directory")
   run, stage, step = _resolve(path, stage, step)
   step_dir = _step_dir(run.stage(stage), step, ema)
-  config = ml_collections.ConfigDict(read_json(run.config_json))
+  config = run_config.read(run)
+  if config is None:
+    raise UserError(f"{run.path}: no config.json, so the model cannot be rebuilt")
   name = "ema_params" if ema else "params"
   abandoned_reads.silence()
   verified = (step_dir / "checksums").is_dir()  # absent: written before checkpoints had them

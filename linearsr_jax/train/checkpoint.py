@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 from typing import AbstractSet, Sequence
 
 import grain
@@ -69,9 +70,11 @@ class StageCheckpoints:
     self._keep = KeepSteps()
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep_latest),
-        # BestN keeps the tail of an ascending sort; reverse for lower-is-better metrics.
-        policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1, reverse=best_mode == "min",
-                       keep_checkpoints_without_metrics=False),
+        # BestN keeps the tail of an ascending sort; reverse for lower-is-better metrics. A
+        # step saved without an evaluation (a rollback's) ranks last: read back, its metrics
+        # are {}, not the None that BestN leaves out.
+        policies.BestN(get_metric_fn=lambda m: m.get(best_metric, _worst(best_mode)), n=1,
+                       reverse=best_mode == "min", keep_checkpoints_without_metrics=False),
         self._keep,
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
@@ -220,24 +223,15 @@ class StageCheckpoints:
     """The error of a checkpoint of another model or config. The run stops there: close first,
     or Orbax's background threads print tracebacks at exit."""
     self.close()
-    return UserError(f"checkpoint {self.manager.directory}/{step} does not match this model and "
-                     f"config: {detail}")
+    return not_this_model(epath.Path(self.manager.directory) / str(step), detail)
 
   def _check_structure(self, step: int, abstract_state):
     """Names the first array whose saved shape differs from this model's and optimizer's, from
     the checkpoint's metadata; unreadable metadata is damage."""
-    abandoned_reads.silence()
     with self._damage_named(step, "its metadata cannot be read: "):
-      saved = ocp.StandardCheckpointHandler().metadata(
-          epath.Path(self.manager.directory) / str(step) / "state").tree
-    saved, wanted = ({state_checksum.path_name(p): _stored_shape(x)
-                      for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-                     for tree in (saved, abstract_state))
-    for path in sorted(saved.keys() | wanted.keys()):
-      if saved.get(path) != wanted.get(path):
-        raise self._mismatch(step, f"{path} has shape {saved.get(path, 'absent')} in the "
-                             f"checkpoint but {wanted.get(path, 'absent')} in this model (another "
-                             "model, optimizer, or number of experts?)")
+      detail = structure_mismatch(epath.Path(self.manager.directory) / str(step), abstract_state)
+    if detail is not None:
+      raise self._mismatch(step, detail)
 
   def wait(self):
     with full_disk_as_one_line(self.manager.directory, 0, "the checkpoint being written"):
@@ -246,6 +240,31 @@ class StageCheckpoints:
   def close(self):
     self.manager.close()
 
+
+
+def structure_mismatch(step_dir, abstract_state):
+  """The first array whose shape in the checkpoint `step_dir` (from its metadata alone) differs
+  from `abstract_state`'s, in words; None when every array matches. Unreadable metadata raises
+  the storage's error."""
+  abandoned_reads.silence()
+  saved = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir) / "state").tree
+  saved, wanted = ({state_checksum.path_name(p): _stored_shape(x)
+                    for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+                   for tree in (saved, abstract_state))
+  for path in sorted(saved.keys() | wanted.keys()):
+    if saved.get(path) != wanted.get(path):
+      return (f"{path} has shape {saved.get(path, 'absent')} in the checkpoint but "
+              f"{wanted.get(path, 'absent')} in this model (another model, optimizer, or number "
+              "of experts?)")
+  return None
+
+
+def not_this_model(step_dir, detail: str) -> UserError:
+  return UserError(f"checkpoint {step_dir} does not match this model and config: {detail}")
+
+
+def _worst(mode: str) -> float:
+  return -math.inf if mode == "max" else math.inf
 
 
 @contextlib.contextmanager

@@ -11,11 +11,9 @@ code 0 whether or not a knee is found (the answer is in the output), 2 on bad ar
 
 import itertools
 
-import ml_collections
-
 from linearsr_jax import storage
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import esgf
+from linearsr_jax.train import esgf, run_config
 from linearsr_jax.train.metric_keys import flow_loss_key
 from linearsr_jax.train.run_dir import RunDir, StageDir, read_json
 
@@ -42,10 +40,9 @@ def add_arguments(parser):
 def run_esgf_config(workdir):
   """The `esgf` section of the run's resolved config.json, over the defaults."""
   config = esgf.default_config()
-  path = RunDir(workdir).config_json if workdir is not None else None
-  if path is not None and path.is_file():
-    saved = read_json(path).get("esgf", {})
-    config.update(ml_collections.ConfigDict(saved))
+  saved = run_config.read(RunDir(workdir)) if workdir is not None else None
+  if saved is not None:
+    config.update(saved.esgf)
   return config
 
 

@@ -13,6 +13,7 @@ ENV = "LINEARSR_KILL_AT"
 POINTS = (
     "checkpoint_write",   # an asynchronous checkpoint save is in flight
     "metrics_append",     # half of a metrics.jsonl line is written
+    "rolled_back",        # the divergence guard's rollback is checkpointed, training not gone on
     "knee_restored",      # a stage's knee checkpoint is read, nothing of its ending written
     "knee_plot",          # the knee plot is drawn, not yet written
     "stage_ended",        # result.json is written; run.json and the next stage.json are not

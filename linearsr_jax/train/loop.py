@@ -6,8 +6,8 @@ is set up or resume -> train until ESGF fires or the budget ends -> finish and h
 knee's EMA params.
 """
 
+import collections
 import dataclasses
-import json
 import logging
 
 import flax.linen as nn
@@ -21,9 +21,10 @@ from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.tags import make_condition
-from linearsr_jax.train import esgf, init_from, kill_points, optimizer, run_dir, run_lock
+from linearsr_jax.train import (esgf, init_from, kill_points, optimizer, run_config, run_dir,
+                                run_fit, run_lock)
 from linearsr_jax.train.checkpoint import StageCheckpoints
-from linearsr_jax.train.divergence_guard import DivergenceGuard
+from linearsr_jax.train.divergence_guard import LOSS, PSNR, DivergenceGuard
 from linearsr_jax.train.knee_snapshots import KneeSnapshots, UnreadableSnapshot
 from linearsr_jax.train.state import (abstract_train_state, branch_params, create_train_state,
                                       expert_param_shapes, overlay_params)
@@ -31,6 +32,11 @@ from linearsr_jax.train.step import make_train_step
 from linearsr_jax.train.validation import ExpertFlowLosses, Validator
 
 log = logging.getLogger(__name__)
+
+# A restore after non-finite steps replays the same batches from the same state, bit for bit:
+# restoring the same checkpoint again only helps against a fault of the machine, and a third
+# time would loop.
+SKIP_RESTORES_PER_CHECKPOINT = 2
 
 
 @dataclasses.dataclass
@@ -132,11 +138,13 @@ def run(config: ml_collections.ConfigDict, workdir) -> list:
   # Everything that can be wrong with the config, the weights or the data is found here, before
   # the workdir is touched, so a corrected command starts clean.
   the_run = Run(config, workdir)
+  run_fit.check(the_run)  # reads only: a config that does not fit leaves the workdir as it was
   if not storage.is_url(workdir):  # object storage has no folders: there the lock is the first
     _make_workdir(workdir)         # write, and says what is wrong with the bucket
   with run_lock.holding(workdir, lead=jax.process_index() == 0,
                         heartbeat_seconds=config.train.lock_heartbeat_seconds,
                         stale_seconds=config.train.lock_stale_seconds) as the_run.lock:
+    run_fit.check(the_run)  # again: the run that held the lock may have written since
     if jax.process_index() == 0:
       run_dir.remove_stale_temporaries(workdir)
     return _train_stages(the_run, config)
@@ -154,7 +162,7 @@ def _make_workdir(workdir):
 def _train_stages(the_run: Run, config) -> list:
   lead = jax.process_index() == 0
   if lead:
-    run_dir.write_json(the_run.run_dir.config_json, json.loads(config.to_json_best_effort()))
+    run_config.write(the_run.run_dir, config)
   results, previous = [], None
   for index, name in enumerate(the_run.stage_names()):
     previous = train_stage(the_run, name, index, previous)
@@ -275,6 +283,8 @@ class _StageTraining:
     self.writer = metric_writers.create_default_writer(str(self.dir.path),
                                                        just_logging=not self.is_lead)
     self.guard = DivergenceGuard(config.train.guard, start_params)
+    self.rolled_back = False  # since the last save
+    self.skip_restores = collections.Counter()  # checkpoint step -> restores after skips
 
   def _check_nothing_lost(self):
     """A stage about to start from step 0 with work on record (set-aside checkpoints,
@@ -310,12 +320,22 @@ class _StageTraining:
     self.writer.write_images(step, {"val/lr_bicubic_sr_hr": self.validator.image_grid(sr)})
     decision = (self.detector.update(step, val)  # first: its keep-sets prune these saves
                 if esgf.judged(step, self.first_stage) else self.detector.decision)
-    if step in decision.branch_steps:
+    if step in decision.branch_steps:  # the params just evaluated, before any rollback
       self.snapshots.save(step, self.state.ema_params, keep=decision.branch_steps)
-    self.ckpts.save(step, self.state, self.data_iter, val, keep=decision.keep_steps)
+    if self.guard.collapsed(val):  # before the save: a resume starts from the rolled-back state
+      self._roll_back(step, PSNR, f"validation PSNR collapsed to {val[PSNR]:.2f} dB")
+    self._save(step, val, decision)
     log.info("stage %s step %d: %s", self.name, step, ", ".join(
         f"{k}={v:.4f}" for k, v in val.items()))
     return decision, val
+
+  def _save(self, step: int, val: dict, decision):
+    self.mlog.flush()
+    self.ckpts.save(step, self.state, self.data_iter, val, keep=decision.keep_steps)
+    if self.rolled_back:  # written before training goes on, as the rollback's row is
+      self.ckpts.wait()
+      self.rolled_back = False
+      kill_points.reached("rolled_back")
 
   def train(self):
     """Steps until ESGF fires (where the stage may end there) or the budget is spent; returns
@@ -327,8 +347,8 @@ class _StageTraining:
     if self.resumed_from is None:
       decision, first = self.evaluate_and_save(0)
       self.guard.start(first)
-    elif self.mlog.evaluations():
-      self.guard.start(self.mlog.evaluations()[0])
+    else:
+      self.guard.resume(self.mlog.rows)
     with jax.set_mesh(self.run.mesh), nn.logical_axis_rules(self.run.rules):
       while step < max_steps and not (self.cfg.esgf and decision.fired):
         self.run.lock.check()  # a run that lost its lock stops before it writes on
@@ -344,8 +364,8 @@ class _StageTraining:
           continue
         if step % train_cfg.eval_every == 0 or step == max_steps:
           decision, val = self.evaluate_and_save(step)
-          if self.guard.collapsed(val):
-            self._roll_back(step, f"validation PSNR collapsed to {val['val/psnr_y']:.2f} dB")
+        elif self.rolled_back:  # on the loss: checkpointed now, as an evaluation would
+          self._save(step, {}, decision)
     self.ckpts.wait()
     return step, decision
 
@@ -353,11 +373,14 @@ class _StageTraining:
     scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
     self.writer.write_scalars(step, scalars)
     self.mlog.append({"step": step, **scalars})
-    if self.guard.exploded(scalars["train/loss"]):
-      self._roll_back(step, f"training loss exploded to {scalars['train/loss']:.4g}")
+    if self.guard.exploded(scalars[LOSS]):
+      self._roll_back(step, LOSS, f"training loss exploded to {scalars[LOSS]:.4g}")
 
-  def _roll_back(self, step: int, why: str):
-    self.state = self.guard.roll_back(self.state, self.tx, self.shardings, self.name, step, why)
+  def _roll_back(self, step: int, trigger: str, why: str):
+    self.state, row = self.guard.roll_back(self.state, self.tx, self.shardings, self.name, step,
+                                           trigger, why)
+    self.mlog.append(row)
+    self.rolled_back = True
 
   def _restore_after_skips(self, step: int) -> int:
     """Too many non-finite steps in a row: back to the latest intact checkpoint; returns its
@@ -366,7 +389,14 @@ class _StageTraining:
     if not self.ckpts.all_steps():
       raise UserError(f"stage {self.name}: {limit} consecutive non-finite steps before the "
                       "first checkpoint")
-    skips = int(self.state.consecutive_skips)
+    skips, latest = int(self.state.consecutive_skips), self.ckpts.all_steps()[-1]
+    if self.skip_restores[latest] == SKIP_RESTORES_PER_CHECKPOINT:
+      self.ckpts.close()
+      raise UserError(f"stage {self.name}: {limit} consecutive non-finite steps at step {step}, "
+                      f"again after restoring checkpoint {latest} {self.skip_restores[latest]} "
+                      "times: its batches replay the same way (lower the learning rate, or "
+                      "check the data)")
+    self.skip_restores[latest] += 1
     del self.state
     good, self.state, _ = self.ckpts.restore_intact(self.ckpts.all_steps()[::-1], self.abstract,
                                                     self.data_iter)

@@ -256,6 +256,9 @@ class MetricsLog:
     if self.write:
       append_jsonl(self.path, row)
 
+  def flush(self):
+    """Called before each checkpoint; here every row is on disk once appended."""
+
   def evaluations(self):
     return [r for r in self.rows if is_evaluation(r)]
 
@@ -265,8 +268,9 @@ class ObjectStoreMetricsLog(MetricsLog):
   rewrites the whole object, which over a long run is quadratic in its length. Instead the log
   is a folder of whole objects, `metrics.jsonl/<generation>/<part>.jsonl`:
 
-  - rows are buffered and written as one new part at each evaluation (a checkpoint follows
-    each evaluation, so everything a resume keeps is written before the checkpoint is);
+  - rows are buffered and written as one new part at each evaluation and each `flush` (the
+    loop flushes before each checkpoint, so everything a resume keeps is written before the
+    checkpoint is);
   - a resume truncates by starting the next generation, whose part 0 holds the kept rows;
   - readers take the newest generation that has its part 0: a kill before that part is whole
     leaves the previous generation the log. Generations older than the previous one are
@@ -310,7 +314,11 @@ class ObjectStoreMetricsLog(MetricsLog):
   def append(self, row: dict):
     self.rows.append(row)
     self.pending.append(row)
-    if self.write and is_evaluation(row):
+    if is_evaluation(row):
+      self.flush()
+
+  def flush(self):
+    if self.write and self.pending:
       write_jsonl(self.generation / _part_name(self.part), self.pending)
       kill_points.reached("metrics_append")
       self.pending, self.part = [], self.part + 1

@@ -272,6 +272,27 @@ def test_loop_restores_last_checkpoint_after_consecutive_skips(tmp_path, monkeyp
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final["params"]))
 
 
+def test_restores_after_non_finite_steps_are_bounded(tmp_path, monkeypatch):
+  """Steps 5 and 6 are non-finite however often checkpoint 3 is restored (the first two
+  restores replay them): the second replay ends in one line instead of a third restore."""
+  config = small_config(**{"train.max_consecutive_skips": 2, "stages.pretrain.max_steps": 7,
+                           "data.batch_size": 8})
+  real = pipeline.make_global_batch
+  calls = []
+
+  def poisoned(local_batch, mesh, *args, **kwargs):
+    calls.append(len(calls) + 1)
+    if len(calls) in (5, 6, 8, 9, 11, 12):  # steps 5 and 6 each time
+      local_batch = dict(local_batch, hr=np.full_like(local_batch["hr"], np.nan))
+    return real(local_batch, mesh, *args, **kwargs)
+
+  monkeypatch.setattr(loop.pipeline, "make_global_batch", poisoned)
+  with pytest.raises(UserError, match=r"^stage pretrain: 2 consecutive non-finite steps at step "
+                                      r"6, again after restoring checkpoint 3 2 times"):
+    loop.run(config, tmp_path)
+  assert len(calls) == 12
+
+
 def test_a_stage_that_runs_out_of_budget_branches_near_its_peak(tmp_path, monkeypatch):
   """Validation scores scripted to peak at step 6 and fall to the budget's end (14), with ESGF
   off for the stage: the next stage must start from the peak region's checkpoint, not the
@@ -323,6 +344,12 @@ def test_divergence_after_a_branch_rolls_back_to_it_with_a_lower_lr(tmp_path, ca
   assert loss[rolled_back_at + 1] < 10 * loss[1]      # the branch params are back
   lr_scale = {r["step"]: r["train/lr_scale"] for r in rows if "train/lr_scale" in r}
   assert lr_scale[0] == 1.0 and lr_scale[6] == 0.5
+  # Recorded and checkpointed at once: a kill now resumes from the branch point, not the
+  # collapsed state.
+  assert [(r["step"], r["guard/trigger"]) for r in rows if "guard/rollbacks" in r] == [
+      (rolled_back_at, {"loss": "train/loss", "psnr": "val/psnr_y"}[trigger])]
+  saved = restored_state(tmp_path, rolled_back_at, stage="finetune")
+  assert float(saved["lr_scale"]) == 0.5 and int(saved["step"]) == rolled_back_at
   assert json.loads((tmp_path / "finetune" / "stage.json").read_text())["init_from"][
       "knee_step"] == 3
   # TensorBoard got the curves, the LR / bicubic / SR / HR grid and the knee plot

@@ -1,0 +1,42 @@
+"""A run's config.json, the resolved config it was trained with: written by `linearsr train`
+(once the config is known to fit the run, train/run_fit.py), read back by the tools to rebuild
+the model. What is read is validated as the config files are (config_check.validate), so a
+damaged or hand-edited one is one line naming the file, not a traceback in a tool."""
+
+import json
+
+import ml_collections
+
+from linearsr_jax import config_check
+from linearsr_jax.errors import UserError
+from linearsr_jax.train import run_dir
+
+
+def resolved(config: ml_collections.ConfigDict) -> dict:
+  """The config as config.json holds it (tuples as lists, field references as their values)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def write(run: run_dir.RunDir, config: ml_collections.ConfigDict):
+  run_dir.write_json(run.config_json, resolved(config))
+
+
+def read(run: run_dir.RunDir):
+  """The run's config.json as a validated ConfigDict; None when the run has none."""
+  path = run.config_json
+  if not path.exists():
+    return None
+  try:
+    value = json.loads(path.read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    raise UserError(f"{path}: unreadable run config ({str(e).splitlines()[0]})") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{path}: unreadable run config (not a JSON object)")
+  config = ml_collections.ConfigDict(value)
+  try:
+    config_check.validate(config)
+  except UserError as e:
+    raise UserError(f"{path}: {e}") from None
+  except (AttributeError, KeyError, TypeError) as e:  # a field missing or of the wrong type
+    raise UserError(f"{path}: not a linearsr run config ({type(e).__name__}: {e})") from None
+  return config
