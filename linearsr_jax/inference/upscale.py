@@ -57,8 +57,8 @@ def check_output_pixels(path, scale: int, limit: int) -> None:
   height, width = image_size(path)
   pixels = height * width * scale * scale
   if pixels > limit:
-    raise UserError(f"{width}x{height} at x{scale} makes {pixels / 1e6:.0f} MP, over "
-                    f"--max_output_pixels {limit} ({limit / 1e6:.0f} MP)")
+    raise UserError(f"{width}x{height} at x{scale} makes {pixels} output pixels, over "
+                    f"--max_output_pixels {limit}")
 
 
 def check_condition_flags(encoder, tags, arrays, arrays_flag):
