@@ -26,10 +26,10 @@ WRITING = ".linearsr-writing"
 
 
 def _sibling(path: Path, create, kind="tmp"):
-  """A new hidden sibling of `path` (`.NAME.<12 hex>.<kind>`), made by `create(name)`. Created with the modes a plain
-  open() / mkdir() would use (0666 / 0777, less the umask the kernel applies), unlike tempfile's
-  0600 / 0700, and without reading the umask: os.umask() sets it process-wide, under the threads
-  of Orbax and grain that create files meanwhile."""
+  """A new hidden sibling of `path` (`.NAME.<12 hex>.<kind>`), made by `create(name)`. Created
+  with the modes a plain open() / mkdir() would use (0666 / 0777, less the umask the kernel
+  applies), unlike tempfile's 0600 / 0700, and without reading the umask: os.umask() sets it
+  process-wide, under the threads of Orbax and grain that create files meanwhile."""
   while True:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.{kind}")
     try:

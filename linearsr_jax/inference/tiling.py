@@ -5,9 +5,9 @@ blends the outputs with weights that fall towards each tile's edge, normalised b
 Tiles run one after another in a Python loop and only the output is accumulated (NumPy, in
 place; the tile weights are an outer product over a grid of tiles, so their sum is the outer
 product of two 1-D sums, not another image), so device memory is bounded by the tile size and
-host memory by one output; every tile has
-the same shape, so a jitted `fn` compiles once. `fn` may change the resolution by `scale`
-(1/f to encode, f to decode, 1 for a denoising step in latent space).
+host memory by one output; every tile has the same shape, so a jitted `fn` compiles once. `fn`
+may change the resolution by `scale` (1/f to encode, f to decode, 1 for a denoising step in
+latent space).
 
 `tiled_encode` / `tiled_decode` wrap a latent space (models/latent_space.py) for images of any
 size: reflection-pad to a multiple of the latent factor, then crop back to the input size.

@@ -4,8 +4,9 @@ The LR image is cut into overlapping tiles; each tile is super-resolved by the f
 (its latent grid is tile × scale / latent factor) and the SR tiles are blended with Gaussian
 weights (inference/tiling.py). Every tile has the same shape, so the sampler compiles once, and
 device memory is bounded by the tile size, not the image size; host memory holds one
-full-resolution float32 image, the tiles' sum, which becomes the result in place. All tiles share one noise seed, so the
-result is deterministic. A colour fix against the upsampled LR image is applied last.
+full-resolution float32 image, the tiles' sum, which becomes the result in place. All tiles
+share one noise seed, so the result is deterministic. A colour fix against the upsampled LR
+image is applied last, band by band.
 """
 
 import dataclasses
