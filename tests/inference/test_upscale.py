@@ -335,8 +335,8 @@ def test_an_unusable_out_and_a_damaged_run_config_are_one_line(tmp_path, run_dir
   assert main(["upscale", good, "--checkpoint", str(damaged), "--out", str(tmp_path / "out"),
                "--no_progress"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert err == [f"linearsr: error: --out {tmp_path / 'file' / 'out'}: cannot create the "
-                 "folder (Not a directory)",
-                 f"linearsr: error: {damaged / 'config.json'}: damaged JSON (Expecting property "
-                 "name enclosed in double quotes: line 1 column 24 (char 23))"]
+  assert len(err) == 2, err
+  assert err[0] == (f"linearsr: error: --out {tmp_path / 'file' / 'out'}: cannot create the "
+                    "folder (Not a directory)")
+  assert err[1].startswith(f"linearsr: error: {damaged / 'config.json'}: damaged JSON ("), err
   assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
