@@ -18,8 +18,8 @@ MODES = ("wavelet", "adain", "none")
 LEVELS = 5
 # Rows beyond a band that its low frequencies depend on: the blurs reach 1 + 2 + 4 + 8 + 16.
 HALO = 2 ** LEVELS - 1
-# Pixels per band: a few MB of float32 temporaries, whatever the image's size.
-BAND_PIXELS = 1 << 16
+# Rows per band: twice the halo each band recomputes; a band of a 24000 px wide image is 36 MB.
+BAND_ROWS = 2 * HALO + 2
 
 
 def _adain_apply(sr, sr_stats, reference_stats):
@@ -71,14 +71,12 @@ def _channel_stats(bands) -> tuple:
       np.float32)
 
 
-def color_fix_in_place(sr, lr, mode: str, rows: int | None = None):
+def color_fix_in_place(sr, lr, mode: str, rows: int = BAND_ROWS):
   """color_fix(sr, the bicubic up-sampling of `lr` to sr's size, mode), written into `sr`
-  (float32 [H, W, 3], may be a view), in bands of `rows` rows (default: about BAND_PIXELS
-  pixels, and at least twice the halo each band recomputes)."""
+  (float32 [H, W, 3], may be a view), in bands of `rows` rows."""
   if mode == "none":
     return sr
   height, width = sr.shape[:2]
-  rows = rows or max(2 * HALO + 2, BAND_PIXELS // width)
 
   def reference(start, stop):
     return imresize_bicubic_rows(lr, height, width, start, stop)
