@@ -22,6 +22,7 @@ from PIL import Image
 
 from linearsr_jax.cli import main
 from linearsr_jax.data import pipeline
+from linearsr_jax.data.tag_sources import read_array
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
@@ -288,6 +289,19 @@ def write_npy_header(path, header: str, version=(1, 0)):
   text += b" " * (-(len(text) + 11) % 64) + b"\n"
   size = struct.pack("<H" if version == (1, 0) else "<I", len(text))
   path.write_bytes(b"\x93NUMPY" + bytes(version) + size + text + bytes(64))
+
+
+def test_an_npy_file_with_a_huge_header_or_shape_is_one_line(tmp_path):
+  write_npy_header(tmp_path / "header.npy", "{'descr': '<f4', 'fortran_order': False, "
+                   "'shape': (2, 16), " + " " * 100_000 + "}", version=(2, 0))
+  write_npy_header(tmp_path / "shape.npy",
+                   "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 4), }")
+  for kind in ("header", "shape"):
+    with pytest.raises(UserError) as error:
+      read_array(tmp_path / f"{kind}.npy")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(
+        f"{tmp_path / kind}.npy: not a readable .npy array ("), message
 
 
 def test_npy_sidecars_with_a_huge_header_or_shape_fail_one_line_each(tmp_path, run_dir, capsys):
