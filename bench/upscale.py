@@ -33,19 +33,16 @@ def _timed(fn):
   return time.perf_counter() - start
 
 
-def tiny_row(size: int, tile: int) -> dict:
+def tiny_trained():
+  """(the tiny config's model with random weights and 4 experts as `Trained`, one expert's
+  params)."""
   import jax
-  import jax.numpy as jnp
   import ml_collections
-  import numpy as np
-  import skimage
   import flax.linen as nn
 
-  from common import peak_rss_mib
   from linearsr_jax.configs import tiny
   from linearsr_jax.diffusion import experts
   from linearsr_jax.inference.trained import Trained
-  from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
   from linearsr_jax.models.build import build_model
   from linearsr_jax.models.sr_model import sr_example_inputs
 
@@ -53,10 +50,24 @@ def tiny_row(size: int, tile: int) -> dict:
   model, latent_space = build_model(config)
   one = nn.unbox(model.init(jax.random.PRNGKey(0),
                             *sr_example_inputs(model.dit, model.tags, 1, (4, 4)))["params"])
-  params = experts.init_experts(one, 4)
   diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
   diffusion.experts.num_experts = 4
-  trained = Trained(config, "bench", 0, model, params, latent_space, diffusion)
+  return Trained(config, "bench", 0, model, experts.init_experts(one, 4), latent_space,
+                 diffusion), one
+
+
+def tiny_row(size: int, tile: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import skimage
+
+  from common import peak_rss_mib
+  from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
+  from linearsr_jax.models.sr_model import sr_example_inputs
+
+  trained, one = tiny_trained()
+  config, model, diffusion = trained.config, trained.model, trained.diffusion
   upscaler = Upscaler(trained, UpscaleOptions(tile=tile, overlap=tile // 4))
   lr_size = size // upscaler.scale
   lr = skimage.transform.resize(skimage.data.astronaut(), (lr_size, lr_size),

@@ -73,6 +73,23 @@ def describe(error: BaseException) -> str:
   return reasons.get(status, first)
 
 
+def output_dir(p, flag: str):
+  """The output folder `p` as a path, created now (a local one) so that an unusable one is one
+  line before any work, not an error after it."""
+  from linearsr_jax.errors import UserError
+
+  p = path(p)
+  if is_url(p):
+    return p
+  try:
+    p.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"{flag} {p}: cannot create the folder ({e.strerror or e})") from None
+  if not os.access(p, os.W_OK | os.X_OK):
+    raise UserError(f"{flag} {p}: the folder is not writable")
+  return p
+
+
 def upload(local, url):
   """Streams the local file `local` into the object `url` (one upload: it appears whole)."""
   with open(local, "rb") as src, url.open("wb") as dst:

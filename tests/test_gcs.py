@@ -23,6 +23,7 @@ from PIL import Image
 from gcs_emulator import DENIED_BUCKET, Emulator
 from linearsr_jax.cli import main
 from linearsr_jax.data.sources import DEMO_IMAGES
+from linearsr_jax.errors import UserError
 from linearsr_jax.interop import params_io
 from linearsr_jax.interop.cli_export import read_npz_export
 from linearsr_jax.train import kill_points, run_dir, run_outcome
@@ -208,6 +209,40 @@ def test_a_params_dir_in_the_bucket_is_written_whole_and_read_back(gcs):
   assert params_io.load_params_dir(target, "dit")[0] == {"depth": 2}
   assert sorted(p.name for p in epath.Path(target).iterdir()) == [
       params_io.HEADER_FILE, params_io.PARAMS_FILE]
+
+
+def test_a_params_dir_overwrite_killed_mid_upload_fails_in_one_line_until_rewritten(
+    gcs, monkeypatch):
+  """The new header is uploaded before the new params: a kill between them must not leave a
+  directory that loads the new header over the old params."""
+  from linearsr_jax import storage
+  params = {"block": {"kernel": np.ones((3, 5), np.float32)}}
+  target = f"{BUCKET}/weights/killed"
+  params_io.save_params_dir(target, "dit", {"depth": 1}, params)
+  upload = storage.upload
+
+  def killed_at_the_params(local, url):
+    if url.name == params_io.PARAMS_FILE:
+      raise KeyboardInterrupt
+    upload(local, url)
+
+  monkeypatch.setattr(storage, "upload", killed_at_the_params)
+  with pytest.raises(KeyboardInterrupt):
+    params_io.save_params_dir(target, "dit", {"depth": 2}, {"block": {"kernel": np.zeros(
+        (4, 5), np.float32)}}, overwrite=True)
+  monkeypatch.setattr(storage, "upload", upload)
+  # the new header is in the bucket, over the old params
+  assert '"depth": 2' in (epath.Path(target) / params_io.HEADER_FILE).read_text()
+  for read in (params_io.load_params_dir, params_io.read_header):
+    with pytest.raises(UserError, match="incomplete: its writing was interrupted") as error:
+      read(target, "dit")
+    assert "\n" not in str(error.value)
+  assert main(["export", target, "--layout", "npz", "--out", f"{BUCKET}/never_killed"]) == 2
+  params_io.save_params_dir(target, "dit", {"depth": 3}, params, overwrite=True)
+  config, loaded = params_io.load_params_dir(target, "dit")
+  assert config == {"depth": 3} and loaded["block"]["kernel"].shape == (3, 5)
+  assert sorted(p.name for p in epath.Path(target).iterdir()) == [
+      params_io.HEADER_FILE, params_io.PARAMS_FILE]   # the WRITING marker is gone
 
 
 def _lock_object(workdir) -> dict | None:

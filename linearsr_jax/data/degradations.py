@@ -177,11 +177,14 @@ def _cubic(x):
           + (-0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2)))
 
 
-def _imresize_matrix(in_len, out_len) -> np.ndarray:
-  """out_len x in_len weights of MATLAB's antialiased bicubic imresize along one axis."""
+def _imresize_taps(in_len, out_len, start=0, stop=None):
+  """(output index, input index, weight) triples of MATLAB's antialiased bicubic imresize along
+  one axis, for outputs [start, stop) (default: all); an input index may repeat for one output
+  (symmetric padding at the borders): its weights add up."""
+  stop = out_len if stop is None else stop
   scale = out_len / in_len
   width = 4.0 / min(scale, 1.0)
-  out = np.arange(1, out_len + 1, dtype=np.float64)
+  out = np.arange(start + 1, stop + 1, dtype=np.float64)
   centre = out / scale + 0.5 * (1 - 1 / scale)  # in 1-based input coordinates
   taps = np.floor(centre - width / 2)[:, None] + np.arange(math.ceil(width) + 2)[None]
   distance = centre[:, None] - taps
@@ -190,9 +193,14 @@ def _imresize_matrix(in_len, out_len) -> np.ndarray:
   # Symmetric padding at the borders, as MATLAB.
   mirror = np.concatenate([np.arange(in_len), np.arange(in_len)[::-1]])
   index = mirror[np.mod(taps.astype(np.int64) - 1, 2 * in_len)]
+  return np.repeat(np.arange(stop - start), taps.shape[1]), index.ravel(), weights.ravel()
+
+
+def _imresize_matrix(in_len, out_len) -> np.ndarray:
+  """out_len x in_len weights of MATLAB's antialiased bicubic imresize along one axis."""
+  rows, columns, weights = _imresize_taps(in_len, out_len)
   matrix = np.zeros((out_len, in_len))
-  np.add.at(matrix, (np.repeat(np.arange(out_len), taps.shape[1]), index.ravel()),
-            weights.ravel())
+  np.add.at(matrix, (rows, columns), weights)
   return matrix
 
 
@@ -205,6 +213,25 @@ def imresize_bicubic(image, height, width) -> np.ndarray:
   image = np.asarray(image, np.float32)
   out = np.matmul(rows.astype(np.float32), image.transpose(1, 0, 2))  # [w, out_h, c]
   return np.matmul(cols.astype(np.float32), out.transpose(1, 0, 2))  # [out_h, out_w, c]
+
+
+def imresize_bicubic_rows(image, height, width, start, stop) -> np.ndarray:
+  """Rows [start, stop) of imresize_bicubic(image, height, width) (equal up to float32
+  round-off), in memory of the order of those rows: only the input rows they need are read, and
+  the width weights are a sparse matrix, not a dense out_w x w one (1 GB for a 24 MP photo x4)."""
+  from scipy import sparse
+
+  h, w, c = image.shape
+  rows, inputs, weights = _imresize_taps(h, height, start, stop)
+  low, high = inputs.min(), inputs.max() + 1
+  row_matrix = np.zeros((stop - start, high - low))
+  np.add.at(row_matrix, (rows, inputs - low), weights)
+  band = np.matmul(row_matrix.astype(np.float32),
+                   np.asarray(image[low:high], np.float32).transpose(1, 0, 2))  # [w, band, c]
+  out_x, in_x, weights_x = _imresize_taps(w, width)
+  col_matrix = sparse.csr_matrix((weights_x.astype(np.float32), (out_x, in_x)), shape=(width, w))
+  out = col_matrix @ band.reshape(w, -1)  # [out_w, band·c]
+  return out.reshape(width, stop - start, c).transpose(1, 0, 2)
 
 
 # ------------------------------------------------------------------------------ noise, JPEG

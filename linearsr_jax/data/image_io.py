@@ -141,17 +141,23 @@ def image_size(path) -> tuple:
         width, height = height, width
   except UnidentifiedImageError:
     raise UserError(f"{path}: not an image file") from None
+  except Image.DecompressionBombError as e:  # Pillow's own limit, far above a sane photo's
+    raise UserError(f"{path}: refused: {e}") from None
   except (OSError, ValueError, SyntaxError) as e:
     raise UserError(f"{path}: unreadable image ({e})") from None
   return height, width
 
 
-def to_uint8(array) -> np.ndarray:
-  """Float image in [0, 1] -> uint8 with rounding (uint8 input passes through)."""
+def to_uint8(array, rows: int = 256) -> np.ndarray:
+  """Float image in [0, 1] -> uint8 with rounding (uint8 input passes through), `rows` rows at
+  a time: no float temporary the size of the image."""
   array = np.asarray(array)
   if array.dtype == np.uint8:
     return array
-  return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+  out = np.empty(array.shape, np.uint8)
+  for start in range(0, len(array), rows):
+    out[start:start + rows] = np.round(np.clip(array[start:start + rows], 0.0, 1.0) * 255.0)
+  return out
 
 
 def encode_image(array, suffix: str, quality=None) -> bytes:

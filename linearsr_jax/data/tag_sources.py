@@ -187,9 +187,11 @@ def read_array(path, key=None) -> np.ndarray:
   if path.suffix.lower() == ".npy":
     try:
       with storage.local_file(path) as file:
-        return np.load(file, allow_pickle=False)
+        # Mapped, not read: a header that declares more data than the file holds is an error
+        # here instead of an allocation of that size.
+        return np.array(np.load(file, mmap_mode="r", allow_pickle=False))
     except (OSError, ValueError) as e:
-      raise UserError(f"{path}: not a readable .npy array ({e})") from None
+      raise UserError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
   if path.suffix.lower() not in ARRAY_MAPPING_SUFFIXES:
     raise UserError(f"{path}: condition arrays must be .npy, .npz or .safetensors files")
   with _array_file(path) as (names, get):

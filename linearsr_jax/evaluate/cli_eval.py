@@ -135,6 +135,7 @@ def run(args) -> int:
     source_dir, super_resolve, upsampler = args.sr_dir, None, None
     label = args.label or args.sr_dir.resolve().name
   extra = evaluate.read_extra_scores(args.extra_scores) if args.extra_scores else {}
+  storage.output_dir(args.out, "--out")  # one line now, not a traceback after the scoring
 
   pairs = evaluate.match_pairs(args.hr_dir, source_dir)
   baseline = None

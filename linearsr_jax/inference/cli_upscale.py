@@ -1,8 +1,10 @@
 """`linearsr upscale INPUT... --checkpoint RUN --out DIR`: super-resolve files and folders.
 
 Outputs go to DIR/<relative path>_x<scale>.<format>, written atomically; an output that would
-replace an input is refused, an existing output is skipped unless --overwrite. Bad files are
-reported and the rest processed; the exit code is 1 if anything failed.
+replace an input is refused, an existing output is skipped unless --overwrite, and two inputs
+that would make the same output (a.png, a.jpg) are refused before any work. Bad files, and
+images whose output would exceed --max_output_pixels (read from their header, before decoding),
+are reported and the rest processed; the exit code is 1 if anything failed.
 """
 
 import sys
@@ -34,6 +36,9 @@ def add_arguments(parser):
   parser.add_argument("--format", choices=["png", "jpg"], default="png")
   parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
   parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+  parser.add_argument("--max_output_pixels", type=int, metavar="N",
+                      help="refuse an image whose output would have more pixels (default: what "
+                           "half of this machine's memory holds)")
   parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
 
 
@@ -49,7 +54,19 @@ def collect_inputs(inputs) -> list:
       found.append((item, PurePosixPath(item.stem)))
     else:
       raise UserError(f"{item}: no such file or directory")
+  _check_distinct_outputs(found)
   return found
+
+
+def _check_distinct_outputs(jobs):
+  """Inputs whose outputs would share a name (a.png and a.jpg: a_x4.png) are refused together,
+  before any work: otherwise one would silently be skipped or replace the other."""
+  first = {}
+  for path, stem in jobs:
+    if stem in first:
+      raise UserError(f"{first[stem]} and {path} would both be written as {stem}_x<scale>: "
+                      "rename one, or upscale them into separate --out folders")
+    first[stem] = path
 
 
 def _conditions(args, upscaler):
@@ -65,20 +82,37 @@ def _conditions(args, upscaler):
   return upscaler.conditions(given, sidecar)
 
 
+def _upscale_one(upscaler, path, condition, target, args):
+  """One image, read, upscaled and written; its arrays are gone when this returns, so that the
+  next image does not start with this one's in memory."""
+  from tqdm import tqdm
+
+  from linearsr_jax.data.image_io import read_image, to_uint8, write_image
+
+  lr = read_image(path)
+  with tqdm(total=upscaler.tile_count(*lr.shape[:2]), desc=path.name, unit="tile",
+            leave=False, file=sys.stderr, disable=args.no_progress) as bar:
+    sr = upscaler(lr, condition, on_tile=lambda: bar.update(1))
+  del lr
+  sr = to_uint8(sr)  # the float32 image is freed before the encoder makes its copies
+  write_image(target, sr, quality=args.quality)
+
+
 def run(args) -> int:
   from tqdm import tqdm
 
-  from linearsr_jax.data.image_io import read_image, write_image
   from linearsr_jax.inference.trained import load_trained
-  from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
+  from linearsr_jax.inference.upscale import (UpscaleOptions, Upscaler, check_output_pixels,
+                                              default_max_output_pixels)
 
   jobs = collect_inputs(args.inputs)
   if not jobs:
     raise UserError("no input images")
+  max_pixels = args.max_output_pixels or default_max_output_pixels()
+  out_dir = storage.output_dir(args.out, "--out")
   trained = load_trained(args.checkpoint, args.stage, args.step, ema=not args.raw)
   upscaler = Upscaler(trained, UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance,
                                               args.seed, args.color_fix))
-  out_dir = storage.path(args.out)
   inputs = {p.resolve() for p, _ in jobs}
   conditions = _conditions(args, upscaler)
   failures, done, skipped = [], 0, 0
@@ -93,15 +127,16 @@ def run(args) -> int:
       tqdm.write(f"skip {target} (exists; --overwrite replaces it)", file=sys.stderr)
       continue
     try:
-      lr = read_image(path)
-      condition = conditions(path)
-      with tqdm(total=upscaler.tile_count(*lr.shape[:2]), desc=path.name, unit="tile",
-                leave=False, file=sys.stderr, disable=args.no_progress) as bar:
-        sr = upscaler(lr, condition, on_tile=lambda: bar.update(1))
-      write_image(target, sr, quality=args.quality)
+      check_output_pixels(path, upscaler.scale, max_pixels)
+      _upscale_one(upscaler, path, conditions(path), target, args)
       done += 1
     except UserError as e:
       failures.append((path, str(e)))
+    except OSError as e:  # the output's folder: a file in its way, no permission, disk full
+      failures.append((path, f"cannot write {target} ({e.strerror or e})"))
+    except MemoryError:
+      failures.append((path, "not enough memory (a lower --max_output_pixels refuses it "
+                             "up front)"))
   for path, reason in failures:
     print(f"linearsr: failed: {path}: {reason}", file=sys.stderr)
   print(f"upscaled {done}, skipped {skipped} existing, failed {len(failures)} -> {out_dir}")

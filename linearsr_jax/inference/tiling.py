@@ -2,10 +2,12 @@
 
 `tiled_map(fn, x, tile, overlap, scale)` runs `fn` on overlapping tiles of `x` (NHWC) and
 blends the outputs with weights that fall towards each tile's edge, normalised by their sum.
-Tiles run one after another in a Python loop and only the output and one weight map are
-accumulated (NumPy, in place), so device memory is bounded by the tile size; every tile has
-the same shape, so a jitted `fn` compiles once. `fn` may change the resolution by `scale`
-(1/f to encode, f to decode, 1 for a denoising step in latent space).
+Tiles run one after another in a Python loop and only the output is accumulated (NumPy, in
+place; the tile weights are an outer product over a grid of tiles, so their sum is the outer
+product of two 1-D sums, not another image), so device memory is bounded by the tile size and
+host memory by one output; every tile has the same shape, so a jitted `fn` compiles once. `fn`
+may change the resolution by `scale` (1/f to encode, f to decode, 1 for a denoising step in
+latent space).
 
 `tiled_encode` / `tiled_decode` wrap a latent space (models/latent_space.py) for images of any
 size: reflection-pad to a multiple of the latent factor, then crop back to the input size.
@@ -76,23 +78,32 @@ def tiled_map(fn, x, tile, overlap, scale=1, window: str = "gaussian",
   if not (0 <= over_h < th and 0 <= over_w < tw):
     raise UserError(f"tile overlap {overlap} must be >= 0 and smaller than the tile {tile}")
   oth, otw = int(th * scale), int(tw * scale)
-  weights = np.outer(window_1d(oth, int(over_h * scale), window),
-                     window_1d(otw, int(over_w * scale), window)).astype(np.float32)
-  out = weight_sum = None
-  for y in tile_starts(h, th, over_h, align):
-    for x0 in tile_starts(w, tw, over_w, align):
+  window_h = window_1d(oth, int(over_h * scale), window)
+  window_w = window_1d(otw, int(over_w * scale), window)
+  weights = np.outer(window_h, window_w).astype(np.float32)
+  starts_h, starts_w = tile_starts(h, th, over_h, align), tile_starts(w, tw, over_w, align)
+  out = None
+  for y in starts_h:
+    for x0 in starts_w:
       result = np.asarray(fn(x[:, y:y + th, x0:x0 + tw]), dtype=np.float32)
       if result.shape[:3] != (b, oth, otw):
         raise ValueError(f"fn mapped a {th}×{tw} tile to {result.shape}, expected "
                          f"({b}, {oth}, {otw}, C) for scale {scale}")
       if out is None:
         out = np.zeros((b, int(h * scale), int(w * scale), result.shape[3]), np.float32)
-        weight_sum = np.zeros(out.shape[1:3], np.float32)
       oy, ox = int(y * scale), int(x0 * scale)
       out[:, oy:oy + oth, ox:ox + otw] += result * weights[:, :, None]
-      weight_sum[oy:oy + oth, ox:ox + otw] += weights
-  out /= weight_sum[:, :, None]
+  out /= _weight_sum(window_h, starts_h, scale, out.shape[1])[:, None, None]
+  out /= _weight_sum(window_w, starts_w, scale, out.shape[2])[:, None]
   return out
+
+
+def _weight_sum(window, starts, scale, size) -> np.ndarray:
+  """The sum along one axis of `window` placed at each of `starts` (in input units)."""
+  total = np.zeros(size)
+  for start in starts:
+    total[int(start * scale):int(start * scale) + len(window)] += window
+  return total.astype(np.float32)
 
 
 def pad_to_multiple(images, factor: int) -> np.ndarray:

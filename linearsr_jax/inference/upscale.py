@@ -3,21 +3,24 @@
 The LR image is cut into overlapping tiles; each tile is super-resolved by the full sampler
 (its latent grid is tile × scale / latent factor) and the SR tiles are blended with Gaussian
 weights (inference/tiling.py). Every tile has the same shape, so the sampler compiles once, and
-memory is bounded by the tile size, not the image size. All tiles share one noise seed, so the
-result is deterministic. A colour fix against the upsampled LR image is applied last.
+device memory is bounded by the tile size, not the image size; host memory holds one
+full-resolution float32 image, the tiles' sum, which becomes the result in place. All tiles
+share one noise seed, so the result is deterministic. A colour fix against the upsampled LR
+image is applied last, band by band.
 """
 
 import dataclasses
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linearsr_jax.data.degradations import imresize_bicubic
+from linearsr_jax.data.image_io import image_size
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference import tiling
-from linearsr_jax.inference.color_fix import color_fix
+from linearsr_jax.inference.color_fix import color_fix_in_place
 from linearsr_jax.inference.super_resolve import make_super_resolve
 from linearsr_jax.models.tags import make_condition, null_condition
 
@@ -30,6 +33,33 @@ class UpscaleOptions:
   guidance_scale: float = 1.0
   seed: int = 0
   color_fix: str = "wavelet"
+
+
+# Host bytes per output pixel while an image is upscaled and saved: its float32 RGB result (12),
+# the 8-bit copy that is encoded (3) and the encoded file (up to 3), with room to spare for the
+# band-sized temporaries and the LR side.
+BYTES_PER_OUTPUT_PIXEL = 32
+
+
+def default_max_output_pixels() -> int:
+  """The output pixels whose buffers fill half of this machine's memory (or of its cgroup's
+  limit, in a container): the other half is left to the model, JAX and everything else."""
+  memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  try:
+    with open("/sys/fs/cgroup/memory.max") as f:
+      memory = min(memory, int(f.read()))
+  except (OSError, ValueError):  # no cgroup v2 limit ("max", or not Linux)
+    pass
+  return memory // 2 // BYTES_PER_OUTPUT_PIXEL
+
+
+def check_output_pixels(path, scale: int, limit: int) -> None:
+  """Refuses an image whose output would exceed `limit` pixels, from its header alone."""
+  height, width = image_size(path)
+  pixels = height * width * scale * scale
+  if pixels > limit:
+    raise UserError(f"{width}x{height} at x{scale} makes {pixels} output pixels, over "
+                    f"--max_output_pixels {limit}")
 
 
 def check_condition_flags(encoder, tags, arrays, arrays_flag):
@@ -106,9 +136,10 @@ class Upscaler:
       on_tile()
       return np.asarray(out)
 
+    # The blended tiles are the one full-resolution array: everything after is done in it.
     sr = tiling.tiled_map(sr_tile, x, tile, overlap, self.scale, align=self.align)[0]
-    sr = np.clip((sr[:h * self.scale, :w * self.scale] + 1) / 2, 0.0, 1.0)
-    if self.options.color_fix == "none":
-      return sr
-    return color_fix(sr, imresize_bicubic(np.asarray(lr, np.float32), h * self.scale,
-                                          w * self.scale), self.options.color_fix)
+    sr = sr[:h * self.scale, :w * self.scale]
+    sr += 1
+    sr /= 2
+    np.clip(sr, 0.0, 1.0, out=sr)
+    return color_fix_in_place(sr, lr, self.options.color_fix)

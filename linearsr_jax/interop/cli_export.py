@@ -135,7 +135,9 @@ def write_npz(export: Export, out, overwrite: bool):
 
 def read_npz_export(path) -> tuple[dict, dict]:
   """(config.json contents, params tree with experts on the leading axis) of an npz export."""
+  from linearsr_jax.atomic import check_complete
   path = storage.path(path)
+  check_complete(path)
   config = json.loads((path / CONFIG_FILE).read_text())
   with np.load(io.BytesIO((path / NPZ_FILE).read_bytes())) as arrays:
     return config, params_io.unflatten({k: arrays[k] for k in arrays.files})

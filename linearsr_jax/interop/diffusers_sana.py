@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from linearsr_jax.atomic import atomic_dir
+from linearsr_jax.atomic import atomic_dir, check_complete
 from linearsr_jax.errors import UserError
 from linearsr_jax.interop import params_io
 from linearsr_jax.interop.safetensors_io import check_consumed, load_checkpoint, save_checkpoint, take
@@ -237,8 +237,9 @@ def import_transformer(src, config_path=None, seed: int = 0, **overrides):
   `overrides` (lr_channels, lr_stem_convs, lr_stem_width, scan_layers, dtype, ...) turn a
   text-to-image SANA into the SR model; a checkpoint exported by this project brings its own.
   """
-  config, tensors = load_checkpoint(src, config_path, expected_class=CLASS_NAME)
   folder = Path(src) if Path(src).is_dir() else Path(src).parent
+  check_complete(folder)
+  config, tensors = load_checkpoint(src, config_path, expected_class=CLASS_NAME)
   stem_json = folder / EXTRA_JSON
   stem_fields = json.loads(stem_json.read_text()) if stem_json.exists() else {}
   cfg = dit_config_from_diffusers(config, **{**stem_fields, **overrides})

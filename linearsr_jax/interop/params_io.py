@@ -11,7 +11,7 @@ import numpy as np
 from flax import traverse_util
 
 from linearsr_jax import storage
-from linearsr_jax.atomic import atomic_dir
+from linearsr_jax.atomic import atomic_dir, check_complete
 from linearsr_jax.errors import UserError
 
 PARAMS_FILE = "params.safetensors"
@@ -43,6 +43,7 @@ def read_header(path, kind: str) -> dict:
   path = storage.path(path)
   if not path.is_dir():
     raise UserError(f"{path}: no such params directory")
+  check_complete(path)
   if not (path / HEADER_FILE).exists() or not (path / PARAMS_FILE).exists():
     raise UserError(f"{path}: not a linearsr params directory (needs {HEADER_FILE} and "
                     f"{PARAMS_FILE})")

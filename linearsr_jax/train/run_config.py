@@ -24,12 +24,9 @@ def write(run: run_dir.RunDir, config: ml_collections.ConfigDict):
 def read(run: run_dir.RunDir):
   """The run's config.json as a validated ConfigDict; None when the run has none."""
   path = run.config_json
-  if not path.exists():
+  value = run_dir.read_json(path)  # undecodable: one line
+  if value is None:
     return None
-  try:
-    value = json.loads(path.read_text(encoding="utf-8"))
-  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-    raise UserError(f"{path}: unreadable run config ({str(e).splitlines()[0]})") from None
   if not isinstance(value, dict):
     raise UserError(f"{path}: unreadable run config (not a JSON object)")
   config = ml_collections.ConfigDict(value)

@@ -36,6 +36,7 @@ import re
 
 from linearsr_jax import disk_space, lead_decides, storage
 from linearsr_jax.atomic import atomic_file
+from linearsr_jax.errors import UserError
 from linearsr_jax.train import kill_points
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,14 @@ def write_json(path, obj):
 
 
 def read_json(path):
-  """The file's JSON value, or None when it does not exist."""
+  """The file's JSON value, or None when it does not exist; an undecodable file is one line."""
   path = storage.path(path)
-  return json.loads(path.read_text()) if path.exists() else None
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path}: damaged JSON ({e})") from None
 
 
 def read_jsonl(path) -> tuple:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from PIL import Image
 
 from linearsr_jax.cli import main
 from linearsr_jax.data import pipeline
+from linearsr_jax.data.tag_sources import read_array
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
@@ -279,6 +281,47 @@ def test_tools_report_bad_arrays_per_image_and_finish_the_rest(tmp_path, run_dir
   for kind in ("wide", "nan", "cube"):
     assert results[kind]["status"] == "error"
     assert results[kind]["error"].startswith(f"{lr_dir / kind}.npy: condition array")
+
+
+def write_npy_header(path, header: str, version=(1, 0)):
+  """An .npy file of `header` (NumPy's dict literal) and 64 bytes of data."""
+  text = header.encode("latin1")
+  text += b" " * (-(len(text) + 11) % 64) + b"\n"
+  size = struct.pack("<H" if version == (1, 0) else "<I", len(text))
+  path.write_bytes(b"\x93NUMPY" + bytes(version) + size + text + bytes(64))
+
+
+def test_an_npy_file_with_a_huge_header_or_shape_is_one_line(tmp_path):
+  write_npy_header(tmp_path / "header.npy", "{'descr': '<f4', 'fortran_order': False, "
+                   "'shape': (2, 16), " + " " * 100_000 + "}", version=(2, 0))
+  write_npy_header(tmp_path / "shape.npy",
+                   "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 4), }")
+  for kind in ("header", "shape"):
+    with pytest.raises(UserError) as error:
+      read_array(tmp_path / f"{kind}.npy")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(
+        f"{tmp_path / kind}.npy: not a readable .npy array ("), message
+
+
+def test_npy_sidecars_with_a_huge_header_or_shape_fail_one_line_each(tmp_path, run_dir, capsys):
+  """A header larger than NumPy reads safely, and one that declares 1.6 TB of data in a small
+  file (which np.load would try to allocate), beside a good image: each one line, and the good
+  image done."""
+  names = ["good.png", "header.png", "shape.png"]
+  write_images(tmp_path / "in", names, size=16)
+  write_npy_header(tmp_path / "in" / "header.npy", "{'descr': '<f4', 'fortran_order': False, "
+                   "'shape': (2, 16), " + " " * 100_000 + "}", version=(2, 0))
+  write_npy_header(tmp_path / "in" / "shape.npy",
+                   "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 4), }")
+  assert upscale([tmp_path / "in"], tmp_path / "up", run_dir) == 1
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  assert [p.name for p in (tmp_path / "up").iterdir()] == ["good_x4.png"]
+  failed = err.strip().splitlines()[-2:]  # the failures are listed last, a line each
+  for line, kind in zip(failed, ("header", "shape")):
+    assert line.startswith(f"linearsr: failed: {tmp_path / 'in' / kind}.png: "
+                           f"{tmp_path / 'in' / kind}.npy: not a readable .npy array"), err
 
 
 def test_tools_refuse_a_condition_of_the_other_encoder_in_one_line(tmp_path, run_dir, capsys):

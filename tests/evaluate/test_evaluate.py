@@ -160,6 +160,8 @@ def test_eval_lr_dir_bicubic_row_and_extra_scores(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--metrics", "psnr_y,musiq"], "unknown metric"),
     (["--extra_scores", "/nonexistent.csv"], "cannot read"),
+    (["--out", "/dev/null/report"], "--out /dev/null/report: cannot create the folder (Not a "
+                                    "directory)"),
 ])
 def test_bad_arguments_exit_2(tmp_path, capsys, args, message):
   _save(tmp_path / "hr" / "a.png", _photo(0))

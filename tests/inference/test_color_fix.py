@@ -5,7 +5,8 @@ import pytest
 import skimage
 from scipy import ndimage
 
-from linearsr_jax.inference.color_fix import color_fix
+from linearsr_jax.data.degradations import imresize_bicubic
+from linearsr_jax.inference.color_fix import color_fix, color_fix_in_place
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +57,19 @@ def test_wavelet_takes_low_frequencies_from_the_reference(pair):
 def test_none_is_identity(pair):
   sr, ref = pair
   np.testing.assert_array_equal(color_fix(sr, ref, "none"), sr.astype(np.float32))
+
+
+@pytest.mark.parametrize("rows", [7, 64])   # bands thinner and thicker than the 31-row halo
+def test_the_in_place_fix_in_bands_is_the_whole_image_fix(rows):
+  """Against the LR input, its reference made band by band: the float64 wavelet of the whole
+  bicubic up-sampling, and AdaIN's whole-image statistics."""
+  rng = np.random.default_rng(1)
+  lr = skimage.transform.resize(skimage.data.chelsea(), (50, 41), anti_aliasing=True)
+  lr = lr.astype(np.float32)
+  reference = imresize_bicubic(lr, 200, 164)
+  sr = np.clip(reference + 0.1 * rng.standard_normal(reference.shape), 0, 1).astype(np.float32)
+  want = np.clip(sr - low_frequency_f64(sr) + low_frequency_f64(reference), 0, 1)
+  np.testing.assert_allclose(color_fix_in_place(sr.copy(), lr, "wavelet", rows), want,
+                             atol=1e-5)
+  np.testing.assert_allclose(color_fix_in_place(sr.copy(), lr, "adain", rows),
+                             np.clip(color_fix(sr, reference, "adain"), 0, 1), atol=1e-5)

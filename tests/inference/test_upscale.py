@@ -5,9 +5,12 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +243,100 @@ def test_eval_with_a_checkpoint_on_realsr_pairs(tmp_path, run_dir, realsr, monke
       bicubic["mean"]["psnr_y"])
   # an almost untrained model on the LR-anchored flow stays near bicubic (RealSR ~ 27 dB)
   assert 20 < summary["mean"]["psnr_y"] < 35
+
+
+def test_host_memory_holds_about_one_output_copy(run_dir):
+  """The tiles' sum is the result: the colour fix and the 8-bit conversion work in it band by
+  band. NumPy's peak while a 2048×256 output is made (tracemalloc) stays under 1.6 float32
+  copies of it; building it as separate arrays (the blend, the [0, 1] mapping, the clip, the
+  upsampled reference, the wavelet levels, the 8-bit rounding) took six or more."""
+  import tracemalloc
+
+  from linearsr_jax.data.image_io import to_uint8
+  upscaler = Upscaler(load_trained(run_dir), UpscaleOptions(tile=64, overlap=16))
+  lr = np.random.default_rng(0).random((512, 64, 3), dtype=np.float32)
+  upscaler(lr[:64])   # compiled outside the measurement
+  tracemalloc.start()
+  try:
+    sr = upscaler(lr)
+    image = to_uint8(sr)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert image.shape == (2048, 256, 3)
+  assert peak < 1.6 * sr.nbytes, peak / sr.nbytes
+
+
+def header_only_png(path, width, height):
+  """A PNG whose header declares width×height RGB pixels and that holds no pixel data."""
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data)))
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                     8, 2, 0, 0, 0))
+                   + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_images_that_cannot_be_upscaled_fail_a_line_each_and_the_rest_are_done(
+    tmp_path, run_dir, messy_folder, monkeypatch, capsys):
+  """Over --max_output_pixels (refused from the header: never decoded), a decompression bomb
+  (40000² in a few bytes), an output whose folder cannot be made: each one line, exit 1."""
+  from linearsr_jax.data import image_io
+  src = messy_folder
+  (src / "corrupt.png").unlink()
+  (src / "notes.jpg").unlink()
+  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(src / "large.png")  # 160² = 25600 px
+  header_only_png(src / "bomb.png", 40000, 40000)
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "sub").write_text("a file where sub/small_x4.png's folder would go")
+  decoded = []
+  decode = image_io.decode_image
+  monkeypatch.setattr(image_io, "decode_image",
+                      lambda data, name="image": decoded.append(name) or decode(data, name))
+  assert main(["upscale", str(src), "--checkpoint", str(run_dir), "--out", str(out), "--tile",
+               "16", "--overlap", "4", "--max_output_pixels", "20000", "--no_progress"]) == 1
+  captured = capsys.readouterr()
+  assert "upscaled 2, skipped 0 existing, failed 3" in captured.out
+  assert sorted(p.name for p in out.iterdir()) == ["alpha_x4.png", "good_x4.png", "sub"]
+  assert read_image(out / "good_x4.png").shape == (80, 112, 3)   # 8960 px, under the limit
+  failed = captured.err.strip().splitlines()[-3:]   # the failures are listed last
+  assert failed[0].startswith(f"linearsr: failed: {src / 'bomb.png'}: "), captured.err
+  assert "decompression bomb" in failed[0]
+  assert failed[1] == (f"linearsr: failed: {src / 'large.png'}: 40x40 at x4 makes 25600 output "
+                       "pixels, over --max_output_pixels 20000")
+  assert failed[2].startswith(f"linearsr: failed: {src / 'sub' / 'small.jpg'}: cannot write "
+                              f"{out / 'sub' / 'small_x4.png'}"), captured.err
+  assert all(Path(name).name not in ("large.png", "bomb.png") for name in map(str, decoded))
+
+
+def test_inputs_with_the_same_output_name_are_refused_before_any_work(tmp_path, run_dir,
+                                                                      messy_folder, capsys):
+  Image.open(messy_folder / "good.png").convert("RGB").save(messy_folder / "good.jpg")
+  out = tmp_path / "out"
+  assert main(["upscale", str(messy_folder), "--checkpoint", str(run_dir), "--out", str(out),
+               "--no_progress"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"linearsr: error: {messy_folder / 'good.jpg'} and {messy_folder / 'good.png'} "
+                 "would both be written as good_x<scale>: rename one, or upscale them into "
+                 "separate --out folders"]
+  assert not out.exists()
+
+
+def test_an_unusable_out_and_a_damaged_run_config_are_one_line(tmp_path, run_dir, messy_folder,
+                                                              capsys):
+  good = str(messy_folder / "good.png")
+  (tmp_path / "file").write_text("not a folder")
+  assert main(["upscale", good, "--checkpoint", str(run_dir), "--out",
+               str(tmp_path / "file" / "out"), "--no_progress"]) == 2
+  damaged = tmp_path / "run"
+  shutil.copytree(run_dir, damaged)
+  (damaged / "config.json").write_text('{"model": {"depth": 1,')   # cut short
+  assert main(["upscale", good, "--checkpoint", str(damaged), "--out", str(tmp_path / "out"),
+               "--no_progress"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2, err
+  assert err[0] == (f"linearsr: error: --out {tmp_path / 'file' / 'out'}: cannot create the "
+                    "folder (Not a directory)")
+  assert err[1].startswith(f"linearsr: error: {damaged / 'config.json'}: damaged JSON ("), err
+  assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -96,7 +96,7 @@ def test_what_may_change_on_resume_fits(trained):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("{\"model\": ", "config.json: unreadable run config (Expecting value"),
+    ("{\"model\": ", "config.json: damaged JSON (Expecting value"),
     ("[1, 2]", "config.json: unreadable run config (not a JSON object)"),
     ("{\"model\": {}}", "config.json: not a linearsr run config (AttributeError"),
 ])
