@@ -11,7 +11,6 @@ import io
 import json
 import signal
 import subprocess
-import threading
 import time
 
 import numpy as np
@@ -27,6 +26,7 @@ from linearsr_jax.errors import UserError
 from linearsr_jax.interop import params_io
 from linearsr_jax.interop.cli_export import read_npz_export
 from linearsr_jax.train import kill_points, run_dir, run_outcome
+from lock_race import race
 from repo_paths import REPO
 from train_runs import (SMALL, cached_cli_env, checkpoint_steps, start, train_command,
                         wait_ok)
@@ -294,20 +294,7 @@ def test_a_bucket_lock_whose_heartbeat_stopped_goes_to_one_of_the_runs_racing_fo
                                           r"old"):
         starters[0].acquire()
     time.sleep(stale + 0.2)
-    ready, won, refused = threading.Barrier(len(starters)), [], []
-
-    def start(lock):
-      ready.wait()
-      try:
-        won.append(lock.acquire())
-      except UserError:
-        refused.append(lock)
-
-    threads = [threading.Thread(target=start, args=(lock,)) for lock in starters]
-    for thread in threads:
-      thread.start()
-    for thread in threads:
-      thread.join()
+    won, refused = race(starters)
     assert len(won) == 1 and len(refused) == len(starters) - 1
     assert _lock_object(workdir)["token"] == won[0].token
     won[0].release()

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from linearsr_jax.cli import main
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import loop, run_dir, run_lock
+from lock_race import race
 from repo_paths import REPO
 from trained_run import tiny_run_config, trained_run
 
@@ -135,20 +135,7 @@ def test_of_starters_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
   for _ in range(10):
     write_lock(tmp_path, "elsewhere", 12345, STALE)
     starters = [new_lock(tmp_path, heartbeat_seconds=60.0) for _ in range(6)]
-    ready, won, refused = threading.Barrier(len(starters)), [], []
-
-    def start(lock):
-      ready.wait()
-      try:
-        won.append(lock.acquire())
-      except UserError:
-        refused.append(lock)
-
-    threads = [threading.Thread(target=start, args=(lock,)) for lock in starters]
-    for thread in threads:
-      thread.start()
-    for thread in threads:
-      thread.join()
+    won, refused = race(starters)
     assert len(won) == 1 and len(refused) == len(starters) - 1
     assert held_by(tmp_path)["token"] == won[0].token
     won[0].release()

@@ -241,21 +241,28 @@ def test_nan_batch_is_skipped_and_counted():
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(after))
 
 
-def test_loop_restores_last_checkpoint_after_consecutive_skips(tmp_path, monkeypatch, caplog):
-  """Batches 5 and 6 carry a NaN; with max_consecutive_skips=2 the loop must restore
-  checkpoint 3 (state and data iterator) and then finish the stage with finite params."""
-  config = small_config(**{"train.max_consecutive_skips": 2, "stages.pretrain.max_steps": 7,
-                           "data.batch_size": 8})
+def poison_batches(monkeypatch, poisoned_calls) -> list:
+  """Makes the global batches of the given calls (counted from 1) NaN; returns the list of
+  calls made, which grows as the loop draws batches."""
   real = pipeline.make_global_batch
   calls = []
 
   def poisoned(local_batch, mesh, *args, **kwargs):
     calls.append(len(calls) + 1)
-    if len(calls) in (5, 6):
+    if len(calls) in poisoned_calls:
       local_batch = dict(local_batch, hr=np.full_like(local_batch["hr"], np.nan))
     return real(local_batch, mesh, *args, **kwargs)
 
   monkeypatch.setattr(loop.pipeline, "make_global_batch", poisoned)
+  return calls
+
+
+def test_loop_restores_last_checkpoint_after_consecutive_skips(tmp_path, monkeypatch, caplog):
+  """Batches 5 and 6 carry a NaN; with max_consecutive_skips=2 the loop must restore
+  checkpoint 3 (state and data iterator) and then finish the stage with finite params."""
+  config = small_config(**{"train.max_consecutive_skips": 2, "stages.pretrain.max_steps": 7,
+                           "data.batch_size": 8})
+  calls = poison_batches(monkeypatch, (5, 6))
   with caplog.at_level(logging.WARNING, logger=loop.__name__):
     loop.run(config, tmp_path)
   assert "2 consecutive non-finite steps at step 6; restoring checkpoint 3" in caplog.text
@@ -277,16 +284,7 @@ def test_restores_after_non_finite_steps_are_bounded(tmp_path, monkeypatch):
   restores replay them): the second replay ends in one line instead of a third restore."""
   config = small_config(**{"train.max_consecutive_skips": 2, "stages.pretrain.max_steps": 7,
                            "data.batch_size": 8})
-  real = pipeline.make_global_batch
-  calls = []
-
-  def poisoned(local_batch, mesh, *args, **kwargs):
-    calls.append(len(calls) + 1)
-    if len(calls) in (5, 6, 8, 9, 11, 12):  # steps 5 and 6 each time
-      local_batch = dict(local_batch, hr=np.full_like(local_batch["hr"], np.nan))
-    return real(local_batch, mesh, *args, **kwargs)
-
-  monkeypatch.setattr(loop.pipeline, "make_global_batch", poisoned)
+  calls = poison_batches(monkeypatch, (5, 6, 8, 9, 11, 12))  # steps 5 and 6 each time
   with pytest.raises(UserError, match=r"^stage pretrain: 2 consecutive non-finite steps at step "
                                       r"6, again after restoring checkpoint 3 2 times"):
     loop.run(config, tmp_path)
