@@ -92,6 +92,7 @@ def set_aside(workdir: Path) -> int:
 
 
 def killed(workdir: Path, env: dict, log: Path, moment: str, overrides=None):
+  """Runs `linearsr train` on `workdir` until kill_points SIGKILLs it at `moment`."""
   code = train(workdir, dict(env, **{kill_points.ENV: moment}), log, overrides=overrides)
   assert code == -signal.SIGKILL, (moment, code, log.read_text()[-2000:])
 
@@ -135,7 +136,8 @@ def inject(kind: str, workdir: Path, env: dict, root: Path, rng: random.Random) 
   racers = [start(workdir, env, root / f"racer{i}.log") for i in range(2)]
   codes = [r.wait() for r in racers]
   assert codes.count(0) == 1, codes
-  said = one_line(root / f"racer{codes.index(max(codes, key=abs))}.log", max(codes, key=abs))
+  loser = 1 - codes.index(0)
+  said = one_line(root / f"racer{loser}.log", codes[loser])
   return f"killed at {moment}, lock made stale; one racer trained, the other: {said}"
 
 
