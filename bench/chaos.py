@@ -60,7 +60,8 @@ DIVERGING = {**{k: v for k, v in OVERRIDES.items() if not k.startswith("stage")}
              "stages.finetune.max_steps": 6, "stages.finetune.esgf": False,
              "stages.finetune.optimizer.learning_rate": 1.0}
 FAULTS = ("read error on resume", "write error", "rollback, then kill", "stale lock race")
-# How often each point is reached by a whole run, bounding the occurrence drawn.
+# How often each point is reached by a whole run, bounding the occurrence drawn (rolled_back,
+# never reached by this run, is the "rollback, then kill" fault's).
 REACHED = {"checkpoint_write": 8, "metrics_append": 26, "knee_restored": 2, "knee_plot": 2,
            "stage_ended": 2, "run_json": 2}
 
@@ -192,7 +193,7 @@ def main():
     while delivered < args.kills:
       if not pending or rng.random() < 0.5:
         if not named:
-          named = rng.sample(kill_points.POINTS, len(kill_points.POINTS))
+          named = rng.sample(list(REACHED), len(REACHED))
         point = named.pop()
         kind, moment = point, f"{point}@{rng.randint(1, REACHED[point])}"
         code = train(workdir, dict(env, **{kill_points.ENV: moment}), root / "kill.log")
@@ -213,7 +214,7 @@ def main():
       survived.update(pending)
     aside["kills"] += set_aside(workdir)
   rows = [[kind, str(tried[kind]), str(survived[kind]), str(missed[kind])]
-          for kind in [*kill_points.POINTS, "random time"]]
+          for kind in [*REACHED, "random time"]]
   print(markdown_table(["kill moment", "kills", "resumed bit for bit", "came after the end"],
                        rows))
   print(f"\n{sum(survived.values())} of {delivered} kills survived, over {runs} runs, "
