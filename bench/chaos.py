@@ -25,7 +25,7 @@ fault_points.py makes a checkpoint read or write fail as GCS does when it answer
 Every kill and fault counts as survived when the run ends bit for bit as the uninterrupted one;
 a step moved to a damaged_checkpoints/ folder counts as set aside (none was damaged).
 
-  .venv/bin/python bench/chaos.py --kills 8 --faults 2   # about 10 minutes on 2 idle cores
+  .venv/bin/python bench/chaos.py --kills 8 --faults 2   # 19 min on 2 cores shared (load 7)
 """
 
 import argparse
