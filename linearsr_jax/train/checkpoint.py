@@ -33,7 +33,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from linearsr_jax import disk_space, lead_decides, storage, storage_errors
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import abandoned_reads, data_position, kill_points, state_checksum
+from linearsr_jax.train import (abandoned_reads, data_position, fault_points, kill_points,
+                                state_checksum)
 
 ITEMS = ("state", "data_iter", "metrics", "checksums")
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ class StageCheckpoints:
     self.wait()  # the previous save's bytes are on disk before the room for this one is judged
     needed = bytes_written_here(state)
     disk_space.ensure_room_on_every_host(self.manager.directory, needed, f"checkpoint {step}")
-    with full_disk_as_one_line(self.manager.directory, needed, f"checkpoint {step}"):
+    with write_errors_as_one_line(self.manager.directory, needed, f"checkpoint {step}"):
+      fault_points.reached("checkpoint_save")
       self.manager.save(step, force=True, metrics=metrics or None, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data_iter=grain.checkpoint.CheckpointSave(data_iter),
@@ -134,6 +136,7 @@ class StageCheckpoints:
       log.warning("checkpoint %s has no checksums (written by a version before they existed): "
                   "restored without verifying its arrays", step)
     with self._damage_named(step, ""):
+      fault_points.reached("checkpoint_read")
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     if not verified:
       return restored["state"], dict(restored["metrics"] or {})
@@ -234,7 +237,7 @@ class StageCheckpoints:
       raise self._mismatch(step, detail)
 
   def wait(self):
-    with full_disk_as_one_line(self.manager.directory, 0, "the checkpoint being written"):
+    with write_errors_as_one_line(self.manager.directory, 0, "the checkpoint being written"):
       self.manager.wait_until_finished()
 
   def close(self):
@@ -268,14 +271,21 @@ def _worst(mode: str) -> float:
 
 
 @contextlib.contextmanager
-def full_disk_as_one_line(directory, needed: int, what: str):
-  """A save that still ran out of space (another writer took it meanwhile) is DiskFull; the
-  error of an asynchronous one surfaces at the next save or wait."""
+def write_errors_as_one_line(directory, needed: int, what: str):
+  """A save that still ran out of space (another writer took it meanwhile) is DiskFull; one the
+  storage refused (a 503, a dropped connection) is a UserError: the run stops, and started again
+  resumes from its last whole checkpoint. The error of an asynchronous save surfaces at the next
+  save or wait."""
   try:
     yield
   except Exception as e:
     if disk_space.is_full_disk(e):
       raise disk_space.full(directory, needed, what) from None
+    cause = storage_errors.storage_error(e)
+    if cause is not None:
+      raise UserError(f"cannot write {what} in {directory}: storage error ({cause}); the run "
+                      "stopped: start it again when the storage answers, it resumes from its "
+                      "last checkpoint") from e
     raise
 
 

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from linearsr_jax import disk_space, storage_errors
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import state_checksum
-from linearsr_jax.train.checkpoint import KeepSteps, bytes_written_here, full_disk_as_one_line
+from linearsr_jax.train.checkpoint import KeepSteps, bytes_written_here, write_errors_as_one_line
 
 ITEMS = ("state", "checksums")
 
@@ -47,7 +47,7 @@ class KneeSnapshots:
     tree = {"ema_params": ema_params}
     needed = bytes_written_here(tree)
     disk_space.ensure_room_on_every_host(self.manager.directory, needed, f"knee snapshot {step}")
-    with full_disk_as_one_line(self.manager.directory, needed, f"knee snapshot {step}"):
+    with write_errors_as_one_line(self.manager.directory, needed, f"knee snapshot {step}"):
       self.manager.save(step, force=True, args=ocp.args.Composite(
           state=ocp.args.StandardSave(tree),
           checksums=ocp.args.JsonSave(state_checksum.checksums(tree))))
@@ -86,7 +86,7 @@ class KneeSnapshots:
     return restored["state"]["ema_params"]
 
   def wait(self):
-    with full_disk_as_one_line(self.manager.directory, 0, "the knee snapshot being written"):
+    with write_errors_as_one_line(self.manager.directory, 0, "the knee snapshot being written"):
       self.manager.wait_until_finished()
 
   def close(self):

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+import grain
 import numpy as np
 import pytest
 
@@ -81,6 +82,30 @@ def test_a_storage_error_that_lasts_is_one_line_and_changes_nothing(tmp_path, mo
   message = str(error.value)
   assert "\n" not in message and f"checkpoint {directory}/2" in message, message
   assert "UNAVAILABLE: Error reading" in message and "3 tries" in message, message
+  assert _tree(tmp_path) == before
+
+
+def test_a_save_the_storage_refuses_is_one_line_and_leaves_the_saved_steps(tmp_path,
+                                                                           monkeypatch):
+  """The run stops there (bench/chaos.py's write error: resumed, it ends as if never stopped)."""
+  directory = tmp_path / "checkpoints"
+  ckpts = _saved(directory)
+  before = _tree(tmp_path)
+
+  def refused(*args, **kwargs):
+    try:
+      raise UNAVAILABLE
+    except Exception as e:
+      raise Exception("Encountered error while writing array") from e
+
+  monkeypatch.setattr(ckpts.manager, "save", refused)
+  data_iter = iter(grain.MapDataset.range(8).to_iter_dataset())
+  with pytest.raises(UserError) as error:
+    ckpts.save(3, _state(3), data_iter, {"val/psnr_y": 3.0})
+  ckpts.close()
+  message = str(error.value)
+  assert "\n" not in message and f"checkpoint 3 in {directory}" in message, message
+  assert "UNAVAILABLE: Error reading" in message, message
   assert _tree(tmp_path) == before
 
 
