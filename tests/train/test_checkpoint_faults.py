@@ -20,7 +20,7 @@ from linearsr_jax.train.checkpoint import StageCheckpoints
 from train_runs import small_config
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
-from test_damaged_checkpoints import STEPS, _abstract, _saved, _state  # noqa: E402
+from test_damaged_checkpoints import _abstract, _saved, _state  # noqa: E402
 from test_pipeline import assert_same, take, tokenize  # noqa: E402
 
 
