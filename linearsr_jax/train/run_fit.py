@@ -11,7 +11,7 @@ A config fits the run when
 Anything else (budgets, learning rates, evaluation, ESGF, data loading) may change on resume.
 """
 
-from linearsr_jax import config_check
+from linearsr_jax import config_check, storage_errors
 from linearsr_jax.errors import UserError
 from linearsr_jax.train import checkpoint, run_config, run_dir
 
@@ -84,9 +84,13 @@ def _check_checkpoints(stage, abstract_state):
   steps = stage.checkpoint_steps()
   wanted = abstract_state() if steps else None
   for step in reversed(steps):
-    try:
-      detail = checkpoint.structure_mismatch(stage.checkpoint(step), wanted)
-    except Exception:  # the restore reads it again, and says what is wrong with it
+    try:  # a storage error is retried (then one line): a skipped check would let a misfit in
+      detail = storage_errors.retried(
+          lambda step=step: checkpoint.structure_mismatch(stage.checkpoint(step), wanted),
+          f"checkpoint {stage.checkpoint(step)}")
+    except UserError:
+      raise
+    except Exception:  # damage: the restore reads it again, and says what is wrong with it
       continue
     if detail is not None:
       raise checkpoint.not_this_model(stage.checkpoint(step), detail)
