@@ -121,7 +121,7 @@ def test_a_run_killed_mid_stage_resumes_from_the_bucket_and_ends_alike(runs):
 def test_dropped_connections_during_a_resume_are_retried_and_it_ends_alike(runs, gcs, env,
                                                                           tmp_path):
   """Issue 29: the storage drops the connections of the resume's first reads of the checkpoint
-  (twice), then answers again: the restore tries again, sets nothing aside, and the run ends
+  (twice), then answers again: the reads try again, nothing is set aside, and the run ends
   as the uninterrupted one did."""
   straight, _ = runs
   faulted = f"{BUCKET}/dropped"
