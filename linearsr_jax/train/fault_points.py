@@ -7,25 +7,22 @@ answer. A retried read reaches its point again, so "checkpoint_read@1x2" fails a
 two tries. Unset, as it is outside the bench, `reached` is one dictionary lookup.
 """
 
-import collections
 import os
+
+from linearsr_jax.train import env_points
 
 ENV = "LINEARSR_FAULT_AT"
 POINTS = (
     "checkpoint_read",   # a checkpoint's state and metrics are about to be read
     "checkpoint_save",   # a checkpoint is about to be written
 )
-_reached = collections.Counter()
 
 
 def reached(point: str):
-  assert point in POINTS, point
-  spec = os.environ.get(ENV)
-  if not spec:
+  hit = env_points.reached_named(ENV, POINTS, point)
+  if hit is None:
     return
-  name, _, when = spec.partition("@")
-  if name == point:
-    _reached[point] += 1
-    first, _, times = when.partition("x")
-    if int(first) <= _reached[point] < int(first) + int(times or 1):
-      raise ValueError(f"UNAVAILABLE: injected by {ENV}={spec} (try {_reached[point]})")
+  count, when = hit
+  first, _, times = when.partition("x")
+  if int(first) <= count < int(first) + int(times or 1):
+    raise ValueError(f"UNAVAILABLE: injected by {ENV}={os.environ[ENV]} (try {count})")

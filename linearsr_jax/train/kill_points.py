@@ -5,9 +5,10 @@ reaches <point>, as a preemption would: whatever is half-done stays half-done. U
 outside those tests, `reached` is one dictionary lookup.
 """
 
-import collections
 import os
 import signal
+
+from linearsr_jax.train import env_points
 
 ENV = "LINEARSR_KILL_AT"
 POINTS = (
@@ -19,16 +20,9 @@ POINTS = (
     "stage_ended",        # result.json is written; run.json and the next stage.json are not
     "run_json",           # run.json is about to be rewritten with the stage that just ended
 )
-_reached = collections.Counter()
 
 
 def reached(point: str):
-  assert point in POINTS, point
-  spec = os.environ.get(ENV)
-  if not spec:
-    return
-  name, _, nth = spec.partition("@")
-  if name == point:
-    _reached[point] += 1
-    if _reached[point] == int(nth or 1):
-      os.kill(os.getpid(), signal.SIGKILL)
+  hit = env_points.reached_named(ENV, POINTS, point)
+  if hit is not None and hit[0] == int(hit[1] or 1):
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -6,11 +6,11 @@ import collections
 import pytest
 
 from linearsr_jax import storage_errors
-from linearsr_jax.train import fault_points
+from linearsr_jax.train import env_points, fault_points
 
 
 def test_the_nth_call_and_the_k_after_it_fail_as_a_storage_error(monkeypatch):
-  monkeypatch.setattr(fault_points, "_reached", collections.Counter())
+  monkeypatch.setattr(env_points, "_reached", collections.Counter())
   monkeypatch.setenv(fault_points.ENV, "checkpoint_read@2x2")
   failed = []
   for call in range(1, 6):
