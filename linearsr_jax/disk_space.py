@@ -43,9 +43,12 @@ def ensure_room_on_every_host(directory, needed: int, what: str):
   if jax.process_count() == 1 or storage.is_url(directory):
     ensure_room(directory, needed, what)
     return
-  hosts = np.asarray(multihost_utils.process_allgather(
-      np.array([free_bytes(directory), needed], np.int64)))
-  for process, (free, wanted) in enumerate(hosts.reshape(-1, 2)):
+  # Byte counts pass as two int32 words each: without jax_enable_x64 an int64 array is cast
+  # to int32 on its way through JAX, and any disk over 2 GiB would wrap around.
+  words = np.array([[n >> 31, n & (2 ** 31 - 1)] for n in (free_bytes(directory), needed)],
+                   np.int32)
+  hosts = np.asarray(multihost_utils.process_allgather(words)).astype(np.int64).reshape(-1, 2, 2)
+  for process, (free, wanted) in enumerate((hosts[..., 0] << 31) | hosts[..., 1]):
     if wanted > free:
       raise full(directory, int(wanted), what, int(free), f" on process {process}")
 
