@@ -2,7 +2,8 @@
 
   .venv/bin/python bench/bicubic_baselines.py [--root ../shared/benchmarks] [--dists]
 
-Prints a Markdown table: PSNR / SSIM on BT.601 Y (no border crop; SSIM on float Y as BasicSR
+Prints, per set, how many pairs the evaluation and the training's paired source (`data.source
+.kind=paired`) each find and the scale the latter infers, then a Markdown table: PSNR / SSIM on BT.601 Y (no border crop; SSIM on float Y as BasicSR
 and on 8-bit Y as pyiqa), LPIPS v0.1 Alex and, with --dists, DISTS. The same numbers come from
 `linearsr eval --hr_dir SET/HR --lr_dir SET/LR --scale 4 --out DIR`.
 """
@@ -11,6 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
+from linearsr_jax.data import sources
 from linearsr_jax.evaluate import evaluate
 
 SETS = ("RealSR", "DRealSR")
@@ -29,7 +31,9 @@ def main():
     pairs = evaluate.match_pairs(args.root / name / "HR", args.root / name / "LR")
     results = evaluate.evaluate_pairs(pairs, evaluate.bicubic_upscaler(4), names)
     summaries.append(evaluate.summarize(results, names, f"bicubic x4, {name}", {}))
-    print(f"{name}: {len(results)} pairs in {time.perf_counter() - start:.0f} s", flush=True)
+    paired = sources.PairedSource(args.root / name / "LR", args.root / name / "HR")
+    print(f"{name}: {len(results)} pairs in {time.perf_counter() - start:.0f} s; the paired "
+          f"source finds {len(paired)} at x{paired.scale}", flush=True)
   print()
   print(evaluate.markdown_table(summaries, names), end="")
   for summary in summaries:

@@ -15,24 +15,42 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Many tests build the same small configs' steps, in this process and in the CLI runs they
+# start; each run's new closures make jax.jit trace again, but XLA's compile is then found on
+# disk. One directory for the whole session: made by the first process (the xdist controller,
+# whose environment its workers and every CLI run inherit), removed by it at the end. A size
+# limit turns on JAX's file lock around each entry's read and write, so that the workers and
+# the CLI runs can share it. TPU / GPU AOT compiles are never cached.
+COMPILATION_CACHE_VARIABLES = {"JAX_COMPILATION_CACHE_MAX_SIZE": str(64 * 1024 ** 3),
+                               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="linearsr_jax_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+for _name, _value in COMPILATION_CACHE_VARIABLES.items():
+  os.environ.setdefault(_name, _value)
+
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# Many tests build the same small configs' steps in this process; each run's new closures make
-# jax.jit trace again, but XLA's compile is then found on disk. One directory per process (the
-# xdist workers would race on a shared one); TPU / GPU AOT compiles are never cached.
-_compilation_cache = tempfile.mkdtemp(prefix="linearsr_jax_cache_")
-atexit.register(shutil.rmtree, _compilation_cache, ignore_errors=True)
-jax.config.update("jax_compilation_cache_dir", _compilation_cache)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
 
 @pytest.fixture(scope="session")
-def realsr() -> Path:
-  """The RealSR ×4 test pairs (LR/, HR/) in ../shared beside the checkout."""
-  path = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "RealSR"
-  if not (path / "LR").is_dir():
-    pytest.fail(f"{path} is missing: the tests expect the shared benchmarks beside the checkout")
-  return path
+def photo_pairs(tmp_path_factory) -> Path:
+  """LR/ and HR/ folders of two photographs in a benchmark's layout (the same name in both):
+  the 192×192 centre of scikit-image's chelsea and coffee (public domain, shipped inside the
+  scikit-image package) and its bicubic ×4 reduction by Pillow. Nothing is read from beside
+  the checkout; the real benchmarks are the benches' (bench/bicubic_baselines.py)."""
+  import skimage.data
+  from PIL import Image
+
+  root = tmp_path_factory.mktemp("photo_pairs")
+  for kind in ("LR", "HR"):
+    (root / kind).mkdir()
+  for name in ("chelsea", "coffee"):
+    photo = getattr(skimage.data, name)()
+    top, left = (photo.shape[0] - 192) // 2, (photo.shape[1] - 192) // 2
+    hr = Image.fromarray(photo[top:top + 192, left:left + 192])
+    hr.save(root / "HR" / f"{name}.png")
+    hr.resize((48, 48), Image.Resampling.BICUBIC).save(root / "LR" / f"{name}.png")
+  return root

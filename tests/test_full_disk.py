@@ -14,7 +14,7 @@ import pytest
 from linearsr_jax.cli import main
 from linearsr_jax.data.image_io import write_image
 from linearsr_jax.train import run_dir, run_outcome, state_checksum
-from train_runs import cached_cli_env, start, train_command, wait_ok
+from train_runs import cli_env, start, train_command, wait_ok
 from trained_run import trained_run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -52,7 +52,7 @@ def test_training_on_a_disk_that_fills_stops_in_one_line_and_resumes(small_disk,
   """The disk is filled to leave room for the run's checkpoints 0 and 3 but not 6: before each
   save the run checks for room for its state's uncompressed bytes (an upper bound of what Orbax
   writes), so it stops before writing step 6, not halfway through."""
-  env = cached_cli_env(tmp_path / "jax_cache")
+  env = cli_env()
   straight, workdir = tmp_path / "straight", small_disk / "run"
   keep_all = "--config.train.keep_latest=10"
   wait_ok(start(train_command(straight, keep_all), tmp_path / "straight.log", env),

@@ -28,7 +28,7 @@ from linearsr_jax.interop.cli_export import read_npz_export
 from linearsr_jax.train import kill_points, run_dir, run_outcome
 from lock_race import race
 from repo_paths import REPO
-from train_runs import (SMALL, cached_cli_env, checkpoint_steps, start, train_command,
+from train_runs import (SMALL, cli_env, checkpoint_steps, start, train_command,
                         wait_ok)
 
 BUCKET = "gs://runs"
@@ -76,7 +76,7 @@ def gcs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
   """The CLI runs' environment, their compilation cache shared by this module's runs."""
-  return cached_cli_env(tmp_path_factory.mktemp("jax_cache"))
+  return cli_env()
 
 
 @pytest.fixture(scope="module")
@@ -411,7 +411,7 @@ def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_
               data=dict(SMALL["data"], batch_size=8),
               stages=dict(pretrain=dict(max_steps=2, esgf=False), moe=dict(max_steps=2)),
               train=dict(SMALL["train"], eval_every=2))
-  env = cached_cli_env(tmp_path / "jax_cache")
+  env = cli_env()
   two, logs = f"{BUCKET}/two_processes", tmp_path / "logs"
   command = ["bash", "launch/local_multiprocess.sh", "2", *train_command(two, tree=tree)[4:]]
   # gRPC (jax.distributed's coordinator) reads the lowercase https_proxy, and JAX warns that a

@@ -34,15 +34,9 @@ def small_config(**extra):
   return config
 
 
-def cached_cli_env(cache_dir):
-  """The CLI runs' environment with a shared persistent compilation cache: the runs after the
-  first reuse its executables, which keeps a test file within its time budget."""
-  return cli_env(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
 def cli_env(**extra):
+  """The CLI runs' environment: one CPU device, and the session's compilation cache
+  (conftest.py), so that the runs after the first reuse its executables."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **extra)
   env.pop("XLA_FLAGS", None)  # the CLI runs see one CPU device, like a plain user's machine
   return env

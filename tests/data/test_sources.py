@@ -135,13 +135,6 @@ def test_paired_folders(tmp_path):
     sources.PairedSource(lr, hr, scale=3)
 
 
-def test_realsr_benchmark_pairs(realsr):
-  src = sources.PairedSource(realsr / "LR", realsr / "HR")
-  assert len(src) == 100 and src.scale == 4
-  record = src[0]
-  assert record["lr"].shape[0] * 4 == record["hr"].shape[0]
-
-
 def test_demo_set_splits():
   train, held_out = sources.DemoSource("train"), sources.DemoSource("eval")
   assert set(train.names) | set(held_out.names) == set(sources.DEMO_IMAGES)

@@ -9,7 +9,7 @@ import pytest
 
 from linearsr_jax.train import divergence_guard, kill_points, run_dir, run_outcome
 from linearsr_jax.train.divergence_guard import DivergenceGuard
-from train_runs import SMALL, cached_cli_env, start, train_command, wait_ok
+from train_runs import SMALL, cli_env, start, train_command, wait_ok
 
 DIVERGING = dict(SMALL, stage_order="pretrain,finetune", optimizer=dict(warmup_steps=0),
                  train=dict(SMALL["train"], guard=dict(max_rollbacks=2)),
@@ -27,7 +27,7 @@ def rollbacks(workdir) -> list:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("guard")
-  env = cached_cli_env(root / "jax_cache")
+  env = cli_env()
   straight, killed = root / "straight", root / "killed"
   wait_ok(start(train_command(straight, tree=DIVERGING), root / "straight.log", env),
           root / "straight.log", timeout=480)

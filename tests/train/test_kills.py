@@ -10,7 +10,7 @@ import pytest
 
 from linearsr_jax.train import kill_points, run_outcome
 from damage import truncate_array_file
-from train_runs import SMALL, cached_cli_env, start, train_command, wait_ok
+from train_runs import SMALL, cli_env, start, train_command, wait_ok
 
 TWO_STAGES = dict(SMALL, stage_order="pretrain,moe",
                   stages=dict(pretrain=dict(max_steps=12), moe=dict(max_steps=6)))
@@ -32,7 +32,7 @@ def test_point_names_are_known():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("kills")
-  env = cached_cli_env(root / "jax_cache")
+  env = cli_env()
   straight, killed = root / "straight", root / "killed"
   wait_ok(start(train_command(straight, tree=TWO_STAGES), root / "straight.log", env),
           root / "straight.log")

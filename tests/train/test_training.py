@@ -32,13 +32,13 @@ from linearsr_jax.train.state import create_train_state
 from linearsr_jax.train.run_outcome import saved_state
 from linearsr_jax.train.step import make_train_step
 from repo_paths import REPO
-from train_runs import (MAX_STEPS, cached_cli_env, checkpoint_steps, cli_env,
+from train_runs import (MAX_STEPS, checkpoint_steps, cli_env,
                         small_config, start, train_command, wait_ok)
 
 
 @pytest.fixture(scope="module")
 def cached_env(tmp_path_factory):
-  return cached_cli_env(tmp_path_factory.mktemp("jax_cache"))
+  return cli_env()
 
 
 def restored_state(workdir, step, stage="pretrain"):
