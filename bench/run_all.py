@@ -1,7 +1,8 @@
-"""Runs the benchmarks at sizes that fit a 2-core CPU and refreshes the README's tables.
+"""Runs the benchmarks at sizes that fit a 2-core CPU and refreshes their tables in the docs.
 
-Each benchmark's stdout replaces the README block between `<!-- bench:NAME -->` and
-`<!-- /bench:NAME -->`, preceded by the command that made it and the date.
+Each benchmark's stdout replaces the block between `<!-- bench:NAME -->` and
+`<!-- /bench:NAME -->`, preceded by the command that made it and the date, in whichever of
+README.md and docs/*.md holds it (docs/results.md today).
 
   .venv/bin/python bench/run_all.py                 # all
   .venv/bin/python bench/run_all.py vs_diffusers    # some
@@ -38,23 +39,31 @@ def run(name: str) -> str:
   return f"`{command}` ({datetime.date.today()}, {os.cpu_count()} CPU cores):\n\n{out.strip()}\n"
 
 
-def refresh(readme: str, name: str, body: str) -> str:
-  pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
-  if not pattern.search(readme):
-    print(f"README has no bench:{name} block; printing instead\n{body}")
-    return readme
-  return pattern.sub(lambda m: m.group(1) + body + m.group(2), readme)
+def block(name: str) -> re.Pattern:
+  return re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+
+
+def home(name: str):
+  """The Markdown file that holds bench:NAME's block, or None."""
+  for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    if block(name).search(path.read_text()):
+      return path
+  return None
 
 
 def main(names):
-  readme_path = ROOT / "README.md"
   for name in names or BENCHMARKS:
     if name not in BENCHMARKS:
       sys.exit(f"unknown benchmark {name}; choose from {', '.join(BENCHMARKS)}")
+    path = home(name)
     body = run(name)
-    with atomic_file(readme_path, "w") as f:
-      f.write(refresh(readme_path.read_text(), name, body))
-    print(body)
+    if path is None:
+      print(f"no Markdown file has a bench:{name} block; printing instead\n{body}")
+      continue
+    text = block(name).sub(lambda m: m.group(1) + body + m.group(2), path.read_text())
+    with atomic_file(path, "w") as f:
+      f.write(text)
+    print(f"{path.relative_to(ROOT)}:\n{body}")
 
 
 if __name__ == "__main__":
