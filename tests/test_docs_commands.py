@@ -5,9 +5,11 @@ inline code, `\\` continuations followed), and each is parsed by the CLI's own p
 `--config.KEY` its config file does not have. A command with a config then goes through the
 checks the run makes before touching data: config_check.validate (with the devices of
 `compile --topology`), the latent space's weights (latent_space.make_latent_space) and the
-settings each data source needs (pipeline.make_source, Run._train_source). No data, weights or
-compiles: the data sources' readers are replaced by a stand-in, and a DC-AE params dir that is
-not here is taken to hold SANA's DC-AE (the only one the docs import).
+settings each data source needs (pipeline.make_source, Run._train_source). No weights or
+compiles, and no data but a replay of each `linearsr data tfds` the docs show on two small
+images, whose output a `tfds_folder` source of the docs must open; the other readers are
+replaced by a stand-in, and a DC-AE params dir that is not here is taken to hold SANA's DC-AE
+(the only one the docs import).
 
 Skipped, as placeholders: synopses with `…`, `...`, `[optional]`, `(a | b)` or `<name>` in them
 (the command table, usage lines) and, in inline code only, with upper-case metavariables
@@ -157,19 +159,61 @@ class Unread:
     pass
 
 
+@pytest.fixture(scope="module")
+def tfds_replays(tmp_path_factory) -> dict:
+  """{the --out of each `linearsr data tfds` in the docs: where the same command, run here on two
+  small images, wrote}: a `tfds_folder` path in the docs must then open as the dataset."""
+  import numpy as np
+  from PIL import Image
+
+  from linearsr_jax import cli
+
+  replays = {}
+  for _, _, argv in COMMANDS:
+    if argv[:2] != ["data", "tfds"]:
+      continue
+    args = cli.build_parser("data").parse_args(argv)
+    images = tmp_path_factory.mktemp("images")
+    side = max(args.min_size, 32)
+    for i in range(2):
+      pixels = np.random.default_rng(i).integers(0, 256, (side, side, 3), np.uint8)
+      Image.fromarray(pixels).save(images / f"{i}.png")
+    out = tmp_path_factory.mktemp("tfds") / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+      assert cli.main([*argv[:2], str(images), *argv[3:argv.index("--out")],
+                       *argv[argv.index("--out") + 2:], "--out", str(out)]) == 0
+    replays[args.out.rstrip("/")] = str(out)
+  return replays
+
+
 @pytest.fixture
-def no_reading(monkeypatch):
-  """The data readers replaced by Unread; a DC-AE params dir not here reads as SANA's DC-AE."""
+def no_reading(monkeypatch, tfds_replays):
+  """The data readers replaced by Unread, but for the TFDS folders the docs make with `linearsr
+  data tfds` (read where its replay wrote); a DC-AE params dir not here reads as SANA's DC-AE."""
   from linearsr_jax.configs import dcae_f32c32_sana
   from linearsr_jax.data import latent_crops, sources, tag_sources
+  from linearsr_jax.errors import UserError
   from linearsr_jax.interop import params_io
 
+  tfds_folder = sources.TfdsFolderSource
+
+  def replayed_tfds_folder(path, split="train"):
+    path = str(path)
+    for out, local in tfds_replays.items():
+      if path == out or path.startswith(out + "/"):
+        try:
+          return tfds_folder(local + path[len(out):], split)
+        except UserError as e:
+          raise UserError(str(e).replace(local, out)) from None
+    return Unread()
+
   for module, names in [(sources, ["DemoSource", "FolderSource", "PairedSource",
-                                   "TfdsFolderSource", "Div2kSource"]),
+                                   "Div2kSource"]),
                         (tag_sources, ["MappingTags", "MappingArrays"]),
                         (latent_crops, ["LatentCropSource"])]:
     for name in names:
       monkeypatch.setattr(module, name, Unread)
+  monkeypatch.setattr(sources, "TfdsFolderSource", replayed_tfds_folder)
   read_header, sana_dcae = params_io.read_header, dcae_f32c32_sana.get_config().to_dict()
   monkeypatch.setattr(params_io, "read_header", lambda path, kind: (
       read_header(path, kind) if os.path.exists(path) else sana_dcae))
