@@ -338,3 +338,29 @@ def test_command(no_reading, where, command, argv):
     check(argv)
   except (AssertionError, UserError) as e:
     pytest.fail(f"{where}: `{command}` would stop: {e}", pytrace=False)
+
+
+def _anchors(path) -> set:
+  """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces to
+  hyphens."""
+  text = re.sub(r"(?ms)^```.*?^```", "", path.read_text())
+  return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+          for h in re.findall(r"(?m)^#+ (.*)$", text)}
+
+
+def test_links_resolve():
+  """Every relative link of README.md and docs/*.md names a file that exists, and a heading of it."""
+  broken = []
+  for path in doc_files():
+    if path.suffix != ".md":
+      continue
+    for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+      if re.match(r"[a-z]+://", target):
+        continue
+      file, _, anchor = target.partition("#")
+      linked = (path.parent / file).resolve() if file else path
+      if not linked.exists():
+        broken.append(f"{path.relative_to(REPO)}: {target} (no such file)")
+      elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+        broken.append(f"{path.relative_to(REPO)}: {target} (no such heading)")
+  assert not broken, "\n".join(broken)
