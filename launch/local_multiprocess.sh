@@ -7,7 +7,12 @@
 # Logs: LOGDIR/process_<i>.log, LOGDIR=${LINEARSR_LOG_DIR:-WORKDIR}; a gs:// workdir needs
 # LINEARSR_LOG_DIR (a shell cannot append to an object). Exit code: non-zero if any process failed.
 set -euo pipefail
-NUM=${1:?usage: $0 NUM_PROCESSES linearsr-train-args...}
+if [[ $# -eq 0 || "$1" == "-h" || "$1" == "--help" ]]; then
+  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+  exit $(( $# == 0 ? 2 : 0 ))
+fi
+NUM=$1
+[[ "$NUM" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 NUM_PROCESSES linearsr-train-args..." >&2; exit 2; }
 shift
 WORKDIR=""
 for ((i = 1; i <= $#; i++)); do
