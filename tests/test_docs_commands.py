@@ -14,8 +14,8 @@ replaced by a stand-in, and a DC-AE params dir that is not here is taken to hold
 Skipped, as placeholders: synopses with `…`, `...`, `[optional]`, `(a | b)` or `<name>` in them
 (the command table, usage lines) and, in inline code only, with upper-case metavariables
 (`--out D`); inline mentions of a command's name (`linearsr compile`) or of a name and the one
-option a sentence is about (`linearsr eval --checkpoint`). The launch scripts' own lines pass "$@" on; their usage comments are checked, as the
-`linearsr train` each launcher runs.
+option a sentence is about (`linearsr eval --checkpoint`). The launch scripts' own lines pass
+"$@" on; their usage comments are checked, as the `linearsr train` each launcher runs.
 """
 
 import contextlib
@@ -32,7 +32,8 @@ from repo_paths import REPO
 
 LINEARSR = re.compile(r"(.*/)?linearsr$")
 PYTHON = re.compile(r"(.*/)?python(3(\.\d+)?)?$")
-# launcher -> how many of its leading arguments are its own (then come `linearsr train`'s)
+# launcher -> (its action that runs `linearsr train`, "" when it has none; how many leading
+# arguments are its own before `linearsr train`'s)
 LAUNCHERS = {"launch/gpu_node.sh": ("", 0), "launch/local_multiprocess.sh": ("", 1),
              "launch/tpu_pod.sh": ("train", 0)}
 PREFIXES = {"time", "srun", "exec", "nohup"}
@@ -121,8 +122,10 @@ def find_commands():
     for line, text, inline in _snippets(path):
       try:
         tokens = shlex.split(text, comments=not inline)
-      except ValueError:
-        continue  # prose in backticks with a lone quote, not a shell line
+      except ValueError:  # an unbalanced quote: prose in backticks, or a broken command
+        if not inline and re.search(r"linearsr|launch/", text):
+          commands.append((f"{name}:{line}", text, None))
+        continue
       simple, redirected = [[]], False
       for token in tokens:
         if token in OPERATORS:
@@ -290,6 +293,8 @@ def _check_requirements(config, devices, needs):
 
 def check(argv):
   """Raises (AssertionError or UserError, one line) where the command would stop early."""
+  if argv is None:
+    raise AssertionError("a shell cannot split it (an unbalanced quote)")
   args, extra = _parse(argv)
   if args is None:
     return
@@ -349,7 +354,7 @@ def _anchors(path) -> set:
 
 
 def test_links_resolve():
-  """Every relative link of README.md and docs/*.md names a file that exists, and a heading of it."""
+  """Every relative link of README.md and docs/*.md names a file that exists, and its heading."""
   broken = []
   for path in doc_files():
     if path.suffix != ".md":
