@@ -2,9 +2,10 @@
 
   .venv/bin/python bench/bicubic_baselines.py [--root ../shared/benchmarks] [--dists]
 
-Prints, per set, how many pairs the evaluation and the training's paired source (`data.source
-.kind=paired`) each find and the scale the latter infers, then a Markdown table: PSNR / SSIM on BT.601 Y (no border crop; SSIM on float Y as BasicSR
-and on 8-bit Y as pyiqa), LPIPS v0.1 Alex and, with --dists, DISTS. The same numbers come from
+Prints, per set, how many pairs the evaluation and the training's paired source
+(`data.source.kind=paired`) each find and the scale the latter infers, then a Markdown table:
+PSNR / SSIM on BT.601 Y (no border crop; SSIM on float Y as BasicSR and on 8-bit Y as pyiqa),
+LPIPS v0.1 Alex and, with --dists, DISTS. The same numbers come from
 `linearsr eval --hr_dir SET/HR --lr_dir SET/LR --scale 4 --out DIR`.
 """
 
@@ -31,8 +32,9 @@ def main():
     pairs = evaluate.match_pairs(args.root / name / "HR", args.root / name / "LR")
     results = evaluate.evaluate_pairs(pairs, evaluate.bicubic_upscaler(4), names)
     summaries.append(evaluate.summarize(results, names, f"bicubic x4, {name}", {}))
+    seconds = time.perf_counter() - start
     paired = sources.PairedSource(args.root / name / "LR", args.root / name / "HR")
-    print(f"{name}: {len(results)} pairs in {time.perf_counter() - start:.0f} s; the paired "
+    print(f"{name}: {len(results)} pairs in {seconds:.0f} s; the paired "
           f"source finds {len(paired)} at x{paired.scale}", flush=True)
   print()
   print(evaluate.markdown_table(summaries, names), end="")
