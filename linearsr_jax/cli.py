@@ -45,11 +45,10 @@ def _skip_absent_tpu_runtime():
   if os.environ.get("JAX_PLATFORMS"):
     return
   import jax
-  from jax._src import hardware_utils  # the probe JAX itself runs before starting libtpu
 
-  if not (hardware_utils.num_available_tpu_chips_and_device_id()[0]
-          or hardware_utils.has_visible_nvidia_gpu()
-          or hardware_utils.num_available_amd_gpus(stop_at=1)):
+  from linearsr_jax import jax_private
+
+  if not jax_private.accelerator_attached():
     jax.config.update("jax_platforms", "cpu")
 
 

@@ -82,7 +82,7 @@ def write_grid(lr_path, sr_path, hr_path, out_path, scale):
   the window on the full panels."""
   from PIL import Image, ImageDraw
 
-  from linearsr_jax.data.degradations import imresize_bicubic
+  from linearsr_jax.resize import imresize_bicubic
   from linearsr_jax.data.image_io import read_image, to_uint8, write_image
 
   lr, sr, hr = read_image(lr_path), read_image(sr_path), read_image(hr_path)

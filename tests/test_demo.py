@@ -105,7 +105,7 @@ def test_demo_outputs(demo):
   # The bicubic test LR is classic bicubic of the HR; the real-world ones are not, though the
   # training mixes bicubic pairs in.
   assert config["data"]["degradation"]["bicubic_prob"] == 0.5
-  from linearsr_jax.data.degradations import imresize_bicubic
+  from linearsr_jax.resize import imresize_bicubic
   from linearsr_jax.data.image_io import read_image
   for kind, name, close in (("bicubic", "coffee", True), ("bicubic", "chelsea", True),
                             ("realistic", "coffee", False), ("realistic", "chelsea", False)):

@@ -196,7 +196,7 @@ def no_reading(monkeypatch, tfds_replays):
   from linearsr_jax.configs import dcae_f32c32_sana
   from linearsr_jax.data import latent_crops, sources, tag_sources
   from linearsr_jax.errors import UserError
-  from linearsr_jax.interop import params_io
+  from linearsr_jax import params_io
 
   tfds_folder = sources.TfdsFolderSource
 

@@ -13,10 +13,8 @@ and writes its result.
 import math
 import re
 
-from jax._src import xla_bridge
-from jax._src.lib import _jax
-
-from linearsr_jax.aot.hlo_stats import _BYTES
+from linearsr_jax import jax_private
+from linearsr_jax.aot.hlo_shapes import DTYPE_BYTES
 
 _DEF = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+) = \(?(\w+\[[\d,]*\])")
 _SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
@@ -34,7 +32,7 @@ def _dims(shape: str) -> tuple[str, list[int]]:
 
 def _bytes(shape: str) -> int:
   dtype, dims = _dims(shape)
-  return _BYTES.get(dtype, 4) * math.prod(dims)
+  return DTYPE_BYTES.get(dtype, 4) * math.prod(dims)
 
 
 def library_call_cost(hlo_text: str) -> tuple[float, float]:
@@ -67,10 +65,9 @@ def library_call_cost(hlo_text: str) -> tuple[float, float]:
 
 def cost_analysis(compiled) -> dict:
   """{"flops", "bytes accessed"} per GPU, as `compiled.cost_analysis()` gives them elsewhere."""
-  cpu = xla_bridge.get_backend("cpu")
   cost = {"flops": 0.0, "bytes accessed": 0.0}
   for module in compiled.runtime_executable().hlo_modules():
-    generic = _jax.hlo_module_cost_analysis(cpu, module)
+    generic = jax_private.hlo_module_cost(module)
     library_flops, library_bytes = library_call_cost(module.to_string())
     cost["flops"] += generic.get("flops", 0.0) + library_flops
     cost["bytes accessed"] += generic.get("bytes accessed", 0.0) + library_bytes

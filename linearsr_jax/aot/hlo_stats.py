@@ -13,10 +13,10 @@ import re
 
 import numpy as np
 
+from linearsr_jax.aot.hlo_shapes import DTYPE_BYTES
+
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
-          "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
-_SHAPE = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([\d,]*)\]")
+_SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
 _OP = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(")
 # TPU async collectives: the op is repeated, same channel, in every fusion that advances it
@@ -42,7 +42,7 @@ class CollectiveOp:
 def _bytes_by_dtype(text: str, scale: int = 1) -> dict:
   out = {}
   for dtype, dims in _SHAPE.findall(text):
-    size = _BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d])) * scale
+    size = DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d])) * scale
     out[dtype] = out.get(dtype, 0) + size
   return out
 

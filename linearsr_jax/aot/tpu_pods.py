@@ -111,5 +111,5 @@ def pod_devices(pod: Pod):
 
 
 def _tpu_attached() -> bool:
-  from jax._src import hardware_utils  # jax's own probe of the PCI bus for TPU chips
-  return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+  from linearsr_jax import jax_private
+  return jax_private.tpu_chips_attached()

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from linearsr_jax.errors import UserError
-from linearsr_jax.inference.resize import upsample_bicubic
+from linearsr_jax.resize import upsample_bicubic
 
 SOURCES = ("noise", "lr")
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from linearsr_jax import disk_space, storage
 from linearsr_jax.atomic import write_atomically
-from linearsr_jax.data.degradations import imresize_bicubic
+from linearsr_jax.resize import imresize_bicubic
 from linearsr_jax.data.image_io import list_images, read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.evaluate import metrics

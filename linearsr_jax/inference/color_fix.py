@@ -12,7 +12,7 @@ no second full-resolution image is ever held.
 import cv2
 import numpy as np
 
-from linearsr_jax.data.degradations import imresize_bicubic_rows
+from linearsr_jax.resize import imresize_bicubic_rows
 
 MODES = ("wavelet", "adain", "none")
 LEVELS = 5

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from linearsr_jax.diffusion import experts, flow, samplers
-from linearsr_jax.inference.resize import upsample_bicubic
+from linearsr_jax.resize import upsample_bicubic
 
 
 def make_super_resolve(model, latent_space, diffusion_cfg, *, scale: int, **sampler_overrides):

@@ -26,7 +26,7 @@ import numpy as np
 
 from linearsr_jax import storage
 from linearsr_jax.errors import UserError
-from linearsr_jax.interop import params_io
+from linearsr_jax import params_io
 
 NPZ_FILE = "params.npz"
 CONFIG_FILE = "config.json"

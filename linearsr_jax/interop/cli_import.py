@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from linearsr_jax.interop import params_io
+from linearsr_jax import params_io
 
 
 def add_arguments(parser):

@@ -15,7 +15,7 @@ import numpy as np
 
 from linearsr_jax.atomic import atomic_dir, check_complete
 from linearsr_jax.errors import UserError
-from linearsr_jax.interop import params_io
+from linearsr_jax import params_io
 from linearsr_jax.interop.safetensors_io import check_consumed, load_checkpoint, save_checkpoint, take
 from linearsr_jax.models.dit import DiTConfig, LRStem
 

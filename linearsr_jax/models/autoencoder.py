@@ -27,7 +27,7 @@ from linearsr_jax.models.autoencoder_layers import (ACTIVATIONS, Conv, Dtype, De
                                                     norm_layer, pixel_shuffle, pixel_unshuffle)
 
 
-# The key a params directory (interop/params_io.py) stores a DC-AE under.
+# The key a params directory (params_io.py) stores a DC-AE under.
 PARAMS_KIND = "autoencoder_dc"
 
 # diffusers' AutoencoderDC.__init__ defaults: a saved config.json may omit any of these.

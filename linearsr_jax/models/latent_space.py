@@ -150,7 +150,7 @@ def make_latent_space(config: ml_collections.ConfigDict, params=None, load_param
     return PixelSpace(int(config.factor), float(config.shift), float(config.scaling))
   if config.kind != "dcae":
     raise UserError(f"latent.kind must be 'pixel' or 'dcae', got {config.kind!r}")
-  from linearsr_jax.interop import params_io
+  from linearsr_jax import params_io
 
   arch = config.dcae.to_dict()
   if config.dcae_params:

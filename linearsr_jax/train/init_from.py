@@ -13,7 +13,7 @@ first mismatched tensor, raised before anything trains.
 import numpy as np
 
 from linearsr_jax.errors import UserError
-from linearsr_jax.interop import params_io
+from linearsr_jax import params_io
 from linearsr_jax.interop.diffusers_sana import block_params, set_block_params
 from linearsr_jax.models.dit import DiTConfig
 

@@ -5,7 +5,7 @@ import pytest
 import skimage
 from scipy import ndimage
 
-from linearsr_jax.data.degradations import imresize_bicubic
+from linearsr_jax.resize import imresize_bicubic
 from linearsr_jax.inference.color_fix import color_fix, color_fix_in_place
 
 

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 
 from linearsr_jax.cli import main
 from linearsr_jax.inference.trained import load_trained
-from linearsr_jax.interop import params_io
+from linearsr_jax import params_io
 from linearsr_jax.interop.cli_export import read_npz_export
 from linearsr_jax.models.dit import DiT, LRStem
 from sana_reference import torch_forward

@@ -10,7 +10,7 @@ from diffusers import SanaTransformer2DModel
 from safetensors.numpy import load_file, save_file
 
 from linearsr_jax.cli import main
-from linearsr_jax.interop import params_io
+from linearsr_jax import params_io
 from sana_reference import random_sana, reference_inputs, torch_forward
 
 CONFIG = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2,

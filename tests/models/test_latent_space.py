@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderDC as TorchAutoencoderDC
 
 from linearsr_jax.errors import UserError
-from linearsr_jax.interop import params_io
+from linearsr_jax import params_io
 from linearsr_jax.interop.diffusers_vae import import_autoencoder_dc
 from linearsr_jax.models import autoencoder
 from linearsr_jax.models.latent_space import (DCAESpace, PixelSpace, default_config,
