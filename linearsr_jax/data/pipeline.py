@@ -12,7 +12,7 @@ Batches are dicts of NumPy arrays:
   'cond_mask'  [B, L] bool                          (both from the `tokenize` argument)
 The pipeline knows nothing of the model: a record's 'tags' is its condition source (a tag list,
 or for precomputed arrays an ArrayRef or None, see tag_sources.py) and `tokenize(source) ->
-(cond, cond_mask)` (models/tags.py make_condition) turns it into arrays. Every random choice
+(cond, cond_mask)` (data/conditions.py make_condition) turns it into arrays. Every random choice
 is drawn from a generator seeded by (seed, element index), so a seed fixes the batches
 whatever the number of workers or hosts, and the iterator state (`get_state` / `set_state`,
 grain's Orbax handler) resumes mid-epoch.
@@ -75,7 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
 def make_source(config, split="train", encoder="hash"):
   """The train or eval source named by the config (min size = crop size for training).
 
-  Its records' condition sources suit `encoder` (models/tags.py): tag lists for 'hash';
+  Its records' condition sources suit `encoder` (data/conditions.py): tag lists for 'hash';
   for 'precomputed', the arrays beside the images or in the mapping file.
   """
   section = "source" if split == "train" else "eval_source"

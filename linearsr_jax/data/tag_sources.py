@@ -4,8 +4,8 @@ nowhere.
 A tag source is a picklable callable `image_path -> condition source` (grain ships it to
 worker processes). For the hash encoder the source is the image's tags, raw: split on commas
 and stripped, nothing more; lower-casing, deduplication and hashing belong to the tag encoder
-(models/tags.py). For the precomputed encoder it is an `ArrayRef` to the image's [L, C] array,
-or None when it has none; models/tags.py loads and checks it.
+(conditions.py). For the precomputed encoder it is an `ArrayRef` to the image's [L, C] array,
+or None when it has none; data/conditions.py loads and checks it.
 
 - sidecar: `photo.png` takes its tags from `photo.txt` (or `photo.png.txt`) beside it,
   e.g. `dog, grass, frisbee`, or its array from `photo.npy` (or `photo.png.npy`). A missing
@@ -180,7 +180,7 @@ def array_names(path) -> list:
 
 def read_array(path, key=None) -> np.ndarray:
   """An .npy file's array, or entry `key` of an .npz / .safetensors file (no key: its only
-  entry). Shapes and values are the encoder's to check (models/tags.py)."""
+  entry). Shapes and values are the encoder's to check (conditions.py)."""
   path = storage.path(path)
   if not path.is_file():
     raise UserError(f"{path}: no such condition file")

@@ -22,7 +22,7 @@ from linearsr_jax.errors import UserError
 from linearsr_jax.inference import tiling
 from linearsr_jax.inference.color_fix import color_fix_in_place
 from linearsr_jax.inference.super_resolve import make_super_resolve
-from linearsr_jax.models.tags import make_condition, null_condition
+from linearsr_jax.data.conditions import make_condition, null_condition
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ from linearsr_jax.data import latent_crops, pipeline
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
-from linearsr_jax.models.tags import make_condition
+from linearsr_jax.data.conditions import make_condition
 from linearsr_jax.train import (esgf, init_from, kill_points, optimizer, run_config, run_dir,
                                 run_fit, run_lock)
 from linearsr_jax.train.checkpoint import StageCheckpoints

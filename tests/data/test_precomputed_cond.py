@@ -27,7 +27,7 @@ from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
 from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler, check_condition_flags
-from linearsr_jax.models.tags import make_condition
+from linearsr_jax.data.conditions import make_condition
 from repo_paths import REPO
 from trained_run import tiny_run_config
 

@@ -10,30 +10,31 @@ import numpy as np
 import pytest
 
 from linearsr_jax.errors import UserError
+from linearsr_jax.data import conditions
 from linearsr_jax.models import tags
 
 
 def test_normalisation_is_order_and_case_independent():
-  assert tags.normalize_tags(" Dog, cat ,DOG,,  red   Car ") == ["cat", "dog", "red car"]
-  assert tags.normalize_tags(["red car", "Cat", "dog"]) == ["cat", "dog", "red car"]
-  a = tags.tokenize_tags(["Dog", "cat", "tree"], 1000, 6)
-  b = tags.tokenize_tags("TREE, dog,Cat, cat", 1000, 6)
+  assert conditions.normalize_tags(" Dog, cat ,DOG,,  red   Car ") == ["cat", "dog", "red car"]
+  assert conditions.normalize_tags(["red car", "Cat", "dog"]) == ["cat", "dog", "red car"]
+  a = conditions.tokenize_tags(["Dog", "cat", "tree"], 1000, 6)
+  b = conditions.tokenize_tags("TREE, dog,Cat, cat", 1000, 6)
   np.testing.assert_array_equal(a[0], b[0])
   np.testing.assert_array_equal(a[1], b[1])
 
 
 def test_ids_are_crc32_buckets_and_mask_marks_the_tags():
-  ids, mask = tags.tokenize_tags(["tree", "cat"], 1000, 4)
+  ids, mask = conditions.tokenize_tags(["tree", "cat"], 1000, 4)
   assert ids.dtype == np.int32 and mask.dtype == bool
   np.testing.assert_array_equal(ids[:2], [zlib.crc32(b"cat") % 1000, zlib.crc32(b"tree") % 1000])
   np.testing.assert_array_equal(mask, [True, True, False, False])
-  ids, mask = tags.tokenize_tags([f"t{i}" for i in range(10)], 1000, 4)
+  ids, mask = conditions.tokenize_tags([f"t{i}" for i in range(10)], 1000, 4)
   assert mask.all() and len(ids) == 4
 
 
 def test_empty_tags_warn_and_mask_nothing():
   with pytest.warns(UserWarning, match="null condition"):
-    ids, mask = tags.tokenize_tags(" , ", 1000, 3)
+    ids, mask = conditions.tokenize_tags(" , ", 1000, 3)
   assert not mask.any()
 
 
@@ -47,7 +48,7 @@ def _encoder_and_params(dropout_prob=0.0):
 def test_encoder_tokens_mask_and_null_condition():
   encoder, params = _encoder_and_params()
   with pytest.warns(UserWarning, match="no tags"):
-    batch = [tags.tokenize_tags(t, 64, 3) for t in (["Cat", "dog"], "dog, cat", [])]
+    batch = [conditions.tokenize_tags(t, 64, 3) for t in (["Cat", "dog"], "dog, cat", [])]
   ids = jnp.asarray(np.stack([b[0] for b in batch]))
   mask = jnp.asarray(np.stack([b[1] for b in batch]))
   tokens, out_mask = jax.jit(encoder.apply)(params, ids, mask)
@@ -95,28 +96,28 @@ def test_precomputed_arrays_load_pad_and_reject_wrong_shapes(tmp_path):
   np.save(tmp_path / "a.npy", array)
   save_file({"cond": array}, str(tmp_path / "a.safetensors"))
   for name in ("a.npy", "a.safetensors"):
-    tokens, mask = tags.load_precomputed(tmp_path / name, max_tokens=4, features=5)
+    tokens, mask = conditions.load_precomputed(tmp_path / name, max_tokens=4, features=5)
     np.testing.assert_array_equal(tokens[:2], array)
     assert not tokens[2:].any()
     np.testing.assert_array_equal(mask, [True, True, False, False])
   with pytest.raises(UserError, match=r"shape \(2, 5\), expected \[L, 6\]"):
-    tags.load_precomputed(tmp_path / "a.npy", max_tokens=4, features=6)
+    conditions.load_precomputed(tmp_path / "a.npy", max_tokens=4, features=6)
   with pytest.raises(UserError, match="L <= 1"):
-    tags.load_precomputed(tmp_path / "a.npy", max_tokens=1, features=5)
+    conditions.load_precomputed(tmp_path / "a.npy", max_tokens=1, features=5)
   np.save(tmp_path / "b.npy", np.zeros(5, np.float32))
   with pytest.raises(UserError, match=r"shape \(5,\)"):
-    tags.load_precomputed(tmp_path / "b.npy", max_tokens=4, features=5)
+    conditions.load_precomputed(tmp_path / "b.npy", max_tokens=4, features=5)
   with pytest.raises(UserError, match="no such"):
-    tags.load_precomputed(tmp_path / "missing.npy", max_tokens=4, features=5)
+    conditions.load_precomputed(tmp_path / "missing.npy", max_tokens=4, features=5)
   (tmp_path / "c.npy").write_bytes(b"not an array")
   with pytest.raises(UserError, match="not a readable"):
-    tags.load_precomputed(tmp_path / "c.npy", max_tokens=4, features=5)
+    conditions.load_precomputed(tmp_path / "c.npy", max_tokens=4, features=5)
 
 
 def test_precomputed_encoder_replaces_empty_arrays_by_null(tmp_path):
   np.save(tmp_path / "empty.npy", np.zeros((0, 5), np.float32))
   with pytest.warns(UserWarning, match="null condition"):
-    tokens, mask = tags.load_precomputed(tmp_path / "empty.npy", max_tokens=2, features=5)
+    tokens, mask = conditions.load_precomputed(tmp_path / "empty.npy", max_tokens=2, features=5)
   encoder = tags.PrecomputedEncoder(features=5, max_tokens=2)
   batch_tokens = jnp.stack([jnp.ones((2, 5)), jnp.asarray(tokens)])
   batch_mask = jnp.stack([jnp.array([True, False]), jnp.asarray(mask)])
@@ -131,7 +132,8 @@ def test_encoder_runs_sharded_on_the_mesh():
   from linearsr_jax import sharding
 
   encoder, params = _encoder_and_params()
-  ids = jnp.asarray(np.stack([tags.tokenize_tags([f"tag{i}", "x"], 64, 3)[0] for i in range(8)]))
+  ids = jnp.asarray(np.stack([conditions.tokenize_tags([f"tag{i}", "x"], 64, 3)[0]
+                              for i in range(8)]))
   mask = jnp.asarray(np.arange(3) < np.arange(8)[:, None] % 3)  # rows with 0, 1, 2 tokens
   expected = encoder.apply(params, ids, mask)
   mesh = sharding.make_mesh({"expert": 4, "data": 2})
