@@ -6,7 +6,7 @@ run.json, each stage's knee and last evaluation, and every leaf of the final sta
 
 Kills go to one workdir until its run finishes; then it is compared and a new one starts. A
 workdir's first kill, and half of the later ones, land on a named moment
-(linearsr_jax/train/kill_points.py: a checkpoint write in flight, half a metrics line, a drawn but
+(linearsr_jax/run/kill_points.py: a checkpoint write in flight, half a metrics line, a drawn but
 unwritten knee plot, between a stage's result.json and the next stage, a knee restore, run.json)
 at a random occurrence, taking the points in turn from a shuffled cycle so each gets its share;
 the first kill has all of a run's occurrences ahead, so it cannot come after the end. The other
@@ -41,8 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import run_outcome
 from common import markdown_table
-from linearsr_jax.train import fault_points, kill_points, run_lock, run_outcome
+from linearsr_jax.run import fault_points, kill_points
+from linearsr_jax.train import run_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = {"model.depth": 1, "model.hidden": 64, "model.heads": 2, "model.cross_heads": 2,

@@ -19,10 +19,9 @@ import ml_collections
 import numpy as np
 
 from common import markdown_table, matmul_gflops, xla_flops
+from linearsr_jax import optimizer, sharding
 from linearsr_jax.configs import sana600m_x4, tiny
-from linearsr_jax import sharding
 from linearsr_jax.models.build import build_model
-from linearsr_jax.train import optimizer
 from linearsr_jax.train.state import create_train_state
 from linearsr_jax.train.step import make_train_step
 

@@ -2,11 +2,11 @@
 
 import ml_collections
 
+from linearsr_jax import esgf, optimizer
 from linearsr_jax.data import pipeline
 from linearsr_jax.diffusion import flow
 from linearsr_jax.models import latent_space, tags
 from linearsr_jax.sharding import DEFAULT_RULES
-from linearsr_jax.train import esgf, optimizer
 
 
 def model_config(**fields) -> ml_collections.ConfigDict:

@@ -14,13 +14,13 @@ import re
 
 import ml_collections
 
-from linearsr_jax import sharding
+from linearsr_jax import esgf, optimizer, sharding
 from linearsr_jax.data import degradations, pipeline, tag_sources
 from linearsr_jax.diffusion import experts, flow, samplers
 from linearsr_jax.errors import UserError
 from linearsr_jax.models import attention, dit, tags
 from linearsr_jax.models.latent_space import lr_stem_depth, make_latent_space
-from linearsr_jax.train import esgf, metric_keys, optimizer
+from linearsr_jax.run import metric_keys
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from linearsr_jax import configs
 from linearsr_jax.atomic import atomic_file, write_atomically
 from linearsr_jax.demo_photos import split_photos
 from linearsr_jax.errors import UserError
-from linearsr_jax.train.run_dir import RunDir, read_json
+from linearsr_jax.run.run_dir import RunDir, read_json
 
 EVAL_METRICS = "psnr_y,ssim_y,lpips_alex"
 # The two test degradations: classic bicubic ×4, and the training degradation without its

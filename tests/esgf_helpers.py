@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from linearsr_jax.train import esgf
+from linearsr_jax import esgf
 
 
 INTERVAL = 100  # training steps between evaluations

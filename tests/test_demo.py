@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from linearsr_jax.cli import main
-from linearsr_jax.train.run_dir import RunDir
+from linearsr_jax.run.run_dir import RunDir
 
 # Small enough for the test budget, large enough for a real knee: a 2-block tiny model at crop
 # 32, evaluated every 10 steps, with a noisier LR-anchored source, whose validation curves turn

@@ -13,7 +13,8 @@ import pytest
 
 from linearsr_jax.cli import main
 from linearsr_jax.data.image_io import write_image
-from linearsr_jax.train import run_dir, run_outcome, state_checksum
+from linearsr_jax.run import run_dir, state_checksum
+from bench import run_outcome
 from train_runs import cli_env, start, train_command, wait_ok
 from trained_run import trained_run
 

@@ -20,12 +20,13 @@ from etils import epath
 from PIL import Image
 
 from gcs_emulator import DENIED_BUCKET, Emulator
+from linearsr_jax import params_io
 from linearsr_jax.cli import main
 from linearsr_jax.data.sources import DEMO_IMAGES
 from linearsr_jax.errors import UserError
-from linearsr_jax import params_io
 from linearsr_jax.interop.cli_export import read_npz_export
-from linearsr_jax.train import kill_points, run_dir, run_outcome
+from linearsr_jax.run import kill_points, run_dir
+from bench import run_outcome
 from lock_race import race
 from repo_paths import REPO
 from train_runs import (SMALL, cli_env, checkpoint_steps, start, train_command,

@@ -6,26 +6,23 @@
     trained = load_trained("runs/demo/pretrain/knee_snapshots/300")  # the knee's EMA params
 
 The run's resolved config.json rebuilds the model, latent space and sampler settings; the
-params are restored from Orbax without needing the training state's structure in advance; the
+params are restored from Orbax without needing the training state's structure in advance
+(run/checkpoint_read.py); the
 EMA params of a step come from its knee snapshot when it has one (train/knee_snapshots.py), else
 from its checkpoint.
 """
 
 import dataclasses
-import logging
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
-from linearsr_jax import config_check, storage
+from linearsr_jax import config_check, run_config, storage
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import SRModel
-from linearsr_jax.train import abandoned_reads, run_config, state_checksum
-from linearsr_jax.train.run_dir import RunDir, StageDir
-
-log = logging.getLogger(__name__)
+from linearsr_jax.run import checkpoint_read
+from linearsr_jax.run.run_dir import RunDir, StageDir, step_location
 
 
 @dataclasses.dataclass
@@ -46,8 +43,7 @@ class Trained:
 def _resolve(path, stage, step):
   """(run dir, stage name, step) from any of: run dir, stage dir, step dir."""
   if (path / "_CHECKPOINT_METADATA").exists() or (path / "state").is_dir():
-    step_dir = path
-    return RunDir(step_dir.parents[2]), step_dir.parents[1].name, int(step_dir.name)
+    return step_location(path)
   if StageDir(path).stage_json.exists():
     return _resolve_stage(RunDir(path.parent), path.name, step)
   run = RunDir(path)
@@ -90,36 +86,6 @@ def _step_dir(stage_dir: StageDir, step: int, ema: bool):
   raise UserError(f"{stage_dir.checkpoint(step)}: no such checkpoint")
 
 
-def _restore_on_one_device(path, name: str):
-  """The saved state's `name` subtree alone (`ema_params` or `params`), every array on the first
-  local device: the tools run on whatever machine they are given, not on the training mesh the
-  checkpoint was written from. Orbax's partial restore reads only that subtree's arrays from
-  disk, not the other params copy, the optimizer moments or the counters (several times the
-  params' size for a big model with Adam)."""
-  handler = ocp.PyTreeCheckpointHandler()
-  # The manager writes _CHECKPOINT_METADATA beside the items, not in them; reading one item
-  # directly makes Orbax warn that it is missing, on every tool run. The handler's metadata()
-  # reads the item's own files only (the Checkpointer's would also look for that file, and
-  # swallow a corrupt item's error); absl is kept quiet here all the same.
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)
-  try:
-    metadata = handler.metadata(path)
-  finally:
-    absl_logger.setLevel(level)
-  tree = getattr(metadata, "tree", metadata)
-  if not isinstance(tree, dict) or not isinstance(tree.get(name), dict):
-    raise KeyError(f"no {name} in the saved state")
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = {name: jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree[name])}
-  restored = ocp.Checkpointer(handler).restore(path, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True))
-  return restored[name]
-
-
 def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
   path = storage.absolute(path)
   if not path.exists():
@@ -129,20 +95,7 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
   config = run_config.read(run)
   if config is None:
     raise UserError(f"{run.path}: no config.json, so the model cannot be rebuilt")
-  name = "ema_params" if ema else "params"
-  abandoned_reads.silence()
-  verified = (step_dir / "checksums").is_dir()  # absent: written before checkpoints had them
-  try:
-    params = _restore_on_one_device(step_dir / "state", name)
-    saved = ocp.JsonCheckpointHandler().restore(step_dir / "checksums") if verified else None
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    raise UserError(f"{step_dir}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
-  if saved is None:
-    log.warning("%s has no checksums (written by a version before they existed): its params "
-                "are used unverified", step_dir)
-  elif bad := state_checksum.mismatches(params, saved, prefix=f"{name}/"):
-    raise UserError(f"{step_dir}: damaged checkpoint: {bad[0]} reads back different from what "
-                    f"was saved (checksum; {len(bad)} arrays differ)")
+  params = checkpoint_read.read_params(step_dir, "ema_params" if ema else "params")
   model, latent_space = build_model(config)
   diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
   diffusion.experts.num_experts = jax.tree.leaves(params)[0].shape[0]

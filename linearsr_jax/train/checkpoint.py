@@ -33,8 +33,9 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from linearsr_jax import disk_space, lead_decides, storage, storage_errors
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import (abandoned_reads, data_position, fault_points, kill_points,
-                                state_checksum)
+from linearsr_jax.run import (abandoned_reads, checkpoint_read, fault_points, kill_points,
+                              state_checksum)
+from linearsr_jax.train import data_position
 
 ITEMS = ("state", "data_iter", "metrics", "checksums")
 log = logging.getLogger(__name__)
@@ -127,10 +128,11 @@ class StageCheckpoints:
     # A finished save holds every item (Orbax renames its directory into place at the end), so
     # a step without checksums was written before checkpoints had them: read, not verified;
     # unless its siblings have them, then it lost them.
-    verified = self._has_checksums(step)
+    verified = checkpoint_read.has_checksums(self._step_dir(step))
     if verified:
       args["checksums"] = ocp.args.JsonRestore()
-    elif any(self._has_checksums(s) for s in self.all_steps() if s != step):
+    elif any(checkpoint_read.has_checksums(self._step_dir(s)) for s in self.all_steps()
+             if s != step):
       raise DamagedCheckpoint(step, "its checksums are missing (other checkpoints have them)")
     else:
       log.warning("checkpoint %s has no checksums (written by a version before they existed): "
@@ -142,15 +144,15 @@ class StageCheckpoints:
       return restored["state"], dict(restored["metrics"] or {})
     if restored["checksums"] is None:
       raise DamagedCheckpoint(step, "its checksums are missing")
-    bad = state_checksum.mismatches(restored["state"], restored["checksums"])
+    bad = checkpoint_read.damaged_arrays(restored["state"], restored["checksums"])
     if bad:
       more = f" and {len(bad) - 1} more arrays" if bad[1:] else ""
       raise DamagedCheckpoint(step, f"{bad[0]}{more} read back different from what was saved "
                               "(checksum)")
     return restored["state"], dict(restored["metrics"] or {})
 
-  def _has_checksums(self, step: int) -> bool:
-    return (epath.Path(self.manager.directory) / str(step) / "checksums").exists()
+  def _step_dir(self, step: int):
+    return epath.Path(self.manager.directory) / str(step)
 
   def _saved_data_position(self, step: int):
     """This process's saved grain iterator state (the JSON grain's CheckpointHandler wrote)."""

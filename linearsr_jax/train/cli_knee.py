@@ -11,11 +11,10 @@ code 0 whether or not a knee is found (the answer is in the output), 2 on bad ar
 
 import itertools
 
-from linearsr_jax import storage
+from linearsr_jax import esgf, run_config, storage
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import esgf, run_config
-from linearsr_jax.train.metric_keys import flow_loss_key
-from linearsr_jax.train.run_dir import RunDir, StageDir, read_json
+from linearsr_jax.run.metric_keys import flow_loss_key
+from linearsr_jax.run.run_dir import RunDir, StageDir, read_json
 
 
 def add_arguments(parser):

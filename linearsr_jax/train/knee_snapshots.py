@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 
 from linearsr_jax import disk_space, storage_errors
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import state_checksum
+from linearsr_jax.run import state_checksum
 from linearsr_jax.train.checkpoint import KeepSteps, bytes_written_here, write_errors_as_one_line
 
 ITEMS = ("state", "checksums")

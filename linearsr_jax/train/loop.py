@@ -1,5 +1,5 @@
 """The training run: stages in order, each ending at its ESGF knee or its step budget, the next
-one starting from the previous stage's knee checkpoint. What it writes where: train/run_dir.py.
+one starting from the previous stage's knee checkpoint. What it writes where: run/run_dir.py.
 
 `Run` holds what the stages share (mesh, model, latent space, data, jitted steps); `train_stage`
 is set up or resume -> train until ESGF fires or the budget ends -> finish and hand over the
@@ -15,14 +15,14 @@ import jax
 import ml_collections
 from clu import metric_writers, periodic_actions
 
-from linearsr_jax import config_check, lead_decides, sharding, storage
+from linearsr_jax import config_check, esgf, lead_decides, optimizer, run_config, sharding, storage
 from linearsr_jax.data import latent_crops, pipeline
+from linearsr_jax.data.conditions import make_condition
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
-from linearsr_jax.data.conditions import make_condition
-from linearsr_jax.train import (esgf, init_from, kill_points, optimizer, run_config, run_dir,
-                                run_fit, run_lock)
+from linearsr_jax.run import kill_points, run_dir
+from linearsr_jax.train import init_from, run_fit, run_lock
 from linearsr_jax.train.checkpoint import StageCheckpoints
 from linearsr_jax.train.divergence_guard import LOSS, PSNR, DivergenceGuard
 from linearsr_jax.train.knee_snapshots import KneeSnapshots, UnreadableSnapshot

@@ -11,9 +11,10 @@ A config fits the run when
 Anything else (budgets, learning rates, evaluation, ESGF, data loading) may change on resume.
 """
 
-from linearsr_jax import config_check, storage_errors
+from linearsr_jax import config_check, run_config, storage_errors
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import checkpoint, run_config, run_dir
+from linearsr_jax.run import run_dir
+from linearsr_jax.train import checkpoint
 
 # What the trained params compute, beyond their shapes: the fields the tools rebuild the model
 # and its sampler's flow from. Not among them (FREE_FIELDS): how the model is computed, where

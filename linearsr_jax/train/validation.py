@@ -13,9 +13,9 @@ from jax.experimental import multihost_utils
 
 from linearsr_jax.diffusion import experts, flow
 from linearsr_jax.evaluate import metrics
-from linearsr_jax.resize import upsample_bicubic
 from linearsr_jax.inference.super_resolve import make_super_resolve
-from linearsr_jax.train.metric_keys import METRIC_NAMES, flow_loss_key, metric_key
+from linearsr_jax.resize import upsample_bicubic
+from linearsr_jax.run.metric_keys import METRIC_NAMES, flow_loss_key, metric_key
 
 
 def to_unit(images):

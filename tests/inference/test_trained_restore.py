@@ -12,7 +12,7 @@ import pytest
 import tensorstore as ts
 
 from linearsr_jax.inference.trained import load_trained
-from linearsr_jax.train.run_outcome import saved_state
+from bench.run_outcome import saved_state
 from trained_run import trained_run
 
 

@@ -4,7 +4,7 @@ import grain
 import jax.numpy as jnp
 
 from esgf_helpers import config, two_metric_records
-from linearsr_jax.train import esgf
+from linearsr_jax import esgf
 from linearsr_jax.train.checkpoint import StageCheckpoints
 
 KEEP_LATEST = 2

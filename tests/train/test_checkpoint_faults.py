@@ -15,7 +15,8 @@ import pytest
 from linearsr_jax import storage_errors
 from linearsr_jax.data import pipeline, sources
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import loop, run_dir
+from linearsr_jax.run import run_dir
+from linearsr_jax.train import loop
 from linearsr_jax.train.checkpoint import StageCheckpoints
 from train_runs import small_config
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from esgf_helpers import exponential_knee, tolerance, two_metric_records
-from linearsr_jax.train import esgf
+from linearsr_jax import esgf
 
 
 def run_cli(*args):

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import loop, run_dir, state_checksum
+from linearsr_jax.run import run_dir, state_checksum
+from linearsr_jax.train import loop
 from linearsr_jax.train.checkpoint import StageCheckpoints
 from damage import (empty_step_dir, flip_bytes, flip_bytes_throughout, remove_metadata,
                     truncate_array_file)

@@ -7,7 +7,12 @@ import signal
 
 import pytest
 
-from linearsr_jax.train import divergence_guard, kill_points, run_dir, run_outcome
+from bench import run_outcome
+from linearsr_jax.train import divergence_guard
+
+from linearsr_jax.run import kill_points
+
+from linearsr_jax.run import run_dir
 from linearsr_jax.train.divergence_guard import DivergenceGuard
 from train_runs import SMALL, cli_env, start, train_command, wait_ok
 

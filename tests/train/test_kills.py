@@ -8,7 +8,9 @@ import signal
 
 import pytest
 
-from linearsr_jax.train import kill_points, run_outcome
+from bench import run_outcome
+
+from linearsr_jax.run import kill_points
 from damage import truncate_array_file
 from train_runs import SMALL, cli_env, start, train_command, wait_ok
 

@@ -5,8 +5,10 @@ next one that step's EMA params, read from its knee snapshot, and nothing calls 
 import jax
 import numpy as np
 
+from linearsr_jax import esgf
 from linearsr_jax.inference.trained import load_trained
-from linearsr_jax.train import esgf, loop, run_dir
+from linearsr_jax.run import run_dir
+from linearsr_jax.train import loop
 from train_runs import small_config
 
 BUDGET = 10

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from linearsr_jax.train import run_dir
+from linearsr_jax.run import run_dir
 from test_damaged_checkpoints import _saved
 from train_runs import cli_env
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from linearsr_jax.train import optimizer
+from linearsr_jax import optimizer
 
 
 def _clipped_f64(grads: dict, max_norm: float) -> dict:

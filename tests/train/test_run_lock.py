@@ -17,7 +17,8 @@ import pytest
 
 from linearsr_jax.cli import main
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import loop, run_dir, run_lock
+from linearsr_jax.run import run_dir
+from linearsr_jax.train import loop, run_lock
 from lock_race import race
 from repo_paths import REPO
 from trained_run import tiny_run_config, trained_run

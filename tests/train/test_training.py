@@ -29,7 +29,7 @@ from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.train import loop
 from linearsr_jax.train.state import create_train_state
-from linearsr_jax.train.run_outcome import saved_state
+from bench.run_outcome import saved_state
 from linearsr_jax.train.step import make_train_step
 from repo_paths import REPO
 from train_runs import (MAX_STEPS, checkpoint_steps, cli_env,

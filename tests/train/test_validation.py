@@ -9,7 +9,7 @@ from linearsr_jax.configs import tiny
 from linearsr_jax.diffusion import experts
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import sr_example_inputs
-from linearsr_jax.train.metric_keys import flow_loss_key
+from linearsr_jax.run.metric_keys import flow_loss_key
 from linearsr_jax.train.validation import ExpertFlowLosses
 from model_helpers import perturbed
 

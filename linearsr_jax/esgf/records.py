@@ -8,7 +8,7 @@ import numpy as np
 
 from linearsr_jax import storage
 from linearsr_jax.errors import UserError
-from linearsr_jax.train.run_dir import read_jsonl
+from linearsr_jax.run.run_dir import read_jsonl
 
 
 def read_metrics_jsonl(path) -> tuple:

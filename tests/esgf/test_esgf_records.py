@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from linearsr_jax import esgf
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import esgf
 
 
 def test_read_metrics_jsonl(tmp_path):

@@ -3,7 +3,7 @@
 import json
 import logging
 
-from linearsr_jax.train import run_dir
+from linearsr_jax.run import run_dir
 
 
 def _rows(n):

@@ -8,7 +8,7 @@ import pytest
 
 from esgf_helpers import (INTERVAL, config, dense_kneedle, eval_steps, exponential_knee,
                           run_online, tolerance, two_metric_records)
-from linearsr_jax.train import esgf
+from linearsr_jax import esgf
 
 
 def test_the_reference_knee_formula_matches_a_dense_grid():

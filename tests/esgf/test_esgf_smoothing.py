@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from linearsr_jax.train import esgf
+from linearsr_jax import esgf
 
 
 def test_lowess_follows_a_line_and_ignores_an_outlier():

@@ -31,7 +31,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from linearsr_jax.train.esgf.smoothing import averaged_points, noise_sigma, smooth
+from linearsr_jax.esgf.smoothing import averaged_points, noise_sigma, smooth
 
 
 def knee_index(steps, smoothed, method="kneedle") -> tuple:

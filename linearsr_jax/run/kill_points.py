@@ -8,7 +8,7 @@ outside those tests, `reached` is one dictionary lookup.
 import os
 import signal
 
-from linearsr_jax.train import env_points
+from linearsr_jax.run import env_points
 
 ENV = "LINEARSR_KILL_AT"
 POINTS = (

@@ -3,8 +3,8 @@
 import pytest
 
 from esgf_helpers import config
+from linearsr_jax import esgf
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import esgf
 
 
 @pytest.mark.parametrize("key, value", [("combine", "most"), ("smoothing.method", "spline"),

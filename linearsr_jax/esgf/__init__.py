@@ -15,14 +15,14 @@ tests all call the same functions.
 """
 
 # What the loop, `linearsr knee`, the configs and the tests use.
-from linearsr_jax.train.esgf.config import (COMBINE_RULES, DIRECTIONS, default_config,
-                                            parse_metrics, validate_config)
-from linearsr_jax.train.esgf.detector import (KneeDecision, KneeDetector, budget_branch, detect,
-                                              still_improving)
-from linearsr_jax.train.esgf.knee import MetricKnee
-from linearsr_jax.train.esgf.plot import plot_curves
-from linearsr_jax.train.esgf.records import judged, metric_series, read_metrics_jsonl
-from linearsr_jax.train.esgf.smoothing import ema, lowess
+from linearsr_jax.esgf.config import (COMBINE_RULES, DIRECTIONS, default_config, parse_metrics,
+                                      validate_config)
+from linearsr_jax.esgf.detector import (KneeDecision, KneeDetector, budget_branch, detect,
+                                        still_improving)
+from linearsr_jax.esgf.knee import MetricKnee
+from linearsr_jax.esgf.plot import plot_curves
+from linearsr_jax.esgf.records import judged, metric_series, read_metrics_jsonl
+from linearsr_jax.esgf.smoothing import ema, lowess
 
 __all__ = ["COMBINE_RULES", "DIRECTIONS", "KneeDecision", "KneeDetector", "MetricKnee",
            "budget_branch", "default_config", "detect", "ema", "judged", "lowess",

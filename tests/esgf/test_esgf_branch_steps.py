@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from esgf_helpers import config
-from linearsr_jax.train import esgf
+from linearsr_jax import esgf
 
 PSNR, LPIPS = "val/psnr_y", "val/lpips_alex"
 DEMO_STEPS = np.arange(50, 2001, 50)  # configs/demo.py: eval_every 50, pretrain budget 2000

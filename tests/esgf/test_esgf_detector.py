@@ -5,7 +5,7 @@ import pytest
 
 from esgf_helpers import (INTERVAL, config, eval_steps, fire_online, run_online,
                           two_metric_records)
-from linearsr_jax.train import esgf
+from linearsr_jax import esgf
 
 
 def test_combining_psnr_and_lpips():

@@ -17,10 +17,10 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from linearsr_jax.train.esgf.config import default_config, parse_metrics, validate_config
-from linearsr_jax.train.esgf.knee import MetricKnee, analyze_metric
-from linearsr_jax.train.esgf.records import metric_series, numeric_values
-from linearsr_jax.train.metric_keys import flow_loss_key
+from linearsr_jax.esgf.config import default_config, parse_metrics, validate_config
+from linearsr_jax.esgf.knee import MetricKnee, analyze_metric
+from linearsr_jax.esgf.records import metric_series, numeric_values
+from linearsr_jax.run.metric_keys import flow_loss_key
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,27 +1,15 @@
 """What a finished training run decided and ended with, read from its run directory, so that
-two runs (one killed and resumed, one not) can be compared bit for bit."""
+two runs (one killed and resumed, one not) can be compared bit for bit: the oracle of
+bench/chaos.py and of the kill, fault and full-disk tests (which import it as bench.run_outcome)."""
 
 import hashlib
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
 
-from linearsr_jax.train import run_dir
-
-
-def saved_state(state_dir):
-  """Every leaf of a saved TrainState as host arrays, restored by Orbax's StandardCheckpointer
-  onto this process's first device from the checkpoint's own metadata (so also a checkpoint
-  written by several processes, or by another mesh)."""
-  path = epath.Path(state_dir)
-  meta = ocp.StandardCheckpointHandler().metadata(path)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        meta.tree)
-  with ocp.StandardCheckpointer() as checkpointer:
-    return jax.device_get(checkpointer.restore(path, target))
+from linearsr_jax.run import run_dir
+# Every leaf of a saved state as host arrays, on this process's first device.
+from linearsr_jax.run.checkpoint_read import restore_state_on_one_device as saved_state
 
 
 def outcome(workdir) -> dict:

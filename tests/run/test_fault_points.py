@@ -6,7 +6,7 @@ import collections
 import pytest
 
 from linearsr_jax import storage_errors
-from linearsr_jax.train import env_points, fault_points
+from linearsr_jax.run import env_points, fault_points
 
 
 def test_the_nth_call_and_the_k_after_it_fail_as_a_storage_error(monkeypatch):

@@ -1,8 +1,8 @@
 """The knee plot."""
 
 from esgf_helpers import config, two_metric_records
-from linearsr_jax.train import esgf
-from linearsr_jax.train.esgf.plot import curves_figure
+from linearsr_jax import esgf
+from linearsr_jax.esgf.plot import curves_figure
 
 
 def red_pixels(png):

@@ -37,7 +37,7 @@ import re
 from linearsr_jax import disk_space, lead_decides, storage
 from linearsr_jax.atomic import atomic_file
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import kill_points
+from linearsr_jax.run import kill_points
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,12 @@ class RunDir:
 
   def is_run(self) -> bool:
     return self.config_json.is_file()
+
+
+def step_location(step_dir) -> tuple:
+  """(RunDir, stage name, step) of a step directory, <run>/<stage>/checkpoints/<step> or
+  <run>/<stage>/knee_snapshots/<step>."""
+  return RunDir(step_dir.parents[2]), step_dir.parents[1].name, int(step_dir.name)
 
 
 def _finished_steps(folder) -> list:

@@ -9,7 +9,7 @@ import ml_collections
 
 from linearsr_jax import config_check
 from linearsr_jax.errors import UserError
-from linearsr_jax.train import run_dir
+from linearsr_jax.run import run_dir
 
 
 def resolved(config: ml_collections.ConfigDict) -> dict:

@@ -5,12 +5,12 @@ from typing import Sequence
 
 from linearsr_jax import storage
 from linearsr_jax.atomic import atomic_file
-from linearsr_jax.train import kill_points
-from linearsr_jax.train.esgf.config import parse_metrics
-from linearsr_jax.train.esgf.detector import KneeDecision, still_improving
-from linearsr_jax.train.esgf.knee import MetricKnee
-from linearsr_jax.train.esgf.records import baseline_key, metric_series
-from linearsr_jax.train.esgf.smoothing import smooth
+from linearsr_jax.esgf.config import parse_metrics
+from linearsr_jax.esgf.detector import KneeDecision, still_improving
+from linearsr_jax.esgf.knee import MetricKnee
+from linearsr_jax.esgf.records import baseline_key, metric_series
+from linearsr_jax.esgf.smoothing import smooth
+from linearsr_jax.run import kill_points
 
 
 def plot_curves(records: Sequence, decision: KneeDecision, config, path, title=""):

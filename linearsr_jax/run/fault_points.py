@@ -9,7 +9,7 @@ two tries. Unset, as it is outside the bench, `reached` is one dictionary lookup
 
 import os
 
-from linearsr_jax.train import env_points
+from linearsr_jax.run import env_points
 
 ENV = "LINEARSR_FAULT_AT"
 POINTS = (
