@@ -15,8 +15,12 @@ $(BIN)/.installed: requirements.txt requirements-test.txt requirements-gpu-aot.t
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: install test demo
+.PHONY: install test demo lint-imports
 install: $(BIN)/.installed
+
+# The layer contract ([tool.importlinter] in pyproject.toml, the order of docs/design.md).
+lint-imports: $(BIN)/.installed
+	$(BIN)/lint-imports
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 tests

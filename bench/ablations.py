@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from common import markdown_table
-from linearsr_jax.cli import main as _linearsr
+from linearsr_jax.commands.cli import main as _linearsr
 from linearsr_jax.data.image_io import read_image, write_image
 from linearsr_jax.data.sources import DEMO_EVAL_NAMES, DEMO_IMAGES
 

@@ -1,5 +1,5 @@
 """The demo's recipe: `linearsr demo` trains it on real photographs on a 2-core CPU, giving it
-three image folders (train, validation, test; see linearsr_jax/demo.py).
+three image folders (train, validation, test; see linearsr_jax/commands/demo.py).
 
 The tiny model, measured on the validation photographs (rocket, motorcycle; the runs are in the
 README's demo section):

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from linearsr_jax.configs import tiny
 from linearsr_jax import config_check
-from linearsr_jax.cli import main
+from linearsr_jax.commands.cli import main
+from linearsr_jax.configs import tiny
 from linearsr_jax.errors import UserError
 from linearsr_jax.train.checkpoint import StageCheckpoints
 from repo_paths import CONFIGS

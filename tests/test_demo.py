@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from linearsr_jax.cli import main
+from linearsr_jax.commands.cli import main
 from linearsr_jax.run.run_dir import RunDir
 
 # Small enough for the test budget, large enough for a real knee: a 2-block tiny model at crop
@@ -120,7 +120,7 @@ def test_demo_outputs(demo):
 
 def test_photos_of_a_folder_split_three_ways_with_their_tags(tmp_path, capsys):
   from linearsr_jax.data.image_io import write_image
-  from linearsr_jax.demo_photos import split_photos
+  from linearsr_jax.commands.demo_photos import split_photos
   folder = tmp_path / "mine"
   rng = np.random.default_rng(0)
   for i in range(12):
@@ -149,7 +149,7 @@ def test_the_grid_zooms_into_the_most_textured_window(tmp_path):
   """A flat photo with one 16 px checkerboard patch: the zoom row shows that patch of each
   panel, enlarged 4× by pixel repetition, and a red box marks it on the full panels."""
   from linearsr_jax.data.image_io import read_image, write_image
-  from linearsr_jax.demo import textured_window, write_grid
+  from linearsr_jax.commands.demo import textured_window, write_grid
 
   hr = np.full((64, 64, 3), 0.5)
   rows, cols = np.indices((16, 16))

@@ -100,7 +100,7 @@ def _argv(tokens):
     return None
   if LINEARSR.match(tokens[0]):
     return tokens[1:]
-  if PYTHON.match(tokens[0]) and tokens[1:3] == ["-m", "linearsr_jax.cli"]:
+  if PYTHON.match(tokens[0]) and tokens[1:3] == ["-m", "linearsr_jax.commands.cli"]:
     return tokens[3:]
   launcher = next((name for name in LAUNCHERS if tokens[0].endswith(name)), None)
   if launcher:
@@ -169,7 +169,7 @@ def tfds_replays(tmp_path_factory) -> dict:
   import numpy as np
   from PIL import Image
 
-  from linearsr_jax import cli
+  from linearsr_jax.commands import cli
 
   replays = {}
   for _, _, argv in COMMANDS:
@@ -226,7 +226,7 @@ def no_reading(monkeypatch, tfds_replays):
 
 def _parse(argv):
   """cli.main's parse: (args, the arguments passed through to the command)."""
-  from linearsr_jax import cli
+  from linearsr_jax.commands import cli
 
   parser = cli.build_parser(next((a for a in argv if not a.startswith("-")), None))
   stderr = io.StringIO()
@@ -251,8 +251,8 @@ TRAIN, ENCODE = ("weights", "train data", "eval data"), ("weights", "train data"
 def _config(args, extra):
   """(the config the command loads, through parse_flags: its overrides and
   config_check.validate; the devices it names, or None; what it needs), or (None, None, ())."""
-  from linearsr_jax.aot import cli_compile
-  from linearsr_jax.train.cli_train import parse_flags
+  from linearsr_jax.commands import cli_compile
+  from linearsr_jax.commands.config_flags import parse_flags
 
   command = args.command
   if command == "train":

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from linearsr_jax.cli import main
+from linearsr_jax.commands.cli import main
 from linearsr_jax.data.image_io import write_image
 from linearsr_jax.run import run_dir, state_checksum
 from bench import run_outcome

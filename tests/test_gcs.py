@@ -21,10 +21,10 @@ from PIL import Image
 
 from gcs_emulator import DENIED_BUCKET, Emulator
 from linearsr_jax import params_io
-from linearsr_jax.cli import main
+from linearsr_jax.commands.cli import main
+from linearsr_jax.commands.cli_export import read_npz_export
 from linearsr_jax.data.sources import DEMO_IMAGES
 from linearsr_jax.errors import UserError
-from linearsr_jax.interop.cli_export import read_npz_export
 from linearsr_jax.run import kill_points, run_dir
 from bench import run_outcome
 from lock_race import race
@@ -348,13 +348,14 @@ def test_a_tfds_folder_written_to_the_bucket_reads_as_the_local_one(gcs, tmp_pat
 
 def test_latents_encoded_into_the_bucket_by_two_hosts_train_as_local_ones(gcs, tmp_path,
                                                                          capsys):
+  from linearsr_jax.commands import encode
   from linearsr_jax.configs.tiny import get_config
   from linearsr_jax.data import latent_crops, pipeline
   config, remote = get_config(), f"{BUCKET}/latents"
   # Host 1 finishes first: latents.json appears only when host 0 sees both shards.
-  latent_crops.encode_crops(config, remote, 1, process_index=1, process_count=2, progress=False)
+  encode.encode_crops(config, remote, 1, process_index=1, process_count=2, progress=False)
   assert not (epath.Path(remote) / latent_crops.INDEX).exists()
-  latent_crops.encode_crops(config, remote, 1, process_index=0, process_count=2, progress=False)
+  encode.encode_crops(config, remote, 1, process_index=0, process_count=2, progress=False)
   assert main(["data", "encode", "--config", "configs/tiny.py", "--out", str(tmp_path / "one"),
                "--crops_per_image", "1"]) == 0
   assert main(["data", "encode", "--config", "configs/tiny.py", "--out", remote,

@@ -16,7 +16,7 @@ import pytest
 
 from compile_helpers import NARROW, SMALL, analytic_step_flops
 from linearsr_jax.aot import tpu_pods
-from linearsr_jax.cli import main
+from linearsr_jax.commands.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(monkeypat
   """On a v5e-4 whose chips are given just room for about three batch units (so the search
   walks a short way), the batch found fits and one unit more does not."""
   from linearsr_jax.configs.sana600m_x4 import get_config
-  from linearsr_jax.aot import cli_compile
+  from linearsr_jax.commands import cli_compile
 
   config = get_config()
   # The search is under test, not SANA's width: one narrow block compiles in seconds.
@@ -143,7 +143,7 @@ def test_find_batch_search_on_memory_curves_of_known_shape(monkeypatch, name, gi
   it returns the largest multiple that fits, the next one does not, in few compiles. The
   compiler refuses programs above 15.75 GiB (it keeps some HBM for itself), as libtpu does:
   those do not fit either, though under the chip's 16 GiB."""
-  from linearsr_jax.aot import cli_compile
+  from linearsr_jax.commands import cli_compile
 
   probed = []
 
@@ -201,7 +201,7 @@ def test_matmuls_looped_over_fsdp_shards_are_counted_in_full():
   compiled without them, and matches the analytic count of one SANA-width block."""
   import os
   from linearsr_jax.aot import step_compile
-  from linearsr_jax.train.cli_train import parse_flags
+  from linearsr_jax.commands.config_flags import parse_flags
   from linearsr_jax.train.loop import Run
 
   config, _ = parse_flags(["--config", "configs/sana600m_x4.py", "--workdir", os.devnull,

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from compile_helpers import NARROW, SMALL, analytic_step_flops
 from linearsr_jax.aot import gpu_nodes, hlo_stats
-from linearsr_jax.cli import main
+from linearsr_jax.commands.cli import main
 
 GIB = 1024 ** 3
 

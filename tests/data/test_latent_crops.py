@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
+from linearsr_jax.commands import encode
+from linearsr_jax.commands.cli import main
 from linearsr_jax.configs.sana600m_x4 import get_config as sana600m
 from linearsr_jax.configs.tiny import get_config as tiny
-from linearsr_jax.cli import main
 from linearsr_jax.data import latent_crops, pipeline, sources
 from linearsr_jax.data.image_io import to_uint8
 from linearsr_jax.models.latent_space import PIXEL_SCALE, PIXEL_SHIFT
@@ -84,9 +85,9 @@ def test_two_hosts_write_the_records_one_host_writes(encoded, tmp_path):
   config = tiny()
   out = tmp_path / "two"
   # Host 1 finishes first: latents.json appears only when host 0 sees every shard.
-  latent_crops.encode_crops(config, out, 2, process_index=1, process_count=2, progress=False)
+  encode.encode_crops(config, out, 2, process_index=1, process_count=2, progress=False)
   assert not (out / latent_crops.INDEX).exists()
-  latent_crops.encode_crops(config, out, 2, process_index=0, process_count=2, progress=False)
+  encode.encode_crops(config, out, 2, process_index=0, process_count=2, progress=False)
   index, two = _records(out)
   assert index["shards"] == [latent_crops.shard_name(p, 2) for p in range(2)]
   _, one = _records(encoded)
@@ -128,7 +129,7 @@ def _sana_with_tiny_dcae(tmp_path):
 
 def test_a_step_from_stored_latents_is_the_step_with_the_encoder(tmp_path):
   config = _sana_with_tiny_dcae(tmp_path)
-  latent_crops.encode_crops(config, tmp_path / "latents", 2, batch_size=4, progress=False)
+  encode.encode_crops(config, tmp_path / "latents", 2, batch_size=4, progress=False)
   encoder_run = Run(config, tmp_path / "a")
   config.data.hr_latents, config.data.latents_path = "precomputed", str(tmp_path / "latents")
   stored_run = Run(config, tmp_path / "b")

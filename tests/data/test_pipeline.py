@@ -242,7 +242,7 @@ def test_workers_need_a_picklable_tokenize(demo, config):
 def _run_data_command(argv):
   import argparse
 
-  from linearsr_jax.data import cli_data
+  from linearsr_jax.commands import cli_data
 
   parser = argparse.ArgumentParser()
   cli_data.add_arguments(parser)

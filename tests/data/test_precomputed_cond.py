@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from linearsr_jax.cli import main
+from linearsr_jax.commands.cli import main
 from linearsr_jax.data import pipeline
-from linearsr_jax.data.tag_sources import read_array
+from linearsr_jax.data.conditions import make_condition
 from linearsr_jax.data.image_io import read_image
+from linearsr_jax.data.tag_sources import read_array
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
 from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler, check_condition_flags
-from linearsr_jax.data.conditions import make_condition
 from repo_paths import REPO
 from trained_run import tiny_run_config
 
@@ -355,7 +355,7 @@ def test_training_cli_stops_on_a_bad_array_with_one_line_and_exit_2(tmp_path):
                "diffusion.sampler.steps": 1}
   env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
          "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.cli", "train", "--config",
+  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config",
                          "configs/tiny.py", "--workdir", str(tmp_path / "run"),
                          *(f"--config.{k}={v}" for k, v in overrides.items())],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -9,7 +9,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from linearsr_jax import cli
+from linearsr_jax.commands import cli
 from linearsr_jax.evaluate import evaluate
 
 OFFSET = 10  # 8-bit levels added to every channel of the "SR" images

@@ -19,7 +19,7 @@ import skimage
 from PIL import Image
 from scipy import ndimage
 
-from linearsr_jax.cli import main
+from linearsr_jax.commands.cli import main
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.inference import tiling
 from linearsr_jax.inference.trained import load_trained
@@ -92,7 +92,7 @@ def test_tiled_photo_has_the_right_size_and_no_seam(run_dir, photo_lr):
 _MEMORY_CHILD = textwrap.dedent("""
     import json, sys
     from bench.common import peak_rss_mib  # VmHWM: ru_maxrss would carry pytest's peak
-    from linearsr_jax.cli import main
+    from linearsr_jax.commands.cli import main
     code = main(["upscale", *sys.argv[1:], "--no_progress"])
     print(json.dumps({"code": code, "peak_mib": peak_rss_mib()}))
 """)
@@ -139,7 +139,7 @@ def messy_folder(tmp_path):
 
 
 def run_cli(*args):
-  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.cli", *map(str, args)], cwd=REPO,
+  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", *map(str, args)], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   return proc.returncode, proc.stdout, proc.stderr
 

@@ -9,10 +9,10 @@ import pytest
 from diffusers import SanaTransformer2DModel
 from safetensors.numpy import load_file
 
-from linearsr_jax.cli import main
-from linearsr_jax.inference.trained import load_trained
 from linearsr_jax import params_io
-from linearsr_jax.interop.cli_export import read_npz_export
+from linearsr_jax.commands.cli import main
+from linearsr_jax.commands.cli_export import read_npz_export
+from linearsr_jax.inference.trained import load_trained
 from linearsr_jax.models.dit import DiT, LRStem
 from sana_reference import torch_forward
 from trained_run import trained_run

@@ -9,8 +9,8 @@ import pytest
 from diffusers import SanaTransformer2DModel
 from safetensors.numpy import load_file, save_file
 
-from linearsr_jax.cli import main
 from linearsr_jax import params_io
+from linearsr_jax.commands.cli import main
 from sana_reference import random_sana, reference_inputs, torch_forward
 
 CONFIG = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2,
@@ -20,7 +20,7 @@ CONFIG = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2,
 
 def run_cli(*args):
   """The real console entry in a subprocess: exit code and stderr as a user sees them."""
-  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.cli", *map(str, args)],
+  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", *map(str, args)],
                         capture_output=True, text=True, timeout=300)
   return proc.returncode, proc.stderr
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from linearsr_jax.cli import main
 from linearsr_jax import params_io
+from linearsr_jax.commands.cli import main
 from linearsr_jax.models.dit import DiTConfig
 from linearsr_jax.train import init_from
 

@@ -11,7 +11,7 @@ from linearsr_jax import esgf
 
 
 def run_cli(*args):
-  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.cli", "knee", *map(str, args)],
+  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "knee", *map(str, args)],
                         capture_output=True, text=True, timeout=120)
   return proc.returncode, proc.stdout, proc.stderr
 
@@ -58,7 +58,7 @@ def test_cli_errors_are_one_line(tmp_path):
     (["--workdir", "{tmp}", "--stage", "pretrain", "--patience", "0"],
      "esgf.patience = 0 must be >= 2")])
 def test_cli_bad_arguments(tmp_path, capsys, args, message):
-  from linearsr_jax.cli import main
+  from linearsr_jax.commands.cli import main
   write_jsonl(tmp_path / "pretrain" / "metrics.jsonl", [(100, {"val/psnr_y": 25.0})])
   assert main(["knee", *[a.format(tmp=tmp_path) for a in args]]) == 2
   captured = capsys.readouterr()

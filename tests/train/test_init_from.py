@@ -17,7 +17,7 @@ import pytest
 import torch
 from diffusers import AutoencoderDC
 
-from linearsr_jax.cli import main
+from linearsr_jax.commands.cli import main
 from linearsr_jax.inference.trained import load_trained
 from model_helpers import tiny_f32_dcae
 from repo_paths import REPO
@@ -54,7 +54,7 @@ def imported(tmp_path_factory):
 def train(workdir, dit, vae, *extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  command = [sys.executable, "-m", "linearsr_jax.cli", "train", "--config",
+  command = [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config",
              "configs/sana600m_x4.py", "--workdir", str(workdir),
              f"--config.train.init_from={dit}", f"--config.latent.dcae_params={vae}",
              *REDUCED, *SHORT, *extra]

@@ -11,9 +11,10 @@ import subprocess
 
 import pytest
 
+from linearsr_jax.commands import cli_knee
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
-from linearsr_jax.train import cli_knee, loop, run_fit
+from linearsr_jax.train import loop, run_fit
 from repo_paths import REPO
 from trained_run import tiny_run_config, trained_run
 from train_runs import SMALL, cli_env, train_command

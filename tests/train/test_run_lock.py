@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from linearsr_jax.cli import main
+from linearsr_jax.commands.cli import main
 from linearsr_jax.errors import UserError
 from linearsr_jax.run import run_dir
 from linearsr_jax.train import loop, run_lock

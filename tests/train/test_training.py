@@ -22,8 +22,8 @@ import numpy as np
 import optax
 import pytest
 
-from linearsr_jax.configs.base import stage_config
 from linearsr_jax import sharding
+from linearsr_jax.configs.base import stage_config
 from linearsr_jax.data import pipeline
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
@@ -140,7 +140,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(resumed_runs, cached_env):
     (["--config", "configs/no_such_config.py"], "no_such_config.py"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, args, expected):
-  command = [sys.executable, "-m", "linearsr_jax.cli", "train", "--workdir", str(tmp_path / "w"),
+  command = [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--workdir", str(tmp_path / "w"),
              *args]
   result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True,
                           timeout=120)

@@ -36,7 +36,7 @@ def _own_flags(argv):
     own, rest = parser.parse_known_args(argv)
   except SystemExit:
     raise UserError("compile needs --topology SLICE or NODES (e.g. v5e-16, h100-8)") from None
-  return own, ["--workdir", os.devnull, *rest]
+  return own, rest
 
 
 def parse_topology(name: str):
@@ -217,7 +217,7 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
 
 def run(args) -> int:
   from linearsr_jax.config_check import stage_names
-  from linearsr_jax.train.cli_train import parse_flags
+  from linearsr_jax.commands.config_flags import parse_flags
 
   own, rest = _own_flags(args.flags)
   pod, pod_devices = parse_topology(own.topology)

@@ -16,7 +16,7 @@ import numpy as np
 
 from linearsr_jax import configs
 from linearsr_jax.atomic import atomic_file, write_atomically
-from linearsr_jax.demo_photos import split_photos
+from linearsr_jax.commands.demo_photos import split_photos
 from linearsr_jax.errors import UserError
 from linearsr_jax.run.run_dir import RunDir, read_json
 
@@ -39,7 +39,7 @@ def add_arguments(parser):
 
 
 def _cli(*argv) -> int:
-  from linearsr_jax.cli import main
+  from linearsr_jax.commands.cli import main
   print(f"\n$ linearsr {' '.join(map(str, argv))}", flush=True)
   return main([str(a) for a in argv])
 
@@ -110,7 +110,7 @@ def write_grid(lr_path, sr_path, hr_path, out_path, scale):
 
 
 def run(args) -> int:
-  from linearsr_jax.train.cli_train import parse_flags
+  from linearsr_jax.commands.config_flags import parse_flags
 
   workdir, train_dir = Path(args.workdir), Path(args.workdir) / "train"
   config, _ = parse_flags(["--config", args.config, "--workdir", str(train_dir),

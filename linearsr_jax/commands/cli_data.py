@@ -12,7 +12,6 @@ host its share; run it on all hosts of a pod) and writes what `--config.data.hr_
 precomputed --config.data.latents_path=LATENTS` trains from (latent_crops.py).
 """
 
-import os
 
 from linearsr_jax.atomic import atomic_dir
 from linearsr_jax.data import degradations, pipeline, sources, tag_sources
@@ -81,14 +80,14 @@ def _tfds(args) -> int:
 
 
 def _encode(args) -> int:
-  from linearsr_jax.data import latent_crops
+  from linearsr_jax.commands.config_flags import parse_flags
+  from linearsr_jax.commands.encode import encode_crops
   from linearsr_jax.train import distributed
-  from linearsr_jax.train.cli_train import parse_flags
 
-  config, _ = parse_flags([*args.flags, "--workdir", os.devnull], command="data encode")
+  config, _ = parse_flags(args.flags, command="data encode")
   distributed.maybe_initialize()
-  index = latent_crops.encode_crops(config, args.out, args.crops_per_image, args.batch,
-                                    overwrite=args.overwrite)
+  index = encode_crops(config, args.out, args.crops_per_image, args.batch,
+                       overwrite=args.overwrite)
   print(f"wrote {index['images']} images × {index['crops_per_image']} crops of "
         f"{index['crop_size']} px with {index['latent_shape']} latents to {args.out} (train on "
         f"them with --config.data.hr_latents=precomputed --config.data.latents_path={args.out})")

@@ -1,27 +1,17 @@
-"""`linearsr train --config configs/X.py --workdir DIR [--config.a.b=v ...]`.
+"""The config flags every command that loads a config file shares (train, data encode, compile,
+demo): `--config FILE [--config.a.b=v ...] [--workdir DIR]`, parsed by absl with ml_collections'
+config_flags (the config file's get_config(), locked, with `--config.*` overrides), as big_vision
+and the Flax examples do, and validated (config_check.validate)."""
 
-Flags are parsed by absl with ml_collections' config_flags (the config file's get_config(),
-locked, with `--config.*` overrides), as big_vision and the Flax examples do.
-"""
-
-import logging
 import os
-import sys
 
 from linearsr_jax.errors import UserError
 
 
-# cli.main hands every argument after `train` to absl untouched.
-PASSES_FLAGS_THROUGH = True
-
-
-def add_arguments(parser):
-  parser.usage = "linearsr train --config FILE --workdir DIR [--config.KEY=VALUE ...]"
-
-
 def parse_flags(argv, command: str = "train"):
   """(config, workdir) from absl-style flags, the config validated (all but its fit to the
-  devices, which JAX may not know yet); any mistake is a UserError naming `command`."""
+  devices, which JAX may not know yet); any mistake is a UserError naming `command`. --workdir
+  is required by `train` alone (None when not given)."""
   from absl import flags
 
   from linearsr_jax import config_check
@@ -49,8 +39,9 @@ def parse_flags(argv, command: str = "train"):
     raise UserError(f"{command}: the config file {config_file} raised {type(e).__name__}: {e} "
                     f"(line {line})") from e
   config, workdir = values.config, values.workdir
-  if config is None or not workdir:
-    raise UserError(f"{command} needs --config FILE" + (" and --workdir DIR" if command == "train"
+  needs_workdir = command == "train"  # the other commands write elsewhere, or nothing
+  if config is None or (needs_workdir and not workdir):
+    raise UserError(f"{command} needs --config FILE" + (" and --workdir DIR" if needs_workdir
                                                         else ""))
   config_check.validate(config)
   return config, workdir
@@ -113,37 +104,3 @@ def _raised_in(error: BaseException, path):
   lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
            if os.path.realpath(f.filename) == target]
   return lines[-1] if lines else None
-
-
-class _CurrentStderr(logging.StreamHandler):
-  """Writes to sys.stderr as it is when a record comes, not as it was when `train` started: run
-  in-process (tests, notebooks), that stream may be closed by the time a library logs."""
-
-  @property
-  def stream(self):
-    return sys.stderr
-
-  @stream.setter
-  def stream(self, _):
-    pass
-
-
-def run(args) -> int:
-  from absl import flags as absl_flags
-
-  from linearsr_jax.train import distributed, loop
-
-  config, workdir = parse_flags(args.flags)
-  # grain's worker processes read absl flags; ours live in their own FlagValues.
-  absl_flags.FLAGS.mark_as_parsed()
-  # force: importing the config (TensorFlow via the data pipeline) already put a handler on the
-  # root logger, which left our INFO lines ("resumed from checkpoint" ...) unprinted. Libraries
-  # (Orbax, grain) stay at WARNING.
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
-                      handlers=[_CurrentStderr()], force=True)
-  logging.getLogger("linearsr_jax").setLevel(logging.INFO)
-  distributed.maybe_initialize()
-  results = loop.run(config, workdir)
-  for r in results:
-    print(f"stage {r.name}: knee at step {r.knee_step} ({r.reason})")
-  return 0

@@ -13,15 +13,15 @@ from linearsr_jax.errors import UserError
 
 # name -> (module, one-line help). A module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = {
-    "demo": ("linearsr_jax.demo", "train, find the knee, branch to experts, evaluate, upscale"),
-    "train": ("linearsr_jax.train.cli_train", "train all stages of a config, ESGF included"),
-    "import": ("linearsr_jax.interop.cli_import", "import weights from the PyTorch ecosystem"),
-    "export": ("linearsr_jax.interop.cli_export", "export params for conversion"),
-    "upscale": ("linearsr_jax.inference.cli_upscale", "super-resolve images of any size"),
-    "eval": ("linearsr_jax.evaluate.cli_eval", "score SR images against HR references"),
-    "data": ("linearsr_jax.data.cli_data", "image folder -> TFDS dataset, or seeded LR/HR pairs"),
-    "knee": ("linearsr_jax.train.cli_knee", "find the ESGF knee in a run's validation curves"),
-    "compile": ("linearsr_jax.aot.cli_compile", "compile for a TPU slice or GPU nodes: fit, FLOPs"),
+    "demo": ("linearsr_jax.commands.demo", "train, find the knee, branch to experts, evaluate, upscale"),
+    "train": ("linearsr_jax.commands.cli_train", "train all stages of a config, ESGF included"),
+    "import": ("linearsr_jax.commands.cli_import", "import weights from the PyTorch ecosystem"),
+    "export": ("linearsr_jax.commands.cli_export", "export params for conversion"),
+    "upscale": ("linearsr_jax.commands.cli_upscale", "super-resolve images of any size"),
+    "eval": ("linearsr_jax.commands.cli_eval", "score SR images against HR references"),
+    "data": ("linearsr_jax.commands.cli_data", "image folder -> TFDS dataset, or seeded LR/HR pairs"),
+    "knee": ("linearsr_jax.commands.cli_knee", "find the ESGF knee in a run's validation curves"),
+    "compile": ("linearsr_jax.commands.cli_compile", "compile for a TPU slice or GPU nodes: fit, FLOPs"),
 }
 
 

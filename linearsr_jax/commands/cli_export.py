@@ -24,9 +24,8 @@ import json
 
 import numpy as np
 
-from linearsr_jax import storage
+from linearsr_jax import params_io, storage
 from linearsr_jax.errors import UserError
-from linearsr_jax import params_io
 
 NPZ_FILE = "params.npz"
 CONFIG_FILE = "config.json"
