@@ -1,24 +1,21 @@
 """Sections shared by every config; size-specific files override the model and the budget."""
 
+import dataclasses
+
 import ml_collections
 
 from linearsr_jax import esgf, optimizer
 from linearsr_jax.data import pipeline
 from linearsr_jax.diffusion import flow
 from linearsr_jax.models import latent_space, tags
+from linearsr_jax.models.dit import DiTConfig
 from linearsr_jax.sharding import DEFAULT_RULES
 
 
 def model_config(**fields) -> ml_collections.ConfigDict:
-  """The `model` section: the fields of linearsr_jax.models.dit.DiTConfig."""
-  base = dict(depth=2, hidden=64, heads=2, cross_heads=2, cross_head_dim=32, caption_channels=64,
-              latent_channels=48, patch_size=1, mlp_ratio=2.5, attention="linear", qk_norm=None,
-              attention_bias=False, lr_channels=16, lr_stem_convs=1, lr_stem_width=32,
-              scan_layers=True, remat="none", dtype="float32")
-  unknown = set(fields) - set(base)
-  if unknown:
-    raise KeyError(f"unknown model fields {sorted(unknown)}")
-  cfg = ml_collections.ConfigDict(base | fields)
+  """The `model` section: the fields of linearsr_jax.models.dit.DiTConfig, its defaults where
+  `fields` names none (a field it does not have is refused there, DiTConfig.from_dict)."""
+  cfg = ml_collections.ConfigDict(dataclasses.asdict(DiTConfig.from_dict(fields)))
   # qk_norm is None or a string; declare the type so `--config.model.qk_norm=...` works.
   cfg.qk_norm = ml_collections.FieldReference(fields.get("qk_norm"), field_type=str)
   return cfg
