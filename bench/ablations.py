@@ -81,11 +81,11 @@ def heldout_pairs(out: Path) -> Path:
   """The embedded eval photographs (coffee, chelsea) as whole-photo HR / LR pairs, degraded once
   (seeded) as configs/tiny.py's validation degrades them."""
   from linearsr_jax.configs import tiny
-  from linearsr_jax.data import pipeline
+  from linearsr_jax.data import eval_set, pipeline
   if not (out / "HR").is_dir():
     config = tiny.get_config()
     config.data.eval.crop_size = 0
-    pipeline.write_eval_pairs(pipeline.make_source(config.data, "eval"), config.data, out)
+    eval_set.write_eval_pairs(pipeline.make_source(config.data, "eval"), config.data, out)
   return out
 
 

@@ -56,6 +56,19 @@ def batch_axes(rules=None) -> tuple:
   return ()
 
 
+def batch_sharding(mesh, rules=None):
+  """Batch dimension split as the rules' `activation_batch` says (default rules:
+  `BATCH_AXES`), over the mesh axes the mesh has; the rest replicated."""
+  axes = tuple(a for a in batch_axes(rules) if a in mesh.axis_names)
+  return NamedSharding(mesh, PartitionSpec(axes or None))
+
+
+def batch_shards(mesh, rules=None) -> int:
+  """How many ways `batch_sharding` splits the batch dimension."""
+  axes = batch_sharding(mesh, rules).spec[0] or ()
+  return math.prod(mesh.shape[a] for a in axes)
+
+
 def mesh_spec(names, shape, mesh: Mesh, rules=DEFAULT_RULES) -> PartitionSpec:
   """The PartitionSpec of an array with logical dim `names` and `shape`, by flax's rule order
   (each rule in turn applies to the dim it names if that dim is unassigned and none of its mesh

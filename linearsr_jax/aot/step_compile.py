@@ -18,7 +18,6 @@ import numpy as np
 
 from linearsr_jax import sharding
 from linearsr_jax.aot import hlo_stats
-from linearsr_jax.data import pipeline
 from linearsr_jax.inference.super_resolve import make_super_resolve
 from linearsr_jax.train.loop import Run
 
@@ -83,7 +82,7 @@ def compile_train_step(run: Run, stage: str, batch_size: int, counting: bool = F
   compiled to count FLOPs (COUNTING_OPTIONS), not as it runs."""
   abstract, shardings = run.abstract_state(stage)
   batch = abstract_batch(run, batch_size, run.config.data.crop_size,
-                         pipeline.batch_sharding(run.mesh, run.rules))
+                         sharding.batch_sharding(run.mesh, run.rules))
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     return _timed_compile(run.jit_train_step(stage, shardings), abstract, batch,
                           run.latent_params,
@@ -151,7 +150,7 @@ def encoder_stats(run: Run, batch_size: int) -> dict:
   """Per-chip stats of the DC-AE encoder's forward over one batch of HR crops, alone."""
   crop = run.config.data.crop_size
   batch = jax.ShapeDtypeStruct((batch_size, crop, crop, 3), jnp.float32,
-                               sharding=pipeline.batch_sharding(run.mesh, run.rules))
+                               sharding=sharding.batch_sharding(run.mesh, run.rules))
   compiled, _ = _timed_compile(jax.jit(run.latent_space.encode_fn), run.latent_params, batch,
                                options=_counting_options(run))
   return hlo_stats.stats(compiled)

@@ -136,9 +136,10 @@ def _batch_unit(config, mesh, stage: str) -> int:
   """The smallest global batch the stage splits without padding: each expert's share of the
   batch is split over the batch shards that run it. Those are all of them, or, where the mesh's
   expert axis shards the experts (its size divides their number), one expert group's."""
-  from linearsr_jax.data import pipeline
+  from linearsr_jax import sharding
+
   experts, groups = config.stages[stage].num_experts, mesh.shape["expert"]
-  unit = experts * pipeline.batch_shards(mesh, [tuple(r) for r in config.sharding_rules])
+  unit = experts * sharding.batch_shards(mesh, [tuple(r) for r in config.sharding_rules])
   return unit // groups if experts % groups == 0 else unit
 
 

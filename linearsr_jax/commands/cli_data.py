@@ -14,7 +14,7 @@ precomputed --config.data.latents_path=LATENTS` trains from (latent_crops.py).
 
 
 from linearsr_jax.atomic import atomic_dir
-from linearsr_jax.data import degradations, pipeline, sources, tag_sources
+from linearsr_jax.data import degradations, eval_set, pipeline, sources, tag_sources
 from linearsr_jax.errors import UserError
 
 # cli.main hands unknown arguments through: `encode` parses --config and its overrides itself.
@@ -63,7 +63,7 @@ def _degrade(args) -> int:
   else:
     source = sources.FolderSource(args.src, min_size=max(args.crop, args.scale))
   with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
-    pipeline.write_eval_pairs(source, config, tmp)
+    eval_set.write_eval_pairs(source, config, tmp)
   print(f"wrote {len(source)} LR/HR pairs (x{args.scale}, {args.mode}, seed {args.seed}) "
         f"to {args.out}")
   return 0

@@ -47,14 +47,14 @@ def _cli(*argv) -> int:
 def write_test_pairs(config, photos: Path, out: Path, kind: str) -> list:
   """The test photographs as HR/ and LR/ PNGs (degraded once, seeded, as `kind` says), each LR
   image with its tag sidecar; returns the file names."""
-  from linearsr_jax.data import pipeline, sources
+  from linearsr_jax.data import eval_set, sources
 
   data = config.data.copy_and_resolve_references()
   if kind == "bicubic":
     data.degradation.mode = "bicubic"
   data.degradation.bicubic_prob = 0.0  # the degraded pairs are all degraded
   source = sources.FolderSource(photos)
-  names = pipeline.write_eval_pairs(source, data, out)
+  names = eval_set.write_eval_pairs(source, data, out)
   for path, name in zip(source.paths, names):
     tags = source.tag_source(path)
     if tags:

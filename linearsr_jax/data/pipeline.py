@@ -17,11 +17,10 @@ is drawn from a generator seeded by (seed, element index), so a seed fixes the b
 whatever the number of workers or hosts, and the iterator state (`get_state` / `set_state`,
 grain's Orbax handler) resumes mid-epoch.
 `make_global_batch` assembles the hosts' batches into jax.Arrays sharded over the mesh's batch
-axes.
+axes (sharding.batch_sharding). The fixed evaluation pairs are eval_set.py's.
 """
 
 import logging
-import math
 from typing import Callable
 
 import cv2
@@ -277,105 +276,14 @@ def make_train_dataset(source, config, tokenize: Tokenize, process_index=None,
   return ds
 
 
-# ----------------------------------------------------------------------------------- eval
-
-
-def _center_offset(image, height, width):
-  return (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-
-
-def _center(image, height, width):
-  top, left = _center_offset(image, height, width)
-  return image[top:top + height, left:left + width]
-
-
-def eval_example(record, index, config, tokenize: Tokenize, align: int = 1) -> dict:
-  """One fixed LR/HR pair: a center crop (eval.crop_size) or the full image, its HR side
-  trimmed to a multiple of the scale and of `align` (the latent factor, e.g. 32 for a DC-AE);
-  synthetic LR images are seeded by (eval.seed, index)."""
-  s, c = config.scale, config.eval.crop_size
-  step = math.lcm(s, align)
-  if "lr" in record:
-    lr_h, lr_w = record["lr"].shape[:2]
-    lr_h, lr_w = (min(lr_h, c // s), min(lr_w, c // s)) if c else (lr_h, lr_w)
-    lr_h, lr_w = lr_h - lr_h % (step // s), lr_w - lr_w % (step // s)
-    top, left = _center_offset(record["lr"], lr_h, lr_w)
-    lr = record["lr"][top:top + lr_h, left:left + lr_w]
-    # The HR crop covers the same scene as the LR crop: its offset is the LR one times s.
-    hr = record["hr"][top * s:(top + lr_h) * s, left * s:(left + lr_w) * s]
-  else:
-    hr = record["hr"]
-    h, w = (min(hr.shape[0], c), min(hr.shape[1], c)) if c else hr.shape[:2]
-    hr = np.ascontiguousarray(_center(hr, h - h % step, w - w % step))
-    rng = np.random.default_rng([config.eval.seed, index])
-    hr, lr = degradations.degrade_pair(hr, s, rng, config.degradation)
-  example = to_example(hr, lr, record["tags"], tokenize)
-  example["name"] = record["name"]
-  return example
-
-
-def make_eval_examples(source, config, tokenize: Tokenize, align: int = 1) -> list:
-  """Every eval pair, computed once (the same pixels at every evaluation)."""
-  return [eval_example(source[i], i, config, tokenize, align) for i in range(len(source))]
-
-
-def write_eval_pairs(source, config, out) -> list:
-  """Every eval pair of `source`, as eval_example makes it (seeded, center-cropped), written as
-  PNGs to out/HR/ and out/LR/ under the image's name; returns the file names."""
-  from pathlib import Path
-
-  from linearsr_jax.data.image_io import write_image
-
-  def no_tokens(tags):  # only the pixels are written
-    del tags
-    return np.zeros(0, np.int32), np.zeros(0, bool)
-
-  names = []
-  for index in range(len(source)):
-    example = eval_example(source[index], index, config, no_tokens)
-    name = Path(example["name"]).with_suffix(".png").as_posix()
-    for key in ("hr", "lr"):
-      write_image(Path(out) / key.upper() / name, (example[key] + 1) / 2)
-    names.append(name)
-  return names
-
-
-def eval_batches(examples, batch_size):
-  """Batches of consecutive same-size examples; 'name' becomes a list of names."""
-  group = []
-  for example in examples + [None]:
-    if group and (example is None or len(group) == batch_size
-                  or example["hr"].shape != group[0]["hr"].shape):
-      batch = {k: np.stack([e[k] for e in group]) for k in BATCH_KEYS if k in group[0]}
-      batch["name"] = [e["name"] for e in group]
-      yield batch
-      group = []
-    if example is not None:
-      group.append(example)
-
-
 # ---------------------------------------------------------------------------- global batch
-
-
-def batch_sharding(mesh, rules=None):
-  """Batch dimension split as the rules' `activation_batch` says (default rules:
-  `sharding.BATCH_AXES`), over the mesh axes the mesh has; the rest replicated."""
-  from jax.sharding import NamedSharding, PartitionSpec
-  from linearsr_jax import sharding
-
-  axes = tuple(a for a in sharding.batch_axes(rules) if a in mesh.axis_names)
-  return NamedSharding(mesh, PartitionSpec(axes or None))
-
-
-def batch_shards(mesh, rules=None) -> int:
-  """How many ways `batch_sharding` splits the batch dimension."""
-  axes = batch_sharding(mesh, rules).spec[0] or ()
-  return math.prod(mesh.shape[a] for a in axes)
 
 
 def make_global_batch(local_batch, mesh, rules=None) -> dict:
   """The hosts' local batches -> global jax.Arrays (batch = sum of the local batches)."""
   import jax
+
+  from linearsr_jax.sharding import batch_sharding
 
   sharding = batch_sharding(mesh, rules)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[k]))

@@ -4,6 +4,9 @@ one starting from the previous stage's knee checkpoint. What it writes where: ru
 `Run` holds what the stages share (mesh, model, latent space, data, jitted steps); `train_stage`
 is set up or resume -> train until ESGF fires or the budget ends -> finish and hand over the
 knee's EMA params.
+
+Over 350 lines on purpose: a stage's set-up, step loop, evaluation and ending share one state
+and one order of writes (what a kill at any point leaves must resume), so they stay together.
 """
 
 import collections
@@ -16,7 +19,7 @@ import ml_collections
 from clu import metric_writers, periodic_actions
 
 from linearsr_jax import config_check, esgf, lead_decides, optimizer, run_config, sharding, storage
-from linearsr_jax.data import latent_crops, pipeline
+from linearsr_jax.data import eval_set, latent_crops, pipeline
 from linearsr_jax.data.conditions import make_condition
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.errors import UserError
@@ -84,9 +87,9 @@ class Run:
   def _eval_batches(self) -> list:
     data = self.config.data
     eval_source = pipeline.make_source(data, "eval", self.config.tags.encoder)
-    eval_examples = pipeline.make_eval_examples(eval_source, data, self.tokenize,
+    eval_examples = eval_set.make_eval_examples(eval_source, data, self.tokenize,
                                                 align=self.latent_space.factor)
-    return list(pipeline.eval_batches(eval_examples, data.eval.batch_size))
+    return list(eval_set.eval_batches(eval_examples, data.eval.batch_size))
 
   def _train_source(self):
     """The config's images, or with data.hr_latents="precomputed" the stored crops and latents."""
@@ -124,7 +127,7 @@ class Run:
     step = make_train_step(self.model, self.latent_space, tx, self.diffusion_config(name),
                            scale=self.config.data.scale, cond_dropout=self.config.tags.dropout_prob,
                            ema_decay=opt_cfg.ema_decay)
-    return jax.jit(step, in_shardings=(shardings, pipeline.batch_sharding(self.mesh, self.rules),
+    return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(self.mesh, self.rules),
                                        self.latent_shardings),
                    out_shardings=(shardings, sharding.replicated(self.mesh)), donate_argnums=0)
 
@@ -178,18 +181,17 @@ def _train_stages(the_run: Run, config) -> list:
 def train_stage(the_run: Run, name: str, index: int, previous) -> StageResult:
   """Trains one stage to its knee (or budget) and returns the knee checkpoint's EMA params,
   still sharded on the mesh. A stage that already ended (a resumed run) hands over its knee."""
-  stage = _StageTraining(the_run, name)
-  done = stage.dir.result()
+  done = the_run.run_dir.stage(name).result()
   if done is not None:
-    return stage.reuse(done)
-  stage.set_up(index, previous)
+    return _Stage(the_run, name).reuse(done)
+  stage = _StageTraining(the_run, name, index, previous)
   step, decision = stage.train()
   return stage.finish(step, decision)
 
 
-class _StageTraining:
-  """One stage's training: its directory, checkpoints, metrics log and knee detector, and the
-  train state while it runs."""
+class _Stage:
+  """One stage: its directory, checkpoints, knee snapshots and knee detector; what a stage that
+  already ended hands over (`reuse`)."""
 
   def __init__(self, the_run: Run, name: str):
     self.run, self.name = the_run, name
@@ -241,9 +243,14 @@ class _StageTraining:
       reason = f"{reason}; {cause}, so the nearest intact one, {step}, was used"
     return step, reason, state.ema_params
 
-  def set_up(self, index: int, previous):
-    """A fresh state from the stage's origin, or the latest checkpoint's; the data iterator,
-    metrics log, detector, validator and writer that go with it."""
+
+class _StageTraining(_Stage):
+  """A stage being trained: the train state while it runs, from the stage's origin or its
+  latest checkpoint, with the data iterator, metrics log, detector, validator and writer that go
+  with it, all set up here."""
+
+  def __init__(self, the_run: Run, name: str, index: int, previous):
+    super().__init__(the_run, name)
     config = self.run.config
     self.state, self.shardings, start_params, origin = _start(
         self.run, index, previous, self.tx, self.cfg.num_experts, self.shardings)

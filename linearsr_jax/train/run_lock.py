@@ -25,6 +25,9 @@ raises: the training loop calls it before it writes, so the run stops in one lin
 the new holder's lock in place. Only process 0 of a multi-process run takes the lock; the
 readers (`knee`, `eval --checkpoint`, `export`, `upscale`) never do, so they work while a run
 trains.
+
+Over 350 lines on purpose: the lock, its heartbeat and its two fenced takeovers (filesystem and
+object storage) are one protocol whose races are only readable side by side.
 """
 
 import contextlib

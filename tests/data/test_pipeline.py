@@ -9,7 +9,8 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec
 from PIL import Image
 
-from linearsr_jax.data import pipeline, sources
+from linearsr_jax import sharding
+from linearsr_jax.data import eval_set, pipeline, sources
 from linearsr_jax.errors import UserError
 
 TAG_LENGTH = 4
@@ -132,8 +133,8 @@ def test_hosts_split_the_one_host_stream_by_rows(demo, config, hosts):
 
 def test_eval_examples_are_fixed_and_cropped(config):
   held_out = sources.DemoSource("eval")
-  first = pipeline.make_eval_examples(held_out, config, tokenize)
-  again = pipeline.make_eval_examples(held_out, config, tokenize)
+  first = eval_set.make_eval_examples(held_out, config, tokenize)
+  again = eval_set.make_eval_examples(held_out, config, tokenize)
   assert [e["name"] for e in first] == held_out.names
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a["lr"], b["lr"])
@@ -143,7 +144,7 @@ def test_eval_examples_are_fixed_and_cropped(config):
   top, left = (photo.shape[0] - 32) // 2, (photo.shape[1] - 32) // 2
   np.testing.assert_allclose(first[0]["hr"], photo[top:top + 32, left:left + 32] * 2 - 1,
                              atol=1e-6)
-  (batch,) = list(pipeline.eval_batches(first, 2))
+  (batch,) = list(eval_set.eval_batches(first, 2))
   assert batch["hr"].shape == (2, 32, 32, 3) and batch["name"] == held_out.names
 
 
@@ -151,7 +152,7 @@ def test_full_image_eval_is_trimmed_to_whole_latent_cells(tmp_path, config):
   """A DC-AE (factor 32) encodes only HR sides that are multiples of 32: full-image eval pairs
   are center-trimmed to them, synthetic (chelsea, 300×451) and real pairs alike."""
   config.eval.crop_size = 0
-  (chelsea,) = [e for e in pipeline.make_eval_examples(sources.DemoSource("eval"), config,
+  (chelsea,) = [e for e in eval_set.make_eval_examples(sources.DemoSource("eval"), config,
                                                        tokenize, align=32)
                 if e["name"] == "chelsea"]
   assert chelsea["hr"].shape == (288, 448, 3) and chelsea["lr"].shape == (72, 112, 3)
@@ -164,7 +165,7 @@ def test_full_image_eval_is_trimmed_to_whole_latent_cells(tmp_path, config):
   config.eval_source.kind = "paired"
   config.eval_source.lr_path = str(tmp_path / "LR")
   config.eval_source.hr_path = str(tmp_path / "HR")
-  (pair,) = pipeline.make_eval_examples(pipeline.make_source(config, "eval"), config, tokenize,
+  (pair,) = eval_set.make_eval_examples(pipeline.make_source(config, "eval"), config, tokenize,
                                         align=32)
   # LR 19×21 -> 16×16 (whole 8-pixel LR cells), centred: rows 1..17, cols 2..18; the HR crop
   # is the same region of the scene, 4× the LR offsets.
@@ -185,10 +186,10 @@ def test_full_image_eval_on_paired_folders(tmp_path, config):
   config.eval_source.hr_path = str(tmp_path / "HR")
   config.eval.crop_size = 0
   source = pipeline.make_source(config, "eval")
-  examples = pipeline.make_eval_examples(source, config, tokenize)
+  examples = eval_set.make_eval_examples(source, config, tokenize)
   np.testing.assert_allclose((examples[2]["lr"] + 1) / 2,
                              np.asarray(Image.open(tmp_path / "LR" / "c.png")) / 255, atol=1e-6)
-  batches = list(pipeline.eval_batches(examples, 4))
+  batches = list(eval_set.eval_batches(examples, 4))
   assert [b["name"] for b in batches] == [["a", "b"], ["c"]]  # sizes differ: not stacked
   assert batches[1]["hr"].shape == (1, 16, 28, 3)
 
@@ -212,9 +213,9 @@ def test_global_batch_is_sharded_as_the_mesh_says(demo, config):
         np.testing.assert_array_equal(np.asarray(shard.data),
                                       local["lr"][(2 * d + f) * 2:(2 * d + f + 1) * 2])
   only_data = Mesh(np.asarray(jax.devices()).reshape(8, 1), ("data", "tensor"))
-  assert pipeline.batch_sharding(only_data).spec == PartitionSpec(("data",))
+  assert sharding.batch_sharding(only_data).spec == PartitionSpec(("data",))
   # The batch follows the rules' activation_batch, as the model's activations do.
-  assert pipeline.batch_sharding(mesh, [("activation_batch", "fsdp")]).spec == PartitionSpec(
+  assert sharding.batch_sharding(mesh, [("activation_batch", "fsdp")]).spec == PartitionSpec(
       ("fsdp",))
 
 
@@ -264,7 +265,7 @@ def test_degrade_command_writes_seeded_pairs_in_the_benchmark_layout(tmp_path, c
   np.testing.assert_array_equal(pairs[1]["lr"], again[1]["lr"])
   # The same pixels as the eval pipeline's pair for that image and seed.
   config.eval.seed = 5
-  expected = pipeline.eval_example(sources.FolderSource(photos)[1], 1, config, tokenize)
+  expected = eval_set.eval_example(sources.FolderSource(photos)[1], 1, config, tokenize)
   np.testing.assert_allclose(pairs[1]["lr"] * 2 - 1, expected["lr"], atol=1e-6)
   with pytest.raises(UserError, match="already exists"):
     _run_data_command(["degrade", str(photos), "--out", str(tmp_path / "one")])

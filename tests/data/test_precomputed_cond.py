@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from linearsr_jax.commands.cli import main
-from linearsr_jax.data import pipeline
+from linearsr_jax.data import eval_set, pipeline
 from linearsr_jax.data.conditions import make_condition
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.data.tag_sources import read_array
@@ -100,7 +100,7 @@ def test_batches_carry_the_sidecar_arrays(sidecar_folder):
   source = pipeline.make_source(cfg, "train", "precomputed")
   assert len(source) == 4 and not any(source.skipped.values())  # sidecars are not "skipped"
   with pytest.warns(UserWarning, match="no precomputed array"):
-    examples = pipeline.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"),
+    examples = eval_set.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"),
                                            cfg, condition)
   assert sorted(e["name"] for e in examples) == ["a.png", "b.png", "d.png", "sub/c.jpg"]
   assert_carries(examples, arrays)
@@ -131,7 +131,7 @@ def test_a_mapping_file_gives_each_image_its_array(tmp_path, suffix):
                          "c": arrays["c.png"]})
   cfg = data_config(folder)
   cfg.tags.kind, cfg.tags.mapping = "mapping", str(mapping)
-  examples = pipeline.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"), cfg,
+  examples = eval_set.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"), cfg,
                                          make_condition(tags_config(), C))
   assert len(examples) == 4
   assert_carries(examples, arrays)
@@ -141,7 +141,7 @@ def test_sources_without_image_files_give_the_null_condition():
   cfg = pipeline.default_config()
   cfg.eval.crop_size = 32  # the demo photos, held out: no files to find arrays beside
   with pytest.warns(UserWarning, match="no precomputed array"):
-    examples = pipeline.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"),
+    examples = eval_set.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"),
                                            cfg, make_condition(tags_config(), C))
   assert len(examples) == 2
   assert_carries(examples, {})

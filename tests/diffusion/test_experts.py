@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from linearsr_jax import sharding
-from linearsr_jax.data import pipeline
 from linearsr_jax.diffusion import experts, flow, samplers
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.dit import DiT, DiTConfig, init_params
@@ -172,7 +171,7 @@ def test_sharded_training_routes_each_samples_gradient_to_its_expert_only():
 
   mesh = sharding.make_mesh({"expert": 4, "data": 2})
   param_shardings = sharding.tree_shardings(boxed, mesh)
-  batch_sharding = pipeline.batch_sharding(mesh)  # training's: expert-major
+  batch_sharding = sharding.batch_sharding(mesh)  # training's: expert-major
   assert batch_sharding.spec[0][:2] == ("expert", "data")
   with jax.set_mesh(mesh), nn.logical_axis_rules(list(sharding.DEFAULT_RULES)):
     sharded_params = jax.device_put(params, param_shardings)

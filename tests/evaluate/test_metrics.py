@@ -17,7 +17,7 @@ from PIL import Image
 from scipy import ndimage
 
 from linearsr_jax.data.image_io import read_image
-from linearsr_jax.evaluate import metrics
+from linearsr_jax.evaluate import legacy_torch, metrics
 
 # pyiqa's ResultsCalibra/calibration_summary.csv: the rows computed with the original
 # (official) implementations, 4 decimals, for the pairs I03, I04, I06, I08, I19.
@@ -168,7 +168,7 @@ def test_psnr_of_identical_images_is_infinite_and_offset_is_exact():
 def test_legacy_torch_reader_matches_torch_load():
   torch = pytest.importorskip("torch")
   path = metrics._dists_package_file()
-  ours = metrics.read_legacy_torch_tensors(path)
+  ours = legacy_torch.read_legacy_torch_tensors(path)
   theirs = torch.load(path, weights_only=True)
   assert ours.keys() == theirs.keys()
   for name in theirs:

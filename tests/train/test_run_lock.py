@@ -222,14 +222,14 @@ def test_train_on_a_held_workdir_is_one_line_and_exit_2(tmp_path, live_pid, caps
 
 def test_a_run_whose_lock_is_taken_over_stops_in_one_line_before_writing(tmp_path, monkeypatch,
                                                                         capsys):
-  set_up = loop._StageTraining.set_up
+  set_up = loop._StageTraining.__init__
 
   def set_up_then_lose_the_lock(stage, *args):
     set_up(stage, *args)
     write_lock(tmp_path, "elsewhere", 12345)  # another run took the workdir over meanwhile
     wait_until(lambda: stage.run.lock.lost is not None)
 
-  monkeypatch.setattr(loop._StageTraining, "set_up", set_up_then_lose_the_lock)
+  monkeypatch.setattr(loop._StageTraining, "__init__", set_up_then_lose_the_lock)
   assert main(["train", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
                *tiny_overrides(**{"train.lock_heartbeat_seconds": 0.05,
                                   "train.lock_stale_seconds": 5})]) == 2

@@ -180,7 +180,7 @@ def one_step(config, mesh_shape, devices, num_experts, tx, batch):
   model, step = _model_and_step(config, num_experts, tx)
   state, shardings = create_train_state(model, tx, num_experts, jax.random.PRNGKey(3), mesh,
                                         rules)
-  step_fn = jax.jit(step, in_shardings=(shardings, pipeline.batch_sharding(mesh), {}),
+  step_fn = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), {}),
                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   with jax.set_mesh(mesh):
     state, metrics = step_fn(state, pipeline.make_global_batch(batch, mesh), {})
