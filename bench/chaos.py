@@ -70,8 +70,8 @@ REACHED = {"checkpoint_write": 8, "metrics_append": 26, "knee_restored": 2, "kne
 
 def start(workdir: Path, env: dict, log: Path, overrides=None) -> subprocess.Popen:
   """`linearsr train` on `workdir`, in its own process group, its output to `log`."""
-  command = [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config", "configs/tiny.py",
-             "--workdir", str(workdir),
+  command = [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config",
+             "configs/tiny.py", "--workdir", str(workdir),
              *(f"--config.{k}={v}" for k, v in (overrides or OVERRIDES).items())]
   with open(log, "w") as out:
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,

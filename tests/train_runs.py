@@ -43,9 +43,9 @@ def cli_env(**extra):
 
 
 def train_command(workdir, *overrides, tree=SMALL):
-  return [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config", "configs/tiny.py",
-          "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in flatten(tree)),
-          *overrides]
+  return [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config",
+          "configs/tiny.py", "--workdir", str(workdir),
+          *(f"--config.{k}={v}" for k, v in flatten(tree)), *overrides]
 
 
 def start(command, log_path, env):

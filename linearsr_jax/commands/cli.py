@@ -11,17 +11,18 @@ import sys
 
 from linearsr_jax.errors import UserError
 
-# name -> (module, one-line help). A module defines add_arguments(parser) and run(args) -> int.
+# name -> (module of this package, one-line help). A module defines add_arguments(parser) and
+# run(args) -> int.
 COMMANDS = {
-    "demo": ("linearsr_jax.commands.demo", "train, find the knee, branch to experts, evaluate, upscale"),
-    "train": ("linearsr_jax.commands.cli_train", "train all stages of a config, ESGF included"),
-    "import": ("linearsr_jax.commands.cli_import", "import weights from the PyTorch ecosystem"),
-    "export": ("linearsr_jax.commands.cli_export", "export params for conversion"),
-    "upscale": ("linearsr_jax.commands.cli_upscale", "super-resolve images of any size"),
-    "eval": ("linearsr_jax.commands.cli_eval", "score SR images against HR references"),
-    "data": ("linearsr_jax.commands.cli_data", "image folder -> TFDS dataset, or seeded LR/HR pairs"),
-    "knee": ("linearsr_jax.commands.cli_knee", "find the ESGF knee in a run's validation curves"),
-    "compile": ("linearsr_jax.commands.cli_compile", "compile for a TPU slice or GPU nodes: fit, FLOPs"),
+    "demo": ("demo", "train, find the knee, branch to experts, evaluate, upscale"),
+    "train": ("cli_train", "train all stages of a config, ESGF included"),
+    "import": ("cli_import", "import weights from the PyTorch ecosystem"),
+    "export": ("cli_export", "export params for conversion"),
+    "upscale": ("cli_upscale", "super-resolve images of any size"),
+    "eval": ("cli_eval", "score SR images against HR references"),
+    "data": ("cli_data", "image folder -> TFDS dataset, or seeded LR/HR pairs"),
+    "knee": ("cli_knee", "find the ESGF knee in a run's validation curves"),
+    "compile": ("cli_compile", "compile for a TPU slice or GPU nodes: fit, FLOPs"),
 }
 
 
@@ -31,6 +32,7 @@ def build_parser(command=None) -> argparse.ArgumentParser:
       prog="linearsr", description="LinearSR in JAX: train, evaluate, upscale, import, export.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   for name, (module_name, help_text) in COMMANDS.items():
+    module_name = f"{__package__}.{module_name}"
     cmd = sub.add_parser(name, help=help_text, description=help_text)
     cmd.set_defaults(_module=module_name)
     if name == command:

@@ -1,9 +1,9 @@
 """HR crops stored with their latents, so training need not run the DC-AE encoder: the format,
 and the source that reads it back for training.
 
-`linearsr data encode` (commands/encode.py) takes `crops_per_image` fixed random crops of every training image (their
-flips and rotations drawn once and stored as the crop), encodes them with the config's latent
-space and writes an array_record dataset:
+`linearsr data encode` (commands/encode.py) takes `crops_per_image` fixed random crops of every
+training image (their flips and rotations drawn once and stored as the crop), encodes them with
+the config's latent space and writes an array_record dataset:
 
   DIR/latents.json                          what was encoded, how, and the shard files
   DIR/shard-PPPPP-of-NNNNN.array_record     host P's images: indices P, P + N, P + 2N, ...

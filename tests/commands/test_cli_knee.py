@@ -11,8 +11,8 @@ from linearsr_jax import esgf
 
 
 def run_cli(*args):
-  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "knee", *map(str, args)],
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "knee",
+                         *map(str, args)], capture_output=True, text=True, timeout=120)
   return proc.returncode, proc.stdout, proc.stderr
 
 

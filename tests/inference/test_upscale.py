@@ -139,8 +139,8 @@ def messy_folder(tmp_path):
 
 
 def run_cli(*args):
-  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", *map(str, args)], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", *map(str, args)],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
   return proc.returncode, proc.stdout, proc.stderr
 
 

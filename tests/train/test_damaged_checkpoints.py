@@ -146,8 +146,9 @@ def test_tools_refuse_a_damaged_checkpoint(tmp_path_factory, tmp_path):
   read = stage.ema_params_dir(step).relative_to(run)
   assert read.parts[1] == "knee_snapshots"
   flip_bytes_throughout(run / read)
-  done = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "export", str(run), "--out",
-                         str(tmp_path / "out")], env=cli_env(), capture_output=True, text=True)
+  done = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "export", str(run),
+                         "--out", str(tmp_path / "out")], env=cli_env(), capture_output=True,
+                        text=True)
   assert done.returncode == 2, done.stderr
   error = done.stderr.strip().splitlines()
   assert len(error) == 1 and str(step) in error[0] and (
@@ -157,7 +158,8 @@ def test_tools_refuse_a_damaged_checkpoint(tmp_path_factory, tmp_path):
   shutil.rmtree(run / read)
   shutil.copytree(trained_run(tmp_path_factory) / read, run / read)
   shutil.rmtree(run / read / "checksums")
-  done = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "export", str(run), "--out",
-                         str(tmp_path / "out")], env=cli_env(), capture_output=True, text=True)
+  done = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "export", str(run),
+                         "--out", str(tmp_path / "out")], env=cli_env(), capture_output=True,
+                        text=True)
   assert done.returncode == 0, done.stderr
   assert "has no checksums" in done.stderr and (tmp_path / "out").is_dir()

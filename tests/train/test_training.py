@@ -140,8 +140,8 @@ def test_checkpoint_of_another_model_is_a_clear_error(resumed_runs, cached_env):
     (["--config", "configs/no_such_config.py"], "no_such_config.py"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, args, expected):
-  command = [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--workdir", str(tmp_path / "w"),
-             *args]
+  command = [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--workdir",
+             str(tmp_path / "w"), *args]
   result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True,
                           timeout=120)
   assert result.returncode == 2, result.stderr[-3000:]
