@@ -97,6 +97,7 @@ def runs(gcs, env, tmp_path_factory):
   return straight, killed
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_stage_resumes_from_the_bucket_and_ends_alike(runs):
   straight, killed = runs
   a, b = run_outcome.outcome(straight), run_outcome.outcome(killed)
@@ -118,6 +119,7 @@ def test_a_run_killed_mid_stage_resumes_from_the_bucket_and_ends_alike(runs):
   assert sorted(p.name for p in resumed.iterdir()) == ["0", "1"]
 
 
+@pytest.mark.slow
 def test_dropped_connections_during_a_resume_are_retried_and_it_ends_alike(runs, gcs, env,
                                                                           tmp_path):
   """Issue 29: the storage drops the connections of the resume's first reads of the checkpoint
@@ -140,6 +142,7 @@ def test_dropped_connections_during_a_resume_are_retried_and_it_ends_alike(runs,
   assert run_outcome.outcome(faulted) == run_outcome.outcome(straight)
 
 
+@pytest.mark.slow
 def test_tools_read_the_run_from_the_bucket_and_write_there(runs, capsys):
   straight, _ = runs
   assert main(["knee", "--workdir", straight, "--stage", "pretrain"]) == 0
@@ -177,6 +180,7 @@ def test_an_unwritable_bucket_is_one_line_and_exit_2(gcs, workdir, expected, cap
   assert not list(epath.Path(f"gs://{DENIED_BUCKET}").iterdir())
 
 
+@pytest.mark.slow
 def test_a_prefix_without_a_run_and_a_denied_output_are_one_line_and_exit_2(runs, capsys):
   straight, _ = runs
   for args in (["eval", "--hr_dir", f"{BUCKET}/pairs/HR", "--lr_dir", f"{BUCKET}/pairs/LR",
@@ -400,6 +404,7 @@ def _export_npz(run, out):
   return dict(np.load(out / "params.npz"))
 
 
+@pytest.mark.slow
 def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_one(
     gcs, tmp_path):
   """pretrain -> 4 experts with params FSDP-sharded over two gloo processes (one CPU device

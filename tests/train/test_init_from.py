@@ -70,6 +70,7 @@ def trained(imported, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_step_zero_predicts_what_the_text_to_image_model_does(imported, trained):
   t2i, _, _ = imported
   start = load_trained(trained, stage="pretrain", step=0)
@@ -97,6 +98,7 @@ def test_step_zero_predicts_what_the_text_to_image_model_does(imported, trained)
   assert {r["step"] for r in rows if "val/psnr_y" in r} == {0, 2}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what, expected", [
     ("missing", "no such params directory"),
     ("vae", "holds a 'autoencoder_dc' model, expected 'dit'"),
