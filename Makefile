@@ -15,7 +15,7 @@ $(BIN)/.installed: requirements.txt requirements-test.txt requirements-gpu-aot.t
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: install test demo lint-imports
+.PHONY: install test test-fast demo lint-imports
 install: $(BIN)/.installed
 
 # The layer contract ([tool.importlinter] in pyproject.toml, the order of docs/design.md).
@@ -24,6 +24,10 @@ lint-imports: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 tests
+
+# The tests not marked slow: no training run, no TPU / GPU compile (a few minutes).
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 -m "not slow" tests
 
 # Trains the tiny config on the embedded photographs, ESGF, experts, eval, upscale: runs/demo/.
 demo: $(BIN)/.installed

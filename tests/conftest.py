@@ -8,20 +8,23 @@ from pathlib import Path
 
 import pytest
 
+from xla_test_flags import with_device_count
+
 # Must happen before jax is imported anywhere.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + with_device_count(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# Many tests build the same small configs' steps, in this process and in the CLI runs they
-# start; each run's new closures make jax.jit trace again, but XLA's compile is then found on
-# disk. One directory for the whole session: made by the first process (the xdist controller,
-# whose environment its workers and every CLI run inherit), removed by it at the end. A size
-# limit turns on JAX's file lock around each entry's read and write, so that the workers and
-# the CLI runs can share it. TPU / GPU AOT compiles are never cached.
-COMPILATION_CACHE_VARIABLES = {"JAX_COMPILATION_CACHE_MAX_SIZE": str(64 * 1024 ** 3),
+# The CLI runs the tests start build the same small configs' steps again and again: one
+# compilation cache directory for the whole session, made by the first process (the xdist
+# controller, whose environment its workers and every CLI run inherit) and removed by it at the
+# end, lets every run after the first load XLA's executables from disk. No size limit: a limit
+# turns on JAX's eviction, which lists and reads the whole directory on every write (thousands
+# of entries: it slowed the suite down), and without it there is no lock either; a read that
+# meets an entry still being written fails its decompression, and JAX then warns and compiles.
+# The test processes themselves do not use it (below): their entries are rarely read again,
+# and writing each one costs more than it saves. TPU / GPU AOT compiles are never cached.
+COMPILATION_CACHE_VARIABLES = {"JAX_COMPILATION_CACHE_MAX_SIZE": "-1",
                                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
@@ -33,6 +36,7 @@ for _name, _value in COMPILATION_CACHE_VARIABLES.items():
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_enable_compilation_cache", False)
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,7 @@ def restore_params(step_dir):
   return ocp.StandardCheckpointer().restore(step_dir / "state")
 
 
+@pytest.mark.slow
 def test_stage_one_ends_at_a_real_esgf_knee(demo):
   run = json.loads((demo / "train" / "run.json").read_text())["stages"]
   pretrain = run[0]
@@ -63,6 +64,7 @@ def test_stage_one_ends_at_a_real_esgf_knee(demo):
   assert (demo / "train" / "pretrain" / "knee.png").exists()
 
 
+@pytest.mark.slow
 def test_stage_two_starts_from_the_knee_with_identical_experts_that_diverge(demo):
   train = demo / "train"
   knee = json.loads((train / "run.json").read_text())["stages"][0]["knee_step"]
@@ -83,6 +85,7 @@ def test_stage_two_starts_from_the_knee_with_identical_experts_that_diverge(demo
   assert all(np.abs(end_kernel[e] - end_kernel[0]).max() > 0 for e in range(1, 4))
 
 
+@pytest.mark.slow
 def test_demo_outputs(demo):
   photos = {kind: sorted(p.name for p in (demo / "photos" / kind).glob("*.png"))
             for kind in ("train", "validation", "test")}

@@ -49,6 +49,7 @@ def _bytes(directory) -> int:
   return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_training_on_a_disk_that_fills_stops_in_one_line_and_resumes(small_disk, tmp_path):
   """The disk is filled to leave room for the run's checkpoints 0 and 3 but not 6: before each
   save the run checks for room for its state's uncompressed bytes (an upper bound of what Orbax
@@ -91,6 +92,7 @@ def _files(directory):
   return sorted(p.relative_to(directory) for p in directory.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_upscale_and_eval_on_a_full_disk_leave_no_partial_output(small_disk, tmp_path_factory,
                                                                  tmp_path, capsys):
   images = tmp_path / "images"

@@ -31,6 +31,7 @@ from lock_race import race
 from repo_paths import REPO
 from train_runs import (SMALL, cli_env, checkpoint_steps, start, train_command,
                         wait_ok)
+from xla_test_flags import with_device_count
 
 BUCKET = "gs://runs"
 # A bucket has no flocks: the killed run's lock is taken over once its heartbeat is LOCK_STALE s
@@ -98,6 +99,7 @@ def runs(gcs, env, tmp_path_factory):
   return straight, killed
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_stage_resumes_from_the_bucket_and_ends_alike(runs):
   straight, killed = runs
   a, b = run_outcome.outcome(straight), run_outcome.outcome(killed)
@@ -119,6 +121,7 @@ def test_a_run_killed_mid_stage_resumes_from_the_bucket_and_ends_alike(runs):
   assert sorted(p.name for p in resumed.iterdir()) == ["0", "1"]
 
 
+@pytest.mark.slow
 def test_dropped_connections_during_a_resume_are_retried_and_it_ends_alike(runs, gcs, env,
                                                                           tmp_path):
   """Issue 29: the storage drops the connections of the resume's first reads of the checkpoint
@@ -141,6 +144,7 @@ def test_dropped_connections_during_a_resume_are_retried_and_it_ends_alike(runs,
   assert run_outcome.outcome(faulted) == run_outcome.outcome(straight)
 
 
+@pytest.mark.slow
 def test_tools_read_the_run_from_the_bucket_and_write_there(runs, capsys):
   straight, _ = runs
   assert main(["knee", "--workdir", straight, "--stage", "pretrain"]) == 0
@@ -178,6 +182,7 @@ def test_an_unwritable_bucket_is_one_line_and_exit_2(gcs, workdir, expected, cap
   assert not list(epath.Path(f"gs://{DENIED_BUCKET}").iterdir())
 
 
+@pytest.mark.slow
 def test_a_prefix_without_a_run_and_a_denied_output_are_one_line_and_exit_2(runs, capsys):
   straight, _ = runs
   for args in (["eval", "--hr_dir", f"{BUCKET}/pairs/HR", "--lr_dir", f"{BUCKET}/pairs/LR",
@@ -402,6 +407,7 @@ def _export_npz(run, out):
   return dict(np.load(out / "params.npz"))
 
 
+@pytest.mark.slow
 def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_one(
     gcs, tmp_path):
   """pretrain -> 4 experts with params FSDP-sharded over two gloo processes (one CPU device
@@ -428,7 +434,7 @@ def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_
     assert f"process {p} of 2 processes, 1 local of 2 global devices" in text, text[-2000:]
   one = tmp_path / "one_process"
   wait_ok(start(train_command(one, tree=tree), tmp_path / "one.log",
-                dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")),
+                dict(env, XLA_FLAGS=with_device_count(2))),
           tmp_path / "one.log")
   assert checkpoint_steps(two, "moe") == checkpoint_steps(one, "moe") == [0, 2]
   knees = [[(s["name"], s["knee_step"]) for s in run_dir.read_json(run_dir.RunDir(run).run_json)

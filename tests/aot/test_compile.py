@@ -27,6 +27,7 @@ def report(tmp_path_factory):
   return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_compiled_flops_agree_with_an_analytic_count(report):
   assert report["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1, "expert": 4}
   per_chip = analytic_step_flops(batch=16) / 4
@@ -35,6 +36,7 @@ def test_compiled_flops_agree_with_an_analytic_count(report):
   assert report["model"]["dit_flops"] < report["train_step"]["flops"]
 
 
+@pytest.mark.slow
 def test_report_says_what_a_pod_user_needs(report, capsys):
   memory = report["train_step"]["memory"]
   assert report["fits"] and 0 < memory["total"] < report["hbm_bytes"] == 16 * 1024 ** 3
@@ -65,6 +67,7 @@ def test_bad_topology_mesh_or_batch_is_one_line_and_exit_2(args, expected, capsy
   assert len(lines) == 1 and expected in lines[0], err
 
 
+@pytest.mark.slow
 def test_a_step_that_does_not_fit_exits_1_saying_by_how_much(capsys):
   # One unscanned block at SANA-1600M width with a batch far beyond a v5e chip's 16 GiB.
   code = main(["compile", "--config", "configs/sana1600m_x4.py", "--topology", "v5e-1",
@@ -97,6 +100,7 @@ def test_describing_a_slice_off_a_tpu_vm_logs_no_metadata_errors():
       done.stderr
 
 
+@pytest.mark.slow
 def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(monkeypatch):
   """On a v5e-4 whose chips are given just room for about three batch units (so the search
   walks a short way), the batch found fits and one unit more does not."""
@@ -166,6 +170,7 @@ def test_find_batch_search_on_memory_curves_of_known_shape(monkeypatch, name, gi
   assert len(probed) <= most, (name, probed)
 
 
+@pytest.mark.slow
 def test_each_expert_on_its_own_chips_gathers_only_its_own_weights():
   """4 experts on a v5e-8. With the SANA configs' expert axis of 4 (× fsdp 2) the expert-major
   batch puts each expert's samples on the chips holding that expert, so a chip gathers one
@@ -194,6 +199,7 @@ def test_each_expert_on_its_own_chips_gathers_only_its_own_weights():
   assert stats[4]["flops"] == pytest.approx(stats[1]["flops"], rel=0.05)
 
 
+@pytest.mark.slow
 def test_matmuls_looped_over_fsdp_shards_are_counted_in_full():
   """On v5e-16 with FSDP over all 16 chips, XLA:TPU runs the gathered matmuls of this step as
   loops over the FSDP shards (windowed einsum; 40 of them in one block, measured), whose body

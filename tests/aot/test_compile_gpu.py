@@ -29,6 +29,7 @@ def report(tmp_path_factory):
   return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_gpu_flops_and_memory_agree_with_an_analytic_count_and_an_h100(report):
   assert report["platform"] == "gpu" and report["device_topology"] == "1x1x8"
   assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "expert": 4}
@@ -63,6 +64,7 @@ def test_cudnn_convolutions_are_counted_from_their_shapes():
   assert hlo_stats.stats(compiled)["flops"] == pytest.approx(per_gpu, rel=0.01)
 
 
+@pytest.mark.slow
 def test_a_step_too_large_for_the_gpus_exits_1_saying_by_how_much(capsys):
   # XLA:GPU compiles it anyway (no RESOURCE_EXHAUSTED): the memory analysis decides.
   narrow = [f"--config.{k}={v}" for k, v in NARROW.items()]

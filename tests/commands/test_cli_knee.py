@@ -21,6 +21,7 @@ def write_jsonl(path, records):
   path.write_text("".join(json.dumps({"step": s, **v}) + "\n" for s, v in records))
 
 
+@pytest.mark.slow
 def test_cli_prints_the_decision(tmp_path):
   steps, records = two_metric_records(500, 500, 80)
   write_jsonl(tmp_path / "run" / "pretrain" / "metrics.jsonl", records)
@@ -38,6 +39,7 @@ def test_cli_prints_the_decision(tmp_path):
   assert code == 0 and "no knee yet" in out and "still improving" in out, out + err
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
   write_jsonl(tmp_path / "pretrain" / "metrics.jsonl", [(100, {"val/psnr_y": 25.0})])
   for args, message in [

@@ -32,6 +32,7 @@ def sana_dir(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_import_then_export_sr_model_roundtrips_through_diffusers(tmp_path, sana_dir):
   assert main(["import", "diffusers", str(sana_dir), "--out", str(tmp_path / "p"),
                "--lr_channels", "4", "--lr_stem_convs", "1", "--lr_stem_width", "8"]) == 0
@@ -91,6 +92,7 @@ def test_bad_checkpoints_give_one_line_errors_and_no_output(tmp_path, sana_dir, 
   assert [p.name for p in tmp_path.iterdir()] == ["bad"]  # no temporary left behind
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_and_missing_paths(tmp_path, sana_dir):
   other = tmp_path / "vae"
   other.mkdir()

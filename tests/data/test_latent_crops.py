@@ -64,6 +64,7 @@ def encoded(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_stored_crops_are_crops_of_the_images_and_their_latents_encode_them(encoded):
   index, records = _records(encoded)
   demo = sources.DemoSource("train", min_size=64)
@@ -81,6 +82,7 @@ def test_stored_crops_are_crops_of_the_images_and_their_latents_encode_them(enco
   assert not np.array_equal(records[f"{first}#0"]["hr"], records[f"{first}#1"]["hr"])
 
 
+@pytest.mark.slow
 def test_two_hosts_write_the_records_one_host_writes(encoded, tmp_path):
   config = tiny()
   out = tmp_path / "two"
@@ -97,6 +99,7 @@ def test_two_hosts_write_the_records_one_host_writes(encoded, tmp_path):
     np.testing.assert_array_equal(two[name]["latent"], record["latent"])
 
 
+@pytest.mark.slow
 def test_precomputed_batches_hold_latents_and_fresh_lr_images(encoded):
   data = _tiny_data()
   data.hr_latents, data.latents_path, data.batch_size = "precomputed", str(encoded), 4
@@ -127,6 +130,7 @@ def _sana_with_tiny_dcae(tmp_path):
   return config
 
 
+@pytest.mark.slow
 def test_a_step_from_stored_latents_is_the_step_with_the_encoder(tmp_path):
   config = _sana_with_tiny_dcae(tmp_path)
   encode.encode_crops(config, tmp_path / "latents", 2, batch_size=4, progress=False)
@@ -161,6 +165,7 @@ def test_a_step_from_stored_latents_is_the_step_with_the_encoder(tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, message", [
     (["--config.data.hr_latents=precomputed"], "needs data.latents_path"),
     (["--config.data.hr_latents=stored"], "must be 'encode' or 'precomputed'"),
@@ -179,6 +184,7 @@ def test_bad_latent_settings_are_one_line(encoded, tmp_path, capsys, overrides, 
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_encode_refuses_to_overwrite_and_rejects_stray_arguments(encoded, capsys):
   before = sorted(p.stat().st_mtime_ns for p in encoded.iterdir())
   assert main(["data", "encode", "--config", "configs/tiny.py", "--out", str(encoded)]) == 2

@@ -103,6 +103,7 @@ def test_resume_through_orbax_with_grains_handler(demo, config, tmp_path):
   assert_same(take(fresh, 2), reference[2:])
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_batches_and_resume(demo, config):
   reference = take(iter(pipeline.make_train_dataset(demo, config, tokenize, 0, 1)), 4)
   config.num_workers = 2

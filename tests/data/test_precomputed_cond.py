@@ -154,6 +154,7 @@ def write_bad_array(path, kind):
   np.save(path, bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,workers", [("wide", 0), ("nan", 0), ("cube", 0), ("nan", 1)])
 def test_a_bad_array_stops_the_training_batches_with_one_line(tmp_path, kind, workers):
   folder = tmp_path / "photos"
@@ -201,6 +202,7 @@ def run_dir(tmp_path_factory):
   return root / "run"
 
 
+@pytest.mark.slow
 def test_a_precomputed_run_trains_and_checkpoints(run_dir):
   config = json.loads((run_dir / "config.json").read_text())
   assert config["tags"]["encoder"] == "precomputed"
@@ -225,6 +227,7 @@ def eval_psnr(lr_dir, hr_dir, out, run_dir, *extra):
     return code, {row["name"]: row for row in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_eval_takes_each_lr_images_array_from_its_sidecar_or_a_mapping(tmp_path, run_dir):
   plain, hr_dir = lr_hr_pairs(tmp_path, ["x.png", "y.png"])
   array = random_array(3, 20)
@@ -248,6 +251,7 @@ def upscale(inputs, out, run_dir, *extra):
                "--color_fix", "none", "--no_progress", *extra])
 
 
+@pytest.mark.slow
 def test_upscale_cond_feeds_the_array_to_the_model(tmp_path, run_dir):
   write_images(tmp_path / "in", ["p.png"], size=16)
   photo = tmp_path / "in" / "p.png"
@@ -266,6 +270,7 @@ def test_upscale_cond_feeds_the_array_to_the_model(tmp_path, run_dir):
   assert np.abs(read_image(tmp_path / "null" / "p_x4.png") - with_cond).max() > 0
 
 
+@pytest.mark.slow
 def test_tools_report_bad_arrays_per_image_and_finish_the_rest(tmp_path, run_dir, capsys):
   names = ["good.png", "wide.png", "nan.png", "cube.png"]
   lr_dir, hr_dir = lr_hr_pairs(tmp_path, names)
@@ -304,6 +309,7 @@ def test_an_npy_file_with_a_huge_header_or_shape_is_one_line(tmp_path):
         f"{tmp_path / kind}.npy: not a readable .npy array ("), message
 
 
+@pytest.mark.slow
 def test_npy_sidecars_with_a_huge_header_or_shape_fail_one_line_each(tmp_path, run_dir, capsys):
   """A header larger than NumPy reads safely, and one that declares 1.6 TB of data in a small
   file (which np.load would try to allocate), beside a good image: each one line, and the good
@@ -324,6 +330,7 @@ def test_npy_sidecars_with_a_huge_header_or_shape_fail_one_line_each(tmp_path, r
                            f"{tmp_path / 'in' / kind}.npy: not a readable .npy array"), err
 
 
+@pytest.mark.slow
 def test_tools_refuse_a_condition_of_the_other_encoder_in_one_line(tmp_path, run_dir, capsys):
   write_images(tmp_path, ["p.png"], size=16)
   write_bad_array(tmp_path / "cube.npy", "cube")
@@ -338,6 +345,7 @@ def test_tools_refuse_a_condition_of_the_other_encoder_in_one_line(tmp_path, run
     check_condition_flags("hash", None, "a.npy", "--cond")
 
 
+@pytest.mark.slow
 def test_training_cli_stops_on_a_bad_array_with_one_line_and_exit_2(tmp_path):
   """A real `linearsr train`, the array read in a grain worker process."""
   train, held_out = tmp_path / "train", tmp_path / "eval"

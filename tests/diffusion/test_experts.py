@@ -72,6 +72,7 @@ def test_every_t_maps_to_exactly_one_expert(boundaries):
   np.testing.assert_array_equal(experts.expert_index(t, boundaries), inside.argmax(1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shift", [1, 2, 3, 4])
 def test_sampler_steps_on_the_anchor_run_the_expert_above_it(shift):
   """In exact arithmetic a schedule step can land on the anchor (20 steps at shift 3: σ = 7/8);
@@ -154,6 +155,7 @@ def distinct_dit_experts(num):
   return boxed, params
 
 
+@pytest.mark.slow
 def test_sharded_training_routes_each_samples_gradient_to_its_expert_only():
   """Expert axis sharded 4 ways (data 2): each sample's gradient reaches only its own expert,
   and the sharded loss and gradients equal the unsharded ones."""

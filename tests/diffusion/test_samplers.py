@@ -152,6 +152,7 @@ def test_sample_is_deterministic_per_seed_and_lr_source_starts_at_lr():
   np.testing.assert_allclose(out, lr_latent, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_sharded_dit_sampling_with_experts_and_guidance_matches_unsharded():
   cfg = flow.default_config()
   cfg.experts.num_experts = 4

@@ -64,6 +64,7 @@ def _calibration_pairs():
   return read("dist_dir"), read("ref_dir")
 
 
+@pytest.mark.slow
 def test_lpips_dists_psnr_reproduce_published_calibration_values():
   x, y = _calibration_pairs()
   for name, official in CALIBRATION_OFFICIAL.items():
@@ -253,6 +254,7 @@ def test_lpips_matches_official_lpips_v01(official_torch_packages, net, size):
   assert np.ptp(expected) > 0.05  # distinct values, so a wrong pairing would show
 
 
+@pytest.mark.slow
 def test_dists_matches_official_dists_pytorch(official_torch_packages):
   import torch
 

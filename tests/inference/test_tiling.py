@@ -82,6 +82,7 @@ def seam_ratio(tiled, untiled, edges):
   return max(ratios)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_types", ["ResBlock", ("ResBlock", "ResBlock", "EfficientViTBlock")],
                          ids=["local", "attention"])
 def test_no_seam_on_a_photograph(photo, block_types):
@@ -178,6 +179,7 @@ def decode_memory(mode: str) -> float:
   return rss["peak"] - rss["before"]
 
 
+@pytest.mark.slow
 def test_tiled_decode_memory_is_bounded_by_the_tile():
   # Stated bound: a 2048² decode in 512 px tiles adds at most 384 MiB to the process (measured
   # ~250: the float32 output and weight map are 64 MiB, the rest is compilation and one tile's

@@ -45,6 +45,7 @@ def _bytes_read():
   return sum(v["value"] for m in metric for v in m["values"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema, name", [(True, "ema_params"), (False, "params")])
 def test_load_trained_reads_only_the_params_it_returns(run_dir, reads, ema, name):
   before = _bytes_read()

@@ -69,6 +69,7 @@ def seam_ratio(tiled, untiled, edges_y, edges_x):
   return max(ratios)
 
 
+@pytest.mark.slow
 def test_tiled_photo_has_the_right_size_and_no_seam(run_dir, photo_lr):
   trained = load_trained(run_dir)
   assert trained.num_experts == 4
@@ -98,6 +99,7 @@ _MEMORY_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_peak_memory_of_a_tiled_photo_in_a_subprocess(tmp_path, run_dir, photo_lr):
   # Stated bound: upscaling the 375×225 photo (1500×900 output) in 128 px LR tiles peaks under
   # 1.5 GiB resident for the whole process (JAX runtime and compiled sampler included; the
@@ -144,6 +146,7 @@ def run_cli(*args):
   return proc.returncode, proc.stdout, proc.stderr
 
 
+@pytest.mark.slow
 def test_folder_with_bad_files(tmp_path, run_dir, messy_folder):
   out = tmp_path / "out"
   out.mkdir()
@@ -168,6 +171,7 @@ def test_folder_with_bad_files(tmp_path, run_dir, messy_folder):
   assert digest(messy_folder) == before
 
 
+@pytest.mark.slow
 def test_output_over_an_input_is_refused(tmp_path, run_dir, messy_folder, capsys):
   target = messy_folder / "good_x4.png"
   target.write_bytes((messy_folder / "good.png").read_bytes())
@@ -180,6 +184,7 @@ def test_output_over_an_input_is_refused(tmp_path, run_dir, messy_folder, capsys
                                   [Path("good_x4_x4.png")]}
 
 
+@pytest.mark.slow
 def test_eval_reads_each_lr_images_tags_beside_it(tmp_path, run_dir, photo_pairs):
   """As upscale does: with no --tags, each LR image's IMAGE.txt gives its tags. Each image
   then scores what it scores alone with those tags given by --tags, and not what the null
@@ -213,6 +218,7 @@ def test_eval_reads_each_lr_images_tags_beside_it(tmp_path, run_dir, photo_pairs
   assert from_sidecars != untagged
 
 
+@pytest.mark.slow
 def test_eval_with_a_checkpoint_on_photo_pairs(tmp_path, run_dir, photo_pairs, monkeypatch):
   bench = photo_pairs
   names = sorted(p.name for p in (bench / "LR").iterdir())
@@ -245,6 +251,7 @@ def test_eval_with_a_checkpoint_on_photo_pairs(tmp_path, run_dir, photo_pairs, m
   assert 20 < summary["mean"]["psnr_y"] < 35
 
 
+@pytest.mark.slow
 def test_host_memory_holds_about_one_output_copy(run_dir):
   """The tiles' sum is the result: the colour fix and the 8-bit conversion work in it band by
   band. NumPy's peak while a 2048×256 output is made (tracemalloc) stays under 1.6 float32
@@ -277,6 +284,7 @@ def header_only_png(path, width, height):
                    + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
+@pytest.mark.slow
 def test_images_that_cannot_be_upscaled_fail_a_line_each_and_the_rest_are_done(
     tmp_path, run_dir, messy_folder, monkeypatch, capsys):
   """Over --max_output_pixels (refused from the header: never decoded), a decompression bomb
@@ -310,6 +318,7 @@ def test_images_that_cannot_be_upscaled_fail_a_line_each_and_the_rest_are_done(
   assert all(Path(name).name not in ("large.png", "bomb.png") for name in map(str, decoded))
 
 
+@pytest.mark.slow
 def test_inputs_with_the_same_output_name_are_refused_before_any_work(tmp_path, run_dir,
                                                                       messy_folder, capsys):
   Image.open(messy_folder / "good.png").convert("RGB").save(messy_folder / "good.jpg")
@@ -323,6 +332,7 @@ def test_inputs_with_the_same_output_name_are_refused_before_any_work(tmp_path, 
   assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_unusable_out_and_a_damaged_run_config_are_one_line(tmp_path, run_dir, messy_folder,
                                                               capsys):
   good = str(messy_folder / "good.png")

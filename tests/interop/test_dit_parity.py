@@ -42,6 +42,7 @@ def jax_forward(cfg, params, x, t, cond, mask):
                                    jnp.asarray(cond), jnp.asarray(mask)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_import_matches_diffusers_and_export_roundtrips(tmp_path, name, scan_layers):
@@ -66,6 +67,7 @@ def test_import_matches_diffusers_and_export_roundtrips(tmp_path, name, scan_lay
   np.testing.assert_array_equal(torch_forward(reloaded, *inputs), expected)
 
 
+@pytest.mark.slow
 def test_scan_and_unrolled_blocks_agree(tmp_path):
   reference = random_sana(seed=3, **CASES["p2_qknorm"]["config"])
   reference.save_pretrained(tmp_path / "src")

@@ -32,6 +32,7 @@ def flat_expert(params, index):
   return {k: np.asarray(v)[index] for k, v in params_io.flatten(params).items()}
 
 
+@pytest.mark.slow
 def test_diffusers_export_then_import_is_bit_exact_per_expert(tmp_path, run_dir, moe):
   assert moe.num_experts == 4
   assert main(["export", str(run_dir), "--layout", "diffusers", "--out", str(tmp_path / "e")]) == 0
@@ -56,6 +57,7 @@ def test_diffusers_export_then_import_is_bit_exact_per_expert(tmp_path, run_dir,
                             flat_expert(moe.params["dit"], 3)["proj_out/kernel"])
 
 
+@pytest.mark.slow
 def test_diffusers_layout_runs_in_diffusers_like_our_dit(tmp_path, run_dir, moe):
   assert main(["export", str(run_dir), "--expert", "2", "--raw", "--out", str(tmp_path / "e")]) == 0
   model = SanaTransformer2DModel.from_pretrained(tmp_path / "e").eval()
@@ -78,6 +80,7 @@ def test_diffusers_layout_runs_in_diffusers_like_our_dit(tmp_path, run_dir, moe)
   assert rel <= 1e-5, rel
 
 
+@pytest.mark.slow
 def test_npz_round_trip_is_exact(tmp_path, run_dir, moe):
   assert main(["export", str(run_dir), "--layout", "npz", "--out", str(tmp_path / "n")]) == 0
   config, params = read_npz_export(tmp_path / "n")
@@ -102,6 +105,7 @@ def cfg_hidden(trained):
   return trained.model.dit.hidden
 
 
+@pytest.mark.slow
 def test_bad_expert_and_existing_output(tmp_path, run_dir, capsys):
   assert main(["export", str(run_dir), "--expert", "7", "--out", str(tmp_path / "x")]) == 2
   assert "has 4 expert(s)" in capsys.readouterr().err

@@ -82,6 +82,7 @@ def rel_err(a, b) -> float:
   return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_import_matches_diffusers(name, tmp_path):
   model, (h, w) = torch_model(name)

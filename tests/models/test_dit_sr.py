@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from linearsr_jax.configs import tiny
@@ -24,6 +25,7 @@ def tiny_cfg(**changes) -> DiTConfig:
   return dataclasses.replace(DiTConfig.from_dict(tiny.get_config().model.to_dict()), **changes)
 
 
+@pytest.mark.slow
 def test_zero_initialised_lr_channels_reproduce_text_to_image_output(tmp_path):
   reference = random_sana(seed=5, **T2I)
   reference.save_pretrained(tmp_path / "t2i")
@@ -42,6 +44,7 @@ def test_zero_initialised_lr_channels_reproduce_text_to_image_output(tmp_path):
   assert np.max(np.abs(outs[0] - expected)) <= 1e-5 * np.max(np.abs(expected))
 
 
+@pytest.mark.slow
 def test_lr_channels_change_the_output_once_trained():
   """The converse: a model whose LR path has non-zero weights does see the LR image."""
   cfg = tiny_cfg(depth=1)
@@ -52,6 +55,7 @@ def test_lr_channels_change_the_output_once_trained():
   assert float(jnp.max(jnp.abs(a - b))) > 1e-3
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_tracks_float32_without_nan():
   cfg32 = tiny_cfg()
   params = random_dit_params(cfg32)
@@ -67,6 +71,7 @@ def test_bfloat16_compute_tracks_float32_without_nan():
   assert rel <= 1e-2, rel
 
 
+@pytest.mark.slow
 def test_sharded_params_follow_logical_rules_and_forward_matches_single_device():
   cfg = tiny_cfg(scan_layers=True)  # the stacked layout of the large configs
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})

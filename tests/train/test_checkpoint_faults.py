@@ -136,6 +136,7 @@ def _data_config(num_workers):
   return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("saved_with, resumed_with", [(1, 0), (0, 2)])
 def test_a_resume_with_another_num_workers_continues_with_the_same_batches(
     tmp_path, demo, saved_with, resumed_with, caplog):
@@ -175,6 +176,7 @@ def test_an_iterator_state_of_another_pipeline_is_one_line_not_damage(tmp_path, 
   assert not (tmp_path / "damaged_checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_stage_with_work_on_record_but_no_checkpoint_starts_over_only_when_named(tmp_path):
   """Its checkpoints were all set aside (a previous start found them damaged): starting again
   stops in one line saying what exists, instead of training from step 0 over its metrics;

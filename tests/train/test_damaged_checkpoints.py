@@ -117,6 +117,7 @@ def test_a_flipped_bit_changes_the_checksum():
     assert state_checksum.mismatches({"x": flipped.view(np.float32)}, {"x": reference}) == ["x"]
 
 
+@pytest.mark.slow
 def test_a_damaged_knee_is_replaced_by_the_nearest_intact_checkpoint(tmp_path):
   """A finished stage whose knee checkpoint is then damaged: the run, started again, takes the
   nearest intact checkpoint instead (the earlier of two as near), and result.json and run.json
@@ -135,6 +136,7 @@ def test_a_damaged_knee_is_replaced_by_the_nearest_intact_checkpoint(tmp_path):
   assert [p.name for p in (stage.path / "damaged_checkpoints").iterdir()] == ["2"]
 
 
+@pytest.mark.slow
 def test_tools_refuse_a_damaged_checkpoint(tmp_path_factory, tmp_path):
   """In a process of its own, so that the whole of its stderr is seen: Orbax's abandoned
   sibling reads report into a closed event loop after the error line, even at exit."""

@@ -44,6 +44,7 @@ def runs(tmp_path_factory):
   return straight, killed, (root / "resumed.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_a_rollback_resumes_from_it_and_ends_as_the_uninterrupted_run(runs):
   straight, killed, resumed_log = runs
   assert rollbacks(straight) == [(2, "train/loss"), (4, "train/loss")]

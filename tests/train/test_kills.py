@@ -57,6 +57,7 @@ def runs(tmp_path_factory):
   return straight, killed, stale
 
 
+@pytest.mark.slow
 def test_killed_at_every_point_ends_as_the_uninterrupted_run(runs):
   straight, killed, _ = runs
   a, b = run_outcome.outcome(straight), run_outcome.outcome(killed)
@@ -64,12 +65,14 @@ def test_killed_at_every_point_ends_as_the_uninterrupted_run(runs):
   assert run_outcome.differences(a, b) == []
 
 
+@pytest.mark.slow
 def test_stale_temporaries_are_cleaned_up_on_resume(runs):
   _, killed, stale = runs
   assert not any(path.exists() for path in stale)
   assert (killed / "pretrain" / "knee.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_the_truncated_checkpoint_was_set_aside(runs):
   _, killed, _ = runs
   assert len(list((killed / "pretrain" / "damaged_checkpoints").iterdir())) == 1

@@ -4,6 +4,7 @@ next one that step's EMA params, read from its knee snapshot, and nothing calls 
 
 import jax
 import numpy as np
+import pytest
 
 from linearsr_jax import esgf
 from linearsr_jax.inference.trained import load_trained
@@ -26,6 +27,7 @@ def _scripted_scores():
   return {0: (20.0, 0.6), **{int(s): (float(p), float(l)) for s, p, l in zip(STEPS, psnr, lpips)}}
 
 
+@pytest.mark.slow
 def test_a_stage_hands_over_its_knee_after_its_checkpoint_was_pruned(tmp_path, monkeypatch):
   config = small_config(**{"stages.pretrain.max_steps": BUDGET, "stages.pretrain.esgf": False,
                            "train.eval_every": 1, "train.log_every": BUDGET,

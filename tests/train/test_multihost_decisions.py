@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from linearsr_jax.run import run_dir
 from test_damaged_checkpoints import _saved
 from train_runs import cli_env
@@ -22,6 +24,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_process_0_decides_and_every_process_follows(tmp_path):
   checkpoints = tmp_path / "checkpoints"
   _saved(checkpoints).close()

@@ -45,6 +45,7 @@ def tree_digest(root) -> dict:
           else None for p in sorted(root.rglob("*"))}
 
 
+@pytest.mark.slow
 def test_a_mismatched_cli_run_is_one_line_and_changes_nothing(run_copy):
   """A killed run left its lock (a pid that no longer runs) and an atomic write's temporary:
   even those stay, as the refusal comes before the lock is taken."""
@@ -65,6 +66,7 @@ def test_a_mismatched_cli_run_is_one_line_and_changes_nothing(run_copy):
   assert tree_digest(run_copy) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, expected", [
     ({"model.attention": "softmax"},  # the same arrays, another model
      "config.model.attention='softmax' does not fit the run in {run}, trained with 'linear'"),
@@ -88,6 +90,7 @@ def test_a_config_that_does_not_fit_changes_nothing(run_copy, change, expected):
   assert tree_digest(run_copy) == before
 
 
+@pytest.mark.slow
 def test_what_may_change_on_resume_fits(trained):
   """Budgets, learning rates, evaluation, how the model is computed, a stage added."""
   config = config_with({"stages.pretrain.max_steps": 40, "optimizer.learning_rate": 1e-4,
@@ -96,6 +99,7 @@ def test_what_may_change_on_resume_fits(trained):
   run_fit.check(loop.Run(config, trained, load_weights=False))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text, expected", [
     ("{\"model\": ", "config.json: damaged JSON (Expecting value"),
     ("[1, 2]", "config.json: unreadable run config (not a JSON object)"),
@@ -110,6 +114,7 @@ def test_the_tools_refuse_an_unreadable_run_config_in_one_line(run_copy, text, e
     assert expected in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_the_tools_validate_the_run_config(run_copy):
   config = json.loads((run_copy / "config.json").read_text())
   config["model"]["hidden"] = 63

@@ -220,6 +220,7 @@ def test_train_on_a_held_workdir_is_one_line_and_exit_2(tmp_path, live_pid, caps
   assert sorted(p.name for p in tmp_path.iterdir()) == [run_lock.LOCK_NAME]  # nothing written
 
 
+@pytest.mark.slow
 def test_a_run_whose_lock_is_taken_over_stops_in_one_line_before_writing(tmp_path, monkeypatch,
                                                                         capsys):
   set_up = loop._StageTraining.__init__
@@ -242,6 +243,7 @@ def test_a_run_whose_lock_is_taken_over_stops_in_one_line_before_writing(tmp_pat
   assert stage.checkpoint_steps() == [] and run_dir.read_jsonl(stage.metrics_jsonl) == ([], 0)
 
 
+@pytest.mark.slow
 def test_readers_work_on_a_workdir_a_live_run_holds(tmp_path_factory, live_pid, capsys):
   run = trained_run(tmp_path_factory)
   path = write_lock(run, socket.gethostname(), live_pid)

@@ -77,6 +77,7 @@ def resumed_runs(tmp_path_factory, cached_env):
   return straight, killed, kill_after
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_for_bit(resumed_runs):
   straight, killed, kill_after = resumed_runs
   assert MAX_STEPS in checkpoint_steps(straight) and MAX_STEPS in checkpoint_steps(killed)
@@ -93,6 +94,7 @@ def test_killed_run_resumes_bit_for_bit(resumed_runs):
   assert lines_a == lines_b, f"killed after checkpoint {kill_after}"
 
 
+@pytest.mark.slow
 def test_a_partial_last_metrics_line_is_dropped_and_the_run_resumes(resumed_runs, cached_env,
                                                                    tmp_path):
   """A kill during an append leaves half a line in metrics.jsonl. The uninterrupted run's
@@ -121,6 +123,7 @@ def test_a_partial_last_metrics_line_is_dropped_and_the_run_resumes(resumed_runs
       straight / "pretrain" / "metrics.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_a_clear_error(resumed_runs, cached_env):
   straight, _, _ = resumed_runs
   result = subprocess.run(train_command(straight, "--config.model.hidden=32"), cwd=REPO,
@@ -135,6 +138,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(resumed_runs, cached_env):
 # ------------------------------------------------------------------------------ clear errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expected", [
     (["--config", "configs/tiny.py", "--config.model.nope=1"], "model.nope"),
     (["--config", "configs/no_such_config.py"], "no_such_config.py"),
@@ -187,6 +191,7 @@ def one_step(config, mesh_shape, devices, num_experts, tx, batch):
   return float(metrics["train/loss"]), jax.device_get(state.params), shardings
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_one_device():
   """4 experts on one device vs (data 2 × fsdp 2 × tensor 2) and (expert 4 × data 2)."""
   config = small_config(**{"tags.dropout_prob": 0.5})
@@ -211,6 +216,7 @@ def test_sharded_step_equals_one_device():
 # ------------------------------------------------------------------------- non-finite steps
 
 
+@pytest.mark.slow
 def test_nan_batch_is_skipped_and_counted():
   config = small_config()
   tx = optax.adamw(1e-3)
@@ -257,6 +263,7 @@ def poison_batches(monkeypatch, poisoned_calls) -> list:
   return calls
 
 
+@pytest.mark.slow
 def test_loop_restores_last_checkpoint_after_consecutive_skips(tmp_path, monkeypatch, caplog):
   """Batches 5 and 6 carry a NaN; with max_consecutive_skips=2 the loop must restore
   checkpoint 3 (state and data iterator) and then finish the stage with finite params."""
@@ -279,6 +286,7 @@ def test_loop_restores_last_checkpoint_after_consecutive_skips(tmp_path, monkeyp
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final["params"]))
 
 
+@pytest.mark.slow
 def test_restores_after_non_finite_steps_are_bounded(tmp_path, monkeypatch):
   """Steps 5 and 6 are non-finite however often checkpoint 3 is restored (the first two
   restores replay them): the second replay ends in one line instead of a third restore."""
@@ -291,6 +299,7 @@ def test_restores_after_non_finite_steps_are_bounded(tmp_path, monkeypatch):
   assert len(calls) == 12
 
 
+@pytest.mark.slow
 def test_a_stage_that_runs_out_of_budget_branches_near_its_peak(tmp_path, monkeypatch):
   """Validation scores scripted to peak at step 6 and fall to the budget's end (14), with ESGF
   off for the stage: the next stage must start from the peak region's checkpoint, not the
@@ -316,6 +325,7 @@ def test_a_stage_that_runs_out_of_budget_branches_near_its_peak(tmp_path, monkey
   assert json.loads((tmp_path / "pretrain" / "result.json").read_text())["final_step"] == 14
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trigger", ["loss", "psnr"])
 def test_divergence_after_a_branch_rolls_back_to_it_with_a_lower_lr(tmp_path, caplog, trigger):
   """A fine-tuning stage with a learning rate of 1 diverges at once. The guard must roll back
@@ -363,6 +373,7 @@ def tensorboard_tags(directory) -> set:
           for value in event.summary.value}
 
 
+@pytest.mark.slow
 def test_relative_workdir_trains(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # Orbax wants absolute checkpoint paths; users type relative ones
   loop.run(small_config(**{"data.batch_size": 8, "stages.pretrain.max_steps": 1}), "runs/rel")

@@ -4,6 +4,7 @@ curve per expert, each moved only by its own expert's params."""
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
 from linearsr_jax.configs import tiny
 from linearsr_jax.diffusion import experts
@@ -32,6 +33,7 @@ def _setup():
   return config, model, one, losses
 
 
+@pytest.mark.slow
 def test_a_corrupted_expert_moves_its_own_curve_and_no_other():
   config, model, one, losses = _setup()
   branched = experts.init_experts(one, NUM_EXPERTS)  # a branch: four identical experts
@@ -49,6 +51,7 @@ def test_a_corrupted_expert_moves_its_own_curve_and_no_other():
   assert losses(corrupted) == after  # fixed triples: the same params give the same curve
 
 
+@pytest.mark.slow
 def test_each_experts_triples_lie_in_its_interval_and_the_loss_matches_a_float64_formula():
   config, model, one, losses = _setup()
   branched = experts.init_experts(one, NUM_EXPERTS)
