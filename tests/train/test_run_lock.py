@@ -47,11 +47,13 @@ def new_lock(workdir, **settings):
 
 def write_lock(workdir, host, pid, age_seconds=0.0):
   """Another run's lock, its heartbeat `age_seconds` old."""
-  path = workdir / run_lock.LOCK_NAME
-  path.write_text(json.dumps({"host": host, "pid": pid, "since": "2026-11-30T01:00:00+00:00",
-                              "token": "other"}))
+  path, written = workdir / run_lock.LOCK_NAME, workdir / "lock.tmp"
+  written.write_text(json.dumps({"host": host, "pid": pid, "since": "2026-11-30T01:00:00+00:00",
+                                 "token": "other"}))
   stamp = time.time() - age_seconds
-  os.utime(path, (stamp, stamp))
+  os.utime(written, (stamp, stamp))
+  # Whole, as a run writes it: a live run's heartbeat may read the lock at any moment.
+  os.replace(written, path)
   return path
 
 
