@@ -1,6 +1,6 @@
 # `make test` and `make demo` create .venv on first use and install the pinned stack.
-# The pins are Python 3.11's wheels: the venv is made with Python 3.11, checked before anything
-# is installed. PYTHON=/path/to/python3.11 names the interpreter.
+# The pins were resolved and tested on Python 3.11: the venv is made with it, checked before
+# anything is installed. PYTHON=/path/to/python3.11 names the interpreter.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
