@@ -2,8 +2,8 @@
 
 Every row trains configs/tiny.py from scratch on the demo photographs, pretrain -> second stage,
 and is scored on the demo's two held-out photographs (each with its own tags, as a user would
-pass them) and on a fixed subset of ../shared/benchmarks/RealSR (256 px HR centre crops, the
-null condition: they have no tags). Mean ± std over the seeds.
+pass them) and on a fixed subset of RealSR's test pairs (--realsr_dir; 256 px HR centre crops,
+the null condition: they have no tags). Mean ± std over the seeds.
 
 - experts: the second stage has 1 expert, 4 SNR experts or 4 uniform-split experts; both
   stages run their whole budget (ESGF off), so every row has the same steps × batch;
@@ -14,8 +14,10 @@ null condition: they have no tags). Mean ± std over the seeds.
   against the same stage with ESGF off and the detector given nothing to judge, so the second
   stage starts from its last checkpoint.
 
-  .venv/bin/python bench/ablations.py [--steps 200] [--seeds 0 1 2] [--realsr 10] \\
-      [--workdir runs/ablations]
+  .venv/bin/python bench/ablations.py --realsr_dir DIR [--steps 200] [--seeds 0 1 2] \\
+      [--realsr 10] [--workdir runs/ablations]
+
+DIR is RealSR's test set, a folder holding HR/ and LR/ (the pairs of the same names).
 
 Runs are kept in --workdir: a row whose evaluation is there is not trained again.
 """
@@ -34,7 +36,6 @@ from linearsr_jax.data.image_io import read_image, write_image
 from linearsr_jax.data.sources import DEMO_EVAL_NAMES, DEMO_IMAGES
 
 ROOT = Path(__file__).resolve().parent.parent
-REALSR = ROOT.parent / "shared" / "benchmarks" / "RealSR"
 METRICS = ("psnr_y", "ssim_y", "lpips_alex")
 SCALE = 4
 
@@ -64,14 +65,15 @@ def rows(steps: int) -> dict:
   }
 
 
-def realsr_crops(out: Path, count: int, hr_size: int = 256) -> Path:
-  """The first `count` RealSR pairs, centre-cropped to hr_size (LR to hr_size / 4)."""
+def realsr_crops(realsr: Path, out: Path, count: int, hr_size: int = 256) -> Path:
+  """The first `count` pairs of `realsr` (HR/, LR/), centre-cropped to hr_size (LR to
+  hr_size / 4)."""
   lr_size = hr_size // SCALE
-  for name in sorted(p.name for p in (REALSR / "LR").iterdir())[:count]:
-    lr = read_image(REALSR / "LR" / name)
+  for name in sorted(p.name for p in (realsr / "LR").iterdir())[:count]:
+    lr = read_image(realsr / "LR" / name)
     top, left = (lr.shape[0] - lr_size) // 2, (lr.shape[1] - lr_size) // 2
     write_image(out / "LR" / name, lr[top:top + lr_size, left:left + lr_size])
-    hr = read_image(REALSR / "HR" / name)
+    hr = read_image(realsr / "HR" / name)
     write_image(out / "HR" / name, hr[SCALE * top:SCALE * (top + lr_size),
                                      SCALE * left:SCALE * (left + lr_size)])
   return out
@@ -141,13 +143,17 @@ def main():
   parser.add_argument("--steps", type=int, default=200,
                       help="one stage's step budget (200: the 21 runs take under 2 hours on 2 cores)")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--realsr_dir", type=Path, required=True,
+                      help="RealSR's test set: a folder holding HR/ and LR/")
   parser.add_argument("--realsr", type=int, default=10, help="RealSR pairs scored")
   parser.add_argument("--rows", nargs="+", help="a subset of the rows, by name")
   parser.add_argument("--workdir", default="runs/ablations")
   args = parser.parse_args()
+  if not all((args.realsr_dir / kind).is_dir() for kind in ("HR", "LR")):
+    parser.error(f"--realsr_dir {args.realsr_dir}: no HR/ and LR/ folders there")
   workdir = Path(args.workdir)
   heldout = heldout_pairs(workdir / "heldout")
-  realsr = realsr_crops(workdir / f"realsr_{args.realsr}", args.realsr)
+  realsr = realsr_crops(args.realsr_dir, workdir / f"realsr_{args.realsr}", args.realsr)
   bicubic = [evaluate(None, one_photo_pairs(heldout, photo), workdir / "bicubic" / photo)
              for photo in DEMO_EVAL_NAMES]
   bicubic_realsr = evaluate(None, realsr, workdir / "bicubic" / realsr.name)

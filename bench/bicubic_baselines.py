@@ -1,6 +1,8 @@
 """Bicubic x4 baseline rows on the real-world SR test sets (RealSR, DRealSR; 128 -> 512 px).
 
-  .venv/bin/python bench/bicubic_baselines.py [--root ../shared/benchmarks] [--dists]
+  .venv/bin/python bench/bicubic_baselines.py --root DIR [--dists]
+
+DIR holds RealSR/ and DRealSR/, each with HR/ and LR/ (the pairs of the same names).
 
 Prints, per set, how many pairs the evaluation and the training's paired source
 (`data.source.kind=paired`) each find and the scale the latter infers, then a Markdown table:
@@ -21,10 +23,14 @@ SETS = ("RealSR", "DRealSR")
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--root", type=Path,
-                      default=Path(__file__).resolve().parents[2] / "shared" / "benchmarks")
+  parser.add_argument("--root", type=Path, required=True,
+                      help=f"a folder holding {' and '.join(SETS)}, each with HR/ and LR/")
   parser.add_argument("--dists", action="store_true", help="add DISTS (slow on CPU)")
   args = parser.parse_args()
+  missing = [f"{name}/{kind}" for name in SETS for kind in ("HR", "LR")
+             if not (args.root / name / kind).is_dir()]
+  if missing:
+    parser.error(f"--root {args.root}: no {', '.join(missing)} there")
   names = ["psnr_y", "ssim_y", "ssim_y_pyiqa", "lpips_alex"] + (["dists"] if args.dists else [])
   summaries = []
   for name in SETS:

@@ -3,6 +3,7 @@
 import functools
 from fractions import Fraction
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -103,14 +104,14 @@ def test_stacking_boxed_params_prepends_expert_axis():
   for stacked_box, box in zip(jax.tree.leaves(boxed, is_leaf=experts._is_box),
                               jax.tree.leaves(single, is_leaf=experts._is_box)):
     assert stacked_box.names == ("expert",) + tuple(box.names)
-    assert stacked_box.value.shape == (4,) + box.value.shape
+    chex.assert_shape(stacked_box.value, (4,) + box.value.shape)
   plain = {"a": jnp.arange(6.0).reshape(2, 3), "b": {"c": jnp.ones(4)}}
   stacked = experts.init_experts(plain, 4)
   assert experts.num_experts_of(stacked) == 4
   np.testing.assert_array_equal(stacked["a"][3], plain["a"])
   picked = experts.select_expert(experts.stack_experts([plain, jax.tree.map(jnp.negative, plain)]),
                                  jnp.int32(1))
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, -b), picked, plain)
+  chex.assert_trees_all_equal(picked, jax.tree.map(jnp.negative, plain))
 
 
 def _constant_velocity_apply(params, x_t, t, lr, cond, cond_mask):

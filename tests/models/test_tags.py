@@ -3,6 +3,7 @@ arrays."""
 
 import zlib
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -140,5 +141,5 @@ def test_encoder_runs_sharded_on_the_mesh():
   batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("expert", "data")))
   with jax.set_mesh(mesh), nn.logical_axis_rules(list(sharding.DEFAULT_RULES)):
     out = jax.jit(encoder.apply)(params, *jax.device_put((ids, mask), batch))
-  jax.tree.map(np.testing.assert_array_equal, out, expected)
+  chex.assert_trees_all_equal(out, expected)
   assert out[0].sharding.spec[0] == ("expert", "data")

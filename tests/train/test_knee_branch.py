@@ -2,6 +2,7 @@
 whose full checkpoint retention had already deleted (train.keep_latest=1): the stage hands the
 next one that step's EMA params, read from its knee snapshot, and nothing calls it damaged."""
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -63,12 +64,12 @@ def test_a_stage_hands_over_its_knee_after_its_checkpoint_was_pruned(tmp_path, m
   # the knee, exactly.
   knee_params = seen[expected]
   assert handed_over.knee_step == expected
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(handed_over.params), knee_params)
+  chex.assert_trees_all_equal(handed_over.params, knee_params)
   # The tools find the knee in its snapshot too.
   trained = load_trained(tmp_path, stage="pretrain")
   assert trained.step == expected
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(trained.params), knee_params)
+  chex.assert_trees_all_equal(trained.params, knee_params)
   # Run again, the stage has ended: it hands over the same knee, from the same snapshot.
   [again] = loop.run(config, tmp_path)
   assert again.knee_step == expected and stage.result() == result
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(again.params), knee_params)
+  chex.assert_trees_all_equal(again.params, knee_params)
