@@ -9,7 +9,6 @@ from pathlib import Path
 from linearsr_jax import storage
 from linearsr_jax.configs import tiny
 from repo_paths import REPO
-from xla_test_flags import FAST_COMPILE
 
 MAX_STEPS = 12
 # A model and data small enough that a whole CLI run takes well under a minute on 2 cores.
@@ -36,11 +35,11 @@ def small_config(**extra):
 
 
 def cli_env(**extra):
-  """The CLI runs' environment: one CPU device, like a plain user's machine, the tests' XLA
-  flags (xla_test_flags.py), and the session's compilation cache (conftest.py), so that the
-  runs after the first reuse its executables."""
-  return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-              **{"XLA_FLAGS": FAST_COMPILE, **extra})
+  """The CLI runs' environment: one CPU device, and the session's compilation cache
+  (conftest.py), so that the runs after the first reuse its executables."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **extra)
+  env.pop("XLA_FLAGS", None)  # the CLI runs see one CPU device, like a plain user's machine
+  return env
 
 
 def train_command(workdir, *overrides, tree=SMALL):
