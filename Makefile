@@ -33,12 +33,18 @@ $(BIN)/.installed: requirements.txt requirements-test.txt requirements-gpu-aot.t
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: install test test-fast demo lint-imports
+.PHONY: install test test-fast demo lint lint-imports
 install: $(BIN)/.installed
 
 # The layer contract ([tool.importlinter] in pyproject.toml, the order of docs/design.md).
 lint-imports: $(BIN)/.installed
 	$(BIN)/lint-imports
+
+# ruff's rules and yapf's style (pyproject.toml); `$(BIN)/yapf -ir $(PY_SOURCES)` formats.
+PY_SOURCES := linearsr_jax tests bench configs
+lint: lint-imports
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/yapf --diff --recursive --parallel $(PY_SOURCES)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 tests

@@ -141,7 +141,8 @@ def cell(values) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=200,
-                      help="one stage's step budget (200: the 21 runs take under 2 hours on 2 cores)")
+                      help="one stage's step budget (200: the 21 runs take under 2 hours on 2 "
+                      "cores)")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--realsr_dir", type=Path, required=True,
                       help="RealSR's test set: a folder holding HR/ and LR/")

@@ -18,8 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 from common import markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
 
 GIB = 1024 ** 3
 MODES = {"encode": [], "precomputed": ["--config.data.hr_latents=precomputed"]}

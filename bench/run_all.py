@@ -15,8 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 from linearsr_jax.atomic import atomic_file
+
+ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 # name -> arguments after `python bench/<name>.py`

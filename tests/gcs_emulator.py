@@ -6,9 +6,9 @@ https://www.googleapis.com and has no endpoint variable; it does honour `https_p
 `CURL_CA_BUNDLE`. So the proxy answers CONNECT, terminates TLS with a certificate for
 Google's storage hosts signed by a CA made here, and forwards the plain HTTP to the emulator.
 TensorStore (Orbax's arrays), google-cloud-storage (our run lock, Orbax's pruning) and
-google-cloud-cpp (array_record's reader, for TFDS folders) are pointed at the same proxy through their own variables, so that it can refuse writes to one
-bucket for all of them. This is the path a pod takes, every client
-included, with only the host name changed.
+google-cloud-cpp (array_record's reader, for TFDS folders) are pointed at the same proxy
+through their own variables, so that it can refuse writes to one bucket for all of them. This
+is the path a pod takes, every client included, with only the host name changed.
 """
 
 import atexit
@@ -211,7 +211,7 @@ class Emulator:
         return
       except OSError:
         if time.monotonic() > deadline or self.process.poll() is not None:
-          raise RuntimeError("fake-gcs-server did not start")
+          raise RuntimeError("fake-gcs-server did not start") from None
         time.sleep(0.05)
 
   def drop(self, pattern: str, count: int):

@@ -21,8 +21,8 @@ from repo_paths import CONFIGS
 @pytest.mark.parametrize("override, expected", [
     # choice fields
     ("optimizer.name=adamx", "config.optimizer.name='adamx' must be 'adamw' or 'adafactor'"),
-    ("data.degradation.mode=nearest", "config.data.degradation.mode='nearest' must be 'realesrgan', "
-                                     "'first_order' or 'bicubic'"),
+    ("data.degradation.mode=nearest",
+     "config.data.degradation.mode='nearest' must be 'realesrgan', 'first_order' or 'bicubic'"),
     # numeric ranges (a stage's optimizer override is checked as the field it overrides)
     ("stages.moe.optimizer.learning_rate=0",
      "config.stages.moe.optimizer.learning_rate=0.0 must be > 0"),

@@ -119,8 +119,9 @@ def format_report(r: dict) -> str:
       f"compiled per chip per step: {t['flops'] / 1e12:.3f} TFLOP, "
       f"{t['bytes_accessed'] / GIB:.2f} GiB accessed (scanned blocks counted in full)",
       f"model per chip per step: {r['model']['total_flops'] / 1e12:.3f} TFLOP (DiT 6·N·tokens "
-      f"{r['model']['dit_flops'] / 1e12:.3f} + DC-AE encoder {r['model']['encoder_flops'] / 1e12:.3f});"
-      f" compiled / model = {r['compiled_over_model_flops']:.2f}",
+      f"{r['model']['dit_flops'] / 1e12:.3f} + DC-AE encoder "
+      f"{r['model']['encoder_flops'] / 1e12:.3f}); compiled / model = "
+      f"{r['compiled_over_model_flops']:.2f}",
       f"collectives per chip per step: {collectives or 'none'}",
       f"compile: train step {t['compile_seconds']:.1f} s, sampler "
       f"{r['sampler_step']['compile_seconds']:.1f} s",

@@ -86,8 +86,9 @@ def _model_upscaler(args):
     raise UserError(f"the checkpoint upscales x{upscaler.scale}, but --scale is {args.scale}")
   conditions = _conditions(args, upscaler)
   described = (f"{trained.stage} step {trained.step} ({'raw' if args.raw else 'EMA'}, "
-               f"{trained.num_experts} expert(s)), steps {args.steps or trained.diffusion.sampler.steps}"
-               f", guidance {args.guidance}, seed {args.seed}, color fix {args.color_fix}")
+               f"{trained.num_experts} expert(s)), steps "
+               f"{args.steps or trained.diffusion.sampler.steps}, guidance {args.guidance}, "
+               f"seed {args.seed}, color fix {args.color_fix}")
   return (lambda lr, lr_path: upscaler(lr, conditions(lr_path))), described
 
 

@@ -1,4 +1,5 @@
-"""`linearsr import {diffusers,diffusers-vae} SRC --out DIR`: PyTorch-ecosystem weights -> params dir."""
+"""`linearsr import {diffusers,diffusers-vae} SRC --out DIR`: PyTorch-ecosystem weights -> a
+params dir."""
 
 import dataclasses
 

@@ -18,8 +18,9 @@ def make_super_resolve(model, latent_space, diffusion_cfg, *, scale: int, **samp
   shape.
 
   `params` are stacked experts, `latent_params` the latent space's (a DC-AE's, or {} for pixel
-  space), both arguments so they can live on a mesh; `sampler_overrides` (steps, solver, shift, guidance_scale)
-  replace diffusion_cfg.sampler values. The null context for guidance is an all-False mask.
+  space), both arguments so they can live on a mesh; `sampler_overrides` (steps, solver, shift,
+  guidance_scale) replace diffusion_cfg.sampler values. The null context for guidance is an
+  all-False mask.
   """
   apply_fn = experts.model_apply(model)
 

@@ -16,7 +16,8 @@ import numpy as np
 from linearsr_jax.atomic import atomic_dir, check_complete
 from linearsr_jax.errors import UserError
 from linearsr_jax import params_io
-from linearsr_jax.interop.safetensors_io import check_consumed, load_checkpoint, save_checkpoint, take
+from linearsr_jax.interop.safetensors_io import (check_consumed, load_checkpoint,
+                                                 save_checkpoint, take)
 from linearsr_jax.models.dit import DiTConfig, LRStem
 
 CLASS_NAME = "SanaTransformer2DModel"
@@ -107,7 +108,7 @@ def _block_torch_to_flax(t: dict, prefix: str, cfg: DiTConfig) -> dict:
 
 def _block_flax_to_torch(p: dict, prefix: str, cfg: DiTConfig, out: dict):
   out[f"{prefix}.scale_shift_table"] = p["scale_shift_table"]
-  for path, name, bias in _block_linears(cfg):
+  for path, name, _ in _block_linears(cfg):
     _linear_to_torch(_get(p, path), f"{prefix}.{name}", out)
   for attn in ("attn1", "attn2"):
     if cfg.qk_norm:

@@ -270,7 +270,7 @@ class Encoder(nn.Module):
       x = Conv(widths[0], dtype=self.dtype, name="conv_in")(x)
     else:
       x = DownBlock(widths[1], unshuffle, shortcut=False, dtype=self.dtype, name="conv_in")(x)
-    for i, (width, depth) in enumerate(zip(widths, depths)):
+    for i, (_, depth) in enumerate(zip(widths, depths)):
       for j in range(depth):
         x = make_block(cfg["encoder_block_types"][i], cfg["attention_head_dim"], "rms_norm", "silu",
                        cfg["encoder_qkv_multiscales"][i], self.dtype, f"down_blocks_{i}_{j}")(x)

@@ -132,9 +132,10 @@ def test_budget_ending_without_a_bend_uses_the_best_and_too_few_points_give_none
 
 
 def test_a_budget_ending_branches_from_a_confirmed_knee_not_a_stale_candidate():
-  """Rule 'all': LPIPS levels off, turns back and confirms its knee; PSNR bends early (a bump) but keeps
-  rising to the end, so the stage runs out of budget. Its early candidate is a bend that did
-  not last; the branch is LPIPS's confirmed knee (the demo's first two runs, 2026-11-30)."""
+  """Rule 'all': LPIPS levels off, turns back and confirms its knee; PSNR bends early (a bump)
+  but keeps rising to the end, so the stage runs out of budget. Its early candidate is a bend
+  that did not last; the branch is LPIPS's confirmed knee (the demo's first two runs,
+  2026-11-30)."""
   steps = eval_steps(20)
   rng = np.random.default_rng(0)
   lpips = (0.35 + 0.1 * np.exp(-steps / 300) + 0.01 * np.maximum(0, steps - 800) / 1200

@@ -2,8 +2,9 @@
 
 A small random diffusers `SanaTransformer2DModel` (text-to-image) and `AutoencoderDC` go
 through `linearsr import`, then `linearsr train --config configs/sana600m_x4.py` at reduced
-depth and width on 8 devices (its own mesh: expert 4 × fsdp 2). At step 0 the model must predict exactly what
-the text-to-image model does in diffusers, whatever the LR image (its channels start at zero).
+depth and width on 8 devices (its own mesh: expert 4 × fsdp 2). At step 0 the model must
+predict exactly what the text-to-image model does in diffusers, whatever the LR image (its
+channels start at zero).
 """
 
 import json
