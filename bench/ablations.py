@@ -48,20 +48,24 @@ def linearsr(args) -> int:
 
 def rows(steps: int) -> dict:
   """Row name -> config overrides; `steps` is one stage's budget."""
-  half = {"stages.pretrain.max_steps": steps, "stages.moe.max_steps": steps,
-          "stages.pretrain.esgf": False, "stages.moe.esgf": False}
+  half = {
+      "stages.pretrain.max_steps": steps, "stages.moe.max_steps": steps,
+      "stages.pretrain.esgf": False, "stages.moe.esgf": False
+  }
   return {
       "1 expert": dict(half, **{"stages.moe.num_experts": 1}),
       "4 SNR experts": half,
       "4 uniform-split experts": dict(half, **{"diffusion.experts.split": "uniform"}),
       "4 SNR experts, no tags": dict(half, **{"tags.dropout_prob": 1.0}),
       "4 SNR experts, train shift 3": dict(half, **{"diffusion.train_shift": 3.0}),
-      "branch from the ESGF knee": {"stages.pretrain.max_steps": 2 * steps,
-                                    "stages.moe.max_steps": steps, "stages.moe.esgf": False},
+      "branch from the ESGF knee": {
+          "stages.pretrain.max_steps": 2 * steps, "stages.moe.max_steps": steps,
+          "stages.moe.esgf": False
+      },
       "branch from the last checkpoint": {
           "stages.pretrain.max_steps": 2 * steps, "stages.moe.max_steps": steps,
-          "stages.pretrain.esgf": False, "stages.moe.esgf": False,
-          "esgf.min_points": 10 ** 6},
+          "stages.pretrain.esgf": False, "stages.moe.esgf": False, "esgf.min_points": 10**6
+      },
   }
 
 
@@ -75,7 +79,7 @@ def realsr_crops(realsr: Path, out: Path, count: int, hr_size: int = 256) -> Pat
     write_image(out / "LR" / name, lr[top:top + lr_size, left:left + lr_size])
     hr = read_image(realsr / "HR" / name)
     write_image(out / "HR" / name, hr[SCALE * top:SCALE * (top + lr_size),
-                                     SCALE * left:SCALE * (left + lr_size)])
+                                      SCALE * left:SCALE * (left + lr_size)])
   return out
 
 
@@ -95,8 +99,12 @@ def evaluate(train_dir, pairs: Path, out: Path, tags: str = "") -> dict:
   """Mean scores of the run's final stage on the pairs (one `linearsr eval`); of bicubic
   when `train_dir` is None."""
   if not (out / "summary.json").is_file():
-    args = ["eval", "--hr_dir", str(pairs / "HR"), "--lr_dir", str(pairs / "LR"), "--metrics",
-            ",".join(METRICS), "--out", str(out), "--no_progress"]
+    args = [
+        "eval", "--hr_dir",
+        str(pairs / "HR"), "--lr_dir",
+        str(pairs / "LR"), "--metrics", ",".join(METRICS), "--out",
+        str(out), "--no_progress"
+    ]
     args += ["--checkpoint", str(train_dir)] if train_dir else []
     if linearsr(args + (["--tags", tags] if tags else [])):
       raise SystemExit(f"evaluating {train_dir} on {pairs} failed")
@@ -119,19 +127,25 @@ def run_row(workdir: Path, name: str, overrides: dict, seed: int, heldout: Path,
   """{'photos': means, 'realsr': means} of one row and seed; trains it unless done."""
   run = workdir / name.replace(" ", "_").replace(",", "") / f"seed{seed}"
   train_dir = run / "train"
-  if not (train_dir / "run.json").is_file() or len(json.loads(
-      (train_dir / "run.json").read_text())["stages"]) < 2:
+  if not (train_dir / "run.json").is_file() or len(
+      json.loads((train_dir / "run.json").read_text())["stages"]) < 2:
     flags = [f"--config.{k}={v}" for k, v in dict(overrides, seed=seed).items()]
-    if linearsr(["train", "--config", str(ROOT / "configs" / "tiny.py"), "--workdir",
-                 str(train_dir), *flags]):
+    if linearsr([
+        "train", "--config",
+        str(ROOT / "configs" / "tiny.py"), "--workdir",
+        str(train_dir), *flags
+    ]):
       raise SystemExit(f"training {name} (seed {seed}) failed")
   # A model trained on the null condition alone is scored with it.
   with_tags = overrides.get("tags.dropout_prob", 0.0) < 1.0
-  photos = [evaluate(train_dir, one_photo_pairs(heldout, photo), run / "eval" / photo,
-                     ", ".join(DEMO_IMAGES[photo]) if with_tags else "")
-            for photo in DEMO_EVAL_NAMES]
-  return {"photos": {m: float(np.mean([p[m] for p in photos])) for m in METRICS},
-          "realsr": evaluate(train_dir, realsr, run / "eval" / "realsr")}
+  photos = [
+      evaluate(train_dir, one_photo_pairs(heldout, photo), run / "eval" / photo,
+               ", ".join(DEMO_IMAGES[photo]) if with_tags else "") for photo in DEMO_EVAL_NAMES
+  ]
+  return {
+      "photos": {m: float(np.mean([p[m] for p in photos])) for m in METRICS},
+      "realsr": evaluate(train_dir, realsr, run / "eval" / "realsr")
+  }
 
 
 def cell(values) -> str:
@@ -140,9 +154,10 @@ def cell(values) -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=200,
-                      help="one stage's step budget (200: the 21 runs take under 2 hours on 2 "
-                      "cores)")
+  parser.add_argument(
+      "--steps", type=int, default=200,
+      help="one stage's step budget (200: the 21 runs take under 2 hours on 2 "
+      "cores)")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--realsr_dir", type=Path, required=True,
                       help="RealSR's test set: a folder holding HR/ and LR/")
@@ -155,20 +170,24 @@ def main():
   workdir = Path(args.workdir)
   heldout = heldout_pairs(workdir / "heldout")
   realsr = realsr_crops(args.realsr_dir, workdir / f"realsr_{args.realsr}", args.realsr)
-  bicubic = [evaluate(None, one_photo_pairs(heldout, photo), workdir / "bicubic" / photo)
-             for photo in DEMO_EVAL_NAMES]
+  bicubic = [
+      evaluate(None, one_photo_pairs(heldout, photo), workdir / "bicubic" / photo)
+      for photo in DEMO_EVAL_NAMES
+  ]
   bicubic_realsr = evaluate(None, realsr, workdir / "bicubic" / realsr.name)
-  table = [["bicubic"] + [f"{np.mean([b[m] for b in bicubic]):.3f}" for m in METRICS]
-           + [f"{bicubic_realsr[m]:.3f}" for m in METRICS]]
+  table = [["bicubic"] + [f"{np.mean([b[m] for b in bicubic]):.3f}" for m in METRICS] +
+           [f"{bicubic_realsr[m]:.3f}" for m in METRICS]]
   for name, overrides in rows(args.steps).items():
     if args.rows and name not in args.rows:
       continue
     results = [run_row(workdir, name, overrides, seed, heldout, realsr) for seed in args.seeds]
-    table.append([name] + [cell([r[where][m] for r in results])
-                           for where in ("photos", "realsr") for m in METRICS])
+    table.append(
+        [name] +
+        [cell([r[where][m] for r in results]) for where in ("photos", "realsr") for m in METRICS])
     print(" | ".join(table[-1]), file=sys.stderr, flush=True)
-  header = ["row"] + [f"{where} {m}" for where in ("photos", "RealSR") for m in
-                      ("PSNR-Y", "SSIM-Y", "LPIPS")]
+  header = ["row"] + [
+      f"{where} {m}" for where in ("photos", "RealSR") for m in ("PSNR-Y", "SSIM-Y", "LPIPS")
+  ]
   print(markdown_table(header, table))
 
 

@@ -60,15 +60,16 @@ def main():
       results.setdefault(kind, []).append((n, seconds, flops))
       row += [f"{seconds * 1e3:.1f} ms", f"{flops / 1e9:.1f}"]
     rows.append(row)
-  print(markdown_table(["tokens", "N", "linear time", "linear GFLOP", "softmax time",
-                        "softmax GFLOP"], rows))
+  print(
+      markdown_table(
+          ["tokens", "N", "linear time", "linear GFLOP", "softmax time", "softmax GFLOP"], rows))
   lin = results["linear"]
   growth = [b[1] / a[1] for a, b in zip(lin, lin[1:])]
   print(f"\nlinear time growth per 4x tokens: {', '.join(f'{g:.2f}x' for g in growth)}")
   if len(results.get("softmax", [])) > 1:
     sm = results["softmax"]
-    print("\nsoftmax time growth per 4x tokens: "
-          + ", ".join(f"{b[1] / a[1]:.2f}x" for a, b in zip(sm, sm[1:])))
+    print("\nsoftmax time growth per 4x tokens: " +
+          ", ".join(f"{b[1] / a[1]:.2f}x" for a, b in zip(sm, sm[1:])))
   plot(results, args.out)
   print(f"\nplot: {args.out}")
 

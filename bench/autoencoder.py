@@ -60,8 +60,9 @@ def run_case(case: dict) -> dict:
 def measure(case: dict, timeout: float) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   try:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(case)], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired:
     return {"error": f"> {timeout:.0f} s"}
   if out.returncode != 0:
@@ -82,8 +83,10 @@ def depthwise_table() -> list[str]:
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         feature_group_count=x.shape[-1])
 
-  rows = ["| depthwise conv (SANA DC-AE 512² shapes) | shifted adds ms | feature_group_count ms |",
-          "|---|---|---|"]
+  rows = [
+      "| depthwise conv (SANA DC-AE 512² shapes) | shifted adds ms | feature_group_count ms |",
+      "|---|---|---|"
+  ]
   for size, channels, k in [(64, 1536, 5), (64, 4096, 3), (32, 3072, 5)]:
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, size, size, channels), np.float32))
     kernel = jnp.asarray(np.random.default_rng(1).standard_normal((k, k, channels), np.float32))
@@ -118,14 +121,19 @@ def main():
   cases = []
   for size in args.pixel_sizes:
     for tiled in (False, True):
-      cases += [dict(space="pixel", op=op, size=size, tiled=tiled, tile=args.pixel_tile[0],
-                     overlap=args.pixel_tile[1]) for op in ("encode", "decode")]
+      cases += [
+          dict(space="pixel", op=op, size=size, tiled=tiled, tile=args.pixel_tile[0],
+               overlap=args.pixel_tile[1]) for op in ("encode", "decode")
+      ]
   for size in args.dcae_sizes:
-    cases += [dict(space="dcae", op=op, size=size, tiled=False, tile=0, overlap=0)
-              for op in args.dcae_ops]
+    cases += [
+        dict(space="dcae", op=op, size=size, tiled=False, tile=0, overlap=0) for op in args.dcae_ops
+    ]
   for size in args.dcae_tiled_sizes:
-    cases += [dict(space="dcae", op=op, size=size, tiled=True, tile=args.dcae_tile[0],
-                   overlap=args.dcae_tile[1]) for op in args.dcae_ops]
+    cases += [
+        dict(space="dcae", op=op, size=size, tiled=True, tile=args.dcae_tile[0],
+             overlap=args.dcae_tile[1]) for op in args.dcae_ops
+    ]
 
   print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
   print("| space | op | image | tiles (px) | time s | peak RSS MiB | growth MiB |")
@@ -138,8 +146,9 @@ def main():
     if "error" in result:
       print(f"{head} {result['error']} | | |", flush=True)
     else:
-      print(f"{head} {result['seconds']:.2f} | {result['peak']:.0f} | "
-            f"{result['peak'] - result['before']:.0f} |", flush=True)
+      print(
+          f"{head} {result['seconds']:.2f} | {result['peak']:.0f} | "
+          f"{result['peak'] - result['before']:.0f} |", flush=True)
   print()
   print("\n".join(depthwise_table()))
 

@@ -27,8 +27,10 @@ def main():
                       help=f"a folder holding {' and '.join(SETS)}, each with HR/ and LR/")
   parser.add_argument("--dists", action="store_true", help="add DISTS (slow on CPU)")
   args = parser.parse_args()
-  missing = [f"{name}/{kind}" for name in SETS for kind in ("HR", "LR")
-             if not (args.root / name / kind).is_dir()]
+  missing = [
+      f"{name}/{kind}" for name in SETS for kind in ("HR", "LR")
+      if not (args.root / name / kind).is_dir()
+  ]
   if missing:
     parser.error(f"--root {args.root}: no {', '.join(missing)} there")
   names = ["psnr_y", "ssim_y", "ssim_y_pyiqa", "lpips_alex"] + (["dists"] if args.dists else [])
@@ -40,8 +42,9 @@ def main():
     summaries.append(evaluate.summarize(results, names, f"bicubic x4, {name}", {}))
     seconds = time.perf_counter() - start
     paired = sources.PairedSource(args.root / name / "LR", args.root / name / "HR")
-    print(f"{name}: {len(results)} pairs in {seconds:.0f} s; the paired "
-          f"source finds {len(paired)} at x{paired.scale}", flush=True)
+    print(
+        f"{name}: {len(results)} pairs in {seconds:.0f} s; the paired "
+        f"source finds {len(paired)} at x{paired.scale}", flush=True)
   print()
   print(evaluate.markdown_table(summaries, names), end="")
   for summary in summaries:

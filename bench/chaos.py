@@ -47,32 +47,38 @@ from linearsr_jax.run import fault_points, kill_points
 from linearsr_jax.train import run_lock
 
 ROOT = Path(__file__).resolve().parent.parent
-OVERRIDES = {"model.depth": 1, "model.hidden": 64, "model.heads": 2, "model.cross_heads": 2,
-             "model.scan_layers": False, "data.crop_size": 32, "data.batch_size": 4,
-             "data.eval.crop_size": 64, "train.eval_every": 3, "train.eval_steps": 1,
-             "train.log_every": 1, "train.lock_heartbeat_seconds": 0.25,
-             "train.lock_stale_seconds": 20,
-             "stage_order": "pretrain,moe",
-             "stages.pretrain.max_steps": 12, "stages.moe.max_steps": 6}
+OVERRIDES = {
+    "model.depth": 1, "model.hidden": 64, "model.heads": 2, "model.cross_heads": 2,
+    "model.scan_layers": False, "data.crop_size": 32, "data.batch_size": 4,
+    "data.eval.crop_size": 64, "train.eval_every": 3, "train.eval_steps": 1, "train.log_every": 1,
+    "train.lock_heartbeat_seconds": 0.25, "train.lock_stale_seconds": 20,
+    "stage_order": "pretrain,moe", "stages.pretrain.max_steps": 12, "stages.moe.max_steps": 6
+}
 # As tests/train/test_guard_resume.py: a fine-tuning stage that explodes at steps 2 and 4.
-DIVERGING = {**{k: v for k, v in OVERRIDES.items() if not k.startswith("stage")},
-             "stage_order": "pretrain,finetune", "optimizer.warmup_steps": 0,
-             "train.guard.max_rollbacks": 2, "stages.pretrain.max_steps": 1,
-             "stages.pretrain.esgf": False, "stages.finetune.num_experts": 1,
-             "stages.finetune.max_steps": 6, "stages.finetune.esgf": False,
-             "stages.finetune.optimizer.learning_rate": 1.0}
+DIVERGING = {
+    **{
+        k: v for k, v in OVERRIDES.items() if not k.startswith("stage")
+    }, "stage_order": "pretrain,finetune", "optimizer.warmup_steps": 0,
+    "train.guard.max_rollbacks": 2, "stages.pretrain.max_steps": 1, "stages.pretrain.esgf": False,
+    "stages.finetune.num_experts": 1, "stages.finetune.max_steps": 6, "stages.finetune.esgf": False,
+    "stages.finetune.optimizer.learning_rate": 1.0
+}
 FAULTS = ("read error on resume", "write error", "rollback, then kill", "stale lock race")
 # How often each point is reached by a whole run, bounding the occurrence drawn (rolled_back,
 # never reached by this run, is the "rollback, then kill" fault's).
-REACHED = {"checkpoint_write": 8, "metrics_append": 26, "knee_restored": 2, "knee_plot": 2,
-           "stage_ended": 2, "run_json": 2}
+REACHED = {
+    "checkpoint_write": 8, "metrics_append": 26, "knee_restored": 2, "knee_plot": 2,
+    "stage_ended": 2, "run_json": 2
+}
 
 
 def start(workdir: Path, env: dict, log: Path, overrides=None) -> subprocess.Popen:
   """`linearsr train` on `workdir`, in its own process group, its output to `log`."""
-  command = [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config",
-             "configs/tiny.py", "--workdir", str(workdir),
-             *(f"--config.{k}={v}" for k, v in (overrides or OVERRIDES).items())]
+  command = [
+      sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config", "configs/tiny.py",
+      "--workdir",
+      str(workdir), *(f"--config.{k}={v}" for k, v in (overrides or OVERRIDES).items())
+  ]
   with open(log, "w") as out:
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -103,8 +109,8 @@ def killed(workdir: Path, env: dict, log: Path, moment: str, overrides=None):
 def make_stale(workdir: Path, stale_seconds: float):
   """Leaves run.lock as a run on a preempted VM would: another host's, its heartbeat late."""
   lock = workdir / run_lock.LOCK_NAME
-  lock.write_text(json.dumps({"host": "preempted-vm", "pid": 1, "since": "earlier",
-                              "token": "stale"}))
+  lock.write_text(
+      json.dumps({"host": "preempted-vm", "pid": 1, "since": "earlier", "token": "stale"}))
   late = time.time() - 2 * stale_seconds
   os.utime(lock, (late, late))
 
@@ -215,10 +221,9 @@ def main():
     if compare(f"run {runs}: {len(pending)} kills", expected, workdir):
       survived.update(pending)
     aside["kills"] += set_aside(workdir)
-  rows = [[kind, str(tried[kind]), str(survived[kind]), str(missed[kind])]
-          for kind in [*REACHED, "random time"]]
-  print(markdown_table(["kill moment", "kills", "resumed bit for bit", "came after the end"],
-                       rows))
+  rows = [[kind, str(tried[kind]), str(survived[kind]),
+           str(missed[kind])] for kind in [*REACHED, "random time"]]
+  print(markdown_table(["kill moment", "kills", "resumed bit for bit", "came after the end"], rows))
   print(f"\n{sum(survived.values())} of {delivered} kills survived, over {runs} runs, "
         f"{aside['kills']} steps set aside (seed {args.seed})\n")
 
@@ -235,14 +240,17 @@ def main():
       except AssertionError as e:
         print(f"{kind} {n}: FAILED {str(e)[-2000:]}", file=sys.stderr, flush=True)
         continue
-      if compare(f"{kind} {n}: {what}",
-                 diverging if kind == "rollback, then kill" else expected, workdir):
+      if compare(f"{kind} {n}: {what}", diverging if kind == "rollback, then kill" else expected,
+                 workdir):
         faulted[kind, "survived"] += 1
       aside[kind] += set_aside(workdir)
   if args.faults:
-    print(markdown_table(["fault", "tried", "survived bit for bit", "steps set aside"],
-                         [[kind, str(args.faults), str(faulted[kind, "survived"]),
-                           str(aside[kind])] for kind in FAULTS]))
+    print(
+        markdown_table(
+            ["fault", "tried", "survived bit for bit", "steps set aside"],
+            [[kind, str(args.faults),
+              str(faulted[kind, "survived"]),
+              str(aside[kind])] for kind in FAULTS]))
   print(f"\n{sum(aside.values())} steps set aside in all; {time.perf_counter() - began:.0f} s "
         f"(seed {args.seed})")
   shutil.rmtree(root)
@@ -251,9 +259,10 @@ def main():
 def compare(what: str, expected: dict, workdir: Path) -> bool:
   """Whether the finished run in `workdir` ended as `expected`; says so on stderr."""
   differences = run_outcome.differences(expected, run_outcome.outcome(workdir))
-  print(f"{what}: {'same outcome' if not differences else f'DIFFERS at {differences[:5]}'}"
-        f"{f', {set_aside(workdir)} steps set aside' if set_aside(workdir) else ''}",
-        file=sys.stderr, flush=True)
+  print(
+      f"{what}: {'same outcome' if not differences else f'DIFFERS at {differences[:5]}'}"
+      f"{f', {set_aside(workdir)} steps set aside' if set_aside(workdir) else ''}", file=sys.stderr,
+      flush=True)
   return not differences
 
 

@@ -25,7 +25,7 @@ def tokenize(tags):
   """Stand-in for the tag encoder: fixed-length ids and mask (its cost is negligible)."""
   ids = np.zeros(TAG_LENGTH, np.int32)
   mask = np.zeros(TAG_LENGTH, bool)
-  mask[: min(len(tags), TAG_LENGTH)] = True
+  mask[:min(len(tags), TAG_LENGTH)] = True
   return ids, mask
 
 

@@ -22,13 +22,15 @@ from common import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
-GIB = 1024 ** 3
+GIB = 1024**3
 MODES = {"encode": [], "precomputed": ["--config.data.hr_latents=precomputed"]}
 
 
 def command(config: str, topology: str, mode: str, overrides) -> list:
-  return ["linearsr", "compile", "--config", f"configs/{config}.py", "--topology", topology,
-          "--find_batch", *MODES[mode], *overrides]
+  return [
+      "linearsr", "compile", "--config", f"configs/{config}.py", "--topology", topology,
+      "--find_batch", *MODES[mode], *overrides
+  ]
 
 
 def compile_row(config: str, topology: str, mode: str, overrides, results: Path,
@@ -42,16 +44,16 @@ def compile_row(config: str, topology: str, mode: str, overrides, results: Path,
   if kept is None and kept_only:
     return None
   if kept is None or (recount and kept.get("largest_batch")):
-    run = args if kept is None else [a for a in args if a != "--find_batch"] + [
-        f"--config.data.batch_size={kept['largest_batch']}"]
+    run = args if kept is None else [a for a in args if a != "--find_batch"
+                                    ] + [f"--config.data.batch_size={kept['largest_batch']}"]
     fresh = out if kept is None else out.with_suffix(".recount")
     error = _linearsr(run, fresh, f"{config} {topology} {mode}")
     if not fresh.exists():
       return dict(row, error=error)
     if kept is not None:  # the search's answer stays: memory is counted as before
-      out.write_text(json.dumps(dict(json.loads(fresh.read_text()),
-                                     largest_batch=kept["largest_batch"]), indent=2,
-                                sort_keys=True))
+      out.write_text(
+          json.dumps(dict(json.loads(fresh.read_text()), largest_batch=kept["largest_batch"]),
+                     indent=2, sort_keys=True))
       fresh.unlink()
   return dict(json.loads(out.read_text()), **row)
 
@@ -60,8 +62,8 @@ def _linearsr(args, out: Path, label: str) -> str:
   """Runs `linearsr ARGS --out OUT`, its progress (one line per compile) passing through;
   returns its last error line."""
   errors = []
-  with subprocess.Popen([str(ROOT / ".venv/bin" / args[0]), *args[1:], "--out", str(out)],
-                        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+  with subprocess.Popen([str(ROOT / ".venv/bin" / args[0]), *args[1:], "--out",
+                         str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                         text=True) as process:
     for line in process.stderr:
       print(f"  {label}: {line.rstrip()}", file=sys.stderr, flush=True)
@@ -76,26 +78,25 @@ def cells(r: dict) -> list:
     return head + [r["error"]] + [""] * 7 + [command]
   if "train_step" not in r:
     return head + ["0", f"needs {r['required_bytes'] / GIB:.1f} of "
-                        f"{r['hbm_bytes'] / GIB:.0f}"] + [""] * 6 + [command]
+                   f"{r['hbm_bytes'] / GIB:.0f}"] + [""] * 6 + [command]
   t, m, roof = r["train_step"], r["model"], r["roofline"]
   c = t["collectives"]
   encoder = m["encoder_flops"] / max(m["total_flops"], 1)
   return head + [
       str(r.get("largest_batch", r["global_batch"])),
-      f"{t['memory']['total'] / GIB:.2f} of {r['hbm_bytes'] / GIB:.0f}",
-      f"{t['flops'] / 1e12:.2f}",
-      f"{m['total_flops'] / 1e12:.2f}" + (f" (encoder {encoder:.0%})" if encoder else ""),
-      f"{r['compiled_over_model_flops']:.2f}",
+      f"{t['memory']['total'] / GIB:.2f} of {r['hbm_bytes'] / GIB:.0f}", f"{t['flops'] / 1e12:.2f}",
+      f"{m['total_flops'] / 1e12:.2f}" +
+      (f" (encoder {encoder:.0%})" if encoder else ""), f"{r['compiled_over_model_flops']:.2f}",
       f"{c['all-gather'] / GIB:.2f} / {(c['all-reduce'] + c['reduce-scatter']) / GIB:.2f}",
-      f"{roof['seconds'] * 1e3:.0f} ({roof['bound']})",
-      f"{roof['images_per_second_per_chip']:.1f}", command]
+      f"{roof['seconds'] * 1e3:.0f} ({roof['bound']})", f"{roof['images_per_second_per_chip']:.1f}",
+      command
+  ]
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--configs", nargs="+", default=["sana600m_x4", "sana1600m_x4"])
-  parser.add_argument("--topologies", nargs="+",
-                      default=["v5e-16", "v5e-64", "v5p-128", "v6e-64"])
+  parser.add_argument("--topologies", nargs="+", default=["v5e-16", "v5e-64", "v5p-128", "v6e-64"])
   parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
   parser.add_argument("--results", default="bench/results/pod_compile",
                       help="directory keeping each row's report (rows found there are reused)")
@@ -106,9 +107,11 @@ def main():
   args, overrides = parser.parse_known_args()
   results = Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
-  header = ["config", "slice", "HR latents", "largest batch", "GiB per chip",
-            "compiled TFLOP/chip", "model TFLOP/chip", "compiled / model",
-            "all-gather / reduction GiB", "roofline ms", "images/s/chip", "command"]
+  header = [
+      "config", "slice", "HR latents", "largest batch", "GiB per chip", "compiled TFLOP/chip",
+      "model TFLOP/chip", "compiled / model", "all-gather / reduction GiB", "roofline ms",
+      "images/s/chip", "command"
+  ]
   rows = []
   for config in args.configs:
     for topology in args.topologies:

@@ -57,8 +57,8 @@ def main():
     cfg.experts.num_experts = num_experts
     cfg.sampler.update(steps=steps, solver=solver, guidance_scale=guidance)
     params = experts.init_experts(base, num_experts)
-    run = jax.jit(lambda p, k: samplers.sample(apply_fn, p, k, shape, context, cfg,
-                                               null_context=null))
+    run = jax.jit(
+        lambda p, k: samplers.sample(apply_fn, p, k, shape, context, cfg, null_context=null))
     return lambda: run(params, key[2])
 
   print(f"tiny DiT ({model_cfg.depth} blocks, width {model_cfg.hidden}), batch {args.batch}, "
@@ -68,8 +68,8 @@ def main():
   print("|---|---|---|---|---|---|---|---|")
   rows = [("one step", e, "euler", 1.0, 1) for e in (1, 4)]
   rows += [("sampler", 1, "dpm++2m", 1.0, 20)]
-  rows += [("sampler", 4, s, g, 20) for s, g in (("dpm++2m", 1.0), ("dpm++2m", 4.5),
-                                                 ("euler", 1.0), ("heun", 1.0))]
+  rows += [("sampler", 4, s, g, 20)
+           for s, g in (("dpm++2m", 1.0), ("dpm++2m", 4.5), ("euler", 1.0), ("heun", 1.0))]
   seconds = _min_seconds([sampler(*row[1:]) for row in rows], args.repeats)
   for (what, num_experts, solver, guidance, steps), s in zip(rows, seconds):
     nfe = steps * (2 if solver == "heun" else 1)

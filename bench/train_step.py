@@ -44,17 +44,19 @@ def compiled_step(config, scan_layers: bool):
   rules = [tuple(r) for r in config.sharding_rules]
   model, latent_space = build_model(config)
   tx = optimizer.make_optimizer(config.optimizer, 1000)
-  step = make_train_step(model, latent_space, tx, config.diffusion,
-                         scale=config.data.scale, cond_dropout=config.tags.dropout_prob,
+  step = make_train_step(model, latent_space, tx, config.diffusion, scale=config.data.scale,
+                         cond_dropout=config.tags.dropout_prob,
                          ema_decay=config.optimizer.ema_decay)
   state, _ = create_train_state(model, tx, 1, jax.random.PRNGKey(0), mesh, rules)
   rng = np.random.default_rng(0)
   b, crop, s, tokens = (config.data.batch_size, config.data.crop_size, config.data.scale,
                         config.tags.max_tokens)
-  batch = {"hr": rng.uniform(-1, 1, (b, crop, crop, 3)).astype(np.float32),
-           "lr": rng.uniform(-1, 1, (b, crop // s, crop // s, 3)).astype(np.float32),
-           "cond": rng.integers(1, config.tags.vocab_size, (b, tokens)).astype(np.int32),
-           "cond_mask": np.ones((b, tokens), bool)}
+  batch = {
+      "hr": rng.uniform(-1, 1, (b, crop, crop, 3)).astype(np.float32),
+      "lr": rng.uniform(-1, 1, (b, crop // s, crop // s, 3)).astype(np.float32),
+      "cond": rng.integers(1, config.tags.vocab_size,
+                           (b, tokens)).astype(np.int32), "cond_mask": np.ones((b, tokens), bool)
+  }
   start = time.perf_counter()
   with jax.set_mesh(mesh):
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
@@ -97,15 +99,18 @@ def main():
       del compiled, state
     b, crop = config.data.batch_size, config.data.crop_size
     achieved = flops / step_seconds / 1e9
-    rows.append([name, f"{params / 1e6:.1f}M", f"{b}×{crop}²", f"{step_seconds * 1e3:.0f}",
-                 f"{b / step_seconds:.2f}", f"{flops / 1e9:.1f}", f"{achieved:.1f}",
-                 f"{achieved / peak:.0%}", f"{compile_seconds[False]:.1f}",
-                 f"{compile_seconds[True]:.1f}"])
+    rows.append([
+        name, f"{params / 1e6:.1f}M", f"{b}×{crop}²", f"{step_seconds * 1e3:.0f}",
+        f"{b / step_seconds:.2f}", f"{flops / 1e9:.1f}", f"{achieved:.1f}",
+        f"{achieved / peak:.0%}", f"{compile_seconds[False]:.1f}", f"{compile_seconds[True]:.1f}"
+    ])
   print(f"float32 {2048}² matmul, same run: {peak:.0f} GFLOP/s; "
         f"{jax.device_count()} device(s), {jax.devices()[0].platform}\n")
-  print(markdown_table(["model", "params", "batch", "step ms", "images/s", "GFLOP/step",
-                        "GFLOP/s", "of matmul", "compile s (unrolled)", "compile s (scan)"],
-                       rows))
+  print(
+      markdown_table([
+          "model", "params", "batch", "step ms", "images/s", "GFLOP/step", "GFLOP/s", "of matmul",
+          "compile s (unrolled)", "compile s (scan)"
+      ], rows))
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def tiny_trained():
 
   config = tiny.get_config()
   model, latent_space = build_model(config)
-  one = nn.unbox(model.init(jax.random.PRNGKey(0),
-                            *sr_example_inputs(model.dit, model.tags, 1, (4, 4)))["params"])
+  one = nn.unbox(
+      model.init(jax.random.PRNGKey(0), *sr_example_inputs(model.dit, model.tags, 1,
+                                                           (4, 4)))["params"])
   diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
   diffusion.experts.num_experts = 4
   return Trained(config, "bench", 0, model, experts.init_experts(one, 4), latent_space,
@@ -83,9 +84,10 @@ def tiny_row(size: int, tile: int) -> dict:
   jax.block_until_ready(forward(one, *inputs))
   nfe = min(_timed(lambda: forward(one, *inputs)) for _ in range(3))
   tiles = upscaler.tile_count(lr_size, lr_size)
-  return dict(model=f"tiny ({config.model.depth}×{config.model.hidden}, 4 experts, "
-                    f"{diffusion.sampler.steps} steps)", size=size, tile=f"{t}² LR", tiles=tiles,
-              nfe=nfe, nfe_image=nfe * tiles, total=total, peak=peak_rss_mib())
+  return dict(
+      model=f"tiny ({config.model.depth}×{config.model.hidden}, 4 experts, "
+      f"{diffusion.sampler.steps} steps)", size=size, tile=f"{t}² LR", tiles=tiles, nfe=nfe,
+      nfe_image=nfe * tiles, total=total, peak=peak_rss_mib())
 
 
 def sana_row(size: int, run: bool) -> dict:
@@ -100,7 +102,7 @@ def sana_row(size: int, run: bool) -> dict:
   config = sana600m_x4.get_config()
   cfg = DiTConfig.from_dict(config.model.to_dict())
   # the LR stem's stride-2 convs take the LR image to the latent grid
-  grid = size // config.data.scale // 2 ** cfg.lr_stem_convs
+  grid = size // config.data.scale // 2**cfg.lr_stem_convs
   x_t, t, _, cond, mask = example_inputs(cfg, 1, (grid, grid), cond_len=16)
   lr = jnp.zeros((1, size // config.data.scale, size // config.data.scale, 3))
   model = DiT(cfg)
@@ -149,8 +151,8 @@ def main():
   args = parser.parse_args()
   if args.child:
     kind, size, extra = args.child
-    row = (tiny_row(int(size), int(extra)) if kind == "tiny"
-           else sana_row(int(size), extra == "run"))
+    row = (tiny_row(int(size), int(extra)) if kind == "tiny" else sana_row(
+        int(size), extra == "run"))
     print(json.dumps(row))
     return
 
@@ -159,16 +161,18 @@ def main():
   rows = [_child("tiny", s, args.tile) for s in sizes]
   rows += [_child("sana", s, "run" if s in sana_run else "estimate") for s in sizes]
   from common import markdown_table
-  header = ["model", "output", "tile", "tiles", "1 NFE per tile (s)", "NFEs, whole image (s)",
-            "total (s)", "peak RSS (MiB)"]
+  header = [
+      "model", "output", "tile", "tiles", "1 NFE per tile (s)", "NFEs, whole image (s)",
+      "total (s)", "peak RSS (MiB)"
+  ]
   table = []
   for r in rows:
     if "error" in r:
       table.append((r["model"], f"{r['size']}²", "failed: " + r["error"], "", "", "", "", ""))
       continue
     nfe = _fmt(r["nfe"]) + (f" ({r['note']})" if r.get("note") else "")
-    table.append((r["model"], f"{r['size']}²", r["tile"], r["tiles"], nfe,
-                  _fmt(r["nfe_image"]), _fmt(r["total"], 2), _fmt(r["peak"], 0)))
+    table.append((r["model"], f"{r['size']}²", r["tile"], r["tiles"], nfe, _fmt(r["nfe_image"]),
+                  _fmt(r["total"], 2), _fmt(r["peak"], 0)))
   table.append(PAPER)
   print(markdown_table(header, table))
 

@@ -60,10 +60,14 @@ def measure(height: int, width: int, tile: int) -> dict:
 
 def _child(size: str, tile: int, pythonpath: str) -> dict:
   width, height = map(int, size.split("x"))
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-         "PYTHONPATH": os.pathsep.join([pythonpath, str(REPO / "bench")])}
-  proc = subprocess.run([sys.executable, __file__, "--child", str(height), str(width), str(tile)],
-                        cwd=REPO, env=env, capture_output=True, text=True)
+  env = {
+      **os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+      "PYTHONPATH": os.pathsep.join([pythonpath, str(REPO / "bench")])
+  }
+  proc = subprocess.run(
+      [sys.executable, __file__, "--child",
+       str(height), str(width),
+       str(tile)], cwd=REPO, env=env, capture_output=True, text=True)
   if proc.returncode:
     return dict(size=size, error=(proc.stderr.strip().splitlines() or ["?"])[-1][:120])
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -84,11 +88,15 @@ def main():
   for size in args.sizes.split(","):
     r = _child(size, args.tile, code)
     print(json.dumps(r), file=sys.stderr, flush=True)
-    rows.append((code, r["size"], "failed: " + r["error"], "", "", "") if "error" in r else (
-        code, r["size"], f"{r['copy_mib']:.0f}", f"{r['traced_mib']:.0f}", f"{r['copies']:.2f}",
-        f"{r['rss_rise_mib']:.0f}"))
-  print(markdown_table(["code", "output", "float32 copy (MiB)", "NumPy peak (MiB)",
-                        "NumPy peak (copies)", "peak RSS rise (MiB)"], rows))
+    rows.append((code, r["size"], "failed: " + r["error"], "", "",
+                 "") if "error" in r else (code, r["size"], f"{r['copy_mib']:.0f}",
+                                           f"{r['traced_mib']:.0f}", f"{r['copies']:.2f}",
+                                           f"{r['rss_rise_mib']:.0f}"))
+  print(
+      markdown_table([
+          "code", "output", "float32 copy (MiB)", "NumPy peak (MiB)", "NumPy peak (copies)",
+          "peak RSS rise (MiB)"
+      ], rows))
 
 
 if __name__ == "__main__":

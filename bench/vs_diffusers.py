@@ -83,20 +83,26 @@ def main():
         fn()
         times[name].append(time.perf_counter() - start)
     tj, tt = np.median(times["jax"]), np.median(times["torch"])
-    rows.append([f"{side}×{side}", f"{flops / 1e9:.1f}", f"{tj * 1e3:.0f} ms",
-                 f"{flops / tj / 1e9:.1f}", f"{tt * 1e3:.0f} ms", f"{flops / tt / 1e9:.1f}",
-                 f"{tt / tj:.2f}x"])
+    rows.append([
+        f"{side}×{side}", f"{flops / 1e9:.1f}", f"{tj * 1e3:.0f} ms", f"{flops / tj / 1e9:.1f}",
+        f"{tt * 1e3:.0f} ms", f"{flops / tt / 1e9:.1f}", f"{tt / tj:.2f}x"
+    ])
     breakdown += block_parts(cfg, params["blocks_0"], reference.transformer_blocks[0], side)
   rate = matmul_gflops()
   print(f"depth {ARGS.depth}, width 1152, batch 1, float32, {THREADS} threads, "
         f"{ARGS.cond_tokens} condition tokens\n")
-  print(markdown_table(["latent", "GFLOP (XLA)", "JAX time", "JAX GFLOP/s", "diffusers time",
-                        "diffusers GFLOP/s", "diffusers/JAX"], rows))
+  print(
+      markdown_table([
+          "latent", "GFLOP (XLA)", "JAX time", "JAX GFLOP/s", "diffusers time", "diffusers GFLOP/s",
+          "diffusers/JAX"
+      ], rows))
   print(f"\nmatmul rate measured in this run: {rate:.0f} GFLOP/s (2048² float32)")
   print("\nOne block, part by part (JAX GFLOP/s as a share of that matmul rate):\n")
-  print(markdown_table(["latent", "part", "GFLOP", "JAX", "JAX GFLOP/s", "of matmul",
-                        "its dense layers alone", "diffusers"],
-                       [row[:5] + [f"{float(row[4]) / rate:.0%}"] + row[5:] for row in breakdown]))
+  print(
+      markdown_table([
+          "latent", "part", "GFLOP", "JAX", "JAX GFLOP/s", "of matmul", "its dense layers alone",
+          "diffusers"
+      ], [row[:5] + [f"{float(row[4]) / rate:.0%}"] + row[5:] for row in breakdown]))
 
 
 def block_parts(cfg, block_params, torch_block, side):
@@ -136,9 +142,10 @@ def block_parts(cfg, block_params, torch_block, side):
     with torch.inference_mode():
       torch_seconds = median_seconds(torch_fn, ARGS.rounds)
     flops = xla_flops(compiled)
-    rows.append([f"{side}×{side}", name, f"{flops / 1e9:.2f}", f"{seconds * 1e3:.1f} ms",
-                 f"{flops / seconds / 1e9:.1f}", f"{dense * 1e3:.1f} ms",
-                 f"{torch_seconds * 1e3:.1f} ms"])
+    rows.append([
+        f"{side}×{side}", name, f"{flops / 1e9:.2f}", f"{seconds * 1e3:.1f} ms",
+        f"{flops / seconds / 1e9:.1f}", f"{dense * 1e3:.1f} ms", f"{torch_seconds * 1e3:.1f} ms"
+    ])
   return rows
 
 
@@ -154,8 +161,10 @@ def dense_only_seconds(params, tokens, key_tokens):
     if names[-1] == "kernel":
       kernels["/".join(names[:-1])] = leaf
   rng = np.random.default_rng(2)
-  inputs = {name: rng.standard_normal((key_tokens.get(name, tokens), w.shape[0])).astype(np.float32)
-            for name, w in kernels.items()}
+  inputs = {
+      name: rng.standard_normal((key_tokens.get(name, tokens), w.shape[0])).astype(np.float32)
+      for name, w in kernels.items()
+  }
   matmuls = jax.jit(lambda xs, ws: [xs[k] @ ws[k] for k in ws])
   return median_seconds(lambda: jax.block_until_ready(matmuls(inputs, kernels)), ARGS.rounds)
 

@@ -24,8 +24,9 @@ def model_config(**fields) -> ml_collections.ConfigDict:
 def stage_config(num_experts: int, max_steps: int, esgf: bool = True, **optimizer):
   """One training stage: its experts, step budget, whether ESGF may end it, and optimizer
   overrides on top of config.optimizer."""
-  return ml_collections.ConfigDict(dict(num_experts=num_experts, max_steps=max_steps, esgf=esgf,
-                                        optimizer=ml_collections.ConfigDict(optimizer)))
+  return ml_collections.ConfigDict(
+      dict(num_experts=num_experts, max_steps=max_steps, esgf=esgf,
+           optimizer=ml_collections.ConfigDict(optimizer)))
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -42,32 +43,35 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer = optimizer.default_config()
   config.esgf = esgf.default_config()
   config.esgf.metrics = "val/psnr_y:max,val/lpips_alex:min"
-  config.train = ml_collections.ConfigDict(dict(
-      # A params dir from `linearsr import diffusers` (a SANA transformer): the first stage
-      # starts from its DiT weights (see linearsr_jax/train/init_from.py).
-      init_from="",
-      eval_every=500,          # steps between validations (and checkpoints)
-      eval_steps=4,            # sampler steps for validation
-      log_every=50,
-      keep_latest=3,           # plus the best by best_metric, plus ESGF's candidates
-      best_metric="val/lpips_alex",
-      best_mode="min",
-      max_consecutive_skips=5,  # non-finite steps in a row before restoring a checkpoint
-      # The run lock (train/run_lock.py): its heartbeat's period, and the age past which a
-      # heartbeat means a stopped run (a host gone, not a slow one) whose lock is taken over.
-      lock_heartbeat_seconds=30.0,
-      lock_stale_seconds=600.0,
-      # A stage with no intact checkpoint left but with work on record (set-aside steps,
-      # metrics past step 0) stops rather than start over; naming it here starts it over.
-      restart_stage="",
-      guard=ml_collections.ConfigDict(dict(enabled=True, psnr_drop_db=3.0, loss_factor=10.0,
-                                           lr_factor=0.5, max_rollbacks=2)),
-  ))
+  config.train = ml_collections.ConfigDict(
+      dict(
+          # A params dir from `linearsr import diffusers` (a SANA transformer): the first stage
+          # starts from its DiT weights (see linearsr_jax/train/init_from.py).
+          init_from="",
+          eval_every=500,  # steps between validations (and checkpoints)
+          eval_steps=4,  # sampler steps for validation
+          log_every=50,
+          keep_latest=3,  # plus the best by best_metric, plus ESGF's candidates
+          best_metric="val/lpips_alex",
+          best_mode="min",
+          max_consecutive_skips=5,  # non-finite steps in a row before restoring a checkpoint
+          # The run lock (train/run_lock.py): its heartbeat's period, and the age past which a
+          # heartbeat means a stopped run (a host gone, not a slow one) whose lock is taken over.
+          lock_heartbeat_seconds=30.0,
+          lock_stale_seconds=600.0,
+          # A stage with no intact checkpoint left but with work on record (set-aside steps,
+          # metrics past step 0) stops rather than start over; naming it here starts it over.
+          restart_stage="",
+          guard=ml_collections.ConfigDict(
+              dict(enabled=True, psnr_drop_db=3.0, loss_factor=10.0, lr_factor=0.5,
+                   max_rollbacks=2)),
+      ))
   # pretrain -> 4 SNR experts branched from its knee -> fine-tuning from the experts' knee.
   config.stage_order = "pretrain,moe,finetune"
-  config.stages = ml_collections.ConfigDict(dict(
-      pretrain=stage_config(1, 200_000),
-      moe=stage_config(4, 100_000),
-      finetune=stage_config(4, 50_000, learning_rate=2e-5),
-  ))
+  config.stages = ml_collections.ConfigDict(
+      dict(
+          pretrain=stage_config(1, 200_000),
+          moe=stage_config(4, 100_000),
+          finetune=stage_config(4, 50_000, learning_rate=2e-5),
+      ))
   return config

@@ -15,6 +15,6 @@ _LEVELS = ("ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock", "EfficientVi
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      DEFAULTS, encoder_block_types=_LEVELS, decoder_block_types=_LEVELS,
-      downsample_block_type="Conv", upsample_block_type="interpolate", scaling_factor=0.41407))
+  return ml_collections.ConfigDict(
+      dict(DEFAULTS, encoder_block_types=_LEVELS, decoder_block_types=_LEVELS,
+           downsample_block_type="Conv", upsample_block_type="interpolate", scaling_factor=0.41407))

@@ -20,8 +20,8 @@ from linearsr_jax.configs import dcae_f32c32_sana
 def sana_x4_config(**model_fields):
   config = get_base_config()
   config.model = model_config(caption_channels=2304, latent_channels=32, lr_channels=32,
-                              lr_stem_convs=3, lr_stem_width=128, remat="full",
-                              dtype="bfloat16", **model_fields)
+                              lr_stem_convs=3, lr_stem_width=128, remat="full", dtype="bfloat16",
+                              **model_fields)
   config.latent.kind = "dcae"
   config.latent.dcae = dcae_f32c32_sana.get_config()
   # config.latent.dcae_params: the dir `linearsr import diffusers-vae` wrote (required).
@@ -50,7 +50,7 @@ def sana_x4_config(**model_fields):
   config.train.eval_steps = 20
   config.train.log_every = 100
   config.esgf.patience = 4
-  config.stages.pretrain = stage_config(1, 250_000)   # ESGF should end it near 50k
+  config.stages.pretrain = stage_config(1, 250_000)  # ESGF should end it near 50k
   config.stages.moe = stage_config(4, 100_000)
   config.stages.finetune = stage_config(4, 50_000, learning_rate=2e-5)
   # The 4 experts each on their own quarter of the chips, FSDP within it: every chip gathers

@@ -67,6 +67,8 @@ CHOICES = {
     "train.best_mode": esgf.DIRECTIONS,
     "train.best_metric": metric_keys.METRIC_KEYS,
 }
+# The names wrap as lists here; yapf would put each list on one line of 500 columns.
+# yapf: disable
 RANGES = {
     **dict.fromkeys(["data.scale", "data.crop_size", "data.batch_size", "data.eval.batch_size",
                      "data.read_threads", "data.prefetch_batches", "data.worker_buffer_size",
@@ -88,6 +90,7 @@ RANGES = {
     "train.guard.lr_factor": _Range(0, 1, low_open=True),
     "train.guard.loss_factor": _Range(1, low_open=True),
 }
+# yapf: enable
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -172,8 +175,9 @@ def _check_fields(flat: dict):
       raise _error(path, value, "must be weights >= 0 with a positive sum")
     # A tuple flag given twice appends (ml_collections), which would reach a data worker.
     if key.endswith("_range") and (len(value) != 2 or value[0] > value[1]):
-      raise _error(path, value, "must be a (low, high) pair with low <= high; a tuple "
-                                "override given twice is appended to, not replaced")
+      raise _error(
+          path, value, "must be a (low, high) pair with low <= high; a tuple "
+          "override given twice is appended to, not replaced")
 
 
 def _check_stages(config):
@@ -182,16 +186,17 @@ def _check_stages(config):
     _check_known(stage.optimizer, set(optimizer.default_config()), f"stages.{name}.optimizer")
     experts.check_num_experts(stage.num_experts, f"config.stages.{name}.num_experts")
     # The split and its log-SNR range, for this stage's number of experts.
-    experts.boundaries_from_config(ml_collections.ConfigDict(
-        config.diffusion.experts.to_dict() | {"num_experts": stage.num_experts}))
+    experts.boundaries_from_config(
+        ml_collections.ConfigDict(config.diffusion.experts.to_dict() |
+                                  {"num_experts": stage.num_experts}))
   names, defined = stage_names(config), ", ".join(config.stages)
   if not names:
     raise _error("stage_order", config.stage_order, f"must name stages of config.stages "
-                                                    f"({defined})")
+                 f"({defined})")
   for name in names:
     if name not in config.stages:
       raise _error("stage_order", config.stage_order, f"names stage {name!r}, which "
-                                                      f"config.stages does not define ({defined})")
+                   f"config.stages does not define ({defined})")
     experts_of_stage = config.stages[name].num_experts
     if config.data.batch_size % experts_of_stage:  # each expert trains on an equal share
       raise _error("data.batch_size", config.data.batch_size, f"must split evenly over the "
@@ -199,7 +204,7 @@ def _check_stages(config):
   restart = config.train.get("restart_stage", "")
   if restart and restart not in names:
     raise _error("train.restart_stage", restart, f"must name a stage of stage_order "
-                                                 f"({', '.join(names)})")
+                 f"({', '.join(names)})")
 
 
 def _check_esgf(esgf_cfg, fewest_experts: int):
@@ -210,25 +215,28 @@ def _check_esgf(esgf_cfg, fewest_experts: int):
   logged = metric_keys.logged_keys(fewest_experts)
   for name, _ in esgf.parse_metrics(esgf_cfg.metrics):
     if name not in logged:
-      raise _error("esgf.metrics", esgf_cfg.metrics, f"names {name!r}, which validation does "
-                   f"not log; choose from {_alternatives(logged)}")
+      raise _error(
+          "esgf.metrics", esgf_cfg.metrics, f"names {name!r}, which validation does "
+          f"not log; choose from {_alternatives(logged)}")
 
 
 def _check_lock(train):
   """A live run's heartbeat must land several times within the stale threshold, so that one
   late beat does not hand its workdir to another run."""
   if not train.lock_stale_seconds >= 3 * train.lock_heartbeat_seconds:
-    raise _error("train.lock_stale_seconds", train.lock_stale_seconds, "must be at least 3 × "
-                 f"train.lock_heartbeat_seconds ({train.lock_heartbeat_seconds:g}): a live "
-                 "run's heartbeat must land several times within it")
+    raise _error(
+        "train.lock_stale_seconds", train.lock_stale_seconds, "must be at least 3 × "
+        f"train.lock_heartbeat_seconds ({train.lock_heartbeat_seconds:g}): a live "
+        "run's heartbeat must land several times within it")
 
 
 def _check_crop_size(data, latent_factor: int):
   """An HR crop must split into whole LR pixels and whole latent cells."""
   cell = math.lcm(data.scale, latent_factor)
   if data.crop_size % cell:
-    raise _error("data.crop_size", data.crop_size, f"must be a multiple of {cell} (the scale "
-                 f"{data.scale} and the latent factor {latent_factor})")
+    raise _error(
+        "data.crop_size", data.crop_size, f"must be a multiple of {cell} (the scale "
+        f"{data.scale} and the latent factor {latent_factor})")
 
 
 def _check_model(config, latent_space):
@@ -238,8 +246,9 @@ def _check_model(config, latent_space):
   if model.hidden % model.heads:
     raise _error("model.hidden", model.hidden, f"must be a multiple of model.heads={model.heads}")
   if model.latent_channels != latent_space.channels:
-    raise _error("model.latent_channels", model.latent_channels, f"must be the "
-                 f"{latent_space.channels} channels of the latent space ({config.latent.kind})")
+    raise _error(
+        "model.latent_channels", model.latent_channels, f"must be the "
+        f"{latent_space.channels} channels of the latent space ({config.latent.kind})")
   grid = data.crop_size // latent_space.factor
   if grid % model.patch_size:
     raise _error("model.patch_size", model.patch_size, f"must divide the {grid}-cell latent "
@@ -247,8 +256,9 @@ def _check_model(config, latent_space):
   if model.lr_channels:  # the LR stem's stride-2 convs take the LR image to the latent grid
     depth = lr_stem_depth(latent_space.factor, data.scale)
     if model.lr_stem_convs != depth:
-      raise _error("model.lr_stem_convs", model.lr_stem_convs, f"must be {depth} = log2(latent "
-                   f"factor {latent_space.factor} / scale {data.scale})")
+      raise _error(
+          "model.lr_stem_convs", model.lr_stem_convs, f"must be {depth} = log2(latent "
+          f"factor {latent_space.factor} / scale {data.scale})")
 
 
 def _check_sharding_rules(rules):
@@ -256,8 +266,9 @@ def _check_sharding_rules(rules):
   for name, axes in rules:
     unknown = set(sharding.mesh_axes_of(axes)) - set(sharding.MESH_AXES)
     if unknown:
-      raise _error("sharding_rules", [name, axes], f"maps to unknown mesh axes "
-                   f"{sorted(unknown)}; the axes are {', '.join(sharding.MESH_AXES)}")
+      raise _error(
+          "sharding_rules", [name, axes], f"maps to unknown mesh axes "
+          f"{sorted(unknown)}; the axes are {', '.join(sharding.MESH_AXES)}")
 
 
 def _check_batch(batch_size: int, sizes: dict, rules):

@@ -45,8 +45,7 @@ def ensure_room_on_every_host(directory, needed: int, what: str):
     return
   # Byte counts pass as two int32 words each: without jax_enable_x64 an int64 array is cast
   # to int32 on its way through JAX, and any disk over 2 GiB would wrap around.
-  words = np.array([[n >> 31, n & (2 ** 31 - 1)] for n in (free_bytes(directory), needed)],
-                   np.int32)
+  words = np.array([[n >> 31, n & (2**31 - 1)] for n in (free_bytes(directory), needed)], np.int32)
   hosts = np.asarray(multihost_utils.process_allgather(words)).astype(np.int64).reshape(-1, 2, 2)
   for process, (free, wanted) in enumerate((hosts[..., 0] << 31) | hosts[..., 1]):
     if wanted > free:

@@ -10,9 +10,9 @@ def accelerator_attached() -> bool:
   """Whether a TPU, NVIDIA GPU or AMD GPU is on this host's PCI bus: the probe JAX itself runs
   before starting libtpu. Public JAX only answers by starting a backend, which is what the
   caller wants to avoid where there is none (a screen of libtpu warnings)."""
-  return bool(hardware_utils.num_available_tpu_chips_and_device_id()[0]
-              or hardware_utils.has_visible_nvidia_gpu()
-              or hardware_utils.num_available_amd_gpus(stop_at=1))
+  return bool(hardware_utils.num_available_tpu_chips_and_device_id()[0] or
+              hardware_utils.has_visible_nvidia_gpu() or
+              hardware_utils.num_available_amd_gpus(stop_at=1))
 
 
 def tpu_chips_attached() -> bool:

@@ -66,7 +66,7 @@ def load_params_dir(path, kind: str):
   file = storage.path(path) / PARAMS_FILE
   try:
     # Locally memory-mapped; an object is downloaded whole.
-    return config, unflatten(load(file.read_bytes()) if storage.is_url(file)
-                             else load_file(str(file)))
+    return config, unflatten(
+        load(file.read_bytes()) if storage.is_url(file) else load_file(str(file)))
   except SafetensorError as e:  # a truncated or overwritten file
     raise UserError(f"{file}: unreadable ({e})") from e

@@ -17,8 +17,8 @@ def upsample_bicubic(images, scale: int):
 def _cubic(x):
   """Keys cubic with a = -0.5 (MATLAB's imresize)."""
   ax = np.abs(x)
-  return ((1.5 * ax**3 - 2.5 * ax**2 + 1) * (ax <= 1)
-          + (-0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2)))
+  return ((1.5 * ax**3 - 2.5 * ax**2 + 1) * (ax <= 1) + (-0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2) *
+          ((ax > 1) & (ax <= 2)))
 
 
 def _imresize_taps(in_len, out_len, start=0, stop=None):

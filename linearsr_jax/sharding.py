@@ -124,14 +124,15 @@ def make_mesh(shape: dict | None = None, devices: Sequence | None = None) -> Mes
   # Devices in the order of the physical torus (a plain reshape of the list would not be, on a
   # TPU pod: neighbours on an axis must be ICI neighbours); CPUs and GPUs keep list order.
   # Auto axis types: shardings propagate through jit (jax.make_mesh now defaults to Explicit).
-  return Mesh(mesh_utils.create_device_mesh(tuple(sizes.values()), devices,
-                                            allow_split_physical_axes=True),
-              MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(
+      mesh_utils.create_device_mesh(tuple(sizes.values()), devices, allow_split_physical_axes=True),
+      MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
 def tree_shardings(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):
   """NamedShardings for every leaf of a (possibly abstract) logically boxed tree (`mesh_spec`);
   unboxed leaves are replicated."""
+
   def leaf_sharding(leaf):
     # Adafactor's factored moments keep their param's box but not its rank: replicated.
     if isinstance(leaf, nn.LogicallyPartitioned) and len(leaf.names) == len(leaf.value.shape):
@@ -150,6 +151,7 @@ def put_on_mesh(host_tree, shardings):
   """Host (NumPy) values -> global arrays with the given shardings. Every process passes the
   same values and uploads only its own devices' shards, so this works on a multi-host mesh
   and never puts a whole large array on one device."""
+
   def put(x, s):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
@@ -159,5 +161,5 @@ def put_on_mesh(host_tree, shardings):
 
 def abstract_on_mesh(shapes_tree, shardings):
   """ShapeDtypeStructs that carry shardings: what Orbax restores into and what jit lowers."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      shapes_tree, shardings)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes_tree,
+                      shardings)

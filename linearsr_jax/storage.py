@@ -67,8 +67,10 @@ def describe(error: BaseException) -> str:
   # carry it as `.code` (TF's `.code` is a gRPC code, not an HTTP one).
   status = found.group(1) if found else (
       str(error.code) if isinstance(getattr(error, "code", None), int) else None)
-  reasons = {"404": "not found (does the bucket exist?)", "403": "permission denied",
-             "401": "not authenticated (application-default credentials?)"}
+  reasons = {
+      "404": "not found (does the bucket exist?)", "403": "permission denied",
+      "401": "not authenticated (application-default credentials?)"
+  }
   first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
   return reasons.get(status, first)
 

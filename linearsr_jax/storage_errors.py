@@ -25,16 +25,16 @@ FIRST_WAIT_S = 3.0
 
 _DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "INVALID_ARGUMENT",
                  "FAILED_PRECONDITION")
-_STORAGE_CODES = ("UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
-                  "CANCELLED", "INTERNAL", "UNKNOWN", "PERMISSION_DENIED", "UNAUTHENTICATED")
+_STORAGE_CODES = ("UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED",
+                  "INTERNAL", "UNKNOWN", "PERMISSION_DENIED", "UNAUTHENTICATED")
 _CODE = re.compile(r"\b(" + "|".join(_DAMAGE_CODES + _STORAGE_CODES) + r"): ")
 # google.api_core's, requests', urllib3's and TF's exceptions for a service that did not answer
 # as it should (ServerError covers every 5xx).
-_STORAGE_TYPES = ("ServerError", "TooManyRequests", "Forbidden", "Unauthorized",
-                  "RetryError", "TransportError", "RefreshError", "ConnectionError",
-                  "ChunkedEncodingError", "ReadTimeout", "ConnectTimeout", "ProtocolError",
-                  "UnavailableError", "AbortedError", "DeadlineExceededError",
-                  "ResourceExhaustedError", "PermissionDeniedError", "UnauthenticatedError")
+_STORAGE_TYPES = ("ServerError", "TooManyRequests", "Forbidden", "Unauthorized", "RetryError",
+                  "TransportError", "RefreshError", "ConnectionError", "ChunkedEncodingError",
+                  "ReadTimeout", "ConnectTimeout", "ProtocolError", "UnavailableError",
+                  "AbortedError", "DeadlineExceededError", "ResourceExhaustedError",
+                  "PermissionDeniedError", "UnauthenticatedError")
 
 
 def _first_line(error: BaseException) -> str:

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 # Must happen before jax is imported anywhere.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -24,9 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # meets an entry still being written fails its decompression, and JAX then warns and compiles.
 # The test processes themselves do not use it (below): their entries are rarely read again,
 # and writing each one costs more than it saves. TPU / GPU AOT compiles are never cached.
-COMPILATION_CACHE_VARIABLES = {"JAX_COMPILATION_CACHE_MAX_SIZE": "-1",
-                               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+COMPILATION_CACHE_VARIABLES = {
+    "JAX_COMPILATION_CACHE_MAX_SIZE": "-1", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"
+}
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="linearsr_jax_cache_")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

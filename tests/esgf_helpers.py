@@ -16,7 +16,6 @@ import numpy as np
 
 from linearsr_jax import esgf
 
-
 INTERVAL = 100  # training steps between evaluations
 
 

@@ -38,14 +38,14 @@ GOOGLE_HOSTS = ("www.googleapis.com", "storage.googleapis.com")
 def _certificate(subject: str, key, issuer_name, issuer_key, ca: bool, hosts=()):
   now = datetime.datetime.now(datetime.timezone.utc)
   name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-  builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name or name)
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(days=1))
-             .not_valid_after(now + datetime.timedelta(days=2))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+  builder = (x509.CertificateBuilder().subject_name(name).issuer_name(
+      issuer_name or name).public_key(key.public_key()).serial_number(
+          x509.random_serial_number()).not_valid_before(now - datetime.timedelta(
+              days=1)).not_valid_after(now + datetime.timedelta(days=2)).add_extension(
+                  x509.BasicConstraints(ca=ca, path_length=None), critical=True))
   if hosts:
-    builder = builder.add_extension(x509.SubjectAlternativeName(
-        [x509.DNSName(h) for h in hosts]), critical=False)
+    builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]),
+                                    critical=False)
   return builder.sign(issuer_key or key, hashes.SHA256())
 
 
@@ -59,9 +59,9 @@ def write_certificates(folder: Path) -> tuple:
   files = folder / "ca.pem", folder / "server.pem", folder / "server.key"
   files[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
   files[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-  files[2].write_bytes(server_key.private_bytes(
-      serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-      serialization.NoEncryption()))
+  files[2].write_bytes(
+      server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()))
   return files
 
 
@@ -134,7 +134,8 @@ class _Proxy:
       if first:
         self._forward(first, client, upstream)
       while True:
-        ready = [client] if getattr(client, "pending", lambda: 0)() else select.select([client, upstream], [], [])[0]
+        ready = [client] if getattr(client, "pending", lambda: 0)() else select.select(
+            [client, upstream], [], [])[0]
         for sock in ready:
           data = sock.recv(65536)
           if not data:
@@ -177,23 +178,26 @@ class Emulator:
     self.url = f"http://127.0.0.1:{port}"
     # stderr to DEVNULL: the wrapper's own launcher pipes it unread, and the server, which
     # logs each request, then blocks once the pipe is full.
-    self.process = subprocess.Popen(
-        [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-         "-port", str(port), "-external-url", self.url, "-log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    self.process = subprocess.Popen([
+        str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+        "-port",
+        str(port), "-external-url", self.url, "-log-level", "error"
+    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     atexit.register(self.process.kill)  # also when the test process dies without teardown
     self._wait_until_up()
     ca, cert, key = write_certificates(folder)
     # The proxy runs in its own process: a client call that holds the test process's GIL
     # (TF closes a failed upload again in a C++ destructor) would otherwise starve it.
     self.proxy = subprocess.Popen(
-        [sys.executable, __file__, str(cert), str(key), str(port)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True)
+        [sys.executable, __file__, str(cert),
+         str(key), str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     atexit.register(self.proxy.kill)
     proxy_url = f"http://127.0.0.1:{self.proxy.stdout.readline().strip()}"
     self.environment = {
-        "https_proxy": proxy_url, "HTTPS_PROXY": proxy_url,
-        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+        "https_proxy": proxy_url,
+        "HTTPS_PROXY": proxy_url,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
         "CURL_CA_BUNDLE": str(ca),
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",  # TF and TensorStore skip credentials
         "STORAGE_EMULATOR_HOST": proxy_url,  # google-cloud-storage
@@ -221,9 +225,9 @@ class Emulator:
     self.proxy.stdin.flush()
 
   def create_bucket(self, name: str):
-    request = urllib.request.Request(
-        self.url + "/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(self.url + "/storage/v1/b?project=test",
+                                     data=json.dumps({"name": name}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
     urllib.request.urlopen(request).read()
 
   def stop(self):

@@ -13,8 +13,8 @@ from linearsr_jax.models.dit import DiTConfig, init_params
 def perturbed(params, seed=0, scale=0.05):
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
-                                   for x, k in zip(leaves, keys)])
+  return jax.tree.unflatten(
+      tree, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 
 def random_dit_params(cfg: DiTConfig, seed=0):
@@ -25,11 +25,10 @@ def tiny_f32_dcae(latent_channels: int, widths=(4, 8, 8, 16, 32, 32)) -> dict:
   """diffusers AutoencoderDC arguments of the f32c32 layout (6 levels, 32× down, attention in
   the last two) at a few thousandths of its width."""
   levels = ["ResBlock"] * 4 + ["EfficientViTBlock"] * 2
-  return dict(latent_channels=latent_channels, attention_head_dim=8,
-              encoder_block_types=levels, decoder_block_types=levels,
-              encoder_block_out_channels=list(widths), decoder_block_out_channels=list(widths),
-              encoder_layers_per_block=[1] * 6, decoder_layers_per_block=[1] * 6,
-              encoder_qkv_multiscales=[[]] * 4 + [[5]] * 2,
+  return dict(latent_channels=latent_channels, attention_head_dim=8, encoder_block_types=levels,
+              decoder_block_types=levels, encoder_block_out_channels=list(widths),
+              decoder_block_out_channels=list(widths), encoder_layers_per_block=[1] * 6,
+              decoder_layers_per_block=[1] * 6, encoder_qkv_multiscales=[[]] * 4 + [[5]] * 2,
               decoder_qkv_multiscales=[[]] * 4 + [[5]] * 2, downsample_block_type="Conv",
               upsample_block_type="interpolate", scaling_factor=0.41407)
 

@@ -33,7 +33,7 @@ def reference_inputs(seed, batch, latent_hw, in_channels, cond_len, caption_chan
 def torch_forward(model, x, t, cond, mask) -> np.ndarray:
   """diffusers forward on NHWC NumPy inputs, returning NHWC."""
   with torch.no_grad():
-    out = model(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(cond),
-                torch.from_numpy(t), encoder_attention_mask=torch.from_numpy(mask.astype(np.float32)),
-                return_dict=False)[0]
+    out = model(
+        torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(cond), torch.from_numpy(t),
+        encoder_attention_mask=torch.from_numpy(mask.astype(np.float32)), return_dict=False)[0]
   return out.permute(0, 2, 3, 1).numpy()

@@ -26,8 +26,7 @@ def test_outputs_get_the_modes_a_plain_open_and_mkdir_give(tmp_path):
     (d / "a").write_text("a")
   assert _mode(tmp_path / "out.txt") == _mode(tmp_path / "plain")
   assert _mode(tmp_path / "out_dir") == _mode(tmp_path / "plain_dir")
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "out_dir", "plain",
-                                                         "plain_dir"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "out_dir", "plain", "plain_dir"]
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -46,6 +45,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_the_umask_is_never_touched(tmp_path, monkeypatch):
   """os.umask() sets the mask process-wide even to read it: a file Orbax or grain creates in
   another thread meanwhile would get mode 0666 / 0777."""
+
   def umask(mask):
     raise AssertionError("os.umask called")
 
@@ -56,8 +56,8 @@ def test_the_umask_is_never_touched(tmp_path, monkeypatch):
     pass
 
 
-def test_a_kill_while_the_old_output_is_removed_does_not_block_the_next_overwrite(tmp_path,
-                                                                                 monkeypatch):
+def test_a_kill_while_the_old_output_is_removed_does_not_block_the_next_overwrite(
+    tmp_path, monkeypatch):
   """The old output is parked under a unique name; what a kill leaves parked is removed by the
   next overwrite, and nothing else beside it is."""
   out = tmp_path / "out"

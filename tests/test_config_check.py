@@ -17,49 +17,53 @@ from linearsr_jax.train.checkpoint import StageCheckpoints
 from repo_paths import CONFIGS
 
 
-
-@pytest.mark.parametrize("override, expected", [
-    # choice fields
-    ("optimizer.name=adamx", "config.optimizer.name='adamx' must be 'adamw' or 'adafactor'"),
-    ("data.degradation.mode=nearest",
-     "config.data.degradation.mode='nearest' must be 'realesrgan', 'first_order' or 'bicubic'"),
-    # numeric ranges (a stage's optimizer override is checked as the field it overrides)
-    ("stages.moe.optimizer.learning_rate=0",
-     "config.stages.moe.optimizer.learning_rate=0.0 must be > 0"),
-    ("tags.dropout_prob=1.5", "config.tags.dropout_prob=1.5 must be in [0, 1]"),
-    ("diffusion.source_prob=1.5", "config.diffusion.source_prob=1.5 must be in [0, 1]"),
-    ("data.degradation.pass1.jpeg_range=(95,30)",
-     "config.data.degradation.pass1.jpeg_range=(95, 30) must be a (low, high) pair"),
-    ("train.eval_every=0", "config.train.eval_every=0 must be >= 1"),
-    ("train.lock_heartbeat_seconds=0", "config.train.lock_heartbeat_seconds=0.0 must be > 0"),
-    ("train.lock_stale_seconds=60", "config.train.lock_stale_seconds=60.0 must be at least 3 × "
-                                    "train.lock_heartbeat_seconds (30): a live run's heartbeat"),
-    ("data.crop_size=66", "config.data.crop_size=66 must be a multiple of 4 (the scale 4 and "
-                          "the latent factor 4)"),
-    ("stages.moe.num_experts=3", "config.stages.moe.num_experts must be a power of two, got 3"),
-    # stage_order
-    ("stage_order=pretrain,moo", "config.stage_order='pretrain,moo' names stage 'moo', which "
-                                 "config.stages does not define"),
-    ("train.restart_stage=pretrian", "config.train.restart_stage='pretrian' must name a stage "
-                                     "of stage_order (pretrain, moe)"),
-    # the mesh against conftest's 8 devices, and the batch against its batch shards
-    ("mesh.data=3", "config.mesh: mesh {'data': 3, 'fsdp': 1, 'tensor': 1, 'expert': 1} needs 3 "
-                    "devices, have 8"),
-    ("mesh.fsdp=0", "config.mesh: mesh {'data': -1, 'fsdp': 0, 'tensor': 1, 'expert': 1}: sizes "
-                    "must be positive"),
-    ("data.batch_size=12", "config.data.batch_size=12 does not split over the mesh's 8 batch "
-                           "shards (expert 1 × data 8 × fsdp 1)"),
-    # ESGF and best-checkpoint metrics against what validation logs
-    ("esgf.metrics=val/psnr:max", "config.esgf.metrics='val/psnr:max' names 'val/psnr', which "
-                                  "validation does not log; choose from 'val/psnr_y'"),
-    ("train.best_metric=val/lpips", "config.train.best_metric='val/lpips' must be "
-                                    "'val/psnr_y', 'val/ssim_y' or 'val/lpips_alex'"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        # choice fields
+        ("optimizer.name=adamx", "config.optimizer.name='adamx' must be 'adamw' or 'adafactor'"),
+        ("data.degradation.mode=nearest",
+         "config.data.degradation.mode='nearest' must be 'realesrgan', 'first_order' or 'bicubic'"),
+        # numeric ranges (a stage's optimizer override is checked as the field it overrides)
+        ("stages.moe.optimizer.learning_rate=0",
+         "config.stages.moe.optimizer.learning_rate=0.0 must be > 0"),
+        ("tags.dropout_prob=1.5", "config.tags.dropout_prob=1.5 must be in [0, 1]"),
+        ("diffusion.source_prob=1.5", "config.diffusion.source_prob=1.5 must be in [0, 1]"),
+        ("data.degradation.pass1.jpeg_range=(95,30)",
+         "config.data.degradation.pass1.jpeg_range=(95, 30) must be a (low, high) pair"),
+        ("train.eval_every=0", "config.train.eval_every=0 must be >= 1"),
+        ("train.lock_heartbeat_seconds=0", "config.train.lock_heartbeat_seconds=0.0 must be > 0"),
+        ("train.lock_stale_seconds=60", "config.train.lock_stale_seconds=60.0 must be at least 3 × "
+         "train.lock_heartbeat_seconds (30): a live run's heartbeat"),
+        ("data.crop_size=66", "config.data.crop_size=66 must be a multiple of 4 (the scale 4 and "
+         "the latent factor 4)"),
+        ("stages.moe.num_experts=3", "config.stages.moe.num_experts must be a power of two, got 3"),
+        # stage_order
+        ("stage_order=pretrain,moo", "config.stage_order='pretrain,moo' names stage 'moo', which "
+         "config.stages does not define"),
+        ("train.restart_stage=pretrian", "config.train.restart_stage='pretrian' must name a stage "
+         "of stage_order (pretrain, moe)"),
+        # the mesh against conftest's 8 devices, and the batch against its batch shards
+        ("mesh.data=3",
+         "config.mesh: mesh {'data': 3, 'fsdp': 1, 'tensor': 1, 'expert': 1} needs 3 "
+         "devices, have 8"),
+        ("mesh.fsdp=0",
+         "config.mesh: mesh {'data': -1, 'fsdp': 0, 'tensor': 1, 'expert': 1}: sizes "
+         "must be positive"),
+        ("data.batch_size=12", "config.data.batch_size=12 does not split over the mesh's 8 batch "
+         "shards (expert 1 × data 8 × fsdp 1)"),
+        # ESGF and best-checkpoint metrics against what validation logs
+        ("esgf.metrics=val/psnr:max", "config.esgf.metrics='val/psnr:max' names 'val/psnr', which "
+         "validation does not log; choose from 'val/psnr_y'"),
+        ("train.best_metric=val/lpips", "config.train.best_metric='val/lpips' must be "
+         "'val/psnr_y', 'val/ssim_y' or 'val/lpips_alex'"),
+    ])
 def test_bad_value_is_one_line_naming_the_field_and_nothing_starts(override, expected, tmp_path,
                                                                    capsys):
   workdir = tmp_path / "run"
-  code = main(["train", "--config", "configs/tiny.py", "--workdir", str(workdir),
-               f"--config.{override}"])
+  code = main(
+      ["train", "--config", "configs/tiny.py", "--workdir",
+       str(workdir), f"--config.{override}"])
   err = capsys.readouterr().err
   errors = [line for line in err.splitlines() if line.startswith("linearsr: error:")]
   assert code == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
@@ -108,8 +112,11 @@ def test_a_config_file_that_raises_is_one_line_naming_the_file_and_line(tmp_path
   buggy.write_text("from linearsr_jax.configs.tiny import get_config as tiny\n\n"
                    "def get_config():\n  config = tiny()\n  config.no_such_section.depth = 1\n"
                    "  return config\n")
-  assert main(["train", "--config", str(buggy), "--workdir", str(tmp_path / "run"),
-               "--config.model.depth=3"]) == 2
+  assert main([
+      "train", "--config",
+      str(buggy), "--workdir",
+      str(tmp_path / "run"), "--config.model.depth=3"
+  ]) == 2
   [line] = capsys.readouterr().err.strip().splitlines()
   assert f"the config file {buggy} raised AttributeError" in line and "no_such_section" in line
   assert line.endswith("(line 5)") and not (tmp_path / "run").exists()
@@ -129,7 +136,8 @@ def test_checkpoint_of_another_optimizer_is_a_user_error(tmp_path):
   data_iter = iter(grain.MapDataset.range(4).to_iter_dataset())
   ckpts.save(0, _State(params, (jnp.zeros(()),)), data_iter, {"val/psnr_y": 1.0})
   other = _State(params, (jnp.zeros(()), jnp.zeros(())))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), other)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(
+          jax.devices()[0])), other)
   with pytest.raises(UserError, match="does not match this model and config"):
     ckpts.restore(0, abstract)

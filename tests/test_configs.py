@@ -39,8 +39,8 @@ def test_config_builds_its_run_on_the_mesh(name, tmp_path):
   assert run.mesh.devices.size == 8
   for axis in ("data", "fsdp", "tensor", "expert"):
     want = config.mesh[axis]
-    assert run.mesh.shape[axis] == (want if want != -1 else 8 // np.prod(
-        [v for v in config.mesh.values() if v != -1])), axis
+    assert run.mesh.shape[axis] == (want if want != -1 else 8 //
+                                    np.prod([v for v in config.mesh.values() if v != -1])), axis
   # The LR stem takes the LR crop to the latent grid of the HR crop.
   scale, factor = config.data.scale, run.latent_space.factor
   assert config.model.lr_stem_convs == lr_stem_depth(factor, scale)
@@ -58,8 +58,8 @@ def test_config_builds_its_run_on_the_mesh(name, tmp_path):
   if config.latent.kind == "dcae":
     # The DC-AE params are abstract, replicated on the mesh, and the same count as diffusers'.
     leaves = jax.tree.leaves(run.latent_params)
-    assert all(isinstance(x, jax.ShapeDtypeStruct) and x.sharding.is_fully_replicated
-               for x in leaves)
+    assert all(
+        isinstance(x, jax.ShapeDtypeStruct) and x.sharding.is_fully_replicated for x in leaves)
     dcae = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.latent.dcae.items()}
     assert sum(x.size for x in leaves) == _torch_param_count(AutoencoderDC, **dcae)
 
@@ -82,8 +82,9 @@ def test_sana_dit_has_the_published_size_and_diffusers_layout(name, published, t
   run = Run(config, tmp_path, load_weights=False)
   abstract, _ = run.abstract_state("pretrain")
   flat = jax.tree_util.tree_flatten_with_path(abstract.params)[0]
-  dit = sum(x.size for p, x in flat if "'dit'" in jax.tree_util.keystr(p)
-            and "lr_stem" not in jax.tree_util.keystr(p))
+  dit = sum(x.size
+            for p, x in flat
+            if "'dit'" in jax.tree_util.keystr(p) and "lr_stem" not in jax.tree_util.keystr(p))
   reference = _torch_param_count(SanaTransformer2DModel, **diffusers_config(run.model.dit))
   assert dit == reference
   assert abs(reference - published) / published < 0.01
@@ -99,6 +100,7 @@ SANA_512PX = {"flow_shift": 3.0, "logit_mean": 0.0, "logit_std": 1.0}
 def test_sana_configs_train_on_sanas_shifted_timestep_density(name):
   diffusion = importlib.import_module(f"linearsr_jax.configs.{name}").get_config().diffusion
   assert diffusion.timestep_sampling == "logit_normal"
-  assert (diffusion.train_shift, diffusion.logit_mean, diffusion.logit_std) == (
-      SANA_512PX["flow_shift"], SANA_512PX["logit_mean"], SANA_512PX["logit_std"])
+  assert (diffusion.train_shift, diffusion.logit_mean,
+          diffusion.logit_std) == (SANA_512PX["flow_shift"], SANA_512PX["logit_mean"],
+                                   SANA_512PX["logit_std"])
   assert diffusion.sampler.shift == SANA_512PX["flow_shift"]

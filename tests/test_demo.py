@@ -21,10 +21,12 @@ from linearsr_jax.run.run_dir import RunDir
 # Small enough for the test budget, large enough for a real knee: a 2-block tiny model at crop
 # 32, evaluated every 10 steps, with a noisier LR-anchored source, whose validation curves turn
 # back early; ESGF (combine=any) fires on that.
-OVERRIDES = ["diffusion.lr_source_noise=0.1", "data.degradation.bicubic_prob=0.5",
-             "model.depth=2", "data.crop_size=32",
-             "data.eval.crop_size=64", "train.eval_every=10", "stages.pretrain.max_steps=400",
-             "stages.moe.max_steps=20", "esgf.patience=3", "esgf.combine=any"]
+OVERRIDES = [
+    "diffusion.lr_source_noise=0.1", "data.degradation.bicubic_prob=0.5", "model.depth=2",
+    "data.crop_size=32", "data.eval.crop_size=64", "train.eval_every=10",
+    "stages.pretrain.max_steps=400", "stages.moe.max_steps=20", "esgf.patience=3",
+    "esgf.combine=any"
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,7 @@ def demo(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("demo")
   # The tiny config, not the demo's recipe: the budget here is the test's, and its numbers
   # must not move when the recipe is tuned.
-  argv = ["demo", "--workdir", str(workdir), "--heldout_crop", "128",
-          "--config", "configs/tiny.py"]
+  argv = ["demo", "--workdir", str(workdir), "--heldout_crop", "128", "--config", "configs/tiny.py"]
   for item in OVERRIDES:
     argv += ["--set", item]
   assert main(argv) == 0
@@ -77,8 +78,8 @@ def test_stage_two_starts_from_the_knee_with_identical_experts_that_diverge(demo
   start = restore_params(train / "moe" / "checkpoints" / "0")["params"]
   end = restore_params(train / "moe" / "checkpoints" / "20")["params"]
   start_kernel = np.asarray(start["dit"]["proj_out"]["kernel"])
-  np.testing.assert_array_equal(start_kernel[0], np.asarray(knee_params["dit"]["proj_out"]
-                                                             ["kernel"])[0])
+  np.testing.assert_array_equal(start_kernel[0],
+                                np.asarray(knee_params["dit"]["proj_out"]["kernel"])[0])
   for e in range(1, 4):
     np.testing.assert_array_equal(start_kernel[e], start_kernel[0])
   end_kernel = np.asarray(end["dit"]["proj_out"]["kernel"])
@@ -87,8 +88,10 @@ def test_stage_two_starts_from_the_knee_with_identical_experts_that_diverge(demo
 
 @pytest.mark.slow
 def test_demo_outputs(demo):
-  photos = {kind: sorted(p.name for p in (demo / "photos" / kind).glob("*.png"))
-            for kind in ("train", "validation", "test")}
+  photos = {
+      kind: sorted(p.name for p in (demo / "photos" / kind).glob("*.png"))
+      for kind in ("train", "validation", "test")
+  }
   assert photos["test"] == ["chelsea.png", "coffee.png"]
   assert photos["validation"] == ["motorcycle.png", "rocket.png"]
   assert not set(photos["train"]) & set(photos["test"] + photos["validation"])
@@ -141,8 +144,11 @@ def test_photos_of_a_folder_split_three_ways_with_their_tags(tmp_path, capsys):
   assert split_photos(tmp_path / "again", folder, seed=0, min_size=32) == split
   for p in list(folder.glob("sub/*.png"))[2:]:
     p.unlink()
-  assert main(["demo", "--photos", str(folder), "--workdir", str(tmp_path / "w"),
-               "--set", "data.crop_size=32"]) == 2
+  assert main([
+      "demo", "--photos",
+      str(folder), "--workdir",
+      str(tmp_path / "w"), "--set", "data.crop_size=32"
+  ]) == 2
   assert capsys.readouterr().err.strip().endswith(
       "2 usable photo(s) of at least 32 px; the demo needs 3 (one each to train on, validate "
       "on and test on)")
@@ -161,8 +167,8 @@ def test_the_grid_zooms_into_the_most_textured_window(tmp_path):
   lr = hr[::4, ::4]
   for name, image in (("lr", lr), ("sr", hr), ("hr", hr)):
     write_image(tmp_path / f"{name}.png", image)
-  write_grid(tmp_path / "lr.png", tmp_path / "sr.png", tmp_path / "hr.png",
-             tmp_path / "grid.png", 4)
+  write_grid(tmp_path / "lr.png", tmp_path / "sr.png", tmp_path / "hr.png", tmp_path / "grid.png",
+             4)
   grid = read_image(tmp_path / "grid.png")
   assert grid.shape == (20 + 64 + 64, 4 * 64, 3)
   patch = np.kron(hr[24:40, 40:56], np.ones((4, 4, 1)))

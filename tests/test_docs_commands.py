@@ -34,8 +34,10 @@ LINEARSR = re.compile(r"(.*/)?linearsr$")
 PYTHON = re.compile(r"(.*/)?python(3(\.\d+)?)?$")
 # launcher -> (its action that runs `linearsr train`, "" when it has none; how many leading
 # arguments are its own before `linearsr train`'s)
-LAUNCHERS = {"launch/gpu_node.sh": ("", 0), "launch/local_multiprocess.sh": ("", 1),
-             "launch/tpu_pod.sh": ("train", 0)}
+LAUNCHERS = {
+    "launch/gpu_node.sh": ("", 0), "launch/local_multiprocess.sh": ("", 1),
+    "launch/tpu_pod.sh": ("train", 0)
+}
 PREFIXES = {"time", "srun", "exec", "nohup"}
 OPERATORS = {"&&", "||", ";", "|"}
 PLACEHOLDER = re.compile(r"…|\.\.\.|[\[\]()<>|]")
@@ -45,8 +47,10 @@ ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def doc_files() -> list:
-  return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
-          *sorted((REPO / "launch").iterdir())]
+  return [
+      REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted(
+          (REPO / "launch").iterdir())
+  ]
 
 
 def _logical_lines(lines):
@@ -69,7 +73,8 @@ def _snippets(path):
   and of its inline code; of a launch script, its comment lines."""
   lines = path.read_text().splitlines()
   if path.suffix != ".md":
-    comments = [(i + 1, re.sub(r"^#\s?", "", l.strip())) for i, l in enumerate(lines)
+    comments = [(i + 1, re.sub(r"^#\s?", "", l.strip()))
+                for i, l in enumerate(lines)
                 if l.strip().startswith("#") and not l.startswith("#!")]
     yield from ((n, t, False) for n, t in _logical_lines(comments))
     yield from ((n, t, True) for n, line in comments for t in re.findall(r"`([^`]+)`", line))
@@ -183,8 +188,11 @@ def tfds_replays(tmp_path_factory) -> dict:
       Image.fromarray(pixels).save(images / f"{i}.png")
     out = tmp_path_factory.mktemp("tfds") / "out"
     with contextlib.redirect_stdout(io.StringIO()):
-      assert cli.main([*argv[:2], str(images), *argv[3:argv.index("--out")],
-                       *argv[argv.index("--out") + 2:], "--out", str(out)]) == 0
+      assert cli.main([
+          *argv[:2],
+          str(images), *argv[3:argv.index("--out")], *argv[argv.index("--out") + 2:], "--out",
+          str(out)
+      ]) == 0
     replays[args.out.rstrip("/")] = str(out)
   return replays
 
@@ -210,16 +218,16 @@ def no_reading(monkeypatch, tfds_replays):
           raise UserError(str(e).replace(local, out)) from None
     return Unread()
 
-  for module, names in [(sources, ["DemoSource", "FolderSource", "PairedSource",
-                                   "Div2kSource"]),
+  for module, names in [(sources, ["DemoSource", "FolderSource", "PairedSource", "Div2kSource"]),
                         (tag_sources, ["MappingTags", "MappingArrays"]),
                         (latent_crops, ["LatentCropSource"])]:
     for name in names:
       monkeypatch.setattr(module, name, Unread)
   monkeypatch.setattr(sources, "TfdsFolderSource", replayed_tfds_folder)
   read_header, sana_dcae = params_io.read_header, dcae_f32c32_sana.get_config().to_dict()
-  monkeypatch.setattr(params_io, "read_header", lambda path, kind: (
-      read_header(path, kind) if os.path.exists(path) else sana_dcae))
+  monkeypatch.setattr(
+      params_io, "read_header", lambda path, kind: (read_header(path, kind)
+                                                    if os.path.exists(path) else sana_dcae))
   monkeypatch.setattr(params_io, "load_params_dir", lambda path, kind: (None, None))
   monkeypatch.chdir(REPO)
 
@@ -306,26 +314,29 @@ def check(argv):
 def test_the_docs_show_commands():
   """The reader finds the commands where they are (a silent miss would pass everything)."""
   found = {where.split(":")[0] for where, _, _ in COMMANDS}
-  for name in ["README.md", "docs/usage.md", "docs/training.md", "docs/tpu.md", "docs/gpu.md",
-               "launch/tpu_pod.sh", "launch/gpu_node.sh", "launch/local_multiprocess.sh"]:
+  for name in [
+      "README.md", "docs/usage.md", "docs/training.md", "docs/tpu.md", "docs/gpu.md",
+      "launch/tpu_pod.sh", "launch/gpu_node.sh", "launch/local_multiprocess.sh"
+  ]:
     assert name in found, f"no linearsr command found in {name}"
   assert len(COMMANDS) >= 50, len(COMMANDS)
   # Placeholders are synopses and names; none of them has a config key to check.
-  assert not [p for p in PLACEHOLDERS if "--config." in p[1] and "…" not in p[1]
-              and "..." not in p[1]], PLACEHOLDERS
+  assert not [
+      p for p in PLACEHOLDERS if "--config." in p[1] and "…" not in p[1] and "..." not in p[1]
+  ], PLACEHOLDERS
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--config", "configs/tiny.py", "--workdir", "w", "--config.data.batch_sise=4"],
-     "the config has no key 'batch_sise'"),
-    (["train", "--config", "configs/tiny.py", "--workdir", "w",
-      "--config.data.source.kind=folder"], "data.source.kind=folder needs data.source.path"),
-    (["train", "--config", "configs/sana600m_x4.py", "--workdir", "w"],
-     "latent.kind='dcae' needs weights"),
-    (["compile", "--config", "configs/sana600m_x4.py", "--topology", "v5e-1"],
-     "needs a multiple of 4 devices"),
-    (["eval", "--hr_dir", "HR", "--lr_dir", "LR", "--out", "o", "--stpes", "4"],
-     "unrecognized arguments: --stpes 4"),
+    (["train", "--config", "configs/tiny.py", "--workdir", "w", "--config.data.batch_sise=4"
+     ], "the config has no key 'batch_sise'"),
+    (["train", "--config", "configs/tiny.py", "--workdir", "w", "--config.data.source.kind=folder"
+     ], "data.source.kind=folder needs data.source.path"),
+    (["train", "--config", "configs/sana600m_x4.py", "--workdir", "w"
+     ], "latent.kind='dcae' needs weights"),
+    (["compile", "--config", "configs/sana600m_x4.py", "--topology", "v5e-1"
+     ], "needs a multiple of 4 devices"),
+    (["eval", "--hr_dir", "HR", "--lr_dir", "LR", "--out", "o", "--stpes", "4"
+     ], "unrecognized arguments: --stpes 4"),
 ])
 def test_the_check_catches(no_reading, argv, message):
   """The checker is not a rubber stamp: each of these is a mistake a doc could hold."""
@@ -349,8 +360,10 @@ def _anchors(path) -> set:
   """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces to
   hyphens."""
   text = re.sub(r"(?ms)^```.*?^```", "", path.read_text())
-  return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
-          for h in re.findall(r"(?m)^#+ (.*)$", text)}
+  return {
+      re.sub(r"[^\w\- ]", "",
+             h.strip().lower()).replace(" ", "-") for h in re.findall(r"(?m)^#+ (.*)$", text)
+  }
 
 
 def test_links_resolve():

@@ -34,8 +34,7 @@ def fill(disk, leave: int):
   """Takes all but `leave` bytes of the disk with one file; returns it."""
   filler = disk / "filler"
   with open(filler, "wb") as f:
-    os.posix_fallocate(f.fileno(), 0, os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-                       - leave)
+    os.posix_fallocate(f.fileno(), 0, os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - leave)
   return filler
 
 
@@ -60,8 +59,8 @@ def test_training_on_a_disk_that_fills_stops_in_one_line_and_resumes(small_disk,
   wait_ok(start(train_command(straight, keep_all), tmp_path / "straight.log", env),
           tmp_path / "straight.log")
   saved = straight / "pretrain" / "checkpoints"
-  upper_bound = sum(x.nbytes for x in jax.tree.leaves(
-      run_outcome.saved_state(saved / "0" / "state")))
+  upper_bound = sum(
+      x.nbytes for x in jax.tree.leaves(run_outcome.saved_state(saved / "0" / "state")))
   first, second = _bytes(saved / "0"), _bytes(saved / "3")
   assert second < upper_bound
   filler = fill(small_disk, leave=first + upper_bound + second // 2)
@@ -84,8 +83,7 @@ def test_training_on_a_disk_that_fills_stops_in_one_line_and_resumes(small_disk,
   filler.unlink()
   wait_ok(start(train_command(workdir, keep_all), tmp_path / "resumed.log", env),
           tmp_path / "resumed.log")
-  assert run_outcome.differences(run_outcome.outcome(straight),
-                                 run_outcome.outcome(workdir)) == []
+  assert run_outcome.differences(run_outcome.outcome(straight), run_outcome.outcome(workdir)) == []
 
 
 def _files(directory):
@@ -101,8 +99,12 @@ def test_upscale_and_eval_on_a_full_disk_leave_no_partial_output(small_disk, tmp
     write_image(images / f"{name}.png", rng.uniform(size=(24, 32, 3)))
   fill(small_disk, leave=256)
   out = small_disk / "out"
-  code = main(["upscale", str(images), "--checkpoint", str(trained_run(tmp_path_factory)),
-               "--out", str(out), "--tile", "16", "--overlap", "4", "--no_progress"])
+  code = main([
+      "upscale",
+      str(images), "--checkpoint",
+      str(trained_run(tmp_path_factory)), "--out",
+      str(out), "--tile", "16", "--overlap", "4", "--no_progress"
+  ])
   stdout, stderr = capsys.readouterr()
   assert code == 1 and "upscaled 0, skipped 0 existing, failed 2" in stdout
   failures = [line for line in stderr.splitlines() if line.startswith("linearsr: failed:")]
@@ -110,8 +112,12 @@ def test_upscale_and_eval_on_a_full_disk_leave_no_partial_output(small_disk, tmp
   assert "a_x4.png" in failures[0] and "b_x4.png" in failures[1], failures
   assert not out.exists() or _files(out) == []
 
-  code = main(["eval", "--hr_dir", str(images), "--sr_dir", str(images), "--out",
-               str(small_disk / "scores"), "--metrics", "psnr_y", "--no_progress"])
+  code = main([
+      "eval", "--hr_dir",
+      str(images), "--sr_dir",
+      str(images), "--out",
+      str(small_disk / "scores"), "--metrics", "psnr_y", "--no_progress"
+  ])
   line = _one_error_line(capsys.readouterr().err)
   assert code == 2 and "no space left on the device of" in line and "summary.json" in line
   assert not (small_disk / "scores").exists() or _files(small_disk / "scores") == []

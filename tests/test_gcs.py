@@ -29,18 +29,18 @@ from linearsr_jax.run import kill_points, run_dir
 from bench import run_outcome
 from lock_race import race
 from repo_paths import REPO
-from train_runs import (SMALL, cli_env, checkpoint_steps, start, train_command,
-                        wait_ok)
+from train_runs import (SMALL, cli_env, checkpoint_steps, start, train_command, wait_ok)
 
 BUCKET = "gs://runs"
 # A bucket has no flocks: the killed run's lock is taken over once its heartbeat is LOCK_STALE s
 # old (run_lock.py).
 LOCK_STALE = 5
-TWO_STAGES = dict(SMALL, stage_order="pretrain,moe",
-                  data=dict(SMALL["data"], source=dict(kind="folder", path=f"{BUCKET}/photos")),
-                  train=dict(SMALL["train"], eval_every=2, lock_heartbeat_seconds=1,
-                             lock_stale_seconds=LOCK_STALE),
-                  stages=dict(pretrain=dict(max_steps=4), moe=dict(max_steps=2)))
+TWO_STAGES = dict(
+    SMALL, stage_order="pretrain,moe",
+    data=dict(SMALL["data"], source=dict(kind="folder", path=f"{BUCKET}/photos")),
+    train=dict(SMALL["train"], eval_every=2, lock_heartbeat_seconds=1,
+               lock_stale_seconds=LOCK_STALE), stages=dict(pretrain=dict(max_steps=4),
+                                                           moe=dict(max_steps=2)))
 
 
 def _png(array) -> bytes:
@@ -121,8 +121,8 @@ def test_a_run_killed_mid_stage_resumes_from_the_bucket_and_ends_alike(runs):
 
 
 @pytest.mark.slow
-def test_dropped_connections_during_a_resume_are_retried_and_it_ends_alike(runs, gcs, env,
-                                                                          tmp_path):
+def test_dropped_connections_during_a_resume_are_retried_and_it_ends_alike(
+    runs, gcs, env, tmp_path):
   """Issue 29: the storage drops the connections of the resume's first reads of the checkpoint
   (twice), then answers again: the reads try again, nothing is set aside, and the run ends
   as the uninterrupted one did."""
@@ -149,11 +149,15 @@ def test_tools_read_the_run_from_the_bucket_and_write_there(runs, capsys):
   assert main(["knee", "--workdir", straight, "--stage", "pretrain"]) == 0
   assert capsys.readouterr().out.startswith("metrics: gs://runs/straight/pretrain/metrics.jsonl (")
   out = f"{BUCKET}/outputs"
-  assert main(["eval", "--hr_dir", f"{BUCKET}/pairs/HR", "--lr_dir", f"{BUCKET}/pairs/LR",
-               "--checkpoint", straight, "--out", f"{out}/eval", "--no_progress"]) == 0
+  assert main([
+      "eval", "--hr_dir", f"{BUCKET}/pairs/HR", "--lr_dir", f"{BUCKET}/pairs/LR", "--checkpoint",
+      straight, "--out", f"{out}/eval", "--no_progress"
+  ]) == 0
   assert "bicubic" in epath.Path(f"{out}/eval/table.md").read_text()
-  assert main(["upscale", "--checkpoint", straight, f"{BUCKET}/pairs/LR/coffee.png",
-               "--out", f"{out}/up", "--no_progress"]) == 0
+  assert main([
+      "upscale", "--checkpoint", straight, f"{BUCKET}/pairs/LR/coffee.png", "--out", f"{out}/up",
+      "--no_progress"
+  ]) == 0
   with Image.open(io.BytesIO(epath.Path(f"{out}/up/coffee_x4.png").read_bytes())) as image:
     assert image.size == (64, 64)
   assert main(["export", "--layout", "npz", straight, "--out", f"{out}/export"]) == 0
@@ -172,9 +176,12 @@ def test_tools_read_the_run_from_the_bucket_and_write_there(runs, capsys):
     (f"gs://{DENIED_BUCKET}/run", "permission denied"),
 ])
 def test_an_unwritable_bucket_is_one_line_and_exit_2(gcs, workdir, expected, capsys):
-  args = ["train", "--config", "configs/tiny.py", f"--workdir={workdir}",
-          *(f"--config.{k}={v}" for k, v in [("model.depth", 1), ("model.hidden", 64),
-                                            ("model.heads", 2), ("model.cross_heads", 2)])]
+  args = [
+      "train", "--config", "configs/tiny.py", f"--workdir={workdir}",
+      *(f"--config.{k}={v}"
+        for k, v in [("model.depth", 1), ("model.hidden", 64), ("model.heads",
+                                                                2), ("model.cross_heads", 2)])
+  ]
   assert main(args) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and expected in err, err
@@ -184,10 +191,11 @@ def test_an_unwritable_bucket_is_one_line_and_exit_2(gcs, workdir, expected, cap
 @pytest.mark.slow
 def test_a_prefix_without_a_run_and_a_denied_output_are_one_line_and_exit_2(runs, capsys):
   straight, _ = runs
-  for args in (["eval", "--hr_dir", f"{BUCKET}/pairs/HR", "--lr_dir", f"{BUCKET}/pairs/LR",
-                "--checkpoint", f"{BUCKET}/nothing", "--out", f"{BUCKET}/never"],
-               ["export", f"{BUCKET}/pairs", "--out", f"{BUCKET}/never"],
-               ["export", straight, "--out", f"gs://{DENIED_BUCKET}/export"]):
+  for args in ([
+      "eval", "--hr_dir", f"{BUCKET}/pairs/HR", "--lr_dir", f"{BUCKET}/pairs/LR", "--checkpoint",
+      f"{BUCKET}/nothing", "--out", f"{BUCKET}/never"
+  ], ["export", f"{BUCKET}/pairs", "--out",
+      f"{BUCKET}/never"], ["export", straight, "--out", f"gs://{DENIED_BUCKET}/export"]):
     assert main(args) == 2, args
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("linearsr: "), err
@@ -199,8 +207,12 @@ def test_a_prefix_without_a_run_and_a_denied_output_are_one_line_and_exit_2(runs
 def test_a_params_dir_in_the_bucket_is_written_whole_and_read_back(gcs):
   """What `import --out gs://…` writes and `train.init_from` / `latent.dcae_params` read."""
   rng = np.random.default_rng(0)
-  params = {"block": {"kernel": rng.standard_normal((3, 5)).astype(np.float32),
-                      "bias": rng.standard_normal(5).astype(np.float32)}}
+  params = {
+      "block": {
+          "kernel": rng.standard_normal((3, 5)).astype(np.float32),
+          "bias": rng.standard_normal(5).astype(np.float32)
+      }
+  }
   target = f"{BUCKET}/weights/dit"
   params_io.save_params_dir(target, "dit", {"depth": 1}, params)
   config, loaded = params_io.load_params_dir(target, "dit")
@@ -209,11 +221,11 @@ def test_a_params_dir_in_the_bucket_is_written_whole_and_read_back(gcs):
     np.testing.assert_array_equal(loaded["block"][key], params["block"][key])
   with pytest.raises(Exception, match="already exists"):
     params_io.save_params_dir(target, "dit", {"depth": 1}, params)
-  params_io.save_params_dir(target, "dit", {"depth": 2}, {"other": params["block"]},
-                            overwrite=True)
+  params_io.save_params_dir(target, "dit", {"depth": 2}, {"other": params["block"]}, overwrite=True)
   assert params_io.load_params_dir(target, "dit")[0] == {"depth": 2}
   assert sorted(p.name for p in epath.Path(target).iterdir()) == [
-      params_io.HEADER_FILE, params_io.PARAMS_FILE]
+      params_io.HEADER_FILE, params_io.PARAMS_FILE
+  ]
 
 
 def test_a_params_dir_overwrite_killed_mid_upload_fails_in_one_line_until_rewritten(
@@ -233,8 +245,8 @@ def test_a_params_dir_overwrite_killed_mid_upload_fails_in_one_line_until_rewrit
 
   monkeypatch.setattr(storage, "upload", killed_at_the_params)
   with pytest.raises(KeyboardInterrupt):
-    params_io.save_params_dir(target, "dit", {"depth": 2}, {"block": {"kernel": np.zeros(
-        (4, 5), np.float32)}}, overwrite=True)
+    params_io.save_params_dir(target, "dit", {"depth": 2},
+                              {"block": {"kernel": np.zeros((4, 5), np.float32)}}, overwrite=True)
   monkeypatch.setattr(storage, "upload", upload)
   # the new header is in the bucket, over the old params
   assert '"depth": 2' in (epath.Path(target) / params_io.HEADER_FILE).read_text()
@@ -247,7 +259,8 @@ def test_a_params_dir_overwrite_killed_mid_upload_fails_in_one_line_until_rewrit
   config, loaded = params_io.load_params_dir(target, "dit")
   assert config == {"depth": 3} and loaded["block"]["kernel"].shape == (3, 5)
   assert sorted(p.name for p in epath.Path(target).iterdir()) == [
-      params_io.HEADER_FILE, params_io.PARAMS_FILE]   # the WRITING marker is gone
+      params_io.HEADER_FILE, params_io.PARAMS_FILE
+  ]  # the WRITING marker is gone
 
 
 def _lock_object(workdir) -> dict | None:
@@ -272,8 +285,9 @@ def test_the_run_lock_in_a_bucket_is_exclusive_and_a_run_that_lost_it_is_told(gc
     deadline = time.monotonic() + 10
     while held.lost is None and time.monotonic() < deadline:
       time.sleep(0.01)
-    with pytest.raises(UserError, match="this run's lock was taken over by another linearsr "
-                                        "train: host other, pid None"):
+    with pytest.raises(
+        UserError, match="this run's lock was taken over by another linearsr "
+        "train: host other, pid None"):
       held.check()
   finally:
     held.release()
@@ -290,13 +304,15 @@ def test_a_bucket_lock_whose_heartbeat_stopped_goes_to_one_of_the_runs_racing_fo
 
   workdir, stale = f"{BUCKET}/preempted", 0.5
   for attempt in range(3):
-    epath.Path(f"{workdir}/run.lock").write_text(json.dumps(
-        {"host": "gone", "pid": 1, "since": "2026-11-30T01:00:00+00:00", "token": "old"}))
-    starters = [run_lock.RunLock(workdir, heartbeat_seconds=60.0, stale_seconds=stale)
-                for _ in range(4)]
+    epath.Path(f"{workdir}/run.lock").write_text(
+        json.dumps({"host": "gone", "pid": 1, "since": "2026-11-30T01:00:00+00:00",
+                    "token": "old"}))
+    starters = [
+        run_lock.RunLock(workdir, heartbeat_seconds=60.0, stale_seconds=stale) for _ in range(4)
+    ]
     if attempt == 0:
       with pytest.raises(UserError, match=r"host gone, pid 1, .*; its heartbeat is 0\.\d s "
-                                          r"old"):
+                         r"old"):
         starters[0].acquire()
     time.sleep(stale + 0.2)
     won, refused = race(starters)
@@ -350,8 +366,7 @@ def test_a_tfds_folder_written_to_the_bucket_reads_as_the_local_one(gcs, tmp_pat
     np.testing.assert_array_equal(there[index]["hr"], here[index]["hr"])
 
 
-def test_latents_encoded_into_the_bucket_by_two_hosts_train_as_local_ones(gcs, tmp_path,
-                                                                         capsys):
+def test_latents_encoded_into_the_bucket_by_two_hosts_train_as_local_ones(gcs, tmp_path, capsys):
   from linearsr_jax.commands import encode
   from linearsr_jax.configs.tiny import get_config
   from linearsr_jax.data import latent_crops, pipeline
@@ -360,10 +375,13 @@ def test_latents_encoded_into_the_bucket_by_two_hosts_train_as_local_ones(gcs, t
   encode.encode_crops(config, remote, 1, process_index=1, process_count=2, progress=False)
   assert not (epath.Path(remote) / latent_crops.INDEX).exists()
   encode.encode_crops(config, remote, 1, process_index=0, process_count=2, progress=False)
-  assert main(["data", "encode", "--config", "configs/tiny.py", "--out", str(tmp_path / "one"),
-               "--crops_per_image", "1"]) == 0
-  assert main(["data", "encode", "--config", "configs/tiny.py", "--out", remote,
-               "--crops_per_image", "1"]) == 2
+  assert main([
+      "data", "encode", "--config", "configs/tiny.py", "--out",
+      str(tmp_path / "one"), "--crops_per_image", "1"
+  ]) == 0
+  assert main(
+      ["data", "encode", "--config", "configs/tiny.py", "--out", remote, "--crops_per_image",
+       "1"]) == 2
   assert capsys.readouterr().err.strip().endswith(f"output {remote} already exists (pass "
                                                   "--overwrite to replace it)")
   here = latent_crops.LatentCropSource(tmp_path / "one", config.data, 48, 4)
@@ -407,8 +425,7 @@ def _export_npz(run, out):
 
 
 @pytest.mark.slow
-def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_one(
-    gcs, tmp_path):
+def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_one(gcs, tmp_path):
   """pretrain -> 4 experts with params FSDP-sharded over two gloo processes (one CPU device
   each), into a gs:// workdir, ends where the same run in one process with two devices and a
   local workdir does: the data stream, the branch to experts and every restore are independent
@@ -416,8 +433,8 @@ def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_
   bucket."""
   tree = dict(SMALL, stage_order="pretrain,moe", mesh=dict(data=1, fsdp=2),
               data=dict(SMALL["data"], batch_size=8),
-              stages=dict(pretrain=dict(max_steps=2, esgf=False), moe=dict(max_steps=2)),
-              train=dict(SMALL["train"], eval_every=2))
+              stages=dict(pretrain=dict(max_steps=2, esgf=False),
+                          moe=dict(max_steps=2)), train=dict(SMALL["train"], eval_every=2))
   env = cli_env()
   two, logs = f"{BUCKET}/two_processes", tmp_path / "logs"
   command = ["bash", "launch/local_multiprocess.sh", "2", *train_command(two, tree=tree)[4:]]
@@ -432,12 +449,13 @@ def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_
   for p, text in enumerate(texts):
     assert f"process {p} of 2 processes, 1 local of 2 global devices" in text, text[-2000:]
   one = tmp_path / "one_process"
-  wait_ok(start(train_command(one, tree=tree), tmp_path / "one.log",
-                dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")),
-          tmp_path / "one.log")
+  wait_ok(
+      start(train_command(one, tree=tree), tmp_path / "one.log",
+            dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")), tmp_path / "one.log")
   assert checkpoint_steps(two, "moe") == checkpoint_steps(one, "moe") == [0, 2]
-  knees = [[(s["name"], s["knee_step"]) for s in run_dir.read_json(run_dir.RunDir(run).run_json)
-            ["stages"]] for run in (two, one)]
+  knees = [[(s["name"], s["knee_step"])
+            for s in run_dir.read_json(run_dir.RunDir(run).run_json)["stages"]]
+           for run in (two, one)]
   assert knees[0] == knees[1] == [("pretrain", 2), ("moe", 2)], knees
   # The params really were split between the processes: half of each kernel per device.
   saved = ocp.StandardCheckpointHandler().metadata(

@@ -8,8 +8,10 @@ from repo_paths import CONFIGS, REPO
 
 def test_every_package_is_listed_and_configs_installs_inside_linearsr_jax():
   setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-  on_disk = {".".join(p.parent.relative_to(REPO).parts)
-             for p in (REPO / "linearsr_jax").rglob("__init__.py")}
+  on_disk = {
+      ".".join(p.parent.relative_to(REPO).parts)
+      for p in (REPO / "linearsr_jax").rglob("__init__.py")
+  }
   assert (CONFIGS / "__init__.py").exists()
   assert set(setuptools["packages"]) == on_disk | {"linearsr_jax.configs"}
   assert setuptools["package-dir"] == {"linearsr_jax.configs": "configs"}

@@ -12,12 +12,14 @@ from repo_paths import REPO
 
 MAX_STEPS = 12
 # A model and data small enough that a whole CLI run takes well under a minute on 2 cores.
-SMALL = dict(model=dict(depth=1, hidden=64, heads=2, cross_heads=2, scan_layers=False),
-             data=dict(crop_size=32, batch_size=4, eval=dict(crop_size=64)),
-             # A heartbeat 4 times a second: a run SIGKILLed here is taken over (run_lock.py's
-             # same-host shortcut) as soon as its resume starts, not 60 s after.
-             train=dict(eval_every=3, eval_steps=1, log_every=1, lock_heartbeat_seconds=0.25),
-             stages=dict(pretrain=dict(max_steps=MAX_STEPS)), stage_order="pretrain")
+SMALL = dict(
+    model=dict(depth=1, hidden=64, heads=2, cross_heads=2, scan_layers=False),
+    data=dict(crop_size=32, batch_size=4, eval=dict(crop_size=64)),
+    # A heartbeat 4 times a second: a run SIGKILLed here is taken over (run_lock.py's
+    # same-host shortcut) as soon as its resume starts, not 60 s after.
+    train=dict(eval_every=3, eval_steps=1, log_every=1, lock_heartbeat_seconds=0.25),
+    stages=dict(pretrain=dict(max_steps=MAX_STEPS)),
+    stage_order="pretrain")
 
 
 def flatten(tree, prefix=""):
@@ -43,9 +45,11 @@ def cli_env(**extra):
 
 
 def train_command(workdir, *overrides, tree=SMALL):
-  return [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config",
-          "configs/tiny.py", "--workdir", str(workdir),
-          *(f"--config.{k}={v}" for k, v in flatten(tree)), *overrides]
+  return [
+      sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config", "configs/tiny.py",
+      "--workdir",
+      str(workdir), *(f"--config.{k}={v}" for k, v in flatten(tree)), *overrides
+  ]
 
 
 def start(command, log_path, env):

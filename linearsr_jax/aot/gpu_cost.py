@@ -51,8 +51,9 @@ def library_call_cost(hlo_text: str) -> tuple[float, float]:
     result = _DEF.match(line)[2]
     if conv:
       filter_labels, kind = conv[2], conv[3]
-      output, kernel = {"BackwardInput": (operands[0], operands[1]),
-                        "BackwardFilter": (operands[1], result)}.get(kind, (result, operands[1]))
+      output, kernel = {
+          "BackwardInput": (operands[0], operands[1]), "BackwardFilter": (operands[1], result)
+      }.get(kind, (result, operands[1]))
       out_features = _dims(kernel)[1][filter_labels.index("o")]
       flops += 2.0 * math.prod(_dims(output)[1]) * math.prod(_dims(kernel)[1]) / out_features
     else:

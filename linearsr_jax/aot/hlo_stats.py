@@ -31,8 +31,8 @@ _MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
 @dataclasses.dataclass(frozen=True)
 class CollectiveOp:
   kind: str
-  bytes_by_dtype: dict   # {dtype: bytes} of the full (unsharded over the group) tensors
-  op_name: str           # the JAX op it came from, e.g. '.../blocks_0/ff/conv_inverted/dot_general'
+  bytes_by_dtype: dict  # {dtype: bytes} of the full (unsharded over the group) tensors
+  op_name: str  # the JAX op it came from, e.g. '.../blocks_0/ff/conv_inverted/dot_general'
 
   @property
   def bytes(self) -> int:
@@ -116,13 +116,14 @@ def stats(compiled) -> dict:
     from linearsr_jax.aot import gpu_cost
     cost = gpu_cost.cost_analysis(compiled)
   memory = compiled.memory_analysis()
-  result = {"flops": float(cost.get("flops", 0.0)),
-            "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-            "memory": {"arguments": memory.argument_size_in_bytes,
-                       "outputs": memory.output_size_in_bytes,
-                       "temporaries": memory.temp_size_in_bytes,
-                       "aliased": memory.alias_size_in_bytes,
-                       "generated_code": memory.generated_code_size_in_bytes}}
+  result = {
+      "flops": float(cost.get("flops", 0.0)),
+      "bytes_accessed": float(cost.get("bytes accessed", 0.0)), "memory": {
+          "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
+          "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes,
+          "generated_code": memory.generated_code_size_in_bytes
+      }
+  }
   result["memory"]["total"] = (memory.argument_size_in_bytes + memory.output_size_in_bytes +
                                memory.temp_size_in_bytes - memory.alias_size_in_bytes)
   text = compiled.as_text()
@@ -136,9 +137,13 @@ COUNTED = ("flops", "bytes_accessed", "collectives", "collectives_by_dtype")
 
 def _combine(a: dict, b: dict, fn) -> dict:
   """COUNTED of `a` and `b` combined number by number with fn(x, y)."""
+
   def nested(x: dict, y: dict) -> dict:
-    return {k: nested(x.get(k, {}), y.get(k, {})) if isinstance(x.get(k, y.get(k)), dict)
-            else fn(x.get(k, 0), y.get(k, 0)) for k in x.keys() | y.keys()}
+    return {
+        k: nested(x.get(k, {}), y.get(k, {})) if isinstance(x.get(k, y.get(k)), dict) else fn(
+            x.get(k, 0), y.get(k, 0)) for k in x.keys() | y.keys()
+    }
+
   return nested({k: a[k] for k in COUNTED}, {k: b[k] for k in COUNTED})
 
 

@@ -25,18 +25,24 @@ from linearsr_jax.train.loop import Run
 def abstract_batch(run: Run, batch_size: int, crop: int, batch_sharding) -> dict:
   """ShapeDtypeStructs of one global training batch."""
   s, tags = run.config.data.scale, run.config.tags
-  cond = ((batch_size, tags.max_tokens), jnp.int32) if tags.encoder == "hash" else (
-      (batch_size, tags.max_tokens, run.config.model.caption_channels), jnp.float32)
-  shapes = {"lr": ((batch_size, crop // s, crop // s, 3), jnp.float32),
-             "cond": cond, "cond_mask": ((batch_size, tags.max_tokens), jnp.bool_)}
+  cond = ((batch_size, tags.max_tokens),
+          jnp.int32) if tags.encoder == "hash" else ((batch_size, tags.max_tokens,
+                                                      run.config.model.caption_channels),
+                                                     jnp.float32)
+  shapes = {
+      "lr": ((batch_size, crop // s, crop // s, 3), jnp.float32), "cond": cond,
+      "cond_mask": ((batch_size, tags.max_tokens), jnp.bool_)
+  }
   if run.config.data.hr_latents == "precomputed":
     f = run.latent_space.factor
     shapes["hr_latent"] = ((batch_size, crop // f, crop // f, run.latent_space.channels),
                            jnp.float32)
   else:
     shapes["hr"] = ((batch_size, crop, crop, 3), jnp.float32)
-  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-          for k, (shape, dtype) in shapes.items()}
+  return {
+      k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+      for k, (shape, dtype) in shapes.items()
+  }
 
 
 class DoesNotFit(Exception):
@@ -49,7 +55,7 @@ class DoesNotFit(Exception):
 
   def __init__(self, message: str):
     super().__init__(message)
-    scale = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
     found = next((m.groups() for m in map(lambda p: re.search(p, message), self.SIZES) if m),
                  ("nan ", "nan "))
     self.required, self.available = (float(v[:-1]) * scale.get(v[-1], 1) for v in found)
@@ -58,8 +64,12 @@ class DoesNotFit(Exception):
 # XLA:TPU turns a matmul whose operand is gathered over FSDP into a loop over the shards
 # (windowed einsum), and cost analysis counts a loop body once: 17 % of the FLOPs of a SANA-600M
 # block went missing on v5e-64. The programs that count FLOPs are compiled without it.
-COUNTING_OPTIONS = {"tpu": {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
-                            "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}}
+COUNTING_OPTIONS = {
+    "tpu": {
+        "xla_tpu_enable_windowed_einsum_for_all_gather": False,
+        "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False
+    }
+}
 
 
 def _counting_options(run: Run):
@@ -84,8 +94,7 @@ def compile_train_step(run: Run, stage: str, batch_size: int, counting: bool = F
   batch = abstract_batch(run, batch_size, run.config.data.crop_size,
                          sharding.batch_sharding(run.mesh, run.rules))
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-    return _timed_compile(run.jit_train_step(stage, shardings), abstract, batch,
-                          run.latent_params,
+    return _timed_compile(run.jit_train_step(stage, shardings), abstract, batch, run.latent_params,
                           options=_counting_options(run) if counting else None)
 
 
@@ -96,11 +105,12 @@ def compile_sampler(run: Run, stage: str):
   replicated = sharding.replicated(run.mesh)
   batch = abstract_batch(run, data.eval.batch_size, data.eval.crop_size, replicated)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
-  sr = jax.jit(make_super_resolve(run.model, run.latent_space, run.diffusion_config(stage),
-                                  scale=data.scale, steps=run.config.train.eval_steps))
+  sr = jax.jit(
+      make_super_resolve(run.model, run.latent_space, run.diffusion_config(stage), scale=data.scale,
+                         steps=run.config.train.eval_steps))
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-    return _timed_compile(sr, abstract.ema_params, run.latent_params, batch["lr"],
-                          batch["cond"], batch["cond_mask"], key)
+    return _timed_compile(sr, abstract.ema_params, run.latent_params, batch["lr"], batch["cond"],
+                          batch["cond_mask"], key)
 
 
 def _blocks_config(config, depth: int):
@@ -163,23 +173,26 @@ def model_flops(run: Run, stage: str, batch_size: int, encoder_flops=None) -> di
   `encoder_flops` when already counted)."""
   crop, factor = run.config.data.crop_size, run.latent_space.factor
   one_expert = jax.tree_util.tree_flatten_with_path(run.abstract_state(stage)[0].params)[0]
-  token_wise = sum(int(np.prod(x.shape[1:])) for p, x in one_expert
-                   if "'dit'" in jax.tree_util.keystr(p) and not any(
-                       k in jax.tree_util.keystr(p) for k in ("lr_stem", "caption_", "time_")))
-  tokens = batch_size * (crop // factor) ** 2 // run.config.model.patch_size ** 2
+  token_wise = sum(
+      int(np.prod(x.shape[1:]))
+      for p, x in one_expert
+      if "'dit'" in jax.tree_util.keystr(p) and not any(k in jax.tree_util.keystr(p)
+                                                        for k in ("lr_stem", "caption_", "time_")))
+  tokens = batch_size * (crop // factor)**2 // run.config.model.patch_size**2
   dit = 6.0 * token_wise * tokens / run.mesh.devices.size
   encoder = 0.0
   if run.latent_space.abstract_params() and run.config.data.hr_latents == "encode":
-    encoder = (encoder_stats(run, batch_size)["flops"] if encoder_flops is None
-               else encoder_flops)
-  return {"dit_params_token_wise": token_wise, "tokens": tokens, "dit_flops": dit,
-          "encoder_flops": encoder, "total_flops": dit + encoder}
+    encoder = (encoder_stats(run, batch_size)["flops"] if encoder_flops is None else encoder_flops)
+  return {
+      "dit_params_token_wise": token_wise, "tokens": tokens, "dit_flops": dit,
+      "encoder_flops": encoder, "total_flops": dit + encoder
+  }
 
 
 @dataclasses.dataclass(frozen=True)
 class Roofline:
   seconds: float
-  bound: str            # "compute" or "memory"
+  bound: str  # "compute" or "memory"
   images_per_second_per_chip: float
 
 

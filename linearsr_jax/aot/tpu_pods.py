@@ -14,13 +14,13 @@ from linearsr_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-  generation: str          # libtpu's topology prefix
+  generation: str  # libtpu's topology prefix
   cores_per_name_unit: int  # Cloud TPU counts chips (1) or TensorCores (2) in slice names
   hbm_gib: float
   peak_bf16_tflops: float
   hbm_gbps: float
   chip_config: str
-  dims: int                 # 2-D torus (v5e, v6e) or 3-D (v4, v5p)
+  dims: int  # 2-D torus (v5e, v6e) or 3-D (v4, v5p)
 
 
 CHIPS = {
@@ -57,13 +57,15 @@ class Pod:
 
 # Slice shapes by chip count, as Cloud TPU builds them.
 SHAPES = {
-    2: {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16),
-        256: (16, 16)},
-    3: {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
-        128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16),
-        4096: (16, 16, 16)},
+    2: {
+        1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16),
+        256: (16, 16)
+    },
+    3: {
+        4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
+        256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16), 4096: (16, 16, 16)
+    },
 }
-
 
 NAME = re.compile(r"(v4|v5e|v5litepod|v5p|v6e)-(\d+)")
 
@@ -96,9 +98,9 @@ def pod_devices(pod: Pod):
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   try:
     from jax.experimental import topologies
-    topology = topologies.get_topology_desc(
-        platform="tpu", topology_name=pod.topology_name, chip_config_name=pod.chip.chip_config,
-        chips_per_host_bounds=pod.host_bounds, num_slices=1)
+    topology = topologies.get_topology_desc(platform="tpu", topology_name=pod.topology_name,
+                                            chip_config_name=pod.chip.chip_config,
+                                            chips_per_host_bounds=pod.host_bounds, num_slices=1)
   except (RuntimeError, ValueError) as e:
     raise UserError(f"--topology {pod.name}: libtpu cannot describe {pod.topology_name} "
                     f"({str(e).splitlines()[0][:200]}); is libtpu installed (requirements.txt)?") \

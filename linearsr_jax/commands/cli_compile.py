@@ -16,7 +16,7 @@ from linearsr_jax.errors import UserError
 
 # cli.main hands every argument after `compile` to absl untouched (the --config.* overrides).
 PASSES_FLAGS_THROUGH = True
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def add_arguments(parser):
@@ -63,11 +63,12 @@ def report(config, pod, devices, stage: str, batch_size: int, compiled=None) -> 
   config.data.batch_size = batch_size
   run = Run(config, os.devnull, load_weights=False, devices=devices)
   hbm = pod.chip.hbm_gib * GIB
-  head = {"topology": pod.name, "platform": devices[0].platform,
-          "device_topology": pod.topology_name, "chips": pod.chips,
-          "mesh": dict(run.mesh.shape), "stage": stage,
-          "experts": config.stages[stage].num_experts, "global_batch": batch_size,
-          "padding_free_multiple": _batch_unit(config, run.mesh, stage), "hbm_bytes": hbm}
+  head = {
+      "topology": pod.name, "platform": devices[0].platform, "device_topology": pod.topology_name,
+      "chips": pod.chips, "mesh": dict(run.mesh.shape), "stage": stage,
+      "experts": config.stages[stage].num_experts, "global_batch": batch_size,
+      "padding_free_multiple": _batch_unit(config, run.mesh, stage), "hbm_bytes": hbm
+  }
   try:
     train = step_compile.train_step_stats(run, stage, batch_size, compiled)
   except step_compile.DoesNotFit as e:
@@ -79,17 +80,23 @@ def report(config, pod, devices, stage: str, batch_size: int, compiled=None) -> 
   model = step_compile.model_flops(run, stage, batch_size, train["encoder_flops"])
   sampler, sampler_seconds = step_compile.compile_sampler(run, stage)
   bound = step_compile.roofline(pod, train["flops"], train["bytes_accessed"], batch_size)
-  return dict(head, **{
-      "train_step": train, "model": model,
-      "compiled_over_model_flops": train["flops"] / model["total_flops"],
-      "sampler_step": {"memory": sampler.memory_analysis().temp_size_in_bytes
-                       + sampler.memory_analysis().argument_size_in_bytes,
-                       "compile_seconds": sampler_seconds},
-      "fits": train["memory"]["total"] <= hbm,
-      "roofline": {"seconds": bound.seconds, "bound": bound.bound,
-                   "images_per_second_per_chip": bound.images_per_second_per_chip,
-                   "peak_bf16_tflops": pod.chip.peak_bf16_tflops, "hbm_gbps": pod.chip.hbm_gbps},
-  })
+  return dict(
+      head, **{
+          "train_step": train,
+          "model": model,
+          "compiled_over_model_flops": train["flops"] / model["total_flops"],
+          "sampler_step": {
+              "memory": sampler.memory_analysis().temp_size_in_bytes +
+                        sampler.memory_analysis().argument_size_in_bytes,
+              "compile_seconds": sampler_seconds
+          },
+          "fits": train["memory"]["total"] <= hbm,
+          "roofline": {
+              "seconds": bound.seconds, "bound": bound.bound,
+              "images_per_second_per_chip": bound.images_per_second_per_chip,
+              "peak_bf16_tflops": pod.chip.peak_bf16_tflops, "hbm_gbps": pod.chip.hbm_gbps
+          },
+      })
 
 
 def _required_bytes(r: dict) -> float:
@@ -97,8 +104,8 @@ def _required_bytes(r: dict) -> float:
 
 
 def format_report(r: dict) -> str:
-  first = (f"{r['topology']} ({r['platform']} {r['device_topology']}, {r['chips']} chips), mesh "
-           + " × ".join(f"{k} {v}" for k, v in r["mesh"].items()))
+  first = (f"{r['topology']} ({r['platform']} {r['device_topology']}, {r['chips']} chips), mesh " +
+           " × ".join(f"{k} {v}" for k, v in r["mesh"].items()))
   batch = f"stage {r['stage']}: {r['experts']} expert(s), global batch {r['global_batch']}"
   if r["global_batch"] % r["padding_free_multiple"]:
     batch += (f" (PADDED: each expert's share is split over the batch shards, so batches that "
@@ -115,7 +122,9 @@ def format_report(r: dict) -> str:
     return "\n".join([first, batch, memory])
   collectives = ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in t["collectives"].items() if v)
   lines = [
-      first, batch, memory,
+      first,
+      batch,
+      memory,
       f"compiled per chip per step: {t['flops'] / 1e12:.3f} TFLOP, "
       f"{t['bytes_accessed'] / GIB:.2f} GiB accessed (scanned blocks counted in full)",
       f"model per chip per step: {r['model']['total_flops'] / 1e12:.3f} TFLOP (DiT 6·N·tokens "
@@ -193,8 +202,7 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
       fit[multiple] = compiled is not None and need[multiple] <= hbm
       if fit[multiple] and multiple > largest.get("multiple", 0):
         largest.update(multiple=multiple, compiled=compiled)
-      took = (f"compiled in {compiled[1]:.0f} s" if compiled
-              else "the compiler refused it")
+      took = (f"compiled in {compiled[1]:.0f} s" if compiled else "the compiler refused it")
       log(f"batch {unit * multiple}: {need[multiple] / GIB:.2f} GiB "
           f"({'fits' if fit[multiple] else 'too large'}, {took})")
     return fit[multiple]
@@ -206,8 +214,9 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
   while hi is None or hi - lo > 1:
     # An unreadable refusal has no size: bisect until two sizes are known again.
     secant = all(math.isfinite(need[m]) for m in last)
-    probe = max(lo + 1, _crossing(need, limit[0], *sorted(last)) if secant or hi is None
-                else (lo + hi) // 2)
+    probe = max(
+        lo + 1,
+        _crossing(need, limit[0], *sorted(last)) if secant or hi is None else (lo + hi) // 2)
     probe = probe if hi is None else min(probe, hi - 1)
     if fits(probe):
       lo = probe
@@ -245,7 +254,8 @@ def run(args) -> int:
     # Against what the compiler said it has, when it refused the program.
     available = result.get("available_bytes", result["hbm_bytes"])
     over = (_required_bytes(result) - available) / GIB
-    print(f"linearsr: the train step does not fit: {over:.2f} GiB per chip over the "
-          f"{available / GIB:.2f} GiB a {pod.chip.generation} chip has for it", file=sys.stderr)
+    print(
+        f"linearsr: the train step does not fit: {over:.2f} GiB per chip over the "
+        f"{available / GIB:.2f} GiB a {pod.chip.generation} chip has for it", file=sys.stderr)
     return 1
   return 0

@@ -12,7 +12,6 @@ host its share; run it on all hosts of a pod) and writes what `--config.data.hr_
 precomputed --config.data.latents_path=LATENTS` trains from (latent_crops.py).
 """
 
-
 from linearsr_jax.atomic import atomic_dir
 from linearsr_jax.data import degradations, eval_set, pipeline, sources, tag_sources
 from linearsr_jax.errors import UserError
@@ -45,11 +44,12 @@ def add_arguments(parser):
   encode = sub.add_parser(
       "encode", help="store fixed HR crops of the config's training images with their latents",
       usage="linearsr data encode --config FILE --out DIR [--crops_per_image K] [--batch N] "
-            "[--overwrite] [--config.KEY=VALUE ...]")
+      "[--overwrite] [--config.KEY=VALUE ...]")
   encode.add_argument("--out", required=True, help="directory to write (array_record shards)")
-  encode.add_argument("--crops_per_image", type=int, default=8,
-                      help="fixed random crops per image, flips / rotations included (default "
-                           "%(default)s)")
+  encode.add_argument(
+      "--crops_per_image", type=int, default=8,
+      help="fixed random crops per image, flips / rotations included (default "
+      "%(default)s)")
   encode.add_argument("--batch", type=int, default=8, help="crops per encoder call")
   encode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -86,8 +86,7 @@ def _encode(args) -> int:
 
   config, _ = parse_flags(args.flags, command="data encode")
   distributed.maybe_initialize()
-  index = encode_crops(config, args.out, args.crops_per_image, args.batch,
-                       overwrite=args.overwrite)
+  index = encode_crops(config, args.out, args.crops_per_image, args.batch, overwrite=args.overwrite)
   print(f"wrote {index['images']} images × {index['crops_per_image']} crops of "
         f"{index['crop_size']} px with {index['latent_shape']} latents to {args.out} (train on "
         f"them with --config.data.hr_latents=precomputed --config.data.latents_path={args.out})")

@@ -15,6 +15,7 @@ from linearsr_jax import storage
 from linearsr_jax.errors import UserError
 from linearsr_jax.evaluate import evaluate, metrics
 
+
 def add_arguments(parser):
   parser.add_argument("--hr_dir", required=True, type=storage.path, metavar="DIR",
                       help="reference (HR) images")
@@ -31,12 +32,14 @@ def add_arguments(parser):
   model.add_argument("--steps", type=int, help="sampler steps (default: the config's)")
   model.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
   model.add_argument("--seed", type=int, default=0)
-  model.add_argument("--tags", help="comma-separated tags for every image (default: IMAGE.txt "
-                                     "beside each LR image, else none); for a hash-encoder model")
-  model.add_argument("--cond_mapping", type=storage.path, metavar="FILE",
-                     help="an .npz / .safetensors file of [L, C] arrays keyed by LR image (path "
-                          "relative to --lr_dir, name or stem); default: IMAGE.npy beside each "
-                          "LR image, else none. For a precomputed-encoder model")
+  model.add_argument(
+      "--tags", help="comma-separated tags for every image (default: IMAGE.txt "
+      "beside each LR image, else none); for a hash-encoder model")
+  model.add_argument(
+      "--cond_mapping", type=storage.path, metavar="FILE",
+      help="an .npz / .safetensors file of [L, C] arrays keyed by LR image (path "
+      "relative to --lr_dir, name or stem); default: IMAGE.npy beside each "
+      "LR image, else none. For a precomputed-encoder model")
   model.add_argument("--tile", type=int, default=128, help="LR tile size in pixels")
   model.add_argument("--overlap", type=int, default=32, help="LR tile overlap in pixels")
   model.add_argument("--color_fix", choices=["wavelet", "adain", "none"], default="none")
@@ -44,17 +47,21 @@ def add_arguments(parser):
                       help="up-sampling factor for --lr_dir (default 4)")
   parser.add_argument("--out", required=True, type=storage.path, metavar="DIR",
                       help="report folder: per_image.csv, summary.json, table.md")
-  parser.add_argument("--metrics", default=",".join(evaluate.DEFAULT_METRICS), metavar="LIST",
-                      help=f"comma-separated, from: {', '.join(metrics.METRICS)} "
-                           "(default: %(default)s)")
-  parser.add_argument("--crop_border", type=int, default=0, metavar="N",
-                      help="pixels removed on each side before PSNR / SSIM (default 0, the "
-                           "real-world SR convention; BasicSR uses the scale on synthetic sets)")
-  parser.add_argument("--extra_scores", type=storage.path, metavar="CSV",
-                      help="CSV with a 'name' column and precomputed scores (e.g. MUSIQ, "
-                           "MANIQA, CLIPIQA) to merge into the report")
-  parser.add_argument("--label", help="method name in the table (default: the folder name, "
-                                      "or 'bicubic' with --lr_dir)")
+  parser.add_argument(
+      "--metrics", default=",".join(evaluate.DEFAULT_METRICS), metavar="LIST",
+      help=f"comma-separated, from: {', '.join(metrics.METRICS)} "
+      "(default: %(default)s)")
+  parser.add_argument(
+      "--crop_border", type=int, default=0, metavar="N",
+      help="pixels removed on each side before PSNR / SSIM (default 0, the "
+      "real-world SR convention; BasicSR uses the scale on synthetic sets)")
+  parser.add_argument(
+      "--extra_scores", type=storage.path, metavar="CSV",
+      help="CSV with a 'name' column and precomputed scores (e.g. MUSIQ, "
+      "MANIQA, CLIPIQA) to merge into the report")
+  parser.add_argument(
+      "--label", help="method name in the table (default: the folder name, "
+      "or 'bicubic' with --lr_dir)")
   parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
 
@@ -80,8 +87,9 @@ def _model_upscaler(args):
   from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
 
   trained = load_trained(args.checkpoint, args.stage, args.step, ema=not args.raw)
-  upscaler = Upscaler(trained, UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance,
-                                              args.seed, args.color_fix))
+  upscaler = Upscaler(
+      trained,
+      UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix))
   if upscaler.scale != args.scale:
     raise UserError(f"the checkpoint upscales x{upscaler.scale}, but --scale is {args.scale}")
   conditions = _conditions(args, upscaler)
@@ -150,8 +158,9 @@ def run(args) -> int:
   columns = names + evaluate.merge_extra_scores(results, extra)
   unmatched = sorted(extra.keys() - {r.name for r in results})
   if unmatched:
-    print(f"linearsr eval: {len(unmatched)} precomputed score rows match no image "
-          f"(first: {unmatched[0]})", file=sys.stderr)
+    print(
+        f"linearsr eval: {len(unmatched)} precomputed score rows match no image "
+        f"(first: {unmatched[0]})", file=sys.stderr)
   settings = dict(_settings(args, source_dir, upsampler, names),
                   extra_scores=str(args.extra_scores) if args.extra_scores else None)
   summary = evaluate.summarize(results, columns, label, settings)
@@ -159,7 +168,6 @@ def run(args) -> int:
 
   for failure in summary["failures"]:
     print(f"linearsr eval: {failure['name']}: {failure['error']}", file=sys.stderr)
-  print(evaluate.markdown_table([baseline[1], summary] if baseline else [summary], columns),
-        end="")
+  print(evaluate.markdown_table([baseline[1], summary] if baseline else [summary], columns), end="")
   print(f"{summary['scored']} of {summary['images']} images scored; report in {args.out}")
   return 1 if summary["failed"] else 0

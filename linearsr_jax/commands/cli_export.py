@@ -34,9 +34,10 @@ INFO_FILE = "linearsr_export.json"
 
 def add_arguments(parser):
   parser.add_argument("src", help="params directory, training run, stage dir or checkpoint step")
-  parser.add_argument("--layout", choices=["diffusers", "npz"], default="diffusers",
-                      help="diffusers: SanaTransformer2DModel save_pretrained dir per expert; "
-                           "npz: one flat .npz with '/'-joined names plus config.json")
+  parser.add_argument(
+      "--layout", choices=["diffusers", "npz"], default="diffusers",
+      help="diffusers: SanaTransformer2DModel save_pretrained dir per expert; "
+      "npz: one flat .npz with '/'-joined names plus config.json")
   parser.add_argument("--out", required=True, help="directory to create")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   run_group = parser.add_argument_group("training run sources")
@@ -49,10 +50,10 @@ def add_arguments(parser):
 @dataclasses.dataclass
 class Export:
   """What to write: params with experts on the leading axis, and their description."""
-  dit_config: object          # DiTConfig
-  params: dict                # {"dit": ..., ["tag_encoder": ...]}, leaves [E, ...]
-  experts: list               # original expert indices of the leading axis
-  intervals: list             # [t_lo, t_hi] of each exported expert
+  dit_config: object  # DiTConfig
+  params: dict  # {"dit": ..., ["tag_encoder": ...]}, leaves [E, ...]
+  experts: list  # original expert indices of the leading axis
+  intervals: list  # [t_lo, t_hi] of each exported expert
   tags: dict | None
   run_config: dict | None
   source: str
@@ -99,8 +100,11 @@ def _take_experts(params, indices):
 
 
 def _info(export: Export, position: int) -> str:
-  return json.dumps({"source": export.source, "expert": export.experts[position],
-                     "interval": export.intervals[position], "tags": export.tags}, indent=2) + "\n"
+  return json.dumps(
+      {
+          "source": export.source, "expert": export.experts[position],
+          "interval": export.intervals[position], "tags": export.tags
+      }, indent=2) + "\n"
 
 
 def write_diffusers(export: Export, out, overwrite: bool):
@@ -111,8 +115,8 @@ def write_diffusers(export: Export, out, overwrite: bool):
   def write(position, target, replace):
     one = jax.tree.map(lambda leaf: leaf[position], export.params)
     extra = {k: v for k, v in one.items() if k != "dit"}
-    export_transformer(export.dit_config, one["dit"], target, overwrite=replace,
-                       extra_params=extra, extra_files={INFO_FILE: _info(export, position)})
+    export_transformer(export.dit_config, one["dit"], target, overwrite=replace, extra_params=extra,
+                       extra_files={INFO_FILE: _info(export, position)})
 
   if len(export.experts) == 1:
     write(0, out, overwrite)
@@ -126,10 +130,13 @@ def write_npz(export: Export, out, overwrite: bool):
   from linearsr_jax.atomic import atomic_dir
   with atomic_dir(out, overwrite=overwrite) as tmp:
     np.savez(tmp / NPZ_FILE, **params_io.flatten(export.params))
-    (tmp / CONFIG_FILE).write_text(json.dumps({
-        "source": export.source, "experts": export.experts, "intervals": export.intervals,
-        "model": dataclasses.asdict(export.dit_config), "tags": export.tags,
-        "config": export.run_config}, indent=2) + "\n")
+    (tmp / CONFIG_FILE).write_text(
+        json.dumps(
+            {
+                "source": export.source, "experts": export.experts, "intervals": export.intervals,
+                "model": dataclasses.asdict(export.dit_config
+                                           ), "tags": export.tags, "config": export.run_config
+            }, indent=2) + "\n")
 
 
 def read_npz_export(path) -> tuple[dict, dict]:

@@ -24,8 +24,11 @@ def add_arguments(parser):
 def run(args) -> int:
   if args.kind == "diffusers":
     from linearsr_jax.interop.diffusers_sana import import_transformer
-    overrides = {k: getattr(args, k) for k in ("lr_channels", "lr_stem_convs", "lr_stem_width")
-                 if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in ("lr_channels", "lr_stem_convs", "lr_stem_width")
+        if getattr(args, k) is not None
+    }
     if args.no_scan:
       overrides["scan_layers"] = False
     cfg, params = import_transformer(args.src, args.config_json, seed=args.seed, **overrides)

@@ -26,8 +26,9 @@ def add_arguments(parser):
   parser.add_argument("--plot", type=storage.path, help="write a PNG of the curves and the knee")
   # Unset options keep the run's own ESGF settings (its config.json), else the defaults.
   defaults = esgf.default_config()
-  parser.add_argument("--metrics", help=f"NAME:max|min pairs, comma-separated "
-                                        f"(default: the run's, else {defaults.metrics})")
+  parser.add_argument(
+      "--metrics", help=f"NAME:max|min pairs, comma-separated "
+      f"(default: the run's, else {defaults.metrics})")
   parser.add_argument("--combine", choices=esgf.COMBINE_RULES,
                       help="fire when all / any of the metrics confirm")
   parser.add_argument("--patience", type=int, help="evaluations after the knee")
@@ -67,8 +68,11 @@ def run(args) -> int:
     raise UserError("--stage needs --workdir")
   path = metrics_path(args.workdir, args.stage, args.metrics_file)
   config = run_esgf_config(args.workdir)
-  given = {k: getattr(args, k) for k in ("metrics", "combine", "patience", "min_delta",
-                                          "min_points") if getattr(args, k) is not None}
+  given = {
+      k: getattr(args, k)
+      for k in ("metrics", "combine", "patience", "min_delta", "min_points")
+      if getattr(args, k) is not None
+  }
   config.update(given)
   esgf.validate_config(config)
   records, ignored = esgf.read_metrics_jsonl(path)
@@ -77,12 +81,12 @@ def run(args) -> int:
   first_stage = bool(origin) and origin.get("stage") is None
   records = [(step, values) for step, values in records if esgf.judged(step, first_stage)]
   # The stage's experts: as many as it logged validation flow losses for.
-  num_experts = next(e for e in itertools.count()
-                     if not any(flow_loss_key(e) in values for _, values in records))
+  num_experts = next(
+      e for e in itertools.count() if not any(flow_loss_key(e) in values for _, values in records))
   decision = esgf.detect(records, config, max(num_experts, 1))
 
-  print(f"metrics: {path} ({len(records)} records"
-        + (f", {ignored} unreadable lines ignored)" if ignored else ")"))
+  print(f"metrics: {path} ({len(records)} records" +
+        (f", {ignored} unreadable lines ignored)" if ignored else ")"))
   if decision.fired:
     print(f"knee: step {decision.knee_step} (confidence {decision.confidence:.2f})")
   else:
@@ -95,8 +99,10 @@ def run(args) -> int:
   for verdict in decision.expert_losses:
     state = "still improving" if esgf.still_improving(verdict, config) else "settled"
     print(f"  {verdict.name} (gate, {verdict.points} points): {state}: {verdict.reason}")
-  missing = [n for n, _ in esgf.parse_metrics(config.metrics)
-             if n not in {v.name for v in decision.metrics}]
+  missing = [
+      n for n, _ in esgf.parse_metrics(config.metrics)
+      if n not in {v.name for v in decision.metrics}
+  ]
   if missing:
     print(f"  not logged: {', '.join(missing)}")
   keep = sorted(decision.keep_steps)
@@ -104,11 +110,11 @@ def run(args) -> int:
     print(f"checkpoints to keep: {', '.join(map(str, keep))}")
   branch = sorted(decision.branch_steps)
   if branch:  # every judged step until ESGF fires: any of them may still become the knee
-    print("EMA snapshots to keep (steps ESGF may still branch from): " + (
-        f"the knee, {branch[0]}" if decision.fired else
-        f"all {len(branch)} judged steps, {branch[0]} to {branch[-1]}"))
+    print("EMA snapshots to keep (steps ESGF may still branch from): " +
+          (f"the knee, {branch[0]}" if decision.
+           fired else f"all {len(branch)} judged steps, {branch[0]} to {branch[-1]}"))
   if args.plot:
-    title = f"{args.stage or path.parent.name}: " + (
-        f"knee at step {decision.knee_step}" if decision.fired else "no knee yet")
+    title = f"{args.stage or path.parent.name}: " + (f"knee at step {decision.knee_step}"
+                                                     if decision.fired else "no knee yet")
     print(f"plot: {esgf.plot_curves(records, decision, config, args.plot, title)}")
   return 0

@@ -6,7 +6,6 @@ import sys
 
 from linearsr_jax.commands.config_flags import parse_flags
 
-
 # cli.main hands every argument after `train` to absl untouched.
 PASSES_FLAGS_THROUGH = True
 

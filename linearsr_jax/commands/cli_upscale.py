@@ -25,20 +25,23 @@ def add_arguments(parser):
   parser.add_argument("--tile", type=int, default=128, help="LR tile size in pixels")
   parser.add_argument("--overlap", type=int, default=32, help="LR tile overlap in pixels")
   parser.add_argument("--color_fix", choices=["wavelet", "adain", "none"], default="wavelet")
-  parser.add_argument("--tags", help="comma-separated tags for every image (default: sidecar "
-                      "IMAGE.txt files, else none); for a hash-encoder model")
-  parser.add_argument("--cond", metavar="FILE.npy",
-                      help="an [L, C] condition array for every image (default: sidecar "
-                           "IMAGE.npy files, else none); for a precomputed-encoder model")
+  parser.add_argument(
+      "--tags", help="comma-separated tags for every image (default: sidecar "
+      "IMAGE.txt files, else none); for a hash-encoder model")
+  parser.add_argument(
+      "--cond", metavar="FILE.npy",
+      help="an [L, C] condition array for every image (default: sidecar "
+      "IMAGE.npy files, else none); for a precomputed-encoder model")
   parser.add_argument("--steps", type=int, help="sampler steps (default: the config's)")
   parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--format", choices=["png", "jpg"], default="png")
   parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
   parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-  parser.add_argument("--max_output_pixels", type=int, metavar="N",
-                      help="refuse an image whose output would have more pixels (default: what "
-                           "half of this machine's memory holds)")
+  parser.add_argument(
+      "--max_output_pixels", type=int, metavar="N",
+      help="refuse an image whose output would have more pixels (default: what "
+      "half of this machine's memory holds)")
   parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
 
 
@@ -90,8 +93,8 @@ def _upscale_one(upscaler, path, condition, target, args):
   from linearsr_jax.data.image_io import read_image, to_uint8, write_image
 
   lr = read_image(path)
-  with tqdm(total=upscaler.tile_count(*lr.shape[:2]), desc=path.name, unit="tile",
-            leave=False, file=sys.stderr, disable=args.no_progress) as bar:
+  with tqdm(total=upscaler.tile_count(*lr.shape[:2]), desc=path.name, unit="tile", leave=False,
+            file=sys.stderr, disable=args.no_progress) as bar:
     sr = upscaler(lr, condition, on_tile=lambda: bar.update(1))
   del lr
   sr = to_uint8(sr)  # the float32 image is freed before the encoder makes its copies
@@ -111,8 +114,9 @@ def run(args) -> int:
   max_pixels = args.max_output_pixels or default_max_output_pixels()
   out_dir = storage.output_dir(args.out, "--out")
   trained = load_trained(args.checkpoint, args.stage, args.step, ema=not args.raw)
-  upscaler = Upscaler(trained, UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance,
-                                              args.seed, args.color_fix))
+  upscaler = Upscaler(
+      trained,
+      UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix))
   inputs = {p.resolve() for p, _ in jobs}
   conditions = _conditions(args, upscaler)
   failures, done, skipped = [], 0, 0
@@ -136,7 +140,7 @@ def run(args) -> int:
       failures.append((path, f"cannot write {target} ({e.strerror or e})"))
     except MemoryError:
       failures.append((path, "not enough memory (a lower --max_output_pixels refuses it "
-                             "up front)"))
+                       "up front)"))
   for path, reason in failures:
     print(f"linearsr: failed: {path}: {reason}", file=sys.stderr)
   print(f"upscaled {done}, skipped {skipped} existing, failed {len(failures)} -> {out_dir}")

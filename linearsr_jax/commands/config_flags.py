@@ -29,8 +29,8 @@ def parse_flags(argv, command: str = "train"):
     # config field; an exception raised in the config file is the file's (one line, the cause
     # chained). Anything else is a bug here and keeps its traceback.
     unknown = (_override_naming_no_field(argv)
-               if isinstance(e, (KeyError, AttributeError, ValueError))
-               and _raised_in(e, config_file) is None else None)
+               if isinstance(e, (KeyError, AttributeError, ValueError)) and
+               _raised_in(e, config_file) is None else None)
     if unknown is not None:
       raise UserError(f"{command}: the config has no key {unknown[1]!r} (in {unknown[0]})") from e
     line = _raised_in(e, config_file)
@@ -41,8 +41,8 @@ def parse_flags(argv, command: str = "train"):
   config, workdir = values.config, values.workdir
   needs_workdir = command == "train"  # the other commands write elsewhere, or nothing
   if config is None or (needs_workdir and not workdir):
-    raise UserError(f"{command} needs --config FILE" + (" and --workdir DIR" if needs_workdir
-                                                        else ""))
+    raise UserError(f"{command} needs --config FILE" +
+                    (" and --workdir DIR" if needs_workdir else ""))
   config_check.validate(config)
   return config, workdir
 
@@ -101,6 +101,9 @@ def _raised_in(error: BaseException, path):
   if path is None:
     return None
   target = os.path.realpath(path)
-  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
-           if os.path.realpath(f.filename) == target]
+  lines = [
+      f.lineno
+      for f in traceback.extract_tb(error.__traceback__)
+      if os.path.realpath(f.filename) == target
+  ]
   return lines[-1] if lines else None

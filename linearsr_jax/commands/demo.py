@@ -29,9 +29,10 @@ TEST_KINDS = {"bicubic": "bicubic ×4 LR", "realistic": "degraded LR (the traini
 def add_arguments(parser):
   parser.add_argument("--workdir", default="runs/demo", help="where everything goes")
   parser.add_argument("--config", default=str(Path(configs.__file__).parent / "demo.py"))
-  parser.add_argument("--photos", metavar="DIR",
-                      help="train on this folder's photographs instead of the embedded ones "
-                           "(split by name: a fifth for test, a tenth for validation)")
+  parser.add_argument(
+      "--photos", metavar="DIR",
+      help="train on this folder's photographs instead of the embedded ones "
+      "(split by name: a fifth for test, a tenth for validation)")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override for training, e.g. --set stages.pretrain.max_steps=50")
   parser.add_argument("--heldout_crop", type=int, default=0,
@@ -67,11 +68,10 @@ def textured_window(image: np.ndarray, size: int) -> tuple[int, int]:
   where a sharper reconstruction than bicubic's would show."""
   luma = np.asarray(image, np.float64)[..., :3].mean(-1)
   energy = np.zeros_like(luma)
-  energy[:, 1:] += np.diff(luma, axis=1) ** 2
-  energy[1:, :] += np.diff(luma, axis=0) ** 2
+  energy[:, 1:] += np.diff(luma, axis=1)**2
+  energy[1:, :] += np.diff(luma, axis=0)**2
   table = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-  sums = (table[size:, size:] - table[:-size, size:] - table[size:, :-size]
-          + table[:-size, :-size])
+  sums = (table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size])
   top, left = np.unravel_index(np.argmax(sums), sums.shape)
   return int(top), int(left)
 
@@ -87,17 +87,22 @@ def write_grid(lr_path, sr_path, hr_path, out_path, scale):
 
   lr, sr, hr = read_image(lr_path), read_image(sr_path), read_image(hr_path)
   h, w = hr.shape[:2]
-  panels = [np.repeat(np.repeat(lr, scale, 0), scale, 1)[:h, :w],
-            np.clip(imresize_bicubic(lr, h, w), 0, 1), sr[:h, :w], hr]
+  panels = [
+      np.repeat(np.repeat(lr, scale, 0), scale, 1)[:h, :w],
+      np.clip(imresize_bicubic(lr, h, w), 0, 1), sr[:h, :w], hr
+  ]
   size = max(8, min(h, w) // 4)
   top, left = textured_window(hr, size)
   zoom = max(1, w // size)
-  zoomed = [np.repeat(np.repeat(p[top:top + size, left:left + size], zoom, 0), zoom, 1)
-            for p in panels]
+  zoomed = [
+      np.repeat(np.repeat(p[top:top + size, left:left + size], zoom, 0), zoom, 1) for p in panels
+  ]
   full = Image.fromarray(to_uint8(np.concatenate(panels, axis=1)))
-  detail = Image.fromarray(to_uint8(np.concatenate(
-      [np.pad(z, ((0, 0), (0, w - z.shape[1]), (0, 0)), constant_values=1.0) for z in zoomed],
-      axis=1)))
+  detail = Image.fromarray(
+      to_uint8(
+          np.concatenate([
+              np.pad(z, ((0, 0), (0, w - z.shape[1]), (0, 0)), constant_values=1.0) for z in zoomed
+          ], axis=1)))
   canvas = Image.new("RGB", (full.width, 20 + full.height + detail.height), "white")
   canvas.paste(full, (0, 20))
   canvas.paste(detail, (0, 20 + full.height))
@@ -113,15 +118,19 @@ def run(args) -> int:
   from linearsr_jax.commands.config_flags import parse_flags
 
   workdir, train_dir = Path(args.workdir), Path(args.workdir) / "train"
-  config, _ = parse_flags(["--config", args.config, "--workdir", str(train_dir),
-                           *(f"--config.{kv}" for kv in args.set)], command="demo")
+  config, _ = parse_flags([
+      "--config", args.config, "--workdir",
+      str(train_dir), *(f"--config.{kv}" for kv in args.set)
+  ], command="demo")
   photos = workdir / "photos"
   split = split_photos(photos, args.photos, seed=config.seed, min_size=config.data.crop_size)
   # The folders first, so that a --set of the user's may still override them.
-  overrides = ["--config.data.source.kind=folder", f"--config.data.source.path={photos / 'train'}",
-               "--config.data.eval_source.kind=folder",
-               f"--config.data.eval_source.path={photos / 'validation'}",
-               *(f"--config.{kv}" for kv in args.set)]
+  overrides = [
+      "--config.data.source.kind=folder", f"--config.data.source.path={photos / 'train'}",
+      "--config.data.eval_source.kind=folder",
+      f"--config.data.eval_source.path={photos / 'validation'}",
+      *(f"--config.{kv}" for kv in args.set)
+  ]
   if _cli("train", "--config", args.config, "--workdir", train_dir, *overrides):
     raise UserError("training failed")
   config.data.eval.crop_size = args.heldout_crop
@@ -130,8 +139,8 @@ def run(args) -> int:
     pairs = workdir / "test" / kind
     names = write_test_pairs(config, photos / "test", pairs, kind)
     if _cli("eval", "--hr_dir", pairs / "HR", "--lr_dir", pairs / "LR", "--scale", scale,
-            "--checkpoint", train_dir, "--metrics", EVAL_METRICS, "--no_progress",
-            "--out", workdir / "eval" / kind):
+            "--checkpoint", train_dir, "--metrics", EVAL_METRICS, "--no_progress", "--out",
+            workdir / "eval" / kind):
       raise UserError(f"evaluating the {kind} test pairs failed")
     photo = names[0]
     if _cli("upscale", pairs / "LR" / photo, "--checkpoint", train_dir, "--color_fix", "none",
@@ -182,35 +191,33 @@ def write_report(workdir: Path, train_dir: Path, grids: dict, split: dict) -> di
       "# LinearSR demo", "",
       f"Trained from scratch on {len(split['train'])} photographs; ESGF's curves measured on "
       f"{', '.join(split['validation'])}; tested on {', '.join(split['test'])}, which neither "
-      "training nor the knee saw.", "",
-      "## Training stages", "",
+      "training nor the knee saw.", "", "## Training stages", "",
       "| stage | start | next stage starts from step | ended by | curves |",
-      "|---|---|---|---|---|", *stage_lines, "",
-      *(f"- {line}" for line in branches), ""]
+      "|---|---|---|---|---|", *stage_lines, "", *(f"- {line}" for line in branches), ""
+  ]
   headlines = []
   for kind, title in TEST_KINDS.items():
     summary = read_json(workdir / "eval" / kind / "summary.json")
     ours, bicubic = summary["mean"], summary["baseline"]["mean"]
     headlines.append(f"{title}: {_verdict(ours, bicubic)}")
     lines += [
-        f"## Test photographs, {title}", "",
-        "| method | PSNR-Y (dB) ↑ | SSIM-Y ↑ | LPIPS-Alex ↓ |", "|---|---|---|---|",
+        f"## Test photographs, {title}", "", "| method | PSNR-Y (dB) ↑ | SSIM-Y ↑ | LPIPS-Alex ↓ |",
+        "|---|---|---|---|",
         *(f"| {label} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['lpips_alex']:.4f} |"
           for label, m in (("bicubic", bicubic), ("LinearSR (this run)", ours))), "",
         f"{_verdict(ours, bicubic)}. Per image, bicubic's beside ours: "
         f"[eval/{kind}/per_image.csv](eval/{kind}/per_image.csv).", "",
         f"![grid]({grids[kind].name})", "",
-        "LR (nearest) | bicubic | ours | HR; below, the most textured window of each, enlarged.",
-        ""]
+        "LR (nearest) | bicubic | ours | HR; below, the most textured window of each, enlarged.", ""
+    ]
   for stage in run_info:
     shutil.copyfile(train_run.stage(stage["name"]).knee_png, workdir / f"{stage['name']}_knee.png")
   with atomic_file(workdir / "report.md", "w") as f:
     f.write("\n".join(lines))
   summary = (f"\nDemo finished. Report: {workdir / 'report.md'}\n"
              f"  knee: " + ", ".join(f"{s['name']} -> step {s['knee_step']}"
-                                     f" ({'ESGF' if s['fired'] else 'budget'})"
-                                     for s in run_info) + "\n" +
-             "".join(f"  {line}\n" for line in branches) +
+                                     f" ({'ESGF' if s['fired'] else 'budget'})" for s in run_info) +
+             "\n" + "".join(f"  {line}\n" for line in branches) +
              "".join(f"  {line}\n" for line in headlines) +
              f"  grids: {', '.join(str(g) for g in grids.values())}\n"
              f"  TensorBoard: tensorboard --logdir {train_dir}")

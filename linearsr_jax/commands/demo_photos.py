@@ -22,9 +22,11 @@ SETS = ("train", "validation", "test")
 EMBEDDED = {"validation": ("rocket", "motorcycle"), "test": ("chelsea", "coffee")}
 # scikit-image's grey photographs, trained on as grey RGB images: their luminance detail is what
 # PSNR-Y and LPIPS judge, and the colour photographs alone are few.
-GREY = {"camera": ("man", "camera", "tripod", "grass"), "brick": ("brick wall",),
-        "grass": ("grass",), "gravel": ("gravel",), "moon": ("moon", "craters"),
-        "coins": ("coins",), "clock": ("clock", "wall")}
+GREY = {
+    "camera": ("man", "camera", "tripod", "grass"), "brick": ("brick wall",), "grass": ("grass",),
+    "gravel": ("gravel",), "moon": ("moon", "craters"), "coins": ("coins",
+                                                                 ), "clock": ("clock", "wall")
+}
 TEST_FRACTION, VALIDATION_FRACTION = 0.2, 0.1
 
 

@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 
 
 def _latent_description(config, latent_space) -> dict:
-  return {"kind": config.latent.kind, "channels": latent_space.channels,
-          "factor": latent_space.factor, "dcae_params": str(config.latent.dcae_params or "")}
+  return {
+      "kind": config.latent.kind, "channels": latent_space.channels, "factor": latent_space.factor,
+      "dcae_params": str(config.latent.dcae_params or "")
+  }
 
 
 def _fixed_crop(record, index, k, data_cfg):
@@ -56,17 +58,17 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
   mine = range(process_index, len(source), process_count)
   name = latent_crops.shard_name(process_index, process_count)
   with staged_file(out / name) as local:
-    written = _write_shard(local, source, mine, latent_space, data_cfg, crops_per_image,
-                           batch_size, progress=progress and process_index == 0)
+    written = _write_shard(local, source, mine, latent_space, data_cfg, crops_per_image, batch_size,
+                           progress=progress and process_index == 0)
   _wait_for_hosts(process_count)
-  index = {"format": latent_crops.FORMAT, "crop_size": data_cfg.crop_size,
-           "scale": data_cfg.scale, "crops_per_image": crops_per_image, "seed": data_cfg.seed,
-           "augment": data_cfg.augment,
-           "usm_target": bool(data_cfg.degradation.usm_target),
-           "latent": _latent_description(config, latent_space),
-           "latent_shape": list(_latent_shape(latent_space, data_cfg.crop_size)),
-           "images": len(source),
-           "shards": [latent_crops.shard_name(p, process_count) for p in range(process_count)]}
+  index = {
+      "format": latent_crops.FORMAT, "crop_size": data_cfg.crop_size, "scale": data_cfg.scale,
+      "crops_per_image": crops_per_image, "seed": data_cfg.seed, "augment": data_cfg.augment,
+      "usm_target": bool(data_cfg.degradation.usm_target
+                        ), "latent": _latent_description(config, latent_space),
+      "latent_shape": list(_latent_shape(latent_space, data_cfg.crop_size)), "images": len(source),
+      "shards": [latent_crops.shard_name(p, process_count) for p in range(process_count)]
+  }
   if process_index == 0 and all((out / s).exists() for s in index["shards"]):
     with atomic_file(out / latent_crops.INDEX, "w") as f:
       json.dump(index, f, indent=2, sort_keys=True)

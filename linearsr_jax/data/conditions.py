@@ -53,8 +53,8 @@ def tokenize_tags(tags, vocab_size, max_tokens):
 def null_condition(encoder, max_tokens, features):
   """(cond, cond_mask) of an image with no condition: zeros, and an all-False mask that makes
   the model use its learned null condition."""
-  cond = (np.zeros(max_tokens, np.int32) if encoder == "hash"
-          else np.zeros((max_tokens, features), np.float32))
+  cond = (np.zeros(max_tokens, np.int32) if encoder == "hash" else np.zeros(
+      (max_tokens, features), np.float32))
   return cond, np.zeros(max_tokens, bool)
 
 

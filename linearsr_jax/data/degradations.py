@@ -32,50 +32,53 @@ from linearsr_jax.resize import imresize_bicubic
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso",
                 "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
-_CV2_INTERPOLATION = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR,
-                      "bicubic": cv2.INTER_CUBIC}
+_CV2_INTERPOLATION = {
+    "area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC
+}
 DEGRADATION_MODES = ("realesrgan", "first_order", "bicubic")
 
 
 def _pass_config(sigma, resize_probs, resize_range, noise_range, poisson_range, blur_prob):
-  return ml_collections.ConfigDict(dict(
-      blur_prob=blur_prob,
-      kernel_probs=(0.45, 0.25, 0.12, 0.03, 0.12, 0.03),  # in KERNEL_TYPES order
-      sinc_prob=0.1,
-      blur_sigma=sigma,
-      betag_range=(0.5, 4.0),
-      betap_range=(1.0, 2.0),
-      resize_probs=resize_probs,  # up, down, keep
-      resize_range=resize_range,
-      gaussian_noise_prob=0.5,
-      noise_range=noise_range,  # Gaussian sigma on the 0-255 scale
-      poisson_scale_range=poisson_range,
-      gray_noise_prob=0.4,
-      jpeg_range=(30, 95),
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          blur_prob=blur_prob,
+          kernel_probs=(0.45, 0.25, 0.12, 0.03, 0.12, 0.03),  # in KERNEL_TYPES order
+          sinc_prob=0.1,
+          blur_sigma=sigma,
+          betag_range=(0.5, 4.0),
+          betap_range=(1.0, 2.0),
+          resize_probs=resize_probs,  # up, down, keep
+          resize_range=resize_range,
+          gaussian_noise_prob=0.5,
+          noise_range=noise_range,  # Gaussian sigma on the 0-255 scale
+          poisson_scale_range=poisson_range,
+          gray_noise_prob=0.4,
+          jpeg_range=(30, 95),
+      ))
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Real-ESRGAN x4plus ranges; `mode='bicubic'` gives classic (MATLAB-style) bicubic SR."""
-  return ml_collections.ConfigDict(dict(
-      mode="realesrgan",
-      # With this probability a 'realesrgan' / 'first_order' pair is classic bicubic instead:
-      # a model trained only on degraded LR images over-restores a clean one.
-      bicubic_prob=0.0,
-      kernel_sizes=tuple(range(7, 22, 2)),
-      resize_modes=RESIZE_MODES,
-      pass1=_pass_config((0.2, 3.0), (0.2, 0.7, 0.1), (0.15, 1.5), (1.0, 30.0), (0.05, 3.0),
-                         blur_prob=1.0),
-      pass2=_pass_config((0.2, 1.5), (0.3, 0.4, 0.3), (0.3, 1.2), (1.0, 25.0), (0.05, 2.5),
-                         blur_prob=0.8),
-      final_sinc_prob=0.8,
-      # Unsharp masking of the target (Real-ESRGAN's l1_gt_usm); the degradation then
-      # starts from the sharpened image too, as in Real-ESRGAN.
-      usm_target=False,
-      usm_weight=0.5,
-      usm_radius=50,
-      usm_threshold=10.0,
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          mode="realesrgan",
+          # With this probability a 'realesrgan' / 'first_order' pair is classic bicubic instead:
+          # a model trained only on degraded LR images over-restores a clean one.
+          bicubic_prob=0.0,
+          kernel_sizes=tuple(range(7, 22, 2)),
+          resize_modes=RESIZE_MODES,
+          pass1=_pass_config((0.2, 3.0), (0.2, 0.7, 0.1), (0.15, 1.5), (1.0, 30.0), (0.05, 3.0),
+                             blur_prob=1.0),
+          pass2=_pass_config((0.2, 1.5), (0.3, 0.4, 0.3), (0.3, 1.2), (1.0, 25.0), (0.05, 2.5),
+                             blur_prob=0.8),
+          final_sinc_prob=0.8,
+          # Unsharp masking of the target (Real-ESRGAN's l1_gt_usm); the degradation then
+          # starts from the sharpened image too, as in Real-ESRGAN.
+          usm_target=False,
+          usm_weight=0.5,
+          usm_radius=50,
+          usm_threshold=10.0,
+      ))
 
 
 # ---------------------------------------------------------------------------------- kernels
@@ -101,11 +104,11 @@ def gaussian_kernel(size, sigma_x, sigma_y, theta) -> np.ndarray:
 
 
 def generalized_gaussian_kernel(size, sigma_x, sigma_y, theta, beta) -> np.ndarray:
-  return _normalise(np.exp(-0.5 * _mahalanobis2(size, sigma_x, sigma_y, theta) ** beta))
+  return _normalise(np.exp(-0.5 * _mahalanobis2(size, sigma_x, sigma_y, theta)**beta))
 
 
 def plateau_kernel(size, sigma_x, sigma_y, theta, beta) -> np.ndarray:
-  return _normalise(1.0 / (_mahalanobis2(size, sigma_x, sigma_y, theta) ** beta + 1.0))
+  return _normalise(1.0 / (_mahalanobis2(size, sigma_x, sigma_y, theta)**beta + 1.0))
 
 
 def sinc_kernel(size, cutoff) -> np.ndarray:
@@ -135,8 +138,8 @@ def random_blur_kernel(rng, cfg, kernel_sizes, trace=None) -> np.ndarray:
     cutoff = rng.uniform(np.pi / 3 if size < 13 else np.pi / 5, np.pi)
     _log(trace, "blur", type="sinc", size=size, cutoff=cutoff)
     return sinc_kernel(size, cutoff)
-  kind = KERNEL_TYPES[rng.choice(len(KERNEL_TYPES), p=np.asarray(cfg.kernel_probs) / sum(
-      cfg.kernel_probs))]
+  kind = KERNEL_TYPES[rng.choice(len(KERNEL_TYPES),
+                                 p=np.asarray(cfg.kernel_probs) / sum(cfg.kernel_probs))]
   sigma_x = rng.uniform(*cfg.blur_sigma)
   if not kind.endswith("aniso"):
     sigma_y, theta = sigma_x, 0.0
@@ -189,7 +192,7 @@ def poisson_noise(image, scale, gray, rng) -> np.ndarray:
     image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
   counts = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
   image = counts / 255.0
-  levels = 2 ** np.ceil(np.log2(np.count_nonzero(np.bincount(counts.ravel(), minlength=256))))
+  levels = 2**np.ceil(np.log2(np.count_nonzero(np.bincount(counts.ravel(), minlength=256))))
   noise = rng.poisson(image * levels) / levels - image
   if gray:
     noise = noise[..., None].repeat(3, axis=2)
@@ -235,11 +238,13 @@ def _log(trace, op, **params):
 
 def _random_resize(image, rng, cfg, resize_modes, base_hw, trace):
   """Up / down / keep by a factor of base_hw (the pass's reference size)."""
-  direction = ("up", "down", "keep")[rng.choice(3, p=np.asarray(cfg.resize_probs) / sum(
-      cfg.resize_probs))]
+  direction = ("up", "down",
+               "keep")[rng.choice(3, p=np.asarray(cfg.resize_probs) / sum(cfg.resize_probs))]
   low, high = cfg.resize_range
-  factor = {"up": lambda: rng.uniform(1.0, high), "down": lambda: rng.uniform(low, 1.0),
-            "keep": lambda: 1.0}[direction]()
+  factor = {
+      "up": lambda: rng.uniform(1.0, high), "down": lambda: rng.uniform(low, 1.0),
+      "keep": lambda: 1.0
+  }[direction]()
   mode = resize_modes[rng.choice(len(resize_modes))]
   _log(trace, "resize", direction=direction, factor=factor, mode=mode)
   return resize(image, base_hw[0] * factor, base_hw[1] * factor, mode)

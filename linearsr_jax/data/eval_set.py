@@ -74,8 +74,8 @@ def eval_batches(examples, batch_size):
   """Batches of consecutive same-size examples; 'name' becomes a list of names."""
   group = []
   for example in examples + [None]:
-    if group and (example is None or len(group) == batch_size
-                  or example["hr"].shape != group[0]["hr"].shape):
+    if group and (example is None or len(group) == batch_size or
+                  example["hr"].shape != group[0]["hr"].shape):
       batch = {k: np.stack([e[k] for e in group]) for k in BATCH_KEYS if k in group[0]}
       batch["name"] = [e["name"] for e in group]
       yield batch

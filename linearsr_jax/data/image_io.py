@@ -42,8 +42,10 @@ def list_images(root, recursive=True) -> list:
   root = storage.path(root)
   if not root.is_dir():
     raise UserError(f"{root}: not a directory")
-  return [p for p in storage.files(root, recursive) if is_image_path(p) and not any(
-      part.startswith(".") for part in p.relative_to(root).parts)]
+  return [
+      p for p in storage.files(root, recursive)
+      if is_image_path(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
+  ]
 
 
 def _sixteen_bit_colour(im: Image.Image, data: bytes) -> bool:
@@ -66,7 +68,7 @@ def _decode_with_opencv(data: bytes, path) -> np.ndarray:
   if array is None:
     raise UserError(f"{path}: unreadable or truncated image")
   if array.ndim == 3:  # OpenCV orders channels BGR(A).
-    array = array[..., [2, 1, 0, 3][: array.shape[-1]]]
+    array = array[..., [2, 1, 0, 3][:array.shape[-1]]]
   return array
 
 

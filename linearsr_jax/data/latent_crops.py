@@ -39,10 +39,12 @@ def shard_name(process_index: int, process_count: int) -> str:
 def serialise(name, hr, lr, latent, condition_source) -> bytes:
   """One crop's record (the encode tool's writer, commands/encode.py)."""
   ref = condition_source if isinstance(condition_source, tag_sources.ArrayRef) else None
-  record = {"name": name, "hr_png": image_io.encode_image(hr, ".png"),
-            "latent": np.asarray(latent, np.float32),
-            "tags": None if ref is not None or condition_source is None else list(condition_source),
-            "cond_ref": list(ref) if ref is not None else None}
+  record = {
+      "name": name, "hr_png": image_io.encode_image(hr, ".png"),
+      "latent": np.asarray(latent, np.float32),
+      "tags": None if ref is not None or condition_source is None else list(condition_source),
+      "cond_ref": list(ref) if ref is not None else None
+  }
   if lr is not None:
     record["lr_png"] = image_io.encode_image(lr, ".png")
   return serialization.msgpack_serialize(record)
@@ -51,10 +53,10 @@ def serialise(name, hr, lr, latent, condition_source) -> bytes:
 def _deserialise(data: bytes) -> dict:
   record = serialization.msgpack_restore(data)
   name = record["name"]
-  out = {"name": name, "hr": image_io.decode_image(record["hr_png"], name),
-         "latent": record["latent"],
-         "tags": tag_sources.ArrayRef(*record["cond_ref"]) if record["cond_ref"] else
-         record["tags"]}
+  out = {
+      "name": name, "hr": image_io.decode_image(record["hr_png"], name), "latent": record["latent"],
+      "tags": tag_sources.ArrayRef(*record["cond_ref"]) if record["cond_ref"] else record["tags"]
+  }
   if "lr_png" in record:
     out["lr"] = image_io.decode_image(record["lr_png"], name)
   return out

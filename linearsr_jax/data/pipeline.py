@@ -41,34 +41,35 @@ HR_LATENTS = ("encode", "precomputed")
 
 def default_config() -> ml_collections.ConfigDict:
   """The `data` section."""
-  return ml_collections.ConfigDict(dict(
-      # demo | folder (HR images, recursive) | paired (lr_path + hr_path) |
-      # tfds_folder (a build_tfds_folder output) | div2k (TFDS catalogue, prepared locally).
-      source=dict(kind="demo", path="", lr_path="", hr_path="", tfds_split="train",
-                  div2k_config="bicubic_x4", verify=True),
-      eval_source=dict(kind="demo", path="", lr_path="", hr_path="", tfds_split="validation",
-                       div2k_config="bicubic_x4", verify=True),
-      demo_eval_names=sources.DEMO_EVAL_NAMES,
-      tags=dict(kind="sidecar", mapping=""),  # sidecar | mapping | none
-      scale=4,
-      crop_size=256,  # HR crop; LR is crop_size / scale
-      batch_size=16,  # global, split evenly over hosts
-      augment=True,  # random horizontal flip and 90-degree rotation of the crop
-      seed=0,
-      num_workers=0,  # grain worker processes per host (0: in the main process)
-      worker_buffer_size=2,  # batches each worker prepares ahead
-      # Threads per process computing batches, and how many finished batches may wait
-      # (grain's default of 500 would hold gigabytes of 256 px batches).
-      read_threads=2,
-      prefetch_batches=4,
-      degradation=degradations.default_config(),
-      eval=dict(crop_size=256, seed=1234, batch_size=4),  # crop_size 0: full images
-      # encode: the train step encodes the HR crops. precomputed: it takes their latents from
-      # latents_path, a `linearsr data encode` output (no encoder in the step; the LR side is
-      # still degraded on the fly). The eval pairs stay pixels either way.
-      hr_latents="encode",
-      latents_path="",
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          # demo | folder (HR images, recursive) | paired (lr_path + hr_path) |
+          # tfds_folder (a build_tfds_folder output) | div2k (TFDS catalogue, prepared locally).
+          source=dict(kind="demo", path="", lr_path="", hr_path="", tfds_split="train",
+                      div2k_config="bicubic_x4", verify=True),
+          eval_source=dict(kind="demo", path="", lr_path="", hr_path="", tfds_split="validation",
+                           div2k_config="bicubic_x4", verify=True),
+          demo_eval_names=sources.DEMO_EVAL_NAMES,
+          tags=dict(kind="sidecar", mapping=""),  # sidecar | mapping | none
+          scale=4,
+          crop_size=256,  # HR crop; LR is crop_size / scale
+          batch_size=16,  # global, split evenly over hosts
+          augment=True,  # random horizontal flip and 90-degree rotation of the crop
+          seed=0,
+          num_workers=0,  # grain worker processes per host (0: in the main process)
+          worker_buffer_size=2,  # batches each worker prepares ahead
+          # Threads per process computing batches, and how many finished batches may wait
+          # (grain's default of 500 would hold gigabytes of 256 px batches).
+          read_threads=2,
+          prefetch_batches=4,
+          degradation=degradations.default_config(),
+          eval=dict(crop_size=256, seed=1234, batch_size=4),  # crop_size 0: full images
+          # encode: the train step encodes the HR crops. precomputed: it takes their latents from
+          # latents_path, a `linearsr data encode` output (no encoder in the step; the LR side is
+          # still degraded on the fly). The eval pairs stay pixels either way.
+          hr_latents="encode",
+          latents_path="",
+      ))
 
 
 def make_source(config, split="train", encoder="hash"):
@@ -79,15 +80,18 @@ def make_source(config, split="train", encoder="hash"):
   """
   section = "source" if split == "train" else "eval_source"
   spec = config[section]
-  needed = {"folder": ("path",), "paired": ("lr_path", "hr_path"), "tfds_folder": ("path",),
-            "div2k": ("path",)}.get(spec.kind, ())
+  needed = {
+      "folder": ("path",), "paired": ("lr_path", "hr_path"), "tfds_folder": ("path",),
+      "div2k": ("path",)
+  }.get(spec.kind, ())
   for field in needed:
     if not str(spec[field]):
       raise UserError(f"data.{section}.kind={spec.kind} needs data.{section}.{field}")
   if encoder == "precomputed" and spec.kind not in ("folder", "paired"):
     source = make_source(config, split)
-    log.warning("data.%s.kind=%s has no image files to find precomputed arrays beside: every "
-                "image uses the null condition", section, spec.kind)
+    log.warning(
+        "data.%s.kind=%s has no image files to find precomputed arrays beside: every "
+        "image uses the null condition", section, spec.kind)
     return WithoutArrays(source)
   tags = tag_sources.make_tag_source(config.tags.kind, config.tags.mapping or None,
                                      root=spec.path or spec.hr_path or None, encoder=encoder)
@@ -128,8 +132,8 @@ def _fit_to_crop(image, crop_size):
   if short >= crop_size:
     return image
   factor = crop_size / short
-  size = (max(crop_size, round(image.shape[1] * factor)),
-          max(crop_size, round(image.shape[0] * factor)))
+  size = (max(crop_size,
+              round(image.shape[1] * factor)), max(crop_size, round(image.shape[0] * factor)))
   return np.clip(cv2.resize(image, size, interpolation=cv2.INTER_CUBIC), 0, 1)
 
 
@@ -141,9 +145,11 @@ def _augment(images, rng):
 
 def to_example(hr, lr, condition_source, tokenize):
   cond, mask = tokenize(condition_source)
-  return {"hr": np.ascontiguousarray(hr * 2 - 1, np.float32),
-          "lr": np.ascontiguousarray(lr * 2 - 1, np.float32),
-          "cond": np.asarray(cond), "cond_mask": np.asarray(mask, bool)}
+  return {
+      "hr": np.ascontiguousarray(hr * 2 - 1,
+                                 np.float32), "lr": np.ascontiguousarray(lr * 2 - 1, np.float32),
+      "cond": np.asarray(cond), "cond_mask": np.asarray(mask, bool)
+  }
 
 
 def random_crop(record, crop_size, scale, augment, rng):
@@ -265,13 +271,15 @@ def make_train_dataset(source, config, tokenize: Tokenize, process_index=None,
   ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat()
   ds = HostRows(ds.random_map(transform), config.batch_size, process_index, process_count)
   ds = ds.batch(config.batch_size // process_count, drop_remainder=True)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
-                                            prefetch_buffer_size=config.prefetch_batches))
+  ds = ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=config.read_threads,
+                        prefetch_buffer_size=config.prefetch_batches))
   if config.num_workers > 0:
     _check_picklable(transform)
     _start_workers()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size),
+    ds = ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=config.num_workers,
+                                     per_worker_buffer_size=config.worker_buffer_size),
         worker_init_fn=_init_worker)
   return ds
 
@@ -286,5 +294,8 @@ def make_global_batch(local_batch, mesh, rules=None) -> dict:
   from linearsr_jax.sharding import batch_sharding
 
   sharding = batch_sharding(mesh, rules)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[k]))
-          for k in BATCH_KEYS if k in local_batch}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[k]))
+      for k in BATCH_KEYS
+      if k in local_batch
+  }

@@ -49,8 +49,10 @@ def _skip_summary(skipped, total, min_size=0) -> str:
   counts = {reason: len(paths) for reason, paths in skipped.items() if paths}
   if not counts:
     return ""
-  parts = [f"{n} {_SKIP_REASONS[r]}" + (f" (< {min_size} px)" if r == "too_small" else "")
-           for r, n in counts.items()]
+  parts = [
+      f"{n} {_SKIP_REASONS[r]}" + (f" (< {min_size} px)" if r == "too_small" else "")
+      for r, n in counts.items()
+  ]
   examples = ", ".join(str(p) for paths in skipped.values() for p in paths[:2])
   return (f"skipped {sum(counts.values())} of {total} files: {', '.join(parts)} "
           f"(e.g. {examples})")
@@ -66,8 +68,7 @@ def _report_skipped(where, skipped, total, min_size=0, usable=True):
 def _is_usable(path, min_size, verify, skipped) -> bool:
   """Decodes (verify) or reads the header of one file; records why it is not usable."""
   try:
-    height, width = (image_io.read_image(path).shape[:2] if verify
-                     else image_io.image_size(path))
+    height, width = (image_io.read_image(path).shape[:2] if verify else image_io.image_size(path))
   except UserError as e:
     skipped["not_image" if "not an image" in str(e) else "unreadable"].append(path)
     return False
@@ -91,25 +92,31 @@ class FolderSource:
     self.tag_source = tags if tags is not None else tag_sources.SidecarTags()
     if not self.root.is_dir():
       raise UserError(f"{self.root}: no such image folder")
-    files = [p for p in storage.files(self.root, recursive) if not any(
-        part.startswith(".") for part in p.relative_to(self.root).parts)]
+    files = [
+        p for p in storage.files(self.root, recursive)
+        if not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+    ]
     images = [p for p in files if image_io.is_image_path(p)]
     # Condition files (sidecars, the mapping) are expected, not skipped.
-    expected_text = {s for p in images for suffix in (".txt", ".npy")
-                     for s in tag_sources.sidecar_paths(p, suffix)}
+    expected_text = {
+        s for p in images for suffix in (".txt", ".npy")
+        for s in tag_sources.sidecar_paths(p, suffix)
+    }
     mapping = getattr(self.tag_source, "path", None)
     expected_text |= {mapping.resolve()} if mapping else set()
     self.skipped = {reason: [] for reason in _SKIP_REASONS}
-    self.skipped["not_image"] = [p for p in files if not image_io.is_image_path(p)
-                                 and p not in expected_text and p.resolve() not in expected_text]
+    self.skipped["not_image"] = [
+        p for p in files if not image_io.is_image_path(p) and p not in expected_text and
+        p.resolve() not in expected_text
+    ]
     self.paths = [p for p in images if _is_usable(p, min_size, verify, self.skipped)]
     total = len(self.paths) + sum(map(len, self.skipped.values()))
     _report_skipped(self.root, self.skipped, total, min_size, usable=bool(self.paths))
     if not self.paths:
       summary = _skip_summary(self.skipped, total, min_size)
       raise UserError(f"{self.root}: no usable image (need PNG/JPEG/WebP/BMP/TIFF files with "
-                      f"a shorter side of at least {min_size} px)"
-                      + (f"; {summary}" if summary else ""))
+                      f"a shorter side of at least {min_size} px)" +
+                      (f"; {summary}" if summary else ""))
     self.names = [p.relative_to(self.root).as_posix() for p in self.paths]
 
   def __len__(self):
@@ -117,8 +124,9 @@ class FolderSource:
 
   def __getitem__(self, index):
     path = self.paths[index]
-    return {"hr": image_io.read_image(path), "tags": self.tag_source(path),
-            "name": self.names[index]}
+    return {
+        "hr": image_io.read_image(path), "tags": self.tag_source(path), "name": self.names[index]
+    }
 
 
 class PairedSource:
@@ -133,12 +141,16 @@ class PairedSource:
     self.lr_root, self.hr_root = Path(lr_root), Path(hr_root)
     self.tag_source = tags if tags is not None else tag_sources.SidecarTags()
     self.skipped = {reason: [] for reason in _SKIP_REASONS}
-    lr = {p.relative_to(self.lr_root).with_suffix("").as_posix(): p
-          for p in image_io.list_images(self.lr_root)}
-    hr = {p.relative_to(self.hr_root).with_suffix("").as_posix(): p
-          for p in image_io.list_images(self.hr_root)}
-    self.skipped["unmatched"] = sorted([lr[k] for k in lr.keys() - hr.keys()]
-                                       + [hr[k] for k in hr.keys() - lr.keys()])
+    lr = {
+        p.relative_to(self.lr_root).with_suffix("").as_posix(): p
+        for p in image_io.list_images(self.lr_root)
+    }
+    hr = {
+        p.relative_to(self.hr_root).with_suffix("").as_posix(): p
+        for p in image_io.list_images(self.hr_root)
+    }
+    self.skipped["unmatched"] = sorted([lr[k] for k in lr.keys() - hr.keys()] +
+                                       [hr[k] for k in hr.keys() - lr.keys()])
     sizes = {}
     for key in sorted(lr.keys() & hr.keys()):
       try:
@@ -156,8 +168,8 @@ class PairedSource:
       self.pairs.append((lr[key], hr[key]))
       self.names.append(key)
     self.scale = scale
-    _report_skipped(f"{self.lr_root} + {self.hr_root}", self.skipped, len(lr) + len(hr),
-                    usable=bool(self.pairs))
+    _report_skipped(f"{self.lr_root} + {self.hr_root}", self.skipped,
+                    len(lr) + len(hr), usable=bool(self.pairs))
     if not self.pairs:
       summary = _skip_summary(self.skipped, len(lr) + len(hr))
       raise UserError(f"{self.lr_root}, {self.hr_root}: no LR/HR pair with matching names "
@@ -168,8 +180,10 @@ class PairedSource:
 
   def __getitem__(self, index):
     lr_path, hr_path = self.pairs[index]
-    return {"hr": image_io.read_image(hr_path), "lr": image_io.read_image(lr_path),
-            "tags": self.tag_source(hr_path), "name": self.names[index]}
+    return {
+        "hr": image_io.read_image(hr_path), "lr": image_io.read_image(lr_path),
+        "tags": self.tag_source(hr_path), "name": self.names[index]
+    }
 
 
 @functools.lru_cache(maxsize=None)
@@ -195,9 +209,10 @@ class DemoSource:
     if unknown:
       raise UserError(f"unknown demo image(s) {sorted(unknown)}; choose from "
                       f"{', '.join(DEMO_IMAGES)}")
-    chosen = {"train": [n for n in DEMO_IMAGES if n not in eval_names],
-              "eval": [n for n in DEMO_IMAGES if n in eval_names],
-              "all": list(DEMO_IMAGES)}
+    chosen = {
+        "train": [n for n in DEMO_IMAGES if n not in eval_names],
+        "eval": [n for n in DEMO_IMAGES if n in eval_names], "all": list(DEMO_IMAGES)
+    }
     if split not in chosen:
       raise UserError(f"unknown demo split '{split}' (train, eval or all)")
     self.names = [n for n in chosen[split] if min(_demo_image(n).shape[:2]) >= min_size]
@@ -209,8 +224,7 @@ class DemoSource:
 
   def __getitem__(self, index):
     name = self.names[index]
-    return {"hr": _demo_image(name),
-            "tags": list(DEMO_IMAGES[name]), "name": name}
+    return {"hr": _demo_image(name), "tags": list(DEMO_IMAGES[name]), "name": name}
 
 
 # ------------------------------------------------------------------------------------ TFDS
@@ -222,8 +236,8 @@ def _tfds():
   return tfds
 
 
-def build_tfds_folder(src, data_dir, name="image_folder", split="train", min_size=0,
-                      tags=None, overwrite=False):
+def build_tfds_folder(src, data_dir, name="image_folder", split="train", min_size=0, tags=None,
+                      overwrite=False):
   """Turns an image folder into an array_record TFDS dataset under `data_dir`.
 
   Each example holds the file's bytes unchanged ('image'), its relative path ('name'), its
@@ -239,9 +253,10 @@ def build_tfds_folder(src, data_dir, name="image_folder", split="train", min_siz
   def examples():
     for index, path in enumerate(folder.paths):
       image = image_io.read_image(path)
-      yield index, {"image": path.read_bytes(), "name": folder.names[index],
-                    "tags": folder.tag_source(path), "height": image.shape[0],
-                    "width": image.shape[1]}
+      yield index, {
+          "image": path.read_bytes(), "name": folder.names[index], "tags": folder.tag_source(path),
+          "height": image.shape[0], "width": image.shape[1]
+      }
 
   features = tfds.features.FeaturesDict({
       "image": tfds.features.Tensor(shape=(), dtype=np.object_),
@@ -285,8 +300,10 @@ class TfdsFolderSource:
   def __getitem__(self, index):
     example = self.data[index]
     name = _text(example["name"])
-    return {"hr": image_io.decode_image(example["image"], name),
-            "tags": [_text(t) for t in example["tags"]], "name": name}
+    return {
+        "hr": image_io.decode_image(example["image"], name),
+        "tags": [_text(t) for t in example["tags"]], "name": name
+    }
 
 
 class Div2kSource:
@@ -314,6 +331,8 @@ class Div2kSource:
 
   def __getitem__(self, index):
     example = self.data[index]
-    return {"hr": np.asarray(example["hr"], np.float32) / 255.0,
-            "lr": np.asarray(example["lr"], np.float32) / 255.0,
-            "tags": [], "name": f"div2k_{index:04d}"}
+    return {
+        "hr": np.asarray(example["hr"], np.float32) / 255.0,
+        "lr": np.asarray(example["lr"], np.float32) / 255.0, "tags": [],
+        "name": f"div2k_{index:04d}"
+    }

@@ -54,11 +54,13 @@ def sidecar_paths(image_path, suffix=".txt") -> tuple:
 
 
 class NoTags:
+
   def __call__(self, image_path) -> list:
     return []
 
 
 class NoArrays:
+
   def __call__(self, image_path) -> None:
     return None
 

@@ -74,8 +74,8 @@ def uniform_boundaries(num_experts):
 def boundaries_from_config(experts_cfg):
   """Boundaries for the `diffusion.experts` config section."""
   if experts_cfg.split == "snr":
-    return snr_boundaries(experts_cfg.num_experts, experts_cfg.lambda_min,
-                          experts_cfg.lambda_max, experts_cfg.anchor_t)
+    return snr_boundaries(experts_cfg.num_experts, experts_cfg.lambda_min, experts_cfg.lambda_max,
+                          experts_cfg.anchor_t)
   if experts_cfg.split == "uniform":
     return uniform_boundaries(experts_cfg.num_experts)
   raise UserError(f"experts.split must be one of {SPLITS}, got '{experts_cfg.split}'")
@@ -105,6 +105,7 @@ def stack_experts(trees):
 
   Partitioned / LogicallyPartitioned boxes get 'expert' prepended to their axis names.
   """
+
   def stack(*leaves):
     if _is_box(leaves[0]):
       return leaves[0].replace(value=jnp.stack([x.value for x in leaves]),
@@ -188,8 +189,8 @@ def mixture_loss(apply_fn, stacked_params, x0, context, key, cfg, lr_latent=None
     raise UserError(f"batch size {batch} is not divisible by the {num_experts} experts")
   lo, hi = expert_intervals(boundaries)
   key_sigma, key_source = jax.random.split(key)
-  sigma = flow.sample_sigma(key_sigma, (num_experts, batch // num_experts), cfg,
-                            lo[:, None], hi[:, None])
+  sigma = flow.sample_sigma(key_sigma, (num_experts, batch // num_experts), cfg, lo[:, None],
+                            hi[:, None])
   x1 = flow.draw_source(key_source, x0.shape, cfg, lr_latent)
 
   def expert_loss(params, x0, x1, sigma, context, weights):
@@ -199,7 +200,7 @@ def mixture_loss(apply_fn, stacked_params, x0, context, key, cfg, lr_latent=None
   axis, rules = _expert_layout(num_experts)
   split = lambda x: _split_over_experts(x, num_experts, axis is not None)
   with nn.logical_axis_rules(rules):
-    losses = jax.vmap(expert_loss, spmd_axis_name=axis)(
-        stacked_params, split(x0), split(x1), sigma, tuple(split(c) for c in context),
-        split(weights))
+    losses = jax.vmap(expert_loss, spmd_axis_name=axis)(stacked_params, split(x0), split(x1), sigma,
+                                                        tuple(split(c) for c in context),
+                                                        split(weights))
   return losses.mean(), losses

@@ -26,8 +26,8 @@ _SIGMA_EPS = 1e-6
 def default_config() -> ml_collections.ConfigDict:
   """The `diffusion` config section: flow, timestep sampling, experts and sampler defaults."""
   return ml_collections.ConfigDict({
-      "source": "noise",              # 'noise' | 'lr' (LR-anchored flow)
-      "lr_source_noise": 0.1,         # σ_s: noise added to the upsampled-LR latent for 'lr'
+      "source": "noise",  # 'noise' | 'lr' (LR-anchored flow)
+      "lr_source_noise": 0.1,  # σ_s: noise added to the upsampled-LR latent for 'lr'
       "timestep_sampling": "logit_normal",  # 'logit_normal' | 'uniform'
       "logit_mean": 0.0,
       "logit_std": 1.0,
@@ -36,20 +36,20 @@ def default_config() -> ml_collections.ConfigDict:
       # (the PSNR-best output of a one-step sampler), which a continuous density never draws and
       # which, without source noise, nearby σ do not teach (x_σ there already reveals x0).
       "source_prob": 0.0,
-      "train_shift": 1.0,             # flow shift applied to training σ draws
-      "timestep_scale": 1000.0,       # model time = σ · timestep_scale (SANA: 1000)
+      "train_shift": 1.0,  # flow shift applied to training σ draws
+      "timestep_scale": 1000.0,  # model time = σ · timestep_scale (SANA: 1000)
       "experts": {
-          "num_experts": 1,           # a power of two; 1 = the plain model
-          "split": "snr",             # 'snr' (hierarchical log-SNR bisection) | 'uniform'
-          "lambda_min": -7.04,        # log-SNR at the noisy end of the bisected range
-          "lambda_max": 8.89,         # log-SNR at the clean end
-          "anchor_t": 0.875,          # first split: structure (t > anchor) vs refinement
+          "num_experts": 1,  # a power of two; 1 = the plain model
+          "split": "snr",  # 'snr' (hierarchical log-SNR bisection) | 'uniform'
+          "lambda_min": -7.04,  # log-SNR at the noisy end of the bisected range
+          "lambda_max": 8.89,  # log-SNR at the clean end
+          "anchor_t": 0.875,  # first split: structure (t > anchor) vs refinement
       },
       "sampler": {
-          "solver": "dpm++2m",        # 'euler' | 'dpm++2m'
+          "solver": "dpm++2m",  # 'euler' | 'dpm++2m'
           "steps": 20,
-          "shift": 3.0,               # flow shift of the sampling schedule (SANA 1024 px: 3)
-          "guidance_scale": 1.0,      # 1 = no classifier-free guidance (skips the null pass)
+          "shift": 3.0,  # flow shift of the sampling schedule (SANA 1024 px: 3)
+          "guidance_scale": 1.0,  # 1 = no classifier-free guidance (skips the null pass)
       },
   })
 

@@ -79,8 +79,8 @@ def guided_velocity(apply_fn, params, x, t, context, null_context, guidance_scal
   return v_null + guidance_scale * (v_cond - v_null)
 
 
-def integrate(apply_fn, stacked_params, x1, context, *, sigmas, solver, boundaries,
-              timestep_scale, guidance_scale=1.0, null_context=None):
+def integrate(apply_fn, stacked_params, x1, context, *, sigmas, solver, boundaries, timestep_scale,
+              guidance_scale=1.0, null_context=None):
   """Integrates x1 at σ = sigmas[0] down the schedule `sigmas` (NumPy, decreasing, usually
   `sigma_schedule`); returns the state at sigmas[-1] (float32, shape of x1).
 
@@ -96,13 +96,11 @@ def integrate(apply_fn, stacked_params, x1, context, *, sigmas, solver, boundari
   if sigmas.ndim != 1 or len(sigmas) < 2 or np.any(np.diff(sigmas) >= 0):
     raise UserError(f"sampler sigmas must be a decreasing 1-D schedule, got {sigmas}")
   ratio, data_coef, mix = _dpm_coefficients(sigmas)
-  per_step = dict(
-      sigma=jnp.asarray(sigmas[:-1], jnp.float32),
-      sigma_next=jnp.asarray(sigmas[1:], jnp.float32),
-      dsigma=jnp.asarray(np.diff(sigmas), jnp.float32),
-      ratio=jnp.asarray(ratio, jnp.float32),
-      data_coef=jnp.asarray(data_coef, jnp.float32),
-      mix=jnp.asarray(mix, jnp.float32))
+  per_step = dict(sigma=jnp.asarray(sigmas[:-1],
+                                    jnp.float32), sigma_next=jnp.asarray(sigmas[1:], jnp.float32),
+                  dsigma=jnp.asarray(np.diff(sigmas),
+                                     jnp.float32), ratio=jnp.asarray(ratio, jnp.float32),
+                  data_coef=jnp.asarray(data_coef, jnp.float32), mix=jnp.asarray(mix, jnp.float32))
   batch = x1.shape[0]
   segments = _expert_segments(sigmas[:-1], boundaries)
 
@@ -144,8 +142,8 @@ def _expert_segments(step_sigmas, boundaries):
   return tuple(jnp.asarray(a, jnp.int32) for a in (experts[starts], starts, stops))
 
 
-def sample(apply_fn, stacked_params, key, shape, context, cfg, *, null_context=None,
-           lr_latent=None, **overrides):
+def sample(apply_fn, stacked_params, key, shape, context, cfg, *, null_context=None, lr_latent=None,
+           **overrides):
   """Draws the source from `key` (deterministic per seed) and integrates it to data.
 
   cfg is the `diffusion` config section; `overrides` (steps, shift, solver, guidance_scale)

@@ -24,7 +24,8 @@ from linearsr_jax.esgf.plot import plot_curves
 from linearsr_jax.esgf.records import judged, metric_series, read_metrics_jsonl
 from linearsr_jax.esgf.smoothing import ema, lowess
 
-__all__ = ["COMBINE_RULES", "DIRECTIONS", "KneeDecision", "KneeDetector", "MetricKnee",
-           "budget_branch", "default_config", "detect", "ema", "judged", "lowess",
-           "metric_series", "parse_metrics", "plot_curves", "read_metrics_jsonl",
-           "still_improving", "validate_config"]
+__all__ = [
+    "COMBINE_RULES", "DIRECTIONS", "KneeDecision", "KneeDetector", "MetricKnee", "budget_branch",
+    "default_config", "detect", "ema", "judged", "lowess", "metric_series", "parse_metrics",
+    "plot_curves", "read_metrics_jsonl", "still_improving", "validate_config"
+]

@@ -68,22 +68,23 @@ def parse_metrics(spec: str) -> tuple:
 
 def validate_config(config) -> None:
   """Raises UserError on a knob outside its range, naming it."""
-  choices = {"combine": (config.combine, COMBINE_RULES),
-             "knee_step": (config.knee_step, KNEE_STEP_RULES),
-             "smoothing.method": (config.smoothing.method, SMOOTHING_METHODS),
-             "knee.method": (config.knee.method, KNEE_METHODS),
-             "min_delta_mode": (config.min_delta_mode, DELTA_MODES)}
+  choices = {
+      "combine": (config.combine, COMBINE_RULES), "knee_step": (config.knee_step, KNEE_STEP_RULES),
+      "smoothing.method": (config.smoothing.method, SMOOTHING_METHODS), "knee.method":
+          (config.knee.method, KNEE_METHODS), "min_delta_mode": (config.min_delta_mode, DELTA_MODES)
+  }
   for key, (value, allowed) in choices.items():
     if value not in allowed:
       raise UserError(f"esgf.{key} = {value!r}; choose from {', '.join(allowed)}")
   if config.smoothing.degree not in (1, 2):
     raise UserError(f"esgf.smoothing.degree = {config.smoothing.degree!r}; choose 1 or 2")
-  minimum = {"min_points": (config.min_points, 5), "patience": (config.patience, 2),
-             "turn_back.patience": (config.turn_back.patience, 1),
-             "smoothing.window": (config.smoothing.window, 3),
-             "min_delta": (config.min_delta, 0), "turn_back.delta": (config.turn_back.delta, 0),
-             "noise_sigmas": (config.noise_sigmas, 0),
-             "variance.min_points": (config.variance.min_points, 3)}
+  minimum = {
+      "min_points": (config.min_points, 5), "patience": (config.patience, 2), "turn_back.patience":
+          (config.turn_back.patience, 1), "smoothing.window": (config.smoothing.window, 3),
+      "min_delta": (config.min_delta, 0), "turn_back.delta": (config.turn_back.delta, 0),
+      "noise_sigmas": (config.noise_sigmas, 0), "variance.min_points":
+          (config.variance.min_points, 3)
+  }
   for key, (value, least) in minimum.items():
     if value < least:
       raise UserError(f"esgf.{key} = {value} must be >= {least}")

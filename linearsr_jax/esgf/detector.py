@@ -45,8 +45,9 @@ class KneeDecision:
 
 def _pick_step(knees, rule):
   ordered = sorted(knees)
-  return {"earliest": ordered[0], "latest": ordered[-1],
-          "median": ordered[(len(ordered) - 1) // 2]}[rule]
+  return {
+      "earliest": ordered[0], "latest": ordered[-1], "median": ordered[(len(ordered) - 1) // 2]
+  }[rule]
 
 
 def _branch_steps(all_steps, knee_step=None) -> frozenset:
@@ -95,8 +96,11 @@ def budget_branch(decision: KneeDecision, config) -> tuple:
   confirmed = [m.knee_step for m in decision.metrics if m.confirmed]
   if confirmed:
     return _pick_step(confirmed, config.knee_step), "the knee a metric confirmed"
-  bent = [m.knee_step for m in decision.metrics if m.knee_step is not None
-          and m.evidence.get("knee_score", 0.0) >= config.knee.min_score]
+  bent = [
+      m.knee_step
+      for m in decision.metrics
+      if m.knee_step is not None and m.evidence.get("knee_score", 0.0) >= config.knee.min_score
+  ]
   if bent:
     return _pick_step(bent, config.knee_step), "ESGF's unconfirmed knee candidate"
   best = [m.best_step for m in decision.metrics if m.best_step is not None]
@@ -117,8 +121,8 @@ def _verdicts(records, named_directions, config) -> tuple:
 
 def still_improving(verdict: MetricKnee, config) -> bool:
   """Whether a gating curve holds ESGF back: not confirmed, and not flat after min_points."""
-  return not verdict.confirmed and not (verdict.points >= config.min_points
-                                        and verdict.knee_step is None)
+  return not verdict.confirmed and not (verdict.points >= config.min_points and
+                                        verdict.knee_step is None)
 
 
 def detect(records: Sequence, config, num_experts: int = 1) -> KneeDecision:
@@ -142,20 +146,20 @@ def detect(records: Sequence, config, num_experts: int = 1) -> KneeDecision:
     candidates = [v.knee_step for v in verdicts if v.knee_step is not None]
     confidence = min(v.confidence for v in verdicts)
     why = (f"{config.combine} of {len(verdicts)} metrics must confirm"
-           if len(confirmed) < needed else "an expert's validation loss still improves: "
-           + "; ".join(f"{g.name}: {g.reason}" for g in waiting))
-    return KneeDecision(False, _pick_step(candidates, config.knee_step) if candidates
-                        else None, f"no knee yet ({why}) - {summary}", confidence,
-                        tuple(verdicts), _steps_to_keep(verdicts, all_steps,
-                                                        config.candidate_radius),
+           if len(confirmed) < needed else "an expert's validation loss still improves: " +
+           "; ".join(f"{g.name}: {g.reason}" for g in waiting))
+    return KneeDecision(False,
+                        _pick_step(candidates, config.knee_step) if candidates else None,
+                        f"no knee yet ({why}) - {summary}", confidence, tuple(verdicts),
+                        _steps_to_keep(verdicts, all_steps, config.candidate_radius),
                         _branch_steps(all_steps), gates)
   knee_step = _pick_step([v.knee_step for v in confirmed], config.knee_step)
   confidence = (min if config.combine == "all" else max)(v.confidence for v in confirmed)
-  return KneeDecision(True, knee_step, f"knee at step {knee_step} ({config.knee_step} of "
-                      f"{len(confirmed)} confirmed, rule '{config.combine}') - {summary}",
-                      confidence, tuple(verdicts),
-                      _steps_to_keep(verdicts, all_steps, config.candidate_radius, knee_step),
-                      _branch_steps(all_steps, knee_step), gates)
+  return KneeDecision(
+      True, knee_step, f"knee at step {knee_step} ({config.knee_step} of "
+      f"{len(confirmed)} confirmed, rule '{config.combine}') - {summary}", confidence,
+      tuple(verdicts), _steps_to_keep(verdicts, all_steps, config.candidate_radius, knee_step),
+      _branch_steps(all_steps, knee_step), gates)
 
 
 class KneeDetector:

@@ -51,7 +51,7 @@ def knee_index(steps, smoothed, method="kneedle") -> tuple:
   above_chord = yn - (yn[0] + xn * (yn[-1] - yn[0]))
   if method == "curvature":
     dy = np.gradient(yn, xn)
-    bend = -np.gradient(dy, xn) / (1.0 + dy * dy) ** 1.5
+    bend = -np.gradient(dy, xn) / (1.0 + dy * dy)**1.5
     index = 1 + int(np.argmax(bend[1:-1]))
   else:
     index = int(np.argmax(above_chord))
@@ -64,10 +64,9 @@ def projected_trend(steps, values, tail, horizon, sigma) -> tuple:
   x = np.asarray(steps[-tail:], dtype=np.float64)
   y = np.asarray(values[-tail:], dtype=np.float64)
   centred = x - x.mean()
-  spread = float((centred ** 2).sum())
+  spread = float((centred**2).sum())
   span = horizon * float(np.median(np.diff(steps)))
-  return (float((centred * (y - y.mean())).sum() / spread) * span,
-          sigma / math.sqrt(spread) * span)
+  return (float((centred * (y - y.mean())).sum() / spread) * span, sigma / math.sqrt(spread) * span)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +105,8 @@ class _Curve:
   def of(cls, steps, oriented, config):
     smoothed = smooth(steps, oriented, config.smoothing)
     knee, score = knee_index(steps, smoothed, config.knee.method)
-    return cls(steps, oriented, smoothed, noise_sigma(oriented), int(np.argmax(smoothed)),
-               knee, score)
+    return cls(steps, oriented, smoothed, noise_sigma(oriented), int(np.argmax(smoothed)), knee,
+               score)
 
 
 def _fmt(x):
@@ -136,39 +135,43 @@ def analyze_metric(steps, values, name, direction, config) -> MetricKnee:
   rise_sigmas = gain / curve.sigma if curve.sigma > 0 else (math.inf if gain > 0 else 0.0)
   verdict.update(knee_value=float(sign * curve.smoothed[curve.knee]),
                  best_step=int(steps[curve.best]))
-  evidence = {"gain": gain, "noise_sigma": curve.sigma, "rise_sigmas": rise_sigmas,
-              "knee_score": curve.knee_score}
+  evidence = {
+      "gain": gain, "noise_sigma": curve.sigma, "rise_sigmas": rise_sigmas,
+      "knee_score": curve.knee_score
+  }
   if rise_sigmas < config.min_rise_sigma:
-    return MetricKnee(confirmed=False, knee_step=None, confidence=0.0, evidence=evidence,
-                      reason=f"no significant rise yet (gain {_fmt(gain)} = "
-                             f"{rise_sigmas:.1f} noise sigmas < {config.min_rise_sigma})",
-                      **verdict)
+    return MetricKnee(
+        confirmed=False, knee_step=None, confidence=0.0, evidence=evidence,
+        reason=f"no significant rise yet (gain {_fmt(gain)} = "
+        f"{rise_sigmas:.1f} noise sigmas < {config.min_rise_sigma})", **verdict)
   knee_step = int(steps[curve.knee])
   verdict.update(knee_step=knee_step)
   if curve.knee_score < config.knee.min_score:
-    return MetricKnee(confirmed=False, confidence=0.0, evidence=evidence,
-                      reason=f"no bend: the curve is nearly straight (knee score "
-                             f"{curve.knee_score:.3f} < {config.knee.min_score})", **verdict)
+    return MetricKnee(
+        confirmed=False, confidence=0.0, evidence=evidence,
+        reason=f"no bend: the curve is nearly straight (knee score "
+        f"{curve.knee_score:.3f} < {config.knee.min_score})", **verdict)
 
   after = n - 1 - curve.knee
   shape = min(1.0, curve.knee_score / 0.5)
   significance = min(1.0, rise_sigmas / (2.0 * config.min_rise_sigma))
   if after < config.patience:
-    confidence = (shape * significance) ** 0.5 * after / config.patience
-    return MetricKnee(confirmed=False, confidence=confidence, evidence=evidence,
-                      reason=f"candidate at step {knee_step}: {after} of {config.patience} "
-                             f"evaluations after it seen", **verdict)
+    confidence = (shape * significance)**0.5 * after / config.patience
+    return MetricKnee(
+        confirmed=False, confidence=confidence, evidence=evidence,
+        reason=f"candidate at step {knee_step}: {after} of {config.patience} "
+        f"evaluations after it seen", **verdict)
 
   evidence.update(_flatness_evidence(curve, gain, config))
   reason, flatness = _confirmation(curve, evidence, config)
   if reason is None:
-    return MetricKnee(confirmed=False, evidence=evidence,
-                      confidence=(shape * significance) ** 0.5 * flatness,
-                      reason=f"still improving: {_trend_text(config)} is "
-                             f"{_fmt(evidence['improvement'])} > "
-                             f"{_fmt(evidence['threshold'])}", **verdict)
+    return MetricKnee(
+        confirmed=False, evidence=evidence, confidence=(shape * significance)**0.5 * flatness,
+        reason=f"still improving: {_trend_text(config)} is "
+        f"{_fmt(evidence['improvement'])} > "
+        f"{_fmt(evidence['threshold'])}", **verdict)
   return MetricKnee(confirmed=True, evidence=evidence,
-                    confidence=(shape * significance * flatness) ** (1.0 / 3.0),
+                    confidence=(shape * significance * flatness)**(1.0 / 3.0),
                     reason=f"knee at step {knee_step}, {reason}", **verdict)
 
 
@@ -181,9 +184,8 @@ def _flatness_evidence(curve, gain, config) -> dict:
   # The trend of the later two thirds of the points after the knee (at least `patience`):
   # a fall counts as 0, and `noise_sigmas` standard errors are added, so a plateau must be
   # shown, not merely hidden by the noise.
-  trend, trend_error = projected_trend(curve.steps, curve.raw,
-                                       max(patience, (2 * after + 2) // 3), patience,
-                                       curve.sigma)
+  trend, trend_error = projected_trend(curve.steps, curve.raw, max(patience, (2 * after + 2) // 3),
+                                       patience, curve.sigma)
   # Turned back: the mean of the latest raw values against the smoothed best; both are
   # noisy (the best of a smoothed curve is biased up), hence the noise term.
   recent = config.turn_back.patience
@@ -192,14 +194,14 @@ def _flatness_evidence(curve, gain, config) -> dict:
   pre_noise = noise_sigma(curve.raw[:curve.knee + 1])
   post_noise = noise_sigma(curve.raw[curve.knee:])
   enough = min(curve.knee + 1, after + 1) >= config.variance.min_points
-  return dict(trend=trend, trend_error=trend_error,
-              improvement=max(trend, 0.0) + config.noise_sigmas * trend_error,
-              threshold=config.min_delta * scale,
-              drop=float(curve.smoothed[curve.best] - curve.raw[n - recent:].mean()),
-              drop_threshold=max(config.turn_back.delta * scale,
-                                 config.turn_back.sigmas * curve.sigma * fall_error),
-              variance_ratio=((post_noise / pre_noise) ** 2 if enough and pre_noise > 0
-                              else 0.0))
+  return dict(
+      trend=trend, trend_error=trend_error,
+      improvement=max(trend, 0.0) + config.noise_sigmas * trend_error,
+      threshold=config.min_delta * scale,
+      drop=float(curve.smoothed[curve.best] - curve.raw[n - recent:].mean()),
+      drop_threshold=max(config.turn_back.delta * scale,
+                         config.turn_back.sigmas * curve.sigma * fall_error),
+      variance_ratio=((post_noise / pre_noise)**2 if enough and pre_noise > 0 else 0.0))
 
 
 def _confirmation(curve, evidence, config) -> tuple:
@@ -213,8 +215,7 @@ def _confirmation(curve, evidence, config) -> tuple:
     return (f"turned back: the last {recent} evaluations average {_fmt(evidence['drop'])} "
             f"below the smoothed best at step {int(curve.steps[curve.best])}", 1.0)
   if improvement <= threshold:
-    return (f"plateau: {_trend_text(config)} is {_fmt(improvement)} <= {_fmt(threshold)}",
-            flatness)
+    return (f"plateau: {_trend_text(config)} is {_fmt(improvement)} <= {_fmt(threshold)}", flatness)
   variance = config.variance
   if (evidence["variance_ratio"] >= variance.ratio and
       improvement <= variance.improvement_factor * threshold):

@@ -30,8 +30,8 @@ def curves_figure(records: Sequence, decision: KneeDecision, config, title=""):
   from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas by default
 
   panels = list(decision.metrics) or [
-      MetricKnee(n, d, 0, False, None, "not logged", 0.0)
-      for n, d in parse_metrics(config.metrics)]
+      MetricKnee(n, d, 0, False, None, "not logged", 0.0) for n, d in parse_metrics(config.metrics)
+  ]
   gates = list(decision.expert_losses)
   fig = Figure(figsize=(7, 2.8 * (len(panels) + bool(gates))))
   axes = fig.subplots(len(panels) + bool(gates), 1, squeeze=False)
@@ -41,21 +41,23 @@ def curves_figure(records: Sequence, decision: KneeDecision, config, title=""):
     _draw_expert_losses(axes[-1, 0], records, gates, decision, config)
   # wrap=True breaks a long title at spaces to the figure's width (centred, it would run off
   # both edges), and tight_layout then makes room for its lines.
-  fig.suptitle(title or ("knee at step %s" % decision.knee_step if decision.fired
-                         else "no knee yet"), fontsize=10, wrap=True)
+  fig.suptitle(
+      title or ("knee at step %s" % decision.knee_step if decision.fired else "no knee yet"),
+      fontsize=10, wrap=True)
   fig.tight_layout()
   return fig
 
 
 def _draw_metric(ax, records, verdict, decision, config):
   steps, values = metric_series(records, verdict.name)
-  ax.set_title(f"{verdict.name} ({'higher' if verdict.direction == 'max' else 'lower'} "
-               f"is better)", fontsize=9)
+  ax.set_title(
+      f"{verdict.name} ({'higher' if verdict.direction == 'max' else 'lower'} "
+      f"is better)", fontsize=9)
   if len(steps):
     sign = 1.0 if verdict.direction == "max" else -1.0
     ax.plot(steps, values, ".", color="0.6", label="raw")
-    ax.plot(steps, sign * smooth(steps, sign * values, config.smoothing), "-",
-            color="tab:blue", label=f"smoothed ({config.smoothing.method})")
+    ax.plot(steps, sign * smooth(steps, sign * values, config.smoothing), "-", color="tab:blue",
+            label=f"smoothed ({config.smoothing.method})")
   _, base = metric_series(records, baseline_key(verdict.name, config.baseline_prefix))
   if len(base):
     ax.axhline(base[-1], color="tab:green", ls=":", label=f"bicubic {base[-1]:.4g}")
@@ -69,8 +71,7 @@ def _draw_metric(ax, records, verdict, decision, config):
 
 
 def _draw_expert_losses(ax, records, gates, decision, config):
-  ax.set_title("validation flow loss per expert (lower is better; ESGF waits for each)",
-               fontsize=9)
+  ax.set_title("validation flow loss per expert (lower is better; ESGF waits for each)", fontsize=9)
   for verdict in gates:
     steps, values = metric_series(records, verdict.name)
     state = "improving" if still_improving(verdict, config) else "settled"

@@ -35,8 +35,8 @@ def judged(step: int, first_stage: bool) -> bool:
 
 
 def _is_step(step) -> bool:
-  return (not isinstance(step, bool) and isinstance(step, (int, float)) and math.isfinite(step)
-          and step == int(step))
+  return (not isinstance(step, bool) and isinstance(step, (int, float)) and math.isfinite(step) and
+          step == int(step))
 
 
 def numeric_values(metrics: Mapping) -> dict:

@@ -54,16 +54,18 @@ def lowess(x, y, neighbours, robust_iters, degree=2) -> np.ndarray:
   k = min(max(neighbours, degree + 2), len(y))
   robust = np.ones(len(y))
   for _ in range(robust_iters + 1):
-    fit = np.concatenate([_local_fits(x, y, rows, robust, k, degree)
-                          for rows in np.array_split(np.arange(len(y)),
-                                                     max(1, len(y) // _LOWESS_ROWS))])
+    fit = np.concatenate([
+        _local_fits(x, y, rows, robust, k, degree)
+        for rows in np.array_split(np.arange(len(y)), max(1,
+                                                          len(y) // _LOWESS_ROWS))
+    ])
     residual = y - fit
     scale = 6.0 * float(np.median(np.abs(residual)))
     # As in R's lowess: residuals of ~0 (a noiseless curve) leave nothing to re-weight; a
     # median of ~0 would call every point of a clean bend an outlier.
     if scale <= 1e-7 * float(np.mean(np.abs(y))):
       break
-    robust = np.clip(1.0 - (residual / scale) ** 2, 0.0, None) ** 2
+    robust = np.clip(1.0 - (residual / scale)**2, 0.0, None)**2
   return fit
 
 
@@ -73,7 +75,7 @@ def _local_fits(x, y, rows, robust, k, degree):
   moments sum_j w_ij u_ij^p."""
   dist = np.abs(x[None, :] - x[rows, None])
   radius = np.sort(dist, axis=1)[:, k - 1] * 1.0001 + 1e-12
-  local = np.clip(1.0 - (dist / radius[:, None]) ** 3, 0.0, None) ** 3
+  local = np.clip(1.0 - (dist / radius[:, None])**3, 0.0, None)**3
   w = local * robust[None, :]
   alone = (w > 0).sum(1) <= degree  # too few neighbours left: keep the plain local fit
   w[alone] = local[alone]
@@ -82,10 +84,9 @@ def _local_fits(x, y, rows, robust, k, degree):
   for _ in range(2 * degree + 1):
     moments.append(weighted.sum(1))
     weighted = weighted * u
-  gram = np.stack(moments, axis=-1)[:, np.add.outer(np.arange(degree + 1),
-                                                     np.arange(degree + 1))]
+  gram = np.stack(moments, axis=-1)[:, np.add.outer(np.arange(degree + 1), np.arange(degree + 1))]
   gram += 1e-12 * np.eye(degree + 1)  # a window of repeated x must not be singular
-  rhs = np.stack([(w * u ** a) @ y for a in range(degree + 1)], axis=-1)
+  rhs = np.stack([(w * u**a) @ y for a in range(degree + 1)], axis=-1)
   return np.linalg.solve(gram, rhs[..., None])[:, 0, 0]
 
 
@@ -100,4 +101,4 @@ def noise_sigma(values) -> float:
   if len(values) < 3:
     return 0.0
   d2 = np.diff(np.asarray(values, dtype=np.float64), 2)
-  return float(np.sqrt(np.mean(d2 ** 2)) / _SECOND_DIFF_SCALE * (1 + 1 / math.sqrt(len(d2))))
+  return float(np.sqrt(np.mean(d2**2)) / _SECOND_DIFF_SCALE * (1 + 1 / math.sqrt(len(d2))))

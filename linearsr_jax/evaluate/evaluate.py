@@ -74,14 +74,15 @@ def match_pairs(reference_dir, source_dir) -> list:
   """
   references, ref_clashes = _images_by_name(reference_dir)
   sources, src_clashes = _images_by_name(source_dir)
-  errors = {name: f"several files named {name}.* in {folder}"
-            for clashes, folder in ((ref_clashes, reference_dir), (src_clashes, source_dir))
-            for name in clashes}
+  errors = {
+      name: f"several files named {name}.* in {folder}"
+      for clashes, folder in ((ref_clashes, reference_dir), (src_clashes, source_dir))
+      for name in clashes
+  }
   names = sorted(references.keys() | sources.keys())
   if not names:
     raise UserError(f"no images in {reference_dir} or {source_dir}")
-  return [Pair(name, references.get(name), sources.get(name), errors.get(name))
-          for name in names]
+  return [Pair(name, references.get(name), sources.get(name), errors.get(name)) for name in names]
 
 
 def bicubic_upscaler(scale: int) -> SuperResolve:
@@ -176,8 +177,9 @@ def summarize(results, columns: Sequence[str], label: str, settings: dict) -> di
   scored = [r for r in results if r.error is None]
   means, counts = {}, {}
   for column in columns:
-    values = [r.scores[column] for r in scored
-              if column in r.scores and math.isfinite(r.scores[column])]
+    values = [
+        r.scores[column] for r in scored if column in r.scores and math.isfinite(r.scores[column])
+    ]
     means[column] = float(np.mean(values)) if values else None
     counts[column] = len(values)
   return {
@@ -207,8 +209,10 @@ def _format(column, value):
 
 def markdown_table(summaries: Sequence[dict], columns: Sequence[str]) -> str:
   """One row per summary: method, images scored / total, then the mean of each column."""
-  lines = ["| method | images | " + " | ".join(_heading(c) for c in columns) + " |",
-           "|---|---|" + "---|" * len(columns)]
+  lines = [
+      "| method | images | " + " | ".join(_heading(c) for c in columns) + " |",
+      "|---|---|" + "---|" * len(columns)
+  ]
   for s in summaries:
     cells = [_format(c, s["mean"].get(c)) for c in columns]
     lines.append(f"| {s['label']} | {s['scored']}/{s['images']} | " + " | ".join(cells) + " |")
@@ -234,11 +238,14 @@ def write_report(out_dir, results, summary: dict, columns: Sequence[str],
     scored.append((base_results, base_columns, f"{base_summary['label']}_"))
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(["name", "status", *(prefix + c for _, cols, prefix in scored for c in cols),
-                   "error"])
+  writer.writerow(
+      ["name", "status", *(prefix + c for _, cols, prefix in scored for c in cols), "error"])
   for row in zip(*(rows for rows, _, _ in scored)):
-    cells = [repr(r.scores[c]) if c in r.scores else ""
-             for r, (_, cols, _) in zip(row, scored) for c in cols]
+    cells = [
+        repr(r.scores[c]) if c in r.scores else ""
+        for r, (_, cols, _) in zip(row, scored)
+        for c in cols
+    ]
     errors = "; ".join(dict.fromkeys(r.error for r in row if r.error))
     writer.writerow([row[0].name, "error" if errors else "ok", *cells, errors])
   outputs = {

@@ -246,6 +246,7 @@ def dists(images, reference, params):
 # ---------------------------------------------------------------------------------------
 # Named metrics and the NumPy convenience layer.
 
+
 class MetricInfo(NamedTuple):
   higher_is_better: bool
   heading: str
@@ -265,28 +266,25 @@ METRICS = {
         True, "PSNR-Y (dB)", "PSNR on BT.601 Y = (16 + 65.481R + 128.553G + 24.966B)/255 "
         "(BasicSR; pyiqa test_y_channel, ycbcr), peak 1",
         lambda crop: functools.partial(psnr, space="y", crop_border=crop)),
-    "ssim_y": MetricInfo(
-        True, "SSIM-Y", f"SSIM on float BT.601 Y (BasicSR); {_SSIM_WINDOW}",
-        lambda crop: functools.partial(ssim, space="y", crop_border=crop)),
+    "ssim_y": MetricInfo(True, "SSIM-Y", f"SSIM on float BT.601 Y (BasicSR); {_SSIM_WINDOW}",
+                         lambda crop: functools.partial(ssim, space="y", crop_border=crop)),
     "ssim_y_pyiqa": MetricInfo(
         True, "SSIM-Y (pyiqa)", "SSIM on BT.601 Y rounded to 8-bit levels, contrast-structure "
         f"clamped at 0 (pyiqa test_y_channel, ycbcr); {_SSIM_WINDOW}",
         lambda crop: functools.partial(ssim, space="y", crop_border=crop, convention="pyiqa")),
-    "psnr_rgb": MetricInfo(
-        True, "PSNR-RGB (dB)", "PSNR over R, G, B, peak 1",
-        lambda crop: functools.partial(psnr, space="rgb", crop_border=crop)),
-    "ssim_rgb": MetricInfo(
-        True, "SSIM-RGB", f"SSIM per RGB channel, averaged; {_SSIM_WINDOW}",
-        lambda crop: functools.partial(ssim, space="rgb", crop_border=crop)),
+    "psnr_rgb": MetricInfo(True, "PSNR-RGB (dB)", "PSNR over R, G, B, peak 1",
+                           lambda crop: functools.partial(psnr, space="rgb", crop_border=crop)),
+    "ssim_rgb": MetricInfo(True, "SSIM-RGB", f"SSIM per RGB channel, averaged; {_SSIM_WINDOW}",
+                           lambda crop: functools.partial(ssim, space="rgb", crop_border=crop)),
     "lpips_alex": MetricInfo(
         False, "LPIPS-Alex", "LPIPS v0.1, AlexNet trunk, whole image",
         _full_image(lambda: functools.partial(lpips, params=lpips_params("alex"), net="alex"))),
     "lpips_vgg": MetricInfo(
         False, "LPIPS-VGG", "LPIPS v0.1, VGG16 trunk, whole image",
         _full_image(lambda: functools.partial(lpips, params=lpips_params("vgg"), net="vgg"))),
-    "dists": MetricInfo(
-        False, "DISTS", "DISTS, VGG16 trunk, DISTS_pytorch 0.1 alpha/beta, whole image",
-        _full_image(lambda: functools.partial(dists, params=dists_params()))),
+    "dists": MetricInfo(False, "DISTS",
+                        "DISTS, VGG16 trunk, DISTS_pytorch 0.1 alpha/beta, whole image",
+                        _full_image(lambda: functools.partial(dists, params=dists_params()))),
 }
 
 

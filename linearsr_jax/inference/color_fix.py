@@ -17,7 +17,7 @@ from linearsr_jax.resize import imresize_bicubic_rows
 MODES = ("wavelet", "adain", "none")
 LEVELS = 5
 # Rows beyond a band that its low frequencies depend on: the blurs reach 1 + 2 + 4 + 8 + 16.
-HALO = 2 ** LEVELS - 1
+HALO = 2**LEVELS - 1
 # Rows per band: twice the halo each band recomputes; a band of a 24000 px wide image is 36 MB.
 BAND_ROWS = 2 * HALO + 2
 
@@ -28,15 +28,15 @@ def _adain_apply(sr, sr_stats, reference_stats):
 
 
 def adain(sr, reference):
-  return _adain_apply(sr, (sr.mean((0, 1)), sr.std((0, 1))),
-                      (reference.mean((0, 1)), reference.std((0, 1))))
+  return _adain_apply(sr, (sr.mean((0, 1)), sr.std((0, 1))), (reference.mean(
+      (0, 1)), reference.std((0, 1))))
 
 
 def _low_frequency(image, levels: int):
   """The residual after `levels` blurs of dilation 1, 2, 4, … (the 3×3 kernel is separable)."""
   low = image
   for level in range(levels):
-    d = 2 ** level
+    d = 2**level
     kernel = np.zeros(2 * d + 1, np.float32)
     kernel[::d] = [1 / 4, 1 / 2, 1 / 4]
     low = cv2.sepFilter2D(low, -1, kernel, kernel, borderType=cv2.BORDER_REPLICATE)
@@ -65,10 +65,10 @@ def _channel_stats(bands) -> tuple:
   count, total, squares = 0, 0.0, 0.0
   for band in bands:
     band = band.reshape(-1, band.shape[-1]).astype(np.float64)
-    count, total, squares = count + len(band), total + band.sum(0), squares + (band ** 2).sum(0)
+    count, total, squares = count + len(band), total + band.sum(0), squares + (band**2).sum(0)
   mean = total / count
-  return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean ** 2, 0.0)).astype(
-      np.float32)
+  return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean**2,
+                                                     0.0)).astype(np.float32)
 
 
 def color_fix_in_place(sr, lr, mode: str, rows: int = BAND_ROWS):

@@ -49,7 +49,7 @@ def window_1d(length: int, ramp: int, kind: str) -> np.ndarray:
   """
   centers = np.arange(length) + 0.5
   if kind == "gaussian":
-    return np.exp(-0.5 * ((centers - length / 2) / (length / 8)) ** 2)
+    return np.exp(-0.5 * ((centers - length / 2) / (length / 8))**2)
   if kind == "linear":
     ramp = max(ramp, 1)
     return np.minimum(1.0, np.minimum(centers, length - centers) / ramp)

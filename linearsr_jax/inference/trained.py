@@ -31,7 +31,7 @@ class Trained:
   stage: str
   step: int
   model: SRModel
-  params: dict                       # experts stacked on the leading axis
+  params: dict  # experts stacked on the leading axis
   latent_space: object
   diffusion: ml_collections.ConfigDict  # with this stage's number of experts
 

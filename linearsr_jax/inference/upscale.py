@@ -27,8 +27,8 @@ from linearsr_jax.data.conditions import make_condition, null_condition
 
 @dataclasses.dataclass(frozen=True)
 class UpscaleOptions:
-  tile: int = 128           # LR pixels
-  overlap: int = 32         # LR pixels
+  tile: int = 128  # LR pixels
+  overlap: int = 32  # LR pixels
   steps: int | None = None  # sampler steps (None: the config's)
   guidance_scale: float = 1.0
   seed: int = 0
@@ -89,8 +89,9 @@ class Upscaler:
     overrides = {"guidance_scale": options.guidance_scale}
     if options.steps:
       overrides["steps"] = options.steps
-    self._sr = jax.jit(make_super_resolve(trained.model, trained.latent_space, trained.diffusion,
-                                          scale=self.scale, **overrides))
+    self._sr = jax.jit(
+        make_super_resolve(trained.model, trained.latent_space, trained.diffusion, scale=self.scale,
+                           **overrides))
     self.key = jax.random.PRNGKey(options.seed)
     self.latent_params = jax.device_put(trained.latent_space.params)
     tags, features = trained.config.tags, trained.config.model.caption_channels
@@ -103,15 +104,16 @@ class Upscaler:
     """(tile, overlap) for an (aligned) image: --tile shrunk to the image along each axis; an
     axis that one tile covers needs no overlap."""
     tile = min(self.options.tile, height), min(self.options.tile, width)
-    overlap = tuple(0 if t == size else self.options.overlap
-                    for t, size in zip(tile, (height, width)))
+    overlap = tuple(
+        0 if t == size else self.options.overlap for t, size in zip(tile, (height, width)))
     return tile, overlap
 
   def tile_count(self, height: int, width: int) -> int:
     padded = [-(-v // self.align) * self.align for v in (height, width)]
     tile, overlap = self._tile(*padded)
-    return math.prod(len(tiling.tile_starts(size, t, o, self.align))
-                     for size, t, o in zip(padded, tile, overlap))
+    return math.prod(
+        len(tiling.tile_starts(size, t, o, self.align))
+        for size, t, o in zip(padded, tile, overlap))
 
   def conditions(self, given=None, per_image=None):
     """image path -> (cond, cond_mask): the condition source `given` for every image (loaded

@@ -16,8 +16,8 @@ import numpy as np
 from linearsr_jax.atomic import atomic_dir, check_complete
 from linearsr_jax.errors import UserError
 from linearsr_jax import params_io
-from linearsr_jax.interop.safetensors_io import (check_consumed, load_checkpoint,
-                                                 save_checkpoint, take)
+from linearsr_jax.interop.safetensors_io import (check_consumed, load_checkpoint, save_checkpoint,
+                                                 take)
 from linearsr_jax.models.dit import DiTConfig, LRStem
 
 CLASS_NAME = "SanaTransformer2DModel"
@@ -26,8 +26,10 @@ EXTRA_JSON = "linearsr_extra.json"
 SR_KEYS = ("lr_channels", "lr_stem_convs", "lr_stem_width")
 
 # diffusers config values this architecture reproduces; anything else is another model.
-_REQUIRED = {"norm_eps": 1e-6, "norm_elementwise_affine": False, "interpolation_scale": None,
-             "guidance_embeds": False}
+_REQUIRED = {
+    "norm_eps": 1e-6, "norm_elementwise_affine": False, "interpolation_scale": None,
+    "guidance_embeds": False
+}
 
 
 def dit_config_from_diffusers(config: dict, **overrides) -> DiTConfig:
@@ -55,25 +57,24 @@ def dit_config_from_diffusers(config: dict, **overrides) -> DiTConfig:
 
 
 def diffusers_config(cfg: DiTConfig) -> dict:
-  return {"in_channels": cfg.latent_channels + cfg.lr_channels,
-          "out_channels": cfg.latent_channels, "num_attention_heads": cfg.heads,
-          "attention_head_dim": cfg.head_dim, "num_layers": cfg.depth,
-          "num_cross_attention_heads": cfg.cross_heads,
-          "cross_attention_head_dim": cfg.cross_head_dim, "cross_attention_dim": cfg.hidden,
-          "caption_channels": cfg.caption_channels, "mlp_ratio": cfg.mlp_ratio,
-          "attention_bias": cfg.attention_bias, "patch_size": cfg.patch_size, "qk_norm": cfg.qk_norm,
-          "norm_eps": 1e-6, "norm_elementwise_affine": False, "interpolation_scale": None,
-          "guidance_embeds": False, "sample_size": 32, "dropout": 0.0}
+  return {
+      "in_channels": cfg.latent_channels + cfg.lr_channels, "out_channels": cfg.latent_channels,
+      "num_attention_heads": cfg.heads, "attention_head_dim": cfg.head_dim, "num_layers": cfg.depth,
+      "num_cross_attention_heads": cfg.cross_heads, "cross_attention_head_dim": cfg.cross_head_dim,
+      "cross_attention_dim": cfg.hidden, "caption_channels": cfg.caption_channels, "mlp_ratio":
+          cfg.mlp_ratio, "attention_bias": cfg.attention_bias, "patch_size": cfg.patch_size,
+      "qk_norm": cfg.qk_norm, "norm_eps": 1e-6, "norm_elementwise_affine": False,
+      "interpolation_scale": None, "guidance_embeds": False, "sample_size": 32, "dropout": 0.0
+  }
 
 
 # (our path, diffusers prefix, has_bias) for every dense layer outside the blocks.
-_OUTER_LINEARS = [
-    (("time_linear_1",), "time_embed.emb.timestep_embedder.linear_1", True),
-    (("time_linear_2",), "time_embed.emb.timestep_embedder.linear_2", True),
-    (("time_adaln",), "time_embed.linear", True),
-    (("caption_linear_1",), "caption_projection.linear_1", True),
-    (("caption_linear_2",), "caption_projection.linear_2", True),
-    (("proj_out",), "proj_out", True)]
+_OUTER_LINEARS = [(("time_linear_1",), "time_embed.emb.timestep_embedder.linear_1", True),
+                  (("time_linear_2",), "time_embed.emb.timestep_embedder.linear_2", True),
+                  (("time_adaln",), "time_embed.linear", True),
+                  (("caption_linear_1",), "caption_projection.linear_1", True),
+                  (("caption_linear_2",), "caption_projection.linear_2", True),
+                  (("proj_out",), "proj_out", True)]
 
 
 def _block_linears(cfg: DiTConfig):
@@ -94,14 +95,17 @@ def _block_torch_to_flax(t: dict, prefix: str, cfg: DiTConfig) -> dict:
     if cfg.qk_norm:
       for n in ("norm_q", "norm_k"):
         _put(p, (attn, n), {"weight": take(t, f"{prefix}.{attn}.{n}.weight")})
-  ff = {"conv_inverted": {"kernel": take(t, f"{prefix}.ff.conv_inverted.weight", (two_h, d, 1, 1))
-                          [:, :, 0, 0].T,
-                          "bias": take(t, f"{prefix}.ff.conv_inverted.bias", (two_h,))},
-        "conv_depth_kernel": take(t, f"{prefix}.ff.conv_depth.weight", (two_h, 1, 3, 3))
-                             [:, 0].transpose(1, 2, 0),
-        "conv_depth_bias": take(t, f"{prefix}.ff.conv_depth.bias", (two_h,)),
-        "conv_point": {"kernel": take(t, f"{prefix}.ff.conv_point.weight",
-                                      (d, cfg.ffn_hidden, 1, 1))[:, :, 0, 0].T}}
+  ff = {
+      "conv_inverted": {
+          "kernel": take(t, f"{prefix}.ff.conv_inverted.weight", (two_h, d, 1, 1))[:, :, 0, 0].T,
+          "bias": take(t, f"{prefix}.ff.conv_inverted.bias", (two_h,))
+      }, "conv_depth_kernel": take(t, f"{prefix}.ff.conv_depth.weight", (two_h, 1, 3, 3))
+                              [:, 0].transpose(1, 2, 0),
+      "conv_depth_bias": take(t, f"{prefix}.ff.conv_depth.bias", (two_h,)), "conv_point": {
+          "kernel": take(t, f"{prefix}.ff.conv_point.weight", (d, cfg.ffn_hidden, 1, 1))[:, :, 0,
+                                                                                         0].T
+      }
+  }
   p["ff"] = ff
   return p
 
@@ -151,8 +155,9 @@ def block_params(cfg: DiTConfig, params) -> list:
   """Per-block param dicts, whether the blocks are scanned (stacked) or unrolled."""
   if cfg.scan_layers:
     stacked = params["blocks"]["block"]
-    return [jax.tree_util.tree_map(lambda a, i=i: np.asarray(a[i]), stacked)
-            for i in range(cfg.depth)]
+    return [
+        jax.tree_util.tree_map(lambda a, i=i: np.asarray(a[i]), stacked) for i in range(cfg.depth)
+    ]
   return [params[f"blocks_{i}"] for i in range(cfg.depth)]
 
 
@@ -182,12 +187,15 @@ def torch_to_flax(cfg: DiTConfig, tensors: dict, lr_stem=None) -> dict:
   if weight.shape[1] != c_in:
     raise UserError(f"tensor 'patch_embed.proj.weight' has {weight.shape[1]} input channels, "
                     f"expected {cfg.latent_channels} or {c_in}")
-  params["patch_embed"] = {"kernel": weight.transpose(2, 3, 1, 0).reshape(p * p * c_in, d),
-                           "bias": take(t, "patch_embed.proj.bias", (d,))}
+  params["patch_embed"] = {
+      "kernel": weight.transpose(2, 3, 1, 0).reshape(p * p * c_in, d),
+      "bias": take(t, "patch_embed.proj.bias", (d,))
+  }
   params["caption_norm"] = {"weight": take(t, "caption_norm.weight", (d,))}
   params["scale_shift_table"] = take(t, "scale_shift_table", (2, d))
-  set_block_params(cfg, params, [_block_torch_to_flax(t, f"transformer_blocks.{i}", cfg)
-                                 for i in range(cfg.depth)])
+  set_block_params(
+      cfg, params,
+      [_block_torch_to_flax(t, f"transformer_blocks.{i}", cfg) for i in range(cfg.depth)])
   check_consumed(t, f"{cfg.depth}-block SanaTransformer2DModel")
   if cfg.lr_channels:
     params["lr_stem"] = lr_stem
@@ -201,8 +209,9 @@ def flax_to_torch(cfg: DiTConfig, params) -> tuple[dict, dict]:
   out = {}
   for path, name, _ in _OUTER_LINEARS:
     _linear_to_torch(params[path[0]], name, out)
-  out["patch_embed.proj.weight"] = (params["patch_embed"]["kernel"].reshape(p, p, c_in, d)
-                                    .transpose(3, 2, 0, 1))
+  out["patch_embed.proj.weight"] = (params["patch_embed"]["kernel"].reshape(p, p, c_in,
+                                                                            d).transpose(
+                                                                                3, 2, 0, 1))
   out["patch_embed.proj.bias"] = params["patch_embed"]["bias"]
   out["caption_norm.weight"] = params["caption_norm"]["weight"]
   out["scale_shift_table"] = params["scale_shift_table"]
@@ -214,7 +223,7 @@ def flax_to_torch(cfg: DiTConfig, params) -> tuple[dict, dict]:
 
 def init_lr_stem(cfg: DiTConfig, seed: int = 0):
   stem = LRStem(cfg.lr_stem_convs, cfg.lr_stem_width, cfg.lr_channels)
-  size = 4 * 2 ** cfg.lr_stem_convs
+  size = 4 * 2**cfg.lr_stem_convs
   boxed = stem.init(jax.random.PRNGKey(seed), np.zeros((1, size, size, 3), np.float32))
   return jax.tree_util.tree_map(np.asarray, nn.unbox(boxed["params"]))
 
@@ -264,5 +273,5 @@ def export_transformer(cfg: DiTConfig, params, out_dir, overwrite=False, extra_p
       (tmp / name).write_text(text)
     if extra:
       save_file({k: np.ascontiguousarray(v) for k, v in extra.items()}, str(tmp / EXTRA_FILE))
-      (tmp / EXTRA_JSON).write_text(json.dumps(
-          {k: getattr(cfg, k) for k in SR_KEYS}, indent=2) + "\n")
+      (tmp /
+       EXTRA_JSON).write_text(json.dumps({k: getattr(cfg, k) for k in SR_KEYS}, indent=2) + "\n")

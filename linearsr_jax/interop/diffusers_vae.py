@@ -24,19 +24,19 @@ def _torch_key(path: tuple[str, ...]) -> str:
 
 def _torch_layout(leaf: str, shape: tuple[int, ...]):
   """(torch shape, torch -> Flax converter) for one Flax leaf of the given shape."""
-  if leaf == "kernel" and len(shape) == 4:        # conv [kh, kw, in, out] <- [out, in, kh, kw]
+  if leaf == "kernel" and len(shape) == 4:  # conv [kh, kw, in, out] <- [out, in, kh, kw]
     kh, kw, cin, cout = shape
     return (cout, cin, kh, kw), lambda w: w.transpose(2, 3, 1, 0)
-  if leaf == "kernel":                            # linear [in, out] <- [out, in]
+  if leaf == "kernel":  # linear [in, out] <- [out, in]
     return shape[::-1], lambda w: w.T
-  if leaf == "depthwise_kernel":                  # [k, k, C] <- [C, 1, k, k]
+  if leaf == "depthwise_kernel":  # [k, k, C] <- [C, 1, k, k]
     k, _, c = shape
     return (c, 1, k, k), lambda w: w[:, 0].transpose(1, 2, 0)
-  if leaf == "grouped_kernel":                    # [G, in, out] <- [G*out, in, 1, 1]
+  if leaf == "grouped_kernel":  # [G, in, out] <- [G*out, in, 1, 1]
     g, d_in, d_out = shape
     return ((g * d_out, d_in, 1, 1),
             lambda w: w[:, :, 0, 0].reshape(g, d_out, d_in).transpose(0, 2, 1))
-  return shape, lambda w: w                       # norms: torch names and layout
+  return shape, lambda w: w  # norms: torch names and layout
 
 
 def import_autoencoder_dc(src, config_path=None) -> tuple[dict, dict]:

@@ -40,7 +40,7 @@ def softmax_attention(q, k, v, key_mask=None):
   Masked keys get a -1e4 bias, like diffusers, so a fully masked row degrades to uniform
   attention instead of NaN.
   """
-  scale = q.shape[-1] ** -0.5
+  scale = q.shape[-1]**-0.5
   logits = jnp.einsum("bnhd,bmhd->bhnm", q, k).astype(jnp.float32) * scale
   if key_mask is not None:
     logits = logits + jnp.where(key_mask, 0.0, -1e4)[:, None, None, :]
@@ -72,8 +72,8 @@ class Attention(nn.Module):
     gather_kv = self.gather and context is None
     context = x if context is None else context
     inner = self.heads * self.head_dim
-    dense = lambda name, gather: Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype,
-                                       gather=gather, name=name)
+    dense = lambda name, gather: Dense(inner, ("embed", "heads"), self.qkv_bias, self.dtype, gather=
+                                       gather, name=name)
     q = dense("to_q", self.gather)(x)
     k = dense("to_k", gather_kv)(context)
     v = dense("to_v", gather_kv)(context)
@@ -83,8 +83,9 @@ class Attention(nn.Module):
     elif self.qk_norm is not None:
       raise ValueError(f"qk_norm must be None or 'rms_norm_across_heads', got {self.qk_norm!r}")
     split = lambda t: t.reshape(*t.shape[:2], self.heads, self.head_dim)
-    q, k, v = (nn.with_logical_constraint(split(t), ("activation_batch", "activation_length",
-                                                      "activation_heads", None)) for t in (q, k, v))
+    q, k, v = (nn.with_logical_constraint(
+        split(t), ("activation_batch", "activation_length", "activation_heads", None))
+               for t in (q, k, v))
     o = ATTENTION_KERNELS[self.kind](q, k, v, key_mask)
     o = o.reshape(*o.shape[:2], inner)
     return Dense(x.shape[-1], ("heads", "embed"), True, self.dtype, gather=self.gather,

@@ -26,7 +26,6 @@ from linearsr_jax.models.autoencoder_layers import (ACTIVATIONS, Conv, Dtype, De
                                                     GroupedPointwise, Linear, RMSNorm, activation,
                                                     norm_layer, pixel_shuffle, pixel_unshuffle)
 
-
 # The key a params directory (params_io.py) stores a DC-AE under.
 PARAMS_KIND = "autoencoder_dc"
 
@@ -80,7 +79,8 @@ def autoencoder_config(config: Mapping) -> dict:
         int(c) for c in _per_block(cfg[f"{side}_layers_per_block"], n, f"{side}_layers_per_block"))
     cfg[f"{side}_block_types"] = _per_block(cfg[f"{side}_block_types"], n, f"{side}_block_types")
     cfg[f"{side}_qkv_multiscales"] = tuple(
-        tuple(int(k) for k in scales)
+        tuple(int(k)
+              for k in scales)
         for scales in _per_block(cfg[f"{side}_qkv_multiscales"], n, f"{side}_qkv_multiscales"))
     for block_type in cfg[f"{side}_block_types"]:
       if block_type not in BLOCK_TYPES:
@@ -169,11 +169,11 @@ class MultiscaleLinearAttention(nn.Module):
     q, k, v = nn.relu(qkv[..., 0, :]), nn.relu(qkv[..., 1, :]), qkv[..., 2, :]
     if n > d:
       v1 = jnp.concatenate([v, jnp.ones_like(v[..., :1])], -1)
-      kv = jnp.einsum("bngi,bngj->bgij", k, v1)              # [b, g, d, d+1]
+      kv = jnp.einsum("bngi,bngj->bgij", k, v1)  # [b, g, d, d+1]
       out = jnp.einsum("bngi,bgij->bngj", q, kv)
       out = out[..., :d] / (out[..., d:] + self.eps)
     else:
-      scores = jnp.einsum("bmgi,bngi->bgmn", k, q)           # keys m, queries n
+      scores = jnp.einsum("bmgi,bngi->bgmn", k, q)  # keys m, queries n
       scores = scores / (scores.sum(2, keepdims=True) + self.eps)
       out = jnp.einsum("bmgi,bgmn->bngi", v, scores)
     out = out.reshape(b, h, w, groups * d).astype(self.dtype)
@@ -327,7 +327,7 @@ class AutoencoderDC(nn.Module):
 
   @property
   def factor(self) -> int:
-    return 2 ** (len(self.cfg["encoder_block_out_channels"]) - 1)
+    return 2**(len(self.cfg["encoder_block_out_channels"]) - 1)
 
   def encode(self, images):
     return self.encoder(images)
@@ -378,8 +378,10 @@ def init_params(model: AutoencoderDC, seed: int = 0):
   def fill(tree):
     if all(not isinstance(v, Mapping) for v in tree.values()):
       if "running_mean" in tree or ("weight" in tree and "kernel" not in tree):
-        return {k: (np.ones if k in ("weight", "running_var") else np.zeros)(v.shape, np.float32)
-                for k, v in tree.items()}
+        return {
+            k: (np.ones if k in ("weight", "running_var") else np.zeros)(v.shape, np.float32)
+            for k, v in tree.items()
+        }
       bound = 1.0 / math.sqrt(_fan_in(tree))
       return {k: rng.uniform(-bound, bound, v.shape).astype(np.float32) for k, v in tree.items()}
     return {k: fill(v) for k, v in sorted(tree.items())}

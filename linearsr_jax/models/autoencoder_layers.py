@@ -13,7 +13,9 @@ Dtype = Any
 
 # torch.nn defaults: GELU is the exact erf form.
 ACTIVATIONS = {
-    "silu": nn.silu, "swish": nn.silu, "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "relu": nn.relu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
 }
@@ -103,8 +105,8 @@ class DepthwiseConv(nn.Module):
   def __call__(self, x):
     k, c = self.kernel_size, x.shape[-1]
     kernel = self.param("depthwise_kernel", torch_linear_init(k * k), (k, k, c), jnp.float32)
-    bias = (self.param("bias", torch_linear_init(k * k), (c,), jnp.float32)
-            if self.use_bias else None)
+    bias = (self.param("bias", torch_linear_init(k * k),
+                       (c,), jnp.float32) if self.use_bias else None)
     return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype),
                           None if bias is None else bias.astype(self.dtype))
 

@@ -33,22 +33,22 @@ class DiTConfig:
   """Architecture and numerics; field names match the `model` section of configs/*.py."""
   depth: int = 2
   hidden: int = 64
-  heads: int = 2                      # self-attention heads (head_dim = hidden // heads)
+  heads: int = 2  # self-attention heads (head_dim = hidden // heads)
   cross_heads: int = 2
   cross_head_dim: int = 32
   caption_channels: int = 64
   latent_channels: int = 48
   patch_size: int = 1
   mlp_ratio: float = 2.5
-  attention: str = "linear"           # "linear" (SANA) | "softmax" (ablations, scaling bench)
-  qk_norm: str | None = None          # None | "rms_norm_across_heads"
-  attention_bias: bool = False        # bias on the self-attention q/k/v projections
-  lr_channels: int = 16               # channels of E_conv(LR) concatenated with x_t; 0 = none
-  lr_stem_convs: int = 1              # stride-2 convs in E_conv: log2(latent factor / scale)
+  attention: str = "linear"  # "linear" (SANA) | "softmax" (ablations, scaling bench)
+  qk_norm: str | None = None  # None | "rms_norm_across_heads"
+  attention_bias: bool = False  # bias on the self-attention q/k/v projections
+  lr_channels: int = 16  # channels of E_conv(LR) concatenated with x_t; 0 = none
+  lr_stem_convs: int = 1  # stride-2 convs in E_conv: log2(latent factor / scale)
   lr_stem_width: int = 32
   scan_layers: bool = True
-  remat: str = "none"                 # key of REMAT_POLICIES
-  dtype: str = "float32"              # compute dtype (DTYPES); params stay float32
+  remat: str = "none"  # key of REMAT_POLICIES
+  dtype: str = "float32"  # compute dtype (DTYPES); params stay float32
 
   @property
   def head_dim(self) -> int:
@@ -77,20 +77,19 @@ class Block(nn.Module):
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     d = cfg.hidden
     gather = cfg.remat != "none"  # see Dense.gather
-    table = self.param("scale_shift_table",
-                       logical(nn.initializers.normal(d**-0.5), (None, "embed")),
-                       (6, d), jnp.float32)
+    table = self.param("scale_shift_table", logical(nn.initializers.normal(d**-0.5),
+                                                    (None, "embed")), (6, d), jnp.float32)
     mod = table[None] + t6.reshape(-1, 6, d)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
         mod[:, i:i + 1] for i in range(6))
 
     h = (layer_norm(x) * (1 + scale_msa) + shift_msa).astype(dtype)
-    h = Attention(cfg.heads, cfg.head_dim, cfg.attention, cfg.attention_bias, cfg.qk_norm,
-                  dtype, gather, name="attn1")(h)
+    h = Attention(cfg.heads, cfg.head_dim, cfg.attention, cfg.attention_bias, cfg.qk_norm, dtype,
+                  gather, name="attn1")(h)
     x = x + gate_msa * h
 
-    h = Attention(cfg.cross_heads, cfg.cross_head_dim, "softmax", True, cfg.qk_norm, dtype,
-                  gather, name="attn2")(x.astype(dtype), cond, cond_mask)
+    h = Attention(cfg.cross_heads, cfg.cross_head_dim, "softmax", True, cfg.qk_norm, dtype, gather,
+                  name="attn2")(x.astype(dtype), cond, cond_mask)
     x = x + h
 
     h = (layer_norm(x) * (1 + scale_mlp) + shift_mlp).astype(dtype)
@@ -194,9 +193,8 @@ class DiT(nn.Module):
       for i in range(cfg.depth):
         x = block_cls(cfg, grid_hw, name=f"blocks_{i}")(x, *shared)
 
-    table = self.param("scale_shift_table",
-                       logical(nn.initializers.normal(d**-0.5), (None, "embed")),
-                       (2, d), jnp.float32)
+    table = self.param("scale_shift_table", logical(nn.initializers.normal(d**-0.5),
+                                                    (None, "embed")), (2, d), jnp.float32)
     shift, scale = jnp.split(table[None] + t_emb[:, None], 2, axis=1)
     x = (layer_norm(x) * (1 + scale) + shift).astype(dtype)
     # Zero-initialised output, as DiT / PixArt / SANA train it: a fresh model predicts zero
@@ -215,7 +213,8 @@ def init_params(cfg: DiTConfig, rng, latent_hw=(8, 8), cond_len=4):
 def example_inputs(cfg: DiTConfig, batch, latent_hw, cond_len=4):
   """Zero inputs with consistent shapes: (x_t, t, lr, cond, cond_mask)."""
   h, w = latent_hw
-  f = 2 ** cfg.lr_stem_convs
-  return (jnp.zeros((batch, h, w, cfg.latent_channels)), jnp.zeros((batch,)),
-          jnp.zeros((batch, h * f, w * f, 3)), jnp.zeros((batch, cond_len, cfg.caption_channels)),
-          jnp.ones((batch, cond_len), bool))
+  f = 2**cfg.lr_stem_convs
+  return (jnp.zeros((batch, h, w, cfg.latent_channels)), jnp.zeros(
+      (batch,)), jnp.zeros(
+          (batch, h * f, w * f, 3)), jnp.zeros(
+              (batch, cond_len, cfg.caption_channels)), jnp.ones((batch, cond_len), bool))

@@ -33,7 +33,7 @@ PIXEL_SCALE = 2.0
 def default_config() -> ml_collections.ConfigDict:
   """The `latent` config section."""
   config = ml_collections.ConfigDict()
-  config.kind = "pixel"          # "pixel" | "dcae"
+  config.kind = "pixel"  # "pixel" | "dcae"
   # Pixel space only (a DC-AE's factor and scaling come from its architecture).
   config.factor = 4
   config.shift = PIXEL_SHIFT
@@ -66,7 +66,7 @@ class PixelSpace:
 
   @property
   def channels(self) -> int:
-    return self.image_channels * self.factor ** 2
+    return self.image_channels * self.factor**2
 
   def abstract_params(self):
     return {}
@@ -174,7 +174,7 @@ def lr_stem_depth(latent_factor: int, sr_scale: int) -> int:
   """
   ratio = latent_factor / sr_scale
   depth = round(math.log2(ratio)) if ratio >= 1 else -1
-  if depth < 0 or 2 ** depth != ratio:
+  if depth < 0 or 2**depth != ratio:
     raise UserError(f"latent factor {latent_factor} / SR scale {sr_scale} = {ratio:g} is not a "
                     "power of two >= 1: stride-2 convs cannot take the LR image to the latent grid")
   return depth

@@ -42,7 +42,7 @@ class Dense(nn.Module):
   axes: tuple[str | None, str | None]
   use_bias: bool = True
   dtype: Dtype = jnp.float32
-  kernel_init: Any = None     # default: PyTorch's, for both kernel and bias
+  kernel_init: Any = None  # default: PyTorch's, for both kernel and bias
   bias_init: Any = None
   # All-gather the `dtype` kernel over its FSDP axis ('embed') explicitly. For layers of a
   # rematerialised block that see every token: the re-forward and the backward then share one
@@ -60,8 +60,7 @@ class Dense(nn.Module):
     y = _matmul(x.astype(self.dtype), kernel, jnp.dtype(self.dtype), gathered)
     if self.use_bias:
       bias_init = self.bias_init or torch_linear_init(fan_in)
-      bias = self.param("bias", logical(bias_init, self.axes[1:]),
-                        (self.features,), jnp.float32)
+      bias = self.param("bias", logical(bias_init, self.axes[1:]), (self.features,), jnp.float32)
       # Added in float32, so its gradient, a sum over the batch, is a float32 sum too.
       y = (y + bias).astype(self.dtype)
     return y
@@ -88,8 +87,8 @@ def _matmul_fwd(x, kernel, dtype, gathered):
 
 def _matmul_bwd(dtype, gathered, residuals, g):
   x, k = residuals
-  return (jnp.einsum("...o,io->...i", g, k),
-          jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.float32))
+  return (jnp.einsum("...o,io->...i", g,
+                     k), jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.float32))
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -110,8 +109,8 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("weight", logical(nn.initializers.ones, (self.axis_name,)),
-                       (x.shape[-1],), jnp.float32)
+    scale = self.param("weight", logical(nn.initializers.ones, (self.axis_name,)), (x.shape[-1],),
+                       jnp.float32)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
     return (y * scale).astype(x.dtype)
@@ -136,14 +135,14 @@ class MixFFN(nn.Module):
   """SANA's GLUMBConv: 1×1 D→2H, SiLU, depthwise 3×3, value·SiLU(gate), 1×1 H→D (no bias)."""
   hidden: int
   dtype: Dtype = jnp.float32
-  gather: bool = False        # Dense.gather for both 1×1 convs
+  gather: bool = False  # Dense.gather for both 1×1 convs
 
   @nn.compact
   def __call__(self, x, grid_hw: tuple[int, int]):
     b, n, d = x.shape
     h, w = grid_hw
-    y = Dense(2 * self.hidden, ("embed", "mlp"), dtype=self.dtype,
-              gather=self.gather, name="conv_inverted")(x)
+    y = Dense(2 * self.hidden, ("embed", "mlp"), dtype=self.dtype, gather=self.gather,
+              name="conv_inverted")(x)
     y = nn.silu(y).reshape(b, h, w, 2 * self.hidden)
     y = nn.with_logical_constraint(y, ("activation_batch", None, None, "activation_mlp"))
     kernel = self.param("conv_depth_kernel", logical(torch_linear_init(9), (None, None, "mlp")),

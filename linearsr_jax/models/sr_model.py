@@ -19,7 +19,7 @@ from linearsr_jax.models.tags import PrecomputedEncoder, TagEncoder
 
 @dataclasses.dataclass(frozen=True)
 class TagsConfig:
-  encoder: str = "hash"       # 'hash' | 'precomputed'
+  encoder: str = "hash"  # 'hash' | 'precomputed'
   vocab_size: int = 4096
   max_tokens: int = 16
 

@@ -23,10 +23,10 @@ ENCODERS = ("hash", "precomputed")
 def default_config() -> ml_collections.ConfigDict:
   """The `tags` config section."""
   return ml_collections.ConfigDict({
-      "encoder": "hash",        # 'hash' (TagEncoder) | 'precomputed' (PrecomputedEncoder)
-      "vocab_size": 4096,       # hash buckets for 'hash'
-      "max_tokens": 16,         # L: tags kept per image / tokens per precomputed array
-      "dropout_prob": 0.1,      # training probability of replacing a condition by the null one
+      "encoder": "hash",  # 'hash' (TagEncoder) | 'precomputed' (PrecomputedEncoder)
+      "vocab_size": 4096,  # hash buckets for 'hash'
+      "max_tokens": 16,  # L: tags kept per image / tokens per precomputed array
+      "dropout_prob": 0.1,  # training probability of replacing a condition by the null one
   })
 
 
@@ -37,8 +37,8 @@ class NullCondition(nn.Module):
   dropout_prob: float = 0.0
 
   def setup(self):
-    self.tokens = self.param("null_embedding", logical(nn.initializers.normal(0.02),
-                                                       (None, "caption")),
+    self.tokens = self.param("null_embedding",
+                             logical(nn.initializers.normal(0.02), (None, "caption")),
                              (self.max_tokens, self.features), jnp.float32)
 
   def null(self, batch):
@@ -66,8 +66,8 @@ class TagEncoder(nn.Module):
   dropout_prob: float = 0.0
 
   def setup(self):
-    self.embedding = self.param("embedding", logical(nn.initializers.normal(0.02),
-                                                     ("vocab", "caption")),
+    self.embedding = self.param("embedding",
+                                logical(nn.initializers.normal(0.02), ("vocab", "caption")),
                                 (self.vocab_size, self.features), jnp.float32)
     self.null_condition = NullCondition(self.max_tokens, self.features, self.dropout_prob)
 

@@ -24,8 +24,8 @@ class _DropUnretrieved(logging.Filter):
 
 
 def _closed_loop_callback(unraisable) -> bool:
-  return (unraisable.exc_type is RuntimeError
-          and str(unraisable.exc_value) == "Event loop is closed")
+  return (unraisable.exc_type is RuntimeError and
+          str(unraisable.exc_value) == "Event loop is closed")
 
 
 def silence():

@@ -56,11 +56,15 @@ def restore_subtree_on_one_device(state_dir, name: str):
   if not isinstance(tree, dict) or not isinstance(tree.get(name), dict):
     raise KeyError(f"no {name} in the saved state")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = {name: jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree[name])}
-  restored = ocp.Checkpointer(handler).restore(state_dir, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True))
+  target = {
+      name: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                         tree[name])
+  }
+  restored = ocp.Checkpointer(handler).restore(
+      state_dir,
+      args=ocp.args.PyTreeRestore(item=target,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True))
   return restored[name]
 
 
@@ -76,8 +80,9 @@ def read_params(step_dir, name: str):
   except (ValueError, FileNotFoundError, KeyError) as e:
     raise UserError(f"{step_dir}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
   if saved is None:
-    log.warning("%s has no checksums (written by a version before they existed): its params "
-                "are used unverified", step_dir)
+    log.warning(
+        "%s has no checksums (written by a version before they existed): its params "
+        "are used unverified", step_dir)
   elif bad := damaged_arrays(params, saved, prefix=f"{name}/"):
     raise UserError(f"{step_dir}: damaged checkpoint: {bad[0]} reads back different from what "
                     f"was saved (checksum; {len(bad)} arrays differ)")

@@ -13,8 +13,8 @@ from linearsr_jax.run import env_points
 
 ENV = "LINEARSR_FAULT_AT"
 POINTS = (
-    "checkpoint_read",   # a checkpoint's state and metrics are about to be read
-    "checkpoint_save",   # a checkpoint is about to be written
+    "checkpoint_read",  # a checkpoint's state and metrics are about to be read
+    "checkpoint_save",  # a checkpoint is about to be written
 )
 
 

@@ -12,13 +12,13 @@ from linearsr_jax.run import env_points
 
 ENV = "LINEARSR_KILL_AT"
 POINTS = (
-    "checkpoint_write",   # an asynchronous checkpoint save is in flight
-    "metrics_append",     # half of a metrics.jsonl line is written
-    "rolled_back",        # the divergence guard's rollback is checkpointed, training not gone on
-    "knee_restored",      # a stage's knee checkpoint is read, nothing of its ending written
-    "knee_plot",          # the knee plot is drawn, not yet written
-    "stage_ended",        # result.json is written; run.json and the next stage.json are not
-    "run_json",           # run.json is about to be rewritten with the stage that just ended
+    "checkpoint_write",  # an asynchronous checkpoint save is in flight
+    "metrics_append",  # half of a metrics.jsonl line is written
+    "rolled_back",  # the divergence guard's rollback is checkpointed, training not gone on
+    "knee_restored",  # a stage's knee checkpoint is read, nothing of its ending written
+    "knee_plot",  # the knee plot is drawn, not yet written
+    "stage_ended",  # result.json is written; run.json and the next stage.json are not
+    "run_json",  # run.json is about to be rewritten with the stage that just ended
 )
 
 

@@ -41,7 +41,6 @@ from linearsr_jax.run import kill_points
 
 log = logging.getLogger(__name__)
 
-
 # Orbax on object storage writes a step in place and marks it finished with this file last
 # (there is no rename to make it appear whole).
 COMMIT_SUCCESS = "commit_success.txt"
@@ -101,8 +100,8 @@ class StageDir:
     """The step directory to read `step`'s EMA params from: its knee snapshot (the smaller
     read), else its checkpoint; None when neither was kept. Both hold `state/ema_params` and
     its checksums."""
-    for folder, steps in ((self.knee_snapshots, self.snapshot_steps),
-                          (self.checkpoints, self.checkpoint_steps)):
+    for folder, steps in ((self.knee_snapshots, self.snapshot_steps), (self.checkpoints,
+                                                                       self.checkpoint_steps)):
       if step in steps():
         return folder / str(step)
     return None
@@ -149,8 +148,10 @@ def _finished_steps(folder) -> list:
   digits; on object storage a step is finished once COMMIT_SUCCESS is written)."""
   if not folder.is_dir():
     return []
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (
-      not storage.is_url(p) or (p / COMMIT_SUCCESS).exists()))
+  return sorted(
+      int(p.name)
+      for p in folder.iterdir()
+      if p.name.isdigit() and (not storage.is_url(p) or (p / COMMIT_SUCCESS).exists()))
 
 
 def write_json(path, obj):
@@ -197,8 +198,8 @@ def read_jsonl(path) -> tuple:
       continue
     unreadable += 1
     if number == len(lines):  # no newline after it: the append was cut short
-      log.warning("%s: dropped a partial last line (%d bytes), left by an interrupted write",
-                  path, len(line))
+      log.warning("%s: dropped a partial last line (%d bytes), left by an interrupted write", path,
+                  len(line))
     else:
       log.warning("%s: line %d is not a JSON object; skipped", path, number)
   return rows, unreadable
@@ -255,8 +256,8 @@ class MetricsLog:
     """`write`: whether this process writes the file (one process of a multi-host run does)."""
     self.path, self.write = path, write
     # Process 0's reading on every process: ESGF judges the same rows on every host.
-    self.rows = [] if resume_step is None else lead_decides.broadcast([
-        r for r in read_jsonl(path)[0] if r.get("step", resume_step + 1) <= resume_step])
+    self.rows = [] if resume_step is None else lead_decides.broadcast(
+        [r for r in read_jsonl(path)[0] if r.get("step", resume_step + 1) <= resume_step])
     if write:
       self._rewrite(self.rows)
 

@@ -83,8 +83,7 @@ class StageCheckpoints:
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(directory, item_names=ITEMS, options=options)
 
-  def save(self, step: int, state, data_iter, metrics: dict,
-           keep: AbstractSet[int] = frozenset()):
+  def save(self, step: int, state, data_iter, metrics: dict, keep: AbstractSet[int] = frozenset()):
     """Saves `step`, then prunes: kept are the latest N, the best, and the steps in `keep`."""
     metrics = {k: float(v) for k, v in metrics.items()}
     self._keep.steps = frozenset(keep)
@@ -93,11 +92,12 @@ class StageCheckpoints:
     disk_space.ensure_room_on_every_host(self.manager.directory, needed, f"checkpoint {step}")
     with write_errors_as_one_line(self.manager.directory, needed, f"checkpoint {step}"):
       fault_points.reached("checkpoint_save")
-      self.manager.save(step, force=True, metrics=metrics or None, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data_iter=grain.checkpoint.CheckpointSave(data_iter),
-          metrics=ocp.args.JsonSave(metrics),
-          checksums=ocp.args.JsonSave(state_checksum.checksums(state))))
+      self.manager.save(
+          step, force=True, metrics=metrics or None,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data_iter=grain.checkpoint.CheckpointSave(data_iter),
+                                  metrics=ocp.args.JsonSave(metrics),
+                                  checksums=ocp.args.JsonSave(state_checksum.checksums(state))))
     kill_points.reached("checkpoint_write")
 
   def latest_step(self):
@@ -114,8 +114,8 @@ class StageCheckpoints:
     # latest_step() already names a checkpoint whose asynchronous save may still be running.
     self.wait()
     where = f"checkpoint {self.manager.directory}/{step}"
-    state, metrics = storage_errors.retried(
-        lambda: self._restore_verified(step, abstract_state), where, on_give_up=self.close)
+    state, metrics = storage_errors.retried(lambda: self._restore_verified(step, abstract_state),
+                                            where, on_give_up=self.close)
     if data_iter is not None:  # only now: an iterator that does not fit is not the state's damage
       saved = storage_errors.retried(lambda: self._saved_data_position(step), where,
                                      on_give_up=self.close)
@@ -131,12 +131,13 @@ class StageCheckpoints:
     verified = checkpoint_read.has_checksums(self._step_dir(step))
     if verified:
       args["checksums"] = ocp.args.JsonRestore()
-    elif any(checkpoint_read.has_checksums(self._step_dir(s)) for s in self.all_steps()
-             if s != step):
+    elif any(
+        checkpoint_read.has_checksums(self._step_dir(s)) for s in self.all_steps() if s != step):
       raise DamagedCheckpoint(step, "its checksums are missing (other checkpoints have them)")
     else:
-      log.warning("checkpoint %s has no checksums (written by a version before they existed): "
-                  "restored without verifying its arrays", step)
+      log.warning(
+          "checkpoint %s has no checksums (written by a version before they existed): "
+          "restored without verifying its arrays", step)
     with self._damage_named(step, ""):
       fault_points.reached("checkpoint_read")
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
@@ -147,8 +148,9 @@ class StageCheckpoints:
     bad = checkpoint_read.damaged_arrays(restored["state"], restored["checksums"])
     if bad:
       more = f" and {len(bad) - 1} more arrays" if bad[1:] else ""
-      raise DamagedCheckpoint(step, f"{bad[0]}{more} read back different from what was saved "
-                              "(checksum)")
+      raise DamagedCheckpoint(
+          step, f"{bad[0]}{more} read back different from what was saved "
+          "(checksum)")
     return restored["state"], dict(restored["metrics"] or {})
 
   def _step_dir(self, step: int):
@@ -158,8 +160,8 @@ class StageCheckpoints:
     """This process's saved grain iterator state (the JSON grain's CheckpointHandler wrote)."""
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     with self._damage_named(step, "its data iterator state: "):
-      return json.loads((epath.Path(self.manager.directory) / str(step) / "data_iter" / name)
-                        .read_text())
+      return json.loads(
+          (epath.Path(self.manager.directory) / str(step) / "data_iter" / name).read_text())
 
   @contextlib.contextmanager
   def _damage_named(self, step: int, what: str):
@@ -190,12 +192,13 @@ class StageCheckpoints:
       here, problem = problem, lead_decides.broadcast(problem)
       # A host that failed where the lead read the step intact, or that cannot read on, stops
       # every host (rather than leave them waiting for it in the next collective).
-      failed = lead_decides.processes_where(error is not None or (problem is None and
-                                                                   found is None))
+      failed = lead_decides.processes_where(error is not None or
+                                            (problem is None and found is None))
       if failed:
         if here and problem is None:
-          log.warning("checkpoint %d: %s on process %d alone (process 0 read it intact); "
-                      "not set aside", step, here, jax.process_index())
+          log.warning(
+              "checkpoint %d: %s on process %d alone (process 0 read it intact); "
+              "not set aside", step, here, jax.process_index())
         self.close()
         raise error or UserError(f"checkpoint {self.manager.directory}/{step} cannot be read on "
                                  f"process {failed[0]} (see its log)")
@@ -246,15 +249,16 @@ class StageCheckpoints:
     self.manager.close()
 
 
-
 def structure_mismatch(step_dir, abstract_state):
   """The first array whose shape in the checkpoint `step_dir` (from its metadata alone) differs
   from `abstract_state`'s, in words; None when every array matches. Unreadable metadata raises
   the storage's error."""
   abandoned_reads.silence()
   saved = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir) / "state").tree
-  saved, wanted = ({state_checksum.path_name(p): _stored_shape(x)
-                    for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  saved, wanted = ({
+      state_checksum.path_name(p): _stored_shape(x)
+      for p, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
                    for tree in (saved, abstract_state))
   for path in sorted(saved.keys() | wanted.keys()):
     if saved.get(path) != wanted.get(path):

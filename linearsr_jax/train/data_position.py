@@ -19,9 +19,9 @@ def batches_consumed(state: dict) -> int:
   if set(state) == {"next_index"}:
     return int(state["next_index"])
   workers = state.get("iterators_in_use_states")
-  if (workers and state.get("iterators_in_use_indices") == list(range(len(workers)))
-      and not any(state.get("exhausted", [1])) and not state.get("future_states")
-      and all(set(w) == {"next_index"} for w in workers)):
+  if (workers and state.get("iterators_in_use_indices") == list(range(len(workers))) and
+      not any(state.get("exhausted", [1])) and not state.get("future_states") and
+      all(set(w) == {"next_index"} for w in workers)):
     return sum(int(w["next_index"]) for w in workers)
   raise ValueError(f"an iterator state of unknown shape (keys {sorted(state)})")
 
@@ -31,10 +31,12 @@ def state_at(n: int, like: dict) -> dict:
   if set(like) == {"next_index"}:
     return {"next_index": n}
   k = len(like["iterators_in_use_states"])
-  return {"next_index_in_cycle": n % k, "next_index_in_datasets": k,
-          "iterators_in_use_indices": list(range(k)),
-          "iterators_in_use_states": [{"next_index": (n - i + k - 1) // k} for i in range(k)],
-          "exhausted": [0] * k, "future_states": {}}
+  return {
+      "next_index_in_cycle": n % k, "next_index_in_datasets": k,
+      "iterators_in_use_indices": list(range(k)),
+      "iterators_in_use_states": [{"next_index": (n - i + k - 1) // k} for i in range(k)],
+      "exhausted": [0] * k, "future_states": {}
+  }
 
 
 def _workers(state: dict) -> int:
@@ -53,9 +55,9 @@ def place(data_iter, saved: dict, what: str):
     except (ValueError, KeyError, TypeError) as e:
       raise UserError(f"the data iterator state of {what} does not fit this data pipeline "
                       f"({e}): resume with the data.num_workers it was saved with") from None
-    log.info("%s: its data iterator was saved with data.num_workers=%d, this run has %d: "
-             "repositioned at the same batch (%d consumed)", what, _workers(saved),
-             _workers(like), n)
+    log.info(
+        "%s: its data iterator was saved with data.num_workers=%d, this run has %d: "
+        "repositioned at the same batch (%d consumed)", what, _workers(saved), _workers(like), n)
     saved = state
   try:
     data_iter.set_state(saved)

@@ -45,8 +45,8 @@ class DivergenceGuard:
     for row, after in zip(rows, rows[1:] + [{}]):
       if ROLLBACKS in row:
         self.rollbacks = int(row[ROLLBACKS])
-      elif LOSS in row and self._armed() and np.isfinite(row[LOSS]) and (
-          after.get(TRIGGER) != LOSS):
+      elif LOSS in row and self._armed() and np.isfinite(row[LOSS]) and (after.get(TRIGGER)
+                                                                         != LOSS):
         self.losses.append(row[LOSS])
 
   def _armed(self) -> bool:
@@ -71,15 +71,15 @@ class DivergenceGuard:
     the rollback); `trigger`: the metric that diverged, LOSS or PSNR."""
     self.rollbacks += 1
     lr_scale = float(state.lr_scale) * self.cfg.lr_factor
-    log.warning("stage %s step %d: %s; rolling back to the branch point with learning-rate "
-                "scale %.3g", name, step, why, lr_scale)
+    log.warning(
+        "stage %s step %d: %s; rolling back to the branch point with learning-rate "
+        "scale %.3g", name, step, why, lr_scale)
     # New buffers on the mesh for each: the train step donates the state, so neither may
     # alias the other nor the kept branch point.
     copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)
     params, ema_params = copy(self.start_params), copy(self.start_params)
     state = state.replace(params=params, ema_params=ema_params,
                           opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
-                          lr_scale=jnp.asarray(lr_scale, jnp.float32),
-                          consecutive_skips=jnp.zeros((), jnp.int32))
-    return state, {"step": step, ROLLBACKS: self.rollbacks,
-                   TRIGGER: trigger}
+                          lr_scale=jnp.asarray(lr_scale, jnp.float32), consecutive_skips=jnp.zeros(
+                              (), jnp.int32))
+    return state, {"step": step, ROLLBACKS: self.rollbacks, TRIGGER: trigger}

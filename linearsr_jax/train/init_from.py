@@ -44,10 +44,11 @@ def _relaid(src: DiTConfig, dst: DiTConfig, params: dict) -> dict:
   for key in [k for k in params if k == "blocks" or k.startswith("blocks_")]:
     del params[key]
   set_block_params(dst, params, blocks)
-  if (src.lr_channels == 0 and dst.lr_channels and src.patch_size == dst.patch_size
-      and src.latent_channels == dst.latent_channels):
-    params["patch_embed"] = dict(params["patch_embed"], kernel=_with_lr_columns(
-        np.asarray(params["patch_embed"]["kernel"]), src, dst))
+  if (src.lr_channels == 0 and dst.lr_channels and src.patch_size == dst.patch_size and
+      src.latent_channels == dst.latent_channels):
+    params["patch_embed"] = dict(
+        params["patch_embed"], kernel=_with_lr_columns(np.asarray(params["patch_embed"]["kernel"]),
+                                                       src, dst))
   return params
 
 

@@ -48,9 +48,10 @@ class KneeSnapshots:
     needed = bytes_written_here(tree)
     disk_space.ensure_room_on_every_host(self.manager.directory, needed, f"knee snapshot {step}")
     with write_errors_as_one_line(self.manager.directory, needed, f"knee snapshot {step}"):
-      self.manager.save(step, force=True, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(tree),
-          checksums=ocp.args.JsonSave(state_checksum.checksums(tree))))
+      self.manager.save(
+          step, force=True,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                  checksums=ocp.args.JsonSave(state_checksum.checksums(tree))))
 
   def steps(self) -> list:
     return sorted(self.manager.all_steps())
@@ -67,10 +68,12 @@ class KneeSnapshots:
     """`step`'s EMA params, placed as `abstract_ema`'s shardings say. UnreadableSnapshot
     names why when they cannot be read back as saved."""
     self.wait()
+
     def read():
-      return self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore({"ema_params": abstract_ema}),
-          checksums=ocp.args.JsonRestore()))
+      return self.manager.restore(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore({"ema_params": abstract_ema}),
+                                  checksums=ocp.args.JsonRestore()))
 
     try:  # a storage error is retried, then one line: it says nothing of the snapshot
       restored = storage_errors.retried(read, f"knee snapshot {self.manager.directory}/{step}")

@@ -71,9 +71,9 @@ class Run:
     # The DC-AE's params are an argument of the jitted steps, replicated on the mesh.
     latent_shapes = self.latent_space.abstract_params()
     self.latent_shardings = jax.tree.map(lambda _: sharding.replicated(self.mesh), latent_shapes)
-    self.latent_params = (
-        sharding.put_on_mesh(self.latent_space.params, self.latent_shardings) if load_weights
-        else sharding.abstract_on_mesh(latent_shapes, self.latent_shardings))
+    self.latent_params = (sharding.put_on_mesh(self.latent_space.params, self.latent_shardings)
+                          if load_weights else sharding.abstract_on_mesh(
+                              latent_shapes, self.latent_shardings))
     self.pretrained = None  # {'dit/...': array} overlaid on the first stage's fresh params
     if config.train.init_from and load_weights:
       self.pretrained = init_from.pretrained_leaves(config.train.init_from, self.model.dit,
@@ -127,9 +127,10 @@ class Run:
     step = make_train_step(self.model, self.latent_space, tx, self.diffusion_config(name),
                            scale=self.config.data.scale, cond_dropout=self.config.tags.dropout_prob,
                            ema_decay=opt_cfg.ema_decay)
-    return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(self.mesh, self.rules),
-                                       self.latent_shardings),
-                   out_shardings=(shardings, sharding.replicated(self.mesh)), donate_argnums=0)
+    return jax.jit(
+        step, in_shardings=(shardings, sharding.batch_sharding(self.mesh,
+                                                               self.rules), self.latent_shardings),
+        out_shardings=(shardings, sharding.replicated(self.mesh)), donate_argnums=0)
 
   def stage_names(self):
     return config_check.stage_names(self.config)
@@ -143,7 +144,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> list:
   the_run = Run(config, workdir)
   run_fit.check(the_run)  # reads only: a config that does not fit leaves the workdir as it was
   if not storage.is_url(workdir):  # object storage has no folders: there the lock is the first
-    _make_workdir(workdir)         # write, and says what is wrong with the bucket
+    _make_workdir(workdir)  # write, and says what is wrong with the bucket
   with run_lock.holding(workdir, lead=jax.process_index() == 0,
                         heartbeat_seconds=config.train.lock_heartbeat_seconds,
                         stale_seconds=config.train.lock_stale_seconds) as the_run.lock:
@@ -172,9 +173,12 @@ def _train_stages(the_run: Run, config) -> list:
     results.append(previous)
     kill_points.reached("run_json")
     if lead:
-      run_dir.write_json(the_run.run_dir.run_json, {"stages": [
-          {"name": r.name, "knee_step": r.knee_step, "fired": r.fired, "reason": r.reason}
-          for r in results]})
+      run_dir.write_json(
+          the_run.run_dir.run_json, {
+              "stages":
+                  [{"name": r.name, "knee_step": r.knee_step, "fired": r.fired, "reason": r.reason}
+                   for r in results]
+          })
   return results
 
 
@@ -204,8 +208,7 @@ class _Stage:
     self.detector = esgf.KneeDetector(the_run.config.esgf, num_experts=self.cfg.num_experts)
     train_cfg = the_run.config.train
     self.ckpts = StageCheckpoints(self.dir.checkpoints, keep_latest=train_cfg.keep_latest,
-                                  best_metric=train_cfg.best_metric,
-                                  best_mode=train_cfg.best_mode)
+                                  best_metric=train_cfg.best_metric, best_mode=train_cfg.best_mode)
     # Written whole before the checkpoint of the same evaluation, which a resume starts after.
     self.snapshots = KneeSnapshots(self.dir.knee_snapshots, async_save=False)
 
@@ -252,28 +255,27 @@ class _StageTraining(_Stage):
   def __init__(self, the_run: Run, name: str, index: int, previous):
     super().__init__(the_run, name)
     config = self.run.config
-    self.state, self.shardings, start_params, origin = _start(
-        self.run, index, previous, self.tx, self.cfg.num_experts, self.shardings)
+    self.state, self.shardings, start_params, origin = _start(self.run, index, previous, self.tx,
+                                                              self.cfg.num_experts, self.shardings)
     if self.is_lead and not self.dir.stage_json.exists():
-      run_dir.write_json(self.dir.stage_json, {"name": self.name,
-                                               "num_experts": self.cfg.num_experts,
-                                               "init_from": origin})
+      run_dir.write_json(
+          self.dir.stage_json,
+          {"name": self.name, "num_experts": self.cfg.num_experts, "init_from": origin})
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     data_cfg.seed = config.data.seed + index  # each stage sees its own crop order
-    self.data_iter = iter(pipeline.make_train_dataset(self.run.train_source, data_cfg,
-                                                      self.run.tokenize))
+    self.data_iter = iter(
+        pipeline.make_train_dataset(self.run.train_source, data_cfg, self.run.tokenize))
     self.resumed_from = None
     if not self.ckpts.all_steps():
       self._check_nothing_lost()
     if self.ckpts.all_steps():
       del self.state  # free its buffers before the restore allocates the same again
-      self.resumed_from, self.state, _ = self.ckpts.restore_intact(
-          self.ckpts.all_steps()[::-1], self.abstract, self.data_iter)
+      self.resumed_from, self.state, _ = self.ckpts.restore_intact(self.ckpts.all_steps()[::-1],
+                                                                   self.abstract, self.data_iter)
       log.info("stage %s: resumed from checkpoint %d", self.name, self.resumed_from)
     # The evaluations after the resumed checkpoint are made again, snapshots included.
     self.snapshots.keep_only(range(-1 if self.resumed_from is None else self.resumed_from + 1))
-    self.mlog = run_dir.metrics_log(self.dir.metrics_jsonl, self.resumed_from,
-                                   write=self.is_lead)
+    self.mlog = run_dir.metrics_log(self.dir.metrics_jsonl, self.resumed_from, write=self.is_lead)
     self.first_stage = index == 0
     for row in self.mlog.evaluations():
       if esgf.judged(row["step"], self.first_stage):
@@ -283,10 +285,11 @@ class _StageTraining(_Stage):
                                scale=config.data.scale, sampler_steps=config.train.eval_steps,
                                seed=config.seed)
     self.bicubic = self.validator.bicubic()
-    self.expert_losses = ExpertFlowLosses(
-        self.run.model, self.run.latent_space, self.run.latent_params,
-        self.run.diffusion_config(self.name), self.run.eval_batches, scale=config.data.scale,
-        seed=config.seed)
+    self.expert_losses = ExpertFlowLosses(self.run.model, self.run.latent_space,
+                                          self.run.latent_params,
+                                          self.run.diffusion_config(self.name),
+                                          self.run.eval_batches, scale=config.data.scale,
+                                          seed=config.seed)
     self.writer = metric_writers.create_default_writer(str(self.dir.path),
                                                        just_logging=not self.is_lead)
     self.guard = DivergenceGuard(config.train.guard, start_params)
@@ -325,15 +328,16 @@ class _StageTraining(_Stage):
     self.mlog.append(row)
     self.writer.write_scalars(step, row)
     self.writer.write_images(step, {"val/lr_bicubic_sr_hr": self.validator.image_grid(sr)})
-    decision = (self.detector.update(step, val)  # first: its keep-sets prune these saves
-                if esgf.judged(step, self.first_stage) else self.detector.decision)
+    decision = (
+        self.detector.update(step, val)  # first: its keep-sets prune these saves
+        if esgf.judged(step, self.first_stage) else self.detector.decision)
     if step in decision.branch_steps:  # the params just evaluated, before any rollback
       self.snapshots.save(step, self.state.ema_params, keep=decision.branch_steps)
     if self.guard.collapsed(val):  # before the save: a resume starts from the rolled-back state
       self._roll_back(step, PSNR, f"validation PSNR collapsed to {val[PSNR]:.2f} dB")
     self._save(step, val, decision)
-    log.info("stage %s step %d: %s", self.name, step, ", ".join(
-        f"{k}={v:.4f}" for k, v in val.items()))
+    log.info("stage %s step %d: %s", self.name, step,
+             ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
     return decision, val
 
   def _save(self, step: int, val: dict, decision):
@@ -359,8 +363,7 @@ class _StageTraining(_Stage):
     with jax.set_mesh(self.run.mesh), nn.logical_axis_rules(self.run.rules):
       while step < max_steps and not (self.cfg.esgf and decision.fired):
         self.run.lock.check()  # a run that lost its lock stops before it writes on
-        batch = pipeline.make_global_batch(next(self.data_iter), self.run.mesh,
-                                           self.run.rules)
+        batch = pipeline.make_global_batch(next(self.data_iter), self.run.mesh, self.run.rules)
         self.state, metrics = step_fn(self.state, batch, self.run.latent_params)
         step += 1
         report(step)
@@ -438,9 +441,11 @@ class _StageTraining(_Stage):
       plot = esgf.plot_curves(records, decision, self.run.config.esgf, self.dir.knee_png,
                               title=f"stage {self.name}: {ending}")
       self.writer.write_images(step, {"esgf/knee_plot": read_image(plot)[None]})
-      run_dir.write_json(self.dir.result_json, {"knee_step": knee_step, "reason": reason,
-                                                "fired": fired, "final_step": step,
-                                                "chosen_step": chosen})
+      run_dir.write_json(
+          self.dir.result_json, {
+              "knee_step": knee_step, "reason": reason, "fired": fired, "final_step": step,
+              "chosen_step": chosen
+          })
     self._keep_knee_snapshot_only(knee_step)
     kill_points.reached("stage_ended")
     self.writer.flush()
@@ -457,11 +462,12 @@ def _start(the_run: Run, index: int, previous, tx, num_experts, shardings):
     start = branch_params(previous.params, num_experts, shardings.params)
     state, shardings = create_train_state(the_run.model, tx, num_experts, rng, the_run.mesh,
                                           the_run.rules, start)
-    origin = {"stage": previous.name, "knee_step": previous.knee_step,
-              "checkpoint": str(the_run.run_dir.stage(previous.name).ema_params_dir(
-                  previous.knee_step)),
-              "experts_initialised_identically": num_experts > 1 and
-              jax.tree.leaves(previous.params)[0].shape[0] == 1}
+    origin = {
+        "stage": previous.name, "knee_step": previous.knee_step,
+        "checkpoint": str(the_run.run_dir.stage(previous.name).ema_params_dir(previous.knee_step)),
+        "experts_initialised_identically": num_experts > 1
+                                           and jax.tree.leaves(previous.params)[0].shape[0] == 1
+    }
     return state, shardings, start, origin
   state, shardings = create_train_state(the_run.model, tx, num_experts, rng, the_run.mesh,
                                         the_run.rules)
@@ -470,5 +476,7 @@ def _start(the_run: Run, index: int, previous, tx, num_experts, shardings):
   state = state.replace(
       params=overlay_params(state.params, the_run.pretrained, shardings.params),
       ema_params=overlay_params(state.ema_params, the_run.pretrained, shardings.ema_params))
-  return state, shardings, None, {"stage": None, "init_from": config.train.init_from,
-                                  "pretrained_tensors": len(the_run.pretrained)}
+  return state, shardings, None, {
+      "stage": None, "init_from": config.train.init_from,
+      "pretrained_tensors": len(the_run.pretrained)
+  }

@@ -21,10 +21,9 @@ from linearsr_jax.train import checkpoint
 # the DC-AE's params lie (a path, which moves with the data), and the experts' number (each
 # stage sets its own, in stage.json and in the checkpoints' shapes).
 MODEL_FIELDS = ("model", "latent", "diffusion.source", "diffusion.lr_source_noise",
-                "diffusion.timestep_scale", "diffusion.experts", "tags.encoder",
-                "tags.vocab_size", "tags.max_tokens", "data.scale")
-FREE_FIELDS = ("model.remat", "model.dtype", "latent.dcae_params",
-               "diffusion.experts.num_experts")
+                "diffusion.timestep_scale", "diffusion.experts", "tags.encoder", "tags.vocab_size",
+                "tags.max_tokens", "data.scale")
+FREE_FIELDS = ("model.remat", "model.dtype", "latent.dcae_params", "diffusion.experts.num_experts")
 
 
 def check(the_run):
@@ -49,8 +48,8 @@ def _is_under(path: str, fields) -> bool:
 def _check_model_fields(stored: dict, new: dict, run):
   """A field the stored config lacks (written by an older version) is not compared."""
   for path in sorted(stored.keys() & new.keys()):
-    if (_is_under(path, MODEL_FIELDS) and not _is_under(path, FREE_FIELDS)
-        and stored[path] != new[path]):
+    if (_is_under(path, MODEL_FIELDS) and not _is_under(path, FREE_FIELDS) and
+        stored[path] != new[path]):
       raise UserError(f"config.{path}={new[path]!r} does not fit the run in {run.path}, "
                       f"trained with {stored[path]!r} (its config.json): resume with that "
                       "value, or train into another --workdir")
@@ -62,16 +61,16 @@ def _check_started_stage(stage, order: list, config, run):
   except (ValueError, UnicodeDecodeError):
     raise UserError(f"{stage.stage_json}: unreadable (not JSON)") from None
   origin = (started.get("init_from") or {}).get("stage")
-  where = (f"the run in {run.path} has started stage {stage.name!r}"
-           + (f" from stage {origin!r}" if origin else " first"))
+  where = (f"the run in {run.path} has started stage {stage.name!r}" +
+           (f" from stage {origin!r}" if origin else " first"))
   if stage.name not in order:
     raise UserError(f"{where}, but config.stage_order={config.stage_order!r} leaves it out: "
                     "resume with the run's stage order, or train into another --workdir")
   index = order.index(stage.name)
   if origin != (order[index - 1] if index else None):
-    raise UserError(f"{where}, but config.stage_order={config.stage_order!r} puts it "
-                    + (f"after {order[index - 1]!r}" if index else "first")
-                    + ": resume with the run's stage order, or train into another --workdir")
+    raise UserError(f"{where}, but config.stage_order={config.stage_order!r} puts it " +
+                    (f"after {order[index - 1]!r}" if index else "first") +
+                    ": resume with the run's stage order, or train into another --workdir")
   experts = config.stages[stage.name].num_experts
   if started.get("num_experts", experts) != experts:
     raise UserError(f"{where} with num_experts={started['num_experts']}, but "

@@ -301,7 +301,8 @@ class RunLock:
     self.text = json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(),
         "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "token": self.token})
+        "token": self.token
+    })
     self.lost = None  # how this run lost the lock, once the heartbeat finds out
     self._last_beat = None  # time.monotonic() when the lock was last known fresh
     self._failure = None  # the heartbeat's error, while it fails
@@ -335,8 +336,8 @@ class RunLock:
     docstring)."""
     if age > self.stale_seconds:
       return f"its heartbeat stopped {age:.1f} s ago"
-    if (holder.get("host") == socket.gethostname() and age > 2 * self.heartbeat_seconds
-        and self.file.holder_gone_here()):
+    if (holder.get("host") == socket.gethostname() and age > 2 * self.heartbeat_seconds and
+        self.file.holder_gone_here()):
       return (f"its heartbeat stopped {age:.1f} s ago, and no process on this host holds "
               "the lock")
     return None
@@ -363,7 +364,7 @@ class RunLock:
     """The heartbeat period; after 1, 2, 3 failures in a row, an 8th, a quarter, a half of it."""
     if not failures:
       return self.heartbeat_seconds
-    return self.heartbeat_seconds / 2 ** max(4 - failures, 0)
+    return self.heartbeat_seconds / 2**max(4 - failures, 0)
 
   def check(self):
     """Raises UserError once this run no longer holds the lock, or can no longer tell: the
@@ -388,8 +389,10 @@ class RunLock:
       if found is not None and _parse(found.text).get("token") == self.token:
         self.file.remove(found)
     except Exception as e:  # it ends the run, often on another error: one line, not a second
-      log.warning("%s: the lock was not removed (%s: %s); the next run takes it over once it "
-                  "is stale", self.path, type(e).__name__, storage.describe(e))
+      log.warning(
+          "%s: the lock was not removed (%s: %s); the next run takes it over once it "
+          "is stale", self.path,
+          type(e).__name__, storage.describe(e))
     finally:
       self.file.close()
 

@@ -24,12 +24,12 @@ from linearsr_jax.models.sr_model import SRModel, sr_example_inputs
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
-  params: Any                 # experts stacked on a leading 'expert' axis (E = 1 included)
+  params: Any  # experts stacked on a leading 'expert' axis (E = 1 included)
   ema_params: Any
   opt_state: Any
   rng: jax.Array
-  lr_scale: jax.Array         # multiplies every update; the divergence guard lowers it
-  skipped: jax.Array          # updates skipped for a non-finite loss or gradient, in total
+  lr_scale: jax.Array  # multiplies every update; the divergence guard lowers it
+  skipped: jax.Array  # updates skipped for a non-finite loss or gradient, in total
   consecutive_skips: jax.Array
 
 
@@ -63,12 +63,14 @@ def abstract_train_state(model: SRModel, tx, num_experts, mesh, rules):
 def expert_param_shapes(model: SRModel) -> dict:
   """{'dit/patch_embed/kernel': shape, ...} of one expert's params."""
   boxed = _boxed_shapes(model, optax.identity(), 1).params
-  return {k: tuple(v.shape[1:]) for k, v in
-          flax.traverse_util.flatten_dict(nn.unbox(boxed), sep="/").items()}
+  return {
+      k: tuple(v.shape[1:])
+      for k, v in flax.traverse_util.flatten_dict(nn.unbox(boxed), sep="/").items()
+  }
 
 
-def create_train_state(model: SRModel, tx: optax.GradientTransformation, num_experts: int,
-                       rng, mesh, rules, params=None):
+def create_train_state(model: SRModel, tx: optax.GradientTransformation, num_experts: int, rng,
+                       mesh, rules, params=None):
   """(state, shardings). With `params` (stacked experts already on the mesh, e.g. from
   `branch_params`), training starts from them with a fresh optimizer and EMA = params; the
   state's arrays are new buffers, so `params` stays valid after the step donates the state."""
@@ -78,8 +80,7 @@ def create_train_state(model: SRModel, tx: optax.GradientTransformation, num_exp
       init = jax.jit(lambda r: nn.unbox(_init_state(model, tx, num_experts, r)),
                      out_shardings=shardings)
       return init(rng), shardings
-    init = jax.jit(lambda r, p: _init_state(model, tx, num_experts, r, p),
-                   out_shardings=shardings)
+    init = jax.jit(lambda r, p: _init_state(model, tx, num_experts, r, p), out_shardings=shardings)
     return init(rng, params), shardings
 
 

@@ -23,8 +23,8 @@ def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_
 
   def loss_fn(params, batch, key, latent_params):
     key_drop, key_flow = jax.random.split(key)
-    x0 = (batch["hr_latent"] if "hr_latent" in batch
-          else latent_space.encode_fn(latent_params, batch["hr"]))
+    x0 = (batch["hr_latent"] if "hr_latent" in batch else latent_space.encode_fn(
+        latent_params, batch["hr"]))
     lr_latent = flow.lr_source_latent(diffusion_cfg, latent_space, latent_params, batch["lr"],
                                       scale)
     # Condition dropout: an all-False mask selects the learned null condition, which is what
@@ -36,8 +36,8 @@ def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_
 
   def train_step(state, batch, latent_params):
     key = jax.random.fold_in(state.rng, state.step)
-    (loss, per_expert), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, key, latent_params)
+    (loss, per_expert), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key,
+                                                                          latent_params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -45,13 +45,15 @@ def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
     keep_new = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    state = state.replace(
-        step=state.step + 1, params=keep_new(params, state.params),
-        ema_params=keep_new(ema, state.ema_params), opt_state=keep_new(opt_state, state.opt_state),
-        skipped=state.skipped + (~finite).astype(jnp.int32),
-        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1))
-    metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
-               "train/skipped": state.skipped, "train/finite": finite}
+    state = state.replace(step=state.step + 1, params=keep_new(params, state.params),
+                          ema_params=keep_new(ema, state.ema_params),
+                          opt_state=keep_new(opt_state, state.opt_state),
+                          skipped=state.skipped + (~finite).astype(jnp.int32),
+                          consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1))
+    metrics = {
+        "train/loss": loss, "train/grad_norm": grad_norm, "train/skipped": state.skipped,
+        "train/finite": finite
+    }
     metrics.update({f"train/loss_expert{i}": per_expert[i] for i in range(per_expert.shape[0])})
     return state, metrics
 

@@ -33,8 +33,8 @@ class Validator:
   """Scores params on fixed eval batches ('lr', 'hr' in [-1, 1], 'cond', 'cond_mask');
   every score is the mean over all eval images."""
 
-  def __init__(self, model, latent_space, latent_params, diffusion_cfg, eval_batches, *,
-               scale: int, sampler_steps: int, seed: int = 0, names=METRIC_NAMES):
+  def __init__(self, model, latent_space, latent_params, diffusion_cfg, eval_batches, *, scale: int,
+               sampler_steps: int, seed: int = 0, names=METRIC_NAMES):
     keys = ("lr", "hr", "cond", "cond_mask")
     self.batches = [{k: jnp.asarray(b[k]) for k in keys} for b in eval_batches]
     if not self.batches:
@@ -42,19 +42,23 @@ class Validator:
     self.key = jax.random.PRNGKey(seed)
     self.latent_params = latent_params
     self.scale = scale
-    self._sr = jax.jit(make_super_resolve(model, latent_space, diffusion_cfg, scale=scale,
-                                          steps=sampler_steps))
+    self._sr = jax.jit(
+        make_super_resolve(model, latent_space, diffusion_cfg, scale=scale, steps=sampler_steps))
     fns = {name: metrics.metric_fn(name) for name in names}
     self._score = jax.jit(lambda sr, hr: {n: f(to_unit(sr), to_unit(hr)) for n, f in fns.items()})
 
   def _mean_scores(self, images, prefix):
     per_image = [on_host(self._score(sr, b["hr"])) for sr, b in zip(images, self.batches)]
-    return {metric_key(name, prefix): float(np.mean(np.concatenate([s[name] for s in per_image])))
-            for name in per_image[0]}
+    return {
+        metric_key(name, prefix): float(np.mean(np.concatenate([s[name] for s in per_image])))
+        for name in per_image[0]
+    }
 
   def super_resolve(self, params):
-    return [self._sr(params, self.latent_params, b["lr"], b["cond"], b["cond_mask"], self.key)
-            for b in self.batches]
+    return [
+        self._sr(params, self.latent_params, b["lr"], b["cond"], b["cond_mask"], self.key)
+        for b in self.batches
+    ]
 
   def __call__(self, params):
     """(metrics {'val/<name>': mean}, SR images of the first batch in [-1, 1])."""
@@ -82,8 +86,8 @@ class ExpertFlowLosses:
   never run an expert (4 steps at shift 3 start at σ = 1, .9, .75, .5, so the refinement
   expert below 0.223 never runs); these curves see every one."""
 
-  def __init__(self, model, latent_space, latent_params, diffusion_cfg, eval_batches, *,
-               scale: int, seed: int = 0):
+  def __init__(self, model, latent_space, latent_params, diffusion_cfg, eval_batches, *, scale: int,
+               seed: int = 0):
     apply_fn = experts.model_apply(model)
     cfg = diffusion_cfg
     num_experts = cfg.experts.num_experts
@@ -93,18 +97,22 @@ class ExpertFlowLosses:
       key_sigma, key_source = jax.random.split(key)
       x0 = latent_space.encode_fn(latent_params, hr)
       lr_latent = flow.lr_source_latent(cfg, latent_space, latent_params, lr, scale)
-      sigma = flow.sample_sigma(key_sigma, (num_experts, x0.shape[0]), cfg, lo[:, None],
-                                hi[:, None])
-      x1 = jnp.stack([flow.draw_source(k, x0.shape, cfg, lr_latent)
-                      for k in jax.random.split(key_source, num_experts)])
+      sigma = flow.sample_sigma(key_sigma, (num_experts, x0.shape[0]), cfg, lo[:, None], hi[:,
+                                                                                            None])
+      x1 = jnp.stack([
+          flow.draw_source(k, x0.shape, cfg, lr_latent)
+          for k in jax.random.split(key_source, num_experts)
+      ])
       return x0, x1, sigma
 
     def losses(stacked_params, x0, x1, sigma, lr, cond, cond_mask):
+
       def one_expert(e):  # lax.map: one forward compiled, the experts run in turn
         params = experts.select_expert(stacked_params, e)
         x_t = flow.interpolate(x0, x1[e], sigma[e])
         v = apply_fn(params, x_t, sigma[e] * cfg.timestep_scale, lr, cond, cond_mask)
         return flow.per_sample_loss(v, flow.velocity_target(x0, x1[e]))
+
       return jax.lax.map(one_expert, jnp.arange(num_experts))  # [E, batch]
 
     prepare = jax.jit(fixed_triples)
@@ -112,8 +120,7 @@ class ExpertFlowLosses:
     self.fixed = []
     for i, b in enumerate(eval_batches):
       lr = jnp.asarray(b["lr"])
-      x0, x1, sigma = prepare(latent_params, jnp.asarray(b["hr"]), lr,
-                              jax.random.fold_in(base, i))
+      x0, x1, sigma = prepare(latent_params, jnp.asarray(b["hr"]), lr, jax.random.fold_in(base, i))
       self.fixed.append((x0, x1, sigma, lr, jnp.asarray(b["cond"]), jnp.asarray(b["cond_mask"])))
     self._losses = jax.jit(losses)
 

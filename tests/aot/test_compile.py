@@ -22,8 +22,10 @@ from linearsr_jax.commands.cli import main
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
   out = tmp_path_factory.mktemp("compile") / "report.json"
-  assert main(["compile", "--config", "configs/sana600m_x4.py", "--topology", "v5e-4",
-               "--out", str(out), *SMALL]) == 0
+  assert main([
+      "compile", "--config", "configs/sana600m_x4.py", "--topology", "v5e-4", "--out",
+      str(out), *SMALL
+  ]) == 0
   return json.loads(out.read_text())
 
 
@@ -39,17 +41,16 @@ def test_compiled_flops_agree_with_an_analytic_count(report):
 @pytest.mark.slow
 def test_report_says_what_a_pod_user_needs(report, capsys):
   memory = report["train_step"]["memory"]
-  assert report["fits"] and 0 < memory["total"] < report["hbm_bytes"] == 16 * 1024 ** 3
-  assert memory["total"] == (memory["arguments"] + memory["outputs"] + memory["temporaries"]
-                             - memory["aliased"])
+  assert report["fits"] and 0 < memory["total"] < report["hbm_bytes"] == 16 * 1024**3
+  assert memory["total"] == (memory["arguments"] + memory["outputs"] + memory["temporaries"] -
+                             memory["aliased"])
   # FSDP gathers each bfloat16 kernel twice per step (the forward, and the remat's re-forward
   # whose copy the backward shares): about the float32 params' bytes once.
   params_bytes = (report["model"]["dit_params_token_wise"]) * 4
   assert 0.9 * params_bytes < report["train_step"]["collectives"]["all-gather"] < 1.5 * params_bytes
   roofline = report["roofline"]
   assert roofline["seconds"] >= report["train_step"]["flops"] / 197e12
-  assert roofline["images_per_second_per_chip"] == pytest.approx(
-      16 / 4 / roofline["seconds"])
+  assert roofline["images_per_second_per_chip"] == pytest.approx(16 / 4 / roofline["seconds"])
   assert report["sampler_step"]["compile_seconds"] > 0
 
 
@@ -70,9 +71,10 @@ def test_bad_topology_mesh_or_batch_is_one_line_and_exit_2(args, expected, capsy
 @pytest.mark.slow
 def test_a_step_that_does_not_fit_exits_1_saying_by_how_much(capsys):
   # One unscanned block at SANA-1600M width with a batch far beyond a v5e chip's 16 GiB.
-  code = main(["compile", "--config", "configs/sana1600m_x4.py", "--topology", "v5e-1",
-               *SMALL, "--config.model.depth=1", "--config.data.batch_size=4096",
-               "--config.mesh.expert=1"])
+  code = main([
+      "compile", "--config", "configs/sana1600m_x4.py", "--topology", "v5e-1", *SMALL,
+      "--config.model.depth=1", "--config.data.batch_size=4096", "--config.mesh.expert=1"
+  ])
   captured = capsys.readouterr()
   assert code == 1, captured.err[-2000:]
   assert "DOES NOT FIT" in captured.out
@@ -82,7 +84,7 @@ def test_a_step_that_does_not_fit_exits_1_saying_by_how_much(capsys):
 def test_slice_names_map_to_libtpu_topologies():
   assert tpu_pods.parse_pod("v5e-64").topology_name == "v5e:8x8"
   assert tpu_pods.parse_pod("v5litepod-16").topology_name == "v5e:4x4"
-  assert tpu_pods.parse_pod("v4-32").topology_name == "v4:2x2x4"    # 16 chips, 2 cores each
+  assert tpu_pods.parse_pod("v4-32").topology_name == "v4:2x2x4"  # 16 chips, 2 cores each
   assert tpu_pods.parse_pod("v5p-128").topology_name == "v5p:4x4x4"
   assert len(tpu_pods.pod_devices(tpu_pods.parse_pod("v6e-16"))) == 16
 
@@ -121,27 +123,28 @@ def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(monkeypat
     return compiled[batch]
 
   monkeypatch.setattr(cli_compile, "_compile_train_step", compile_once)
-  step_bytes = lambda batch: cli_compile._compile_train_step(config, devices, "pretrain",
-                                                             batch)[0]
+  step_bytes = lambda batch: cli_compile._compile_train_step(config, devices, "pretrain", batch)[0]
   one, two = step_bytes(4), step_bytes(8)
-  room = (one + 2.5 * (two - one)) / 1024 ** 3
+  room = (one + 2.5 * (two - one)) / 1024**3
   small = dataclasses.replace(pod, chip=dataclasses.replace(pod.chip, hbm_gib=room))
   logged = []
   batch, result = cli_compile.find_batch(config, small, devices, "pretrain", log=logged.append)
   assert batch % 4 == 0 and batch >= 4 and result["fits"] and result["global_batch"] == batch
-  assert step_bytes(batch + 4) > room * 1024 ** 3
+  assert step_bytes(batch + 4) > room * 1024**3
   assert len(logged) <= 5, logged
 
 
-@pytest.mark.parametrize("name, gib, most", [
-    ("affine", lambda m: 1.0 + 0.1 * m, 5),  # one compile more to learn the compiler's reserve
-    ("15 % over at 150 units", lambda m: 1.03 + 0.1 * (m - 1) if m <= 2 else
-     1.13 + 17.35 * (m - 2) / 148, 5),
-    ("convex", lambda m: 1.0 + 0.1 * m + 0.0008 * m * m, 8),
-    ("concave", lambda m: 1.0 + 0.3 * m ** 0.8, 8),
-    ("a jump at 80 units", lambda m: 1.0 + 0.1 * m + (3.0 if m > 80 else 0.0), 7),
-    ("two units too many", lambda m: 10.0 + 4.0 * m, 2),
-])
+@pytest.mark.parametrize(
+    "name, gib, most",
+    [
+        ("affine", lambda m: 1.0 + 0.1 * m, 5),  # one compile more to learn the compiler's reserve
+        ("15 % over at 150 units", lambda m: 1.03 + 0.1 * (m - 1) if m <= 2 else 1.13 + 17.35 *
+         (m - 2) / 148, 5),
+        ("convex", lambda m: 1.0 + 0.1 * m + 0.0008 * m * m, 8),
+        ("concave", lambda m: 1.0 + 0.3 * m**0.8, 8),
+        ("a jump at 80 units", lambda m: 1.0 + 0.1 * m + (3.0 if m > 80 else 0.0), 7),
+        ("two units too many", lambda m: 10.0 + 4.0 * m, 2),
+    ])
 def test_find_batch_search_on_memory_curves_of_known_shape(monkeypatch, name, gib, most):
   """The search alone, on memory curves given as formulas (multiples of the unit -> GiB):
   it returns the largest multiple that fits, the next one does not, in few compiles. The
@@ -153,8 +156,8 @@ def test_find_batch_search_on_memory_curves_of_known_shape(monkeypatch, name, gi
 
   def compile_step(config, devices, stage, batch):
     probed.append(batch // 8)
-    need = gib(batch // 8) * 1024 ** 3
-    kept = 15.75 * 1024 ** 3
+    need = gib(batch // 8) * 1024**3
+    kept = 15.75 * 1024**3
     return (need, (object(), 1.0), None) if need <= kept else (need, None, kept)
 
   monkeypatch.setattr(cli_compile, "_compile_train_step", compile_step)
@@ -193,8 +196,10 @@ def test_each_expert_on_its_own_chips_gathers_only_its_own_weights():
   # Two gathers of each bfloat16 kernel (forward, remat's re-forward): one expert's f32 bytes.
   assert 0.9 * 4 * token_wise < gathered[4] < 1.5 * 4 * token_wise, gathered
   assert 0.2 < gathered[4] / gathered[1] < 0.3, gathered
-  reduced = {e: s["collectives"]["all-reduce"] + s["collectives"]["reduce-scatter"]
-             for e, s in stats.items()}
+  reduced = {
+      e: s["collectives"]["all-reduce"] + s["collectives"]["reduce-scatter"]
+      for e, s in stats.items()
+  }
   assert reduced[4] / reduced[1] < 0.3, reduced
   assert stats[4]["flops"] == pytest.approx(stats[1]["flops"], rel=0.05)
 
@@ -210,9 +215,11 @@ def test_matmuls_looped_over_fsdp_shards_are_counted_in_full():
   from linearsr_jax.commands.config_flags import parse_flags
   from linearsr_jax.train.loop import Run
 
-  config, _ = parse_flags(["--config", "configs/sana600m_x4.py", "--workdir", os.devnull,
-                           *SMALL, "--config.model.depth=1", "--config.data.batch_size=256",
-                           "--config.stage_order=finetune", "--config.mesh.expert=1"])
+  config, _ = parse_flags([
+      "--config", "configs/sana600m_x4.py", "--workdir", os.devnull, *SMALL,
+      "--config.model.depth=1", "--config.data.batch_size=256", "--config.stage_order=finetune",
+      "--config.mesh.expert=1"
+  ])
   run = Run(config, os.devnull, load_weights=False,
             devices=tpu_pods.pod_devices(tpu_pods.parse_pod("v5e-16")))
   assert dict(run.mesh.shape) == {"data": 1, "fsdp": 16, "tensor": 1, "expert": 1}
@@ -233,5 +240,5 @@ def test_both_ways_libtpu_refuses_a_program_give_its_sizes(message, required, av
   the sizes of both (it had read the second as NaN and walked down one unit at a time)."""
   from linearsr_jax.aot.step_compile import DoesNotFit
   refused = DoesNotFit(message)
-  assert refused.required == pytest.approx(required * 1024 ** 3)
-  assert refused.available == pytest.approx(available * 1024 ** 3)
+  assert refused.required == pytest.approx(required * 1024**3)
+  assert refused.available == pytest.approx(available * 1024**3)

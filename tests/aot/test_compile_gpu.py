@@ -17,15 +17,17 @@ from compile_helpers import NARROW, SMALL, analytic_step_flops
 from linearsr_jax.aot import gpu_nodes, hlo_stats
 from linearsr_jax.commands.cli import main
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
   out = tmp_path_factory.mktemp("compile_gpu") / "report.json"
   # Unscanned: one train-step compile instead of three (the scan correction is the TPU test's).
-  assert main(["compile", "--config", "configs/sana600m_x4.py", "--topology", "h100-8",
-               "--out", str(out), *SMALL, "--config.model.scan_layers=False"]) == 0
+  assert main([
+      "compile", "--config", "configs/sana600m_x4.py", "--topology", "h100-8", "--out",
+      str(out), *SMALL, "--config.model.scan_layers=False"
+  ]) == 0
   return json.loads(out.read_text())
 
 
@@ -33,8 +35,7 @@ def report(tmp_path_factory):
 def test_gpu_flops_and_memory_agree_with_an_analytic_count_and_an_h100(report):
   assert report["platform"] == "gpu" and report["device_topology"] == "1x1x8"
   assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "expert": 4}
-  assert report["train_step"]["flops"] == pytest.approx(analytic_step_flops(batch=16) / 8,
-                                                        rel=0.10)
+  assert report["train_step"]["flops"] == pytest.approx(analytic_step_flops(batch=16) / 8, rel=0.10)
   memory = report["train_step"]["memory"]
   assert report["fits"] and 0 < memory["total"] < report["hbm_bytes"] == 80 * GIB
   assert report["roofline"]["peak_bf16_tflops"] == 989
@@ -60,7 +61,7 @@ def test_cudnn_convolutions_are_counted_from_their_shapes():
   w = jax.ShapeDtypeStruct((3, 3, c_in, c_out), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
   compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile()
   assert compiled.as_text().count('custom_call_target="__cudnn$conv') == 3
-  per_gpu = 3 * 2 * (n // 8) * (side // 2) ** 2 * 9 * c_in * c_out
+  per_gpu = 3 * 2 * (n // 8) * (side // 2)**2 * 9 * c_in * c_out
   assert hlo_stats.stats(compiled)["flops"] == pytest.approx(per_gpu, rel=0.01)
 
 
@@ -68,8 +69,10 @@ def test_cudnn_convolutions_are_counted_from_their_shapes():
 def test_a_step_too_large_for_the_gpus_exits_1_saying_by_how_much(capsys):
   # XLA:GPU compiles it anyway (no RESOURCE_EXHAUSTED): the memory analysis decides.
   narrow = [f"--config.{k}={v}" for k, v in NARROW.items()]
-  code = main(["compile", "--config", "configs/sana600m_x4.py", "--topology", "a100-8",
-               *narrow, "--config.stage_order=pretrain", "--config.data.batch_size=524288"])
+  code = main([
+      "compile", "--config", "configs/sana600m_x4.py", "--topology", "a100-8", *narrow,
+      "--config.stage_order=pretrain", "--config.data.batch_size=524288"
+  ])
   captured = capsys.readouterr()
   assert code == 1, captured.err[-2000:]
   assert "DOES NOT FIT" in captured.out
@@ -94,13 +97,15 @@ def test_without_the_cuda_plugin_the_error_says_what_to_install(monkeypatch, cap
   err = capsys.readouterr().err
   assert code == 2, err
   lines = [l for l in err.splitlines() if l.startswith("linearsr: error:")]
-  assert lines == ["linearsr: error: --topology h100-8 needs the CUDA plugin: "
-                   "pip install -r requirements-gpu-aot.txt"], err
+  assert lines == [
+      "linearsr: error: --topology h100-8 needs the CUDA plugin: "
+      "pip install -r requirements-gpu-aot.txt"
+  ], err
 
 
 def test_node_names_map_to_cuda_topologies():
   assert gpu_nodes.parse_node("h100-8").topology_name == "1x1x8"
-  node = gpu_nodes.parse_node("a100-16")     # 2 hosts, each its own NVLink domain
+  node = gpu_nodes.parse_node("a100-16")  # 2 hosts, each its own NVLink domain
   assert node.topology_name == "2x1x8" and node.chip.hbm_gib == 80
   devices = gpu_nodes.node_devices(node)
   assert len(devices) == 16 and {d.process_index for d in devices} == {0, 1}

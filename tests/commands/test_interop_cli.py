@@ -34,20 +34,25 @@ def sana_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_import_then_export_sr_model_roundtrips_through_diffusers(tmp_path, sana_dir):
-  assert main(["import", "diffusers", str(sana_dir), "--out", str(tmp_path / "p"),
-               "--lr_channels", "4", "--lr_stem_convs", "1", "--lr_stem_width", "8"]) == 0
+  assert main([
+      "import", "diffusers",
+      str(sana_dir), "--out",
+      str(tmp_path / "p"), "--lr_channels", "4", "--lr_stem_convs", "1", "--lr_stem_width", "8"
+  ]) == 0
   config, params = params_io.load_params_dir(tmp_path / "p", "dit")
   assert config["lr_channels"] == 4 and "lr_stem" in params
-  assert main(["export", "--layout", "diffusers", str(tmp_path / "p"), "--out",
-               str(tmp_path / "e")]) == 0
+  assert main(
+      ["export", "--layout", "diffusers",
+       str(tmp_path / "p"), "--out",
+       str(tmp_path / "e")]) == 0
   # diffusers loads the SR export: the LR channels are extra patch-embed inputs, zero-initialised.
   exported = SanaTransformer2DModel.from_pretrained(tmp_path / "e").eval()
   assert exported.config.in_channels == 12
   x, t, cond, mask = reference_inputs(0, 2, (6, 10), 8, 5, 24)
   x_sr = np.concatenate([x, np.random.default_rng(0).standard_normal((2, 6, 10, 4))], -1)
-  np.testing.assert_array_equal(torch_forward(exported, x_sr.astype(np.float32), t, cond, mask),
-                                torch_forward(SanaTransformer2DModel.from_pretrained(sana_dir),
-                                              x, t, cond, mask))
+  np.testing.assert_array_equal(
+      torch_forward(exported, x_sr.astype(np.float32), t, cond, mask),
+      torch_forward(SanaTransformer2DModel.from_pretrained(sana_dir), x, t, cond, mask))
   # and re-importing the export restores the very same params, LR stem included.
   assert main(["import", "diffusers", str(tmp_path / "e"), "--out", str(tmp_path / "p2")]) == 0
   config2, params2 = params_io.load_params_dir(tmp_path / "p2", "dit")
@@ -63,8 +68,12 @@ def test_lone_safetensors_with_config_json(tmp_path, sana_dir):
   weights.write_bytes((sana_dir / "diffusion_pytorch_model.safetensors").read_bytes())
   code, err = run_cli("import", "diffusers", weights, "--out", tmp_path / "p")
   assert code == 2 and "missing model config" in err
-  assert main(["import", "diffusers", str(weights), "--config_json",
-               str(sana_dir / "config.json"), "--out", str(tmp_path / "p")]) == 0
+  assert main([
+      "import", "diffusers",
+      str(weights), "--config_json",
+      str(sana_dir / "config.json"), "--out",
+      str(tmp_path / "p")
+  ]) == 0
 
 
 def corrupt_copy(src, dst, edit):
@@ -80,8 +89,8 @@ def corrupt_copy(src, dst, edit):
      "missing tensor 'transformer_blocks.1.attn2.to_k.weight'"),
     (lambda t: t.update({"caption_norm.weight": np.ones(7, np.float32)}),
      "tensor 'caption_norm.weight' has shape (7,), expected (32,)"),
-    (lambda t: t.update({"transformer_blocks.2.scale_shift_table": np.ones((6, 32), np.float32)}),
-     "'transformer_blocks.2.scale_shift_table'"),
+    (lambda t: t.update({"transformer_blocks.2.scale_shift_table": np.ones(
+        (6, 32), np.float32)}), "'transformer_blocks.2.scale_shift_table'"),
 ])
 def test_bad_checkpoints_give_one_line_errors_and_no_output(tmp_path, sana_dir, edit, message):
   corrupt_copy(sana_dir, tmp_path / "bad", edit)

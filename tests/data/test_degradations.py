@@ -49,7 +49,7 @@ def test_generalized_gaussian_covariance(beta):
   sigma_x, sigma_y, theta = 3.0, 2.0, 0.4
   kernel = deg.generalized_gaussian_kernel(81, sigma_x, sigma_y, theta, beta)
   assert abs(kernel.astype(np.float64).sum() - 1) < 1e-5
-  factor = 2 ** (1 / beta - 1) * special.gamma(2 / beta) / special.gamma(1 / beta)
+  factor = 2**(1 / beta - 1) * special.gamma(2 / beta) / special.gamma(1 / beta)
   np.testing.assert_allclose(_moments(kernel), factor * _covariance(sigma_x, sigma_y, theta),
                              rtol=0.02, atol=0.02)
 
@@ -61,7 +61,7 @@ def test_plateau_kernel_formula():
   inverse = np.linalg.inv(_covariance(sigma_x, sigma_y, theta))
   for row, col in [(7, 7), (7, 10), (3, 9), (14, 0)]:
     d = np.array([col - 7, row - 7], np.float64)
-    expected = 1 / (1 + (d @ inverse @ d) ** beta)
+    expected = 1 / (1 + (d @ inverse @ d)**beta)
     assert kernel[row, col] / kernel[7, 7] == pytest.approx(expected, rel=1e-5)
 
 
@@ -107,8 +107,11 @@ def photo():
 
 def _pillow_bicubic(image, out_hw):
   """Pillow's antialiased bicubic (a = -0.5) per channel in float mode (no 8-bit rounding)."""
-  return np.stack([np.asarray(Image.fromarray(image[..., c].astype(np.float32), "F").resize(
-      out_hw[::-1], Image.BICUBIC)) for c in range(image.shape[-1])], -1)
+  return np.stack([
+      np.asarray(
+          Image.fromarray(image[..., c].astype(np.float32), "F").resize(
+              out_hw[::-1], Image.BICUBIC)) for c in range(image.shape[-1])
+  ], -1)
 
 
 # Pillow renormalises truncated taps at the border where MATLAB mirrors the image: compare
@@ -148,10 +151,10 @@ def test_resize_matches_torch_interpolate(photo, mode, out_hw):
 
 
 _JPEG_LUMINANCE = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
+    92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99
+])
 
 
 def _estimated_quality(jpeg_bytes):
@@ -175,8 +178,8 @@ def test_jpeg_quality_is_recorded_in_the_file(photo, quality):
 def test_jpeg_in_the_model_uses_the_traced_quality(photo, monkeypatch):
   encoded = []
   original = deg.jpeg_encode
-  monkeypatch.setattr(deg, "jpeg_encode", lambda im, q: encoded.append(original(im, q))
-                      or encoded[-1])
+  monkeypatch.setattr(deg, "jpeg_encode",
+                      lambda im, q: encoded.append(original(im, q)) or encoded[-1])
   trace = []
   deg.degrade_pair(photo[:64, :64] / 255.0, 4, np.random.default_rng(5), deg.default_config(),
                    trace)
@@ -228,8 +231,8 @@ def test_bicubic_prob_mixes_in_pillow_bicubic_pairs_at_that_rate(photo):
   hr = photo[:64, :64] / 255.0
   cfg = deg.default_config()
   cfg.bicubic_prob = 0.3
-  reference = np.clip(np.round(_pillow_bicubic(photo[:64, :64].astype(np.float64), (16, 16))),
-                      0, 255) / 255
+  reference = np.clip(np.round(_pillow_bicubic(photo[:64, :64].astype(np.float64),
+                                               (16, 16))), 0, 255) / 255
   bicubic = 0
   for seed in range(200):
     trace = []
@@ -264,8 +267,9 @@ def test_first_order_is_one_pass_resized_straight_to_the_target(photo, monkeypat
   encoded = []
   monkeypatch.setattr(deg, "jpeg", lambda image, quality: encoded.append(quality) or image)
   lr = deg.degrade_pair(hr, 4, np.random.default_rng(1), cfg)[1]
-  small = F.interpolate(torch.from_numpy(hr).permute(2, 0, 1)[None], size=(32, 24),
-                        mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+  small = F.interpolate(
+      torch.from_numpy(hr).permute(2, 0, 1)[None], size=(32, 24), mode="bilinear",
+      align_corners=False)[0].permute(1, 2, 0).numpy()
   assert encoded == [90] and lr.shape == (32, 24, 3)
   assert np.abs(lr - small).max() <= 0.5 / 255 + 1e-4
 

@@ -92,7 +92,7 @@ def test_bad_files_raise_user_error(tmp_path, rgb8):
   good = tmp_path / "good.jpg"
   Image.fromarray(rgb8).save(good)
   truncated = tmp_path / "cut.jpg"
-  truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+  truncated.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
   text = tmp_path / "text.png"
   text.write_text("not an image\n")
   for path, words in [(truncated, "truncated"), (text, "not an image"),

@@ -48,8 +48,8 @@ def _find_in(image_u8, crop_u8) -> bool:
       window = np.rot90(crop_u8, -turns)
       window = window[:, ::-1] if flip else window
       c = window.shape[0]
-      ys, xs = np.nonzero(np.all(image_u8[:-c + 1 or None, :-c + 1 or None] == window[0, 0],
-                                 axis=-1))
+      ys, xs = np.nonzero(
+          np.all(image_u8[:-c + 1 or None, :-c + 1 or None] == window[0, 0], axis=-1))
       for y, x in zip(ys, xs):
         if np.array_equal(image_u8[y:y + c, x:x + c], window):
           return True
@@ -59,8 +59,10 @@ def _find_in(image_u8, crop_u8) -> bool:
 @pytest.fixture(scope="module")
 def encoded(tmp_path_factory):
   out = tmp_path_factory.mktemp("latents") / "tiny"
-  assert main(["data", "encode", "--config", "configs/tiny.py", "--out", str(out),
-               "--crops_per_image", "2", "--batch", "3"]) == 0
+  assert main([
+      "data", "encode", "--config", "configs/tiny.py", "--out",
+      str(out), "--crops_per_image", "2", "--batch", "3"
+  ]) == 0
   return out
 
 
@@ -104,8 +106,9 @@ def test_precomputed_batches_hold_latents_and_fresh_lr_images(encoded):
   data = _tiny_data()
   data.hr_latents, data.latents_path, data.batch_size = "precomputed", str(encoded), 4
   source = latent_crops.LatentCropSource(encoded, data, 48, 4)
-  batches = iter(pipeline.make_train_dataset(source, data, lambda tags: (
-      np.zeros(2, np.int32), np.zeros(2, bool)), 0, 1))
+  batches = iter(
+      pipeline.make_train_dataset(source, data, lambda tags:
+                                  (np.zeros(2, np.int32), np.zeros(2, bool)), 0, 1))
   batch = next(batches)
   assert set(batch) == {"hr_latent", "lr", "cond", "cond_mask"}
   assert batch["hr_latent"].shape == (4, 16, 16, 48) and batch["lr"].shape == (4, 16, 16, 3)
@@ -120,8 +123,7 @@ def test_precomputed_batches_hold_latents_and_fresh_lr_images(encoded):
 def _sana_with_tiny_dcae(tmp_path):
   config = sana600m()
   config.model.update(depth=2, hidden=64, heads=2, cross_heads=2, cross_head_dim=32,
-                      caption_channels=16, lr_stem_width=16, latent_channels=8,
-                      dtype="float32")
+                      caption_channels=16, lr_stem_width=16, latent_channels=8, dtype="float32")
   config.latent.dcae = TINY_F32
   config.latent.dcae_random_init = True
   config.tags.max_tokens = 4
@@ -152,12 +154,11 @@ def test_a_step_from_stored_latents_is_the_step_with_the_encoder(tmp_path):
                                           run.rules)
     step = run.jit_train_step("moe", shardings)
     with jax.set_mesh(run.mesh):
-      state, metrics = step(state, pipeline.make_global_batch(batch, run.mesh),
-                            run.latent_params)
+      state, metrics = step(state, pipeline.make_global_batch(batch, run.mesh), run.latent_params)
     return jax.device_get((state.params, metrics))
 
-  (p_stored, m_stored), (p_pixels, m_pixels) = (one_step(stored_run, stored),
-                                                one_step(encoder_run, pixels))
+  (p_stored, m_stored), (p_pixels, m_pixels) = (one_step(stored_run,
+                                                         stored), one_step(encoder_run, pixels))
   assert bool(m_stored["train/finite"])
   np.testing.assert_allclose(m_stored["train/loss"], m_pixels["train/loss"], rtol=1e-5)
   np.testing.assert_allclose(m_stored["train/grad_norm"], m_pixels["train/grad_norm"], rtol=1e-4)
@@ -169,16 +170,16 @@ def test_a_step_from_stored_latents_is_the_step_with_the_encoder(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["--config.data.hr_latents=precomputed"], "needs data.latents_path"),
     (["--config.data.hr_latents=stored"], "must be 'encode' or 'precomputed'"),
-    (["--config.data.hr_latents=precomputed", "--config.data.latents_path=/nonexistent"],
-     "not a `linearsr data encode` output"),
-    (["--config.data.hr_latents=precomputed", "--config.data.crop_size=32", "LATENTS"],
-     "crops of 64 px"),
+    (["--config.data.hr_latents=precomputed", "--config.data.latents_path=/nonexistent"
+     ], "not a `linearsr data encode` output"),
+    (["--config.data.hr_latents=precomputed", "--config.data.crop_size=32", "LATENTS"
+     ], "crops of 64 px"),
 ])
 def test_bad_latent_settings_are_one_line(encoded, tmp_path, capsys, overrides, message):
-  overrides = [f"--config.data.latents_path={encoded}" if o == "LATENTS" else o
-               for o in overrides]
-  code = main(["train", "--config", "configs/tiny.py", "--workdir", str(tmp_path / "run"),
-               *overrides])
+  overrides = [f"--config.data.latents_path={encoded}" if o == "LATENTS" else o for o in overrides]
+  code = main(
+      ["train", "--config", "configs/tiny.py", "--workdir",
+       str(tmp_path / "run"), *overrides])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and message in err[0], err
   assert not (tmp_path / "run").exists()

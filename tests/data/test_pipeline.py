@@ -123,8 +123,10 @@ def test_hosts_split_the_one_host_stream_by_rows(demo, config, hosts):
   [p·B/P, (p+1)·B/P) of the one-host batch k, degradations included."""
   config.batch_size = 4
   one_host = take(iter(pipeline.make_train_dataset(demo, config, tokenize, 0, 1)), 3)
-  per_host = [take(iter(pipeline.make_train_dataset(demo, config, tokenize, p, hosts)), 3)
-              for p in range(hosts)]
+  per_host = [
+      take(iter(pipeline.make_train_dataset(demo, config, tokenize, p, hosts)), 3)
+      for p in range(hosts)
+  ]
   for k, reference in enumerate(one_host):
     for key in reference:
       rows = np.concatenate([per_host[p][k][key] for p in range(hosts)])
@@ -143,8 +145,7 @@ def test_eval_examples_are_fixed_and_cropped(config):
   # The center crop of the first image, mapped to [-1, 1].
   photo = held_out[0]["hr"]
   top, left = (photo.shape[0] - 32) // 2, (photo.shape[1] - 32) // 2
-  np.testing.assert_allclose(first[0]["hr"], photo[top:top + 32, left:left + 32] * 2 - 1,
-                             atol=1e-6)
+  np.testing.assert_allclose(first[0]["hr"], photo[top:top + 32, left:left + 32] * 2 - 1, atol=1e-6)
   (batch,) = list(eval_set.eval_batches(first, 2))
   assert batch["hr"].shape == (2, 32, 32, 3) and batch["name"] == held_out.names
 
@@ -153,9 +154,10 @@ def test_full_image_eval_is_trimmed_to_whole_latent_cells(tmp_path, config):
   """A DC-AE (factor 32) encodes only HR sides that are multiples of 32: full-image eval pairs
   are center-trimmed to them, synthetic (chelsea, 300×451) and real pairs alike."""
   config.eval.crop_size = 0
-  (chelsea,) = [e for e in eval_set.make_eval_examples(sources.DemoSource("eval"), config,
-                                                       tokenize, align=32)
-                if e["name"] == "chelsea"]
+  (chelsea,) = [
+      e for e in eval_set.make_eval_examples(sources.DemoSource("eval"), config, tokenize, align=32)
+      if e["name"] == "chelsea"
+  ]
   assert chelsea["hr"].shape == (288, 448, 3) and chelsea["lr"].shape == (72, 112, 3)
   (tmp_path / "LR").mkdir(), (tmp_path / "HR").mkdir()
   rng = np.random.default_rng(0)
@@ -178,10 +180,10 @@ def test_full_image_eval_on_paired_folders(tmp_path, config):
   (tmp_path / "LR").mkdir(), (tmp_path / "HR").mkdir()
   rng = np.random.default_rng(0)
   for name, (h, w) in {"a": (6, 5), "b": (6, 5), "c": (4, 7)}.items():
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
-        tmp_path / "LR" / f"{name}.png")
-    Image.fromarray(rng.integers(0, 256, (h * 4, w * 4, 3), dtype=np.uint8)).save(
-        tmp_path / "HR" / f"{name}.png")
+    Image.fromarray(rng.integers(0, 256, (h, w, 3),
+                                 dtype=np.uint8)).save(tmp_path / "LR" / f"{name}.png")
+    Image.fromarray(rng.integers(0, 256, (h * 4, w * 4, 3),
+                                 dtype=np.uint8)).save(tmp_path / "HR" / f"{name}.png")
   config.eval_source.kind = "paired"
   config.eval_source.lr_path = str(tmp_path / "LR")
   config.eval_source.hr_path = str(tmp_path / "HR")
@@ -258,8 +260,10 @@ def test_degrade_command_writes_seeded_pairs_in_the_benchmark_layout(tmp_path, c
   for name in ("a.jpg", "b.png"):
     Image.fromarray(rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)).save(photos / name)
   for out in ("one", "two"):
-    assert _run_data_command(["degrade", str(photos), "--out", str(tmp_path / out),
-                              "--crop", "32", "--seed", "5"]) == 0
+    assert _run_data_command(
+        ["degrade",
+         str(photos), "--out",
+         str(tmp_path / out), "--crop", "32", "--seed", "5"]) == 0
   pairs = sources.PairedSource(tmp_path / "one" / "LR", tmp_path / "one" / "HR")
   assert pairs.scale == 4 and pairs.names == ["a", "b"]
   again = sources.PairedSource(tmp_path / "two" / "LR", tmp_path / "two" / "HR")

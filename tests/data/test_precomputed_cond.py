@@ -31,8 +31,8 @@ from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler, check_condi
 from repo_paths import REPO
 from trained_run import tiny_run_config
 
-C = 16       # model.caption_channels of the tiny precomputed model
-L_MAX = 4    # tags.max_tokens
+C = 16  # model.caption_channels of the tiny precomputed model
+L_MAX = 4  # tags.max_tokens
 
 
 def write_images(folder, names, size=40, seed=0):
@@ -73,8 +73,9 @@ def sidecar_folder(tmp_path):
   """Four images: arrays as STEM.npy, NAME.npy and in a sub-folder; one image without any."""
   folder = tmp_path / "photos"
   write_images(folder, ["a.png", "b.png", "sub/c.jpg", "d.png"])
-  arrays = {"a.png": random_array(2, 1), "b.png": random_array(L_MAX, 2),
-            "sub/c.jpg": random_array(1, 3)}
+  arrays = {
+      "a.png": random_array(2, 1), "b.png": random_array(L_MAX, 2), "sub/c.jpg": random_array(1, 3)
+  }
   np.save(folder / "a.npy", arrays["a.png"])
   np.save(folder / "b.png.npy", arrays["b.png"])
   np.save(folder / "sub" / "c.npy", arrays["sub/c.jpg"])
@@ -100,8 +101,8 @@ def test_batches_carry_the_sidecar_arrays(sidecar_folder):
   source = pipeline.make_source(cfg, "train", "precomputed")
   assert len(source) == 4 and not any(source.skipped.values())  # sidecars are not "skipped"
   with pytest.warns(UserWarning, match="no precomputed array"):
-    examples = eval_set.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"),
-                                           cfg, condition)
+    examples = eval_set.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"), cfg,
+                                           condition)
   assert sorted(e["name"] for e in examples) == ["a.png", "b.png", "d.png", "sub/c.jpg"]
   assert_carries(examples, arrays)
   # Training batches (grain threads): one batch is one shuffled epoch of the four images.
@@ -123,12 +124,13 @@ def save_mapping(path, arrays):
 def test_a_mapping_file_gives_each_image_its_array(tmp_path, suffix):
   folder = tmp_path / "photos"
   write_images(folder, ["sub/a.png", "b.png", "c.png", "d.png"])
-  arrays = {"sub/a.png": random_array(3, 4), "b.png": random_array(1, 5),
-            "c.png": random_array(2, 6)}
+  arrays = {
+      "sub/a.png": random_array(3, 4), "b.png": random_array(1, 5), "c.png": random_array(2, 6)
+  }
   # keyed by the path relative to the root, the file name, and the stem
   mapping = tmp_path / f"arrays{suffix}"
-  save_mapping(mapping, {"sub/a.png": arrays["sub/a.png"], "b.png": arrays["b.png"],
-                         "c": arrays["c.png"]})
+  save_mapping(mapping,
+               {"sub/a.png": arrays["sub/a.png"], "b.png": arrays["b.png"], "c": arrays["c.png"]})
   cfg = data_config(folder)
   cfg.tags.kind, cfg.tags.mapping = "mapping", str(mapping)
   examples = eval_set.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"), cfg,
@@ -141,16 +143,18 @@ def test_sources_without_image_files_give_the_null_condition():
   cfg = pipeline.default_config()
   cfg.eval.crop_size = 32  # the demo photos, held out: no files to find arrays beside
   with pytest.warns(UserWarning, match="no precomputed array"):
-    examples = eval_set.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"),
-                                           cfg, make_condition(tags_config(), C))
+    examples = eval_set.make_eval_examples(pipeline.make_source(cfg, "eval", "precomputed"), cfg,
+                                           make_condition(tags_config(), C))
   assert len(examples) == 2
   assert_carries(examples, {})
 
 
 def write_bad_array(path, kind):
-  bad = {"wide": np.zeros((2, C + 1), np.float32),
-         "nan": np.where(np.eye(2, C) > 0, np.nan, 1.0).astype(np.float32),
-         "cube": np.zeros((1, 2, C), np.float32)}[kind]
+  bad = {
+      "wide": np.zeros((2, C + 1), np.float32),
+      "nan": np.where(np.eye(2, C) > 0, np.nan, 1.0).astype(np.float32), "cube": np.zeros(
+          (1, 2, C), np.float32)
+  }[kind]
   np.save(path, bad)
 
 
@@ -206,9 +210,11 @@ def run_dir(tmp_path_factory):
 def test_a_precomputed_run_trains_and_checkpoints(run_dir):
   config = json.loads((run_dir / "config.json").read_text())
   assert config["tags"]["encoder"] == "precomputed"
-  losses = [row["train/loss"] for row in map(json.loads,
-            (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines())
-            if "train/loss" in row]
+  losses = [
+      row["train/loss"]
+      for row in map(json.loads, (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines())
+      if "train/loss" in row
+  ]
   assert losses and all(math.isfinite(loss) for loss in losses)
   assert (run_dir / "pretrain" / "checkpoints" / "4" / "state").is_dir()
 
@@ -221,8 +227,13 @@ def lr_hr_pairs(folder, names, seed=1):
 
 
 def eval_psnr(lr_dir, hr_dir, out, run_dir, *extra):
-  code = main(["eval", "--hr_dir", str(hr_dir), "--lr_dir", str(lr_dir), "--checkpoint",
-               str(run_dir), "--out", str(out), "--metrics", "psnr_rgb", "--no_progress", *extra])
+  code = main([
+      "eval", "--hr_dir",
+      str(hr_dir), "--lr_dir",
+      str(lr_dir), "--checkpoint",
+      str(run_dir), "--out",
+      str(out), "--metrics", "psnr_rgb", "--no_progress", *extra
+  ])
   with open(out / "per_image.csv", newline="") as f:
     return code, {row["name"]: row for row in csv.DictReader(f)}
 
@@ -239,16 +250,19 @@ def test_eval_takes_each_lr_images_array_from_its_sidecar_or_a_mapping(tmp_path,
   assert code == 0
   code, sidecar = eval_psnr(with_sidecar, hr_dir, tmp_path / "sidecar", run_dir)
   assert code == 0
-  code, mapped = eval_psnr(plain, hr_dir, tmp_path / "mapped", run_dir,
-                           "--cond_mapping", str(tmp_path / "arrays.npz"))
+  code, mapped = eval_psnr(plain, hr_dir, tmp_path / "mapped", run_dir, "--cond_mapping",
+                           str(tmp_path / "arrays.npz"))
   assert code == 0
   assert sidecar["x"]["psnr_rgb"] == mapped["x"]["psnr_rgb"] != null["x"]["psnr_rgb"]
   assert sidecar["y"]["psnr_rgb"] == mapped["y"]["psnr_rgb"] == null["y"]["psnr_rgb"]
 
 
 def upscale(inputs, out, run_dir, *extra):
-  return main(["upscale", *map(str, inputs), "--checkpoint", str(run_dir), "--out", str(out),
-               "--color_fix", "none", "--no_progress", *extra])
+  return main([
+      "upscale", *map(str, inputs), "--checkpoint",
+      str(run_dir), "--out",
+      str(out), "--color_fix", "none", "--no_progress", *extra
+  ])
 
 
 @pytest.mark.slow
@@ -297,8 +311,9 @@ def write_npy_header(path, header: str, version=(1, 0)):
 
 
 def test_an_npy_file_with_a_huge_header_or_shape_is_one_line(tmp_path):
-  write_npy_header(tmp_path / "header.npy", "{'descr': '<f4', 'fortran_order': False, "
-                   "'shape': (2, 16), " + " " * 100_000 + "}", version=(2, 0))
+  write_npy_header(
+      tmp_path / "header.npy", "{'descr': '<f4', 'fortran_order': False, "
+      "'shape': (2, 16), " + " " * 100_000 + "}", version=(2, 0))
   write_npy_header(tmp_path / "shape.npy",
                    "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 4), }")
   for kind in ("header", "shape"):
@@ -316,8 +331,9 @@ def test_npy_sidecars_with_a_huge_header_or_shape_fail_one_line_each(tmp_path, r
   image done."""
   names = ["good.png", "header.png", "shape.png"]
   write_images(tmp_path / "in", names, size=16)
-  write_npy_header(tmp_path / "in" / "header.npy", "{'descr': '<f4', 'fortran_order': False, "
-                   "'shape': (2, 16), " + " " * 100_000 + "}", version=(2, 0))
+  write_npy_header(
+      tmp_path / "in" / "header.npy", "{'descr': '<f4', 'fortran_order': False, "
+      "'shape': (2, 16), " + " " * 100_000 + "}", version=(2, 0))
   write_npy_header(tmp_path / "in" / "shape.npy",
                    "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 4), }")
   assert upscale([tmp_path / "in"], tmp_path / "up", run_dir) == 1
@@ -352,21 +368,24 @@ def test_training_cli_stops_on_a_bad_array_with_one_line_and_exit_2(tmp_path):
   write_images(train, [f"p{i}.png" for i in range(4)])
   write_images(held_out, ["q.png"])
   write_bad_array(train / "p2.npy", "nan")
-  overrides = {"model.depth": 1, "model.hidden": 64, "model.heads": 2, "model.cross_heads": 2,
-               "model.caption_channels": C, "tags.encoder": "precomputed",
-               "tags.max_tokens": L_MAX, "data.source.kind": "folder",
-               "data.source.path": train, "data.eval_source.kind": "folder",
-               "data.eval_source.path": held_out, "data.crop_size": 32, "data.batch_size": 4,
-               "data.eval.crop_size": 32, "data.num_workers": 1,
-               "data.degradation.mode": "bicubic", "stage_order": "pretrain",
-               "stages.pretrain.max_steps": 2, "train.eval_steps": 1,
-               "diffusion.sampler.steps": 1}
-  env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
-         "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-  proc = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config",
-                         "configs/tiny.py", "--workdir", str(tmp_path / "run"),
-                         *(f"--config.{k}={v}" for k, v in overrides.items())],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  overrides = {
+      "model.depth": 1, "model.hidden": 64, "model.heads": 2, "model.cross_heads": 2,
+      "model.caption_channels": C, "tags.encoder": "precomputed", "tags.max_tokens": L_MAX,
+      "data.source.kind": "folder", "data.source.path": train, "data.eval_source.kind": "folder",
+      "data.eval_source.path": held_out, "data.crop_size": 32, "data.batch_size": 4,
+      "data.eval.crop_size": 32, "data.num_workers": 1, "data.degradation.mode": "bicubic",
+      "stage_order": "pretrain", "stages.pretrain.max_steps": 2, "train.eval_steps": 1,
+      "diffusion.sampler.steps": 1
+  }
+  env = {
+      "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "JAX_PLATFORMS": "cpu",
+      "TF_CPP_MIN_LOG_LEVEL": "3"
+  }
+  proc = subprocess.run([
+      sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config", "configs/tiny.py",
+      "--workdir",
+      str(tmp_path / "run"), *(f"--config.{k}={v}" for k, v in overrides.items())
+  ], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert proc.stderr.strip().splitlines()[-1] == (

@@ -14,7 +14,6 @@ from linearsr_jax.data import image_io, sources, tag_sources
 from linearsr_jax.errors import UserError
 
 
-
 def _rgb(h, w, seed=0):
   return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
@@ -28,13 +27,13 @@ def mixed_folder(tmp_path):
   cv2.imwrite(str(root / "sub" / "deep16.png"),
               np.random.default_rng(1).integers(0, 65536, (40, 44, 3), dtype=np.uint16))
   Image.fromarray(_rgb(36, 40)[..., 0]).save(root / "gray.png")
-  Image.fromarray(np.dstack([_rgb(40, 40), np.full((40, 40), 128, np.uint8)]), "RGBA").save(
-      root / "alpha.png")
+  Image.fromarray(np.dstack([_rgb(40, 40), np.full((40, 40), 128, np.uint8)]),
+                  "RGBA").save(root / "alpha.png")
   exif = Image.Exif()
   exif[0x0112] = 6  # rotate 90 degrees clockwise to display
   Image.fromarray(_rgb(32, 56)).save(root / "sub" / "rotated.jpg", exif=exif)
   good = (root / "plain.jpg").read_bytes()
-  (root / "corrupt.jpg").write_bytes(good[: len(good) // 3])
+  (root / "corrupt.jpg").write_bytes(good[:len(good) // 3])
   (root / "notes.txt").write_text("shopping list\n")
   (root / "fake.png").write_text("this is not a PNG\n")
   Image.fromarray(_rgb(20, 60)).save(root / "small.png")
@@ -45,12 +44,13 @@ def mixed_folder(tmp_path):
 def test_folder_loads_good_images_and_reports_the_rest(mixed_folder, caplog):
   with caplog.at_level(logging.WARNING):
     src = sources.FolderSource(mixed_folder, min_size=32)
-  assert sorted(src.names) == ["alpha.png", "gray.png", "plain.jpg", "sub/deep16.png",
-                               "sub/rotated.jpg"]
-  skipped = {reason: sorted(p.name for p in paths) for reason, paths in src.skipped.items()
-             if paths}
-  assert skipped == {"unreadable": ["corrupt.jpg"], "not_image": ["fake.png", "notes.txt"],
-                     "too_small": ["small.png"]}
+  assert sorted(
+      src.names) == ["alpha.png", "gray.png", "plain.jpg", "sub/deep16.png", "sub/rotated.jpg"]
+  skipped = {why: sorted(p.name for p in paths) for why, paths in src.skipped.items() if paths}
+  assert skipped == {
+      "unreadable": ["corrupt.jpg"], "not_image": ["fake.png", "notes.txt"],
+      "too_small": ["small.png"]
+  }
   assert "skipped 4 of 9 files" in caplog.text
   records = {src.names[i]: src[i] for i in range(len(src))}
   for record in records.values():
@@ -143,7 +143,8 @@ def test_demo_set_splits():
   record = held_out[1]
   assert record["hr"].shape == (300, 451, 3) and record["tags"][0] == "cat"
   assert sources.DemoSource("all", min_size=501).names == [
-      "astronaut", "hubble_deep_field", "retina", "immunohistochemistry"]
+      "astronaut", "hubble_deep_field", "retina", "immunohistochemistry"
+  ]
   with pytest.raises(UserError, match="unknown demo image"):
     sources.DemoSource("train", eval_names=("lena",))
 
@@ -176,14 +177,16 @@ def test_div2k_reads_a_locally_prepared_copy(tmp_path):
   import tensorflow_datasets as tfds
 
   rng = np.random.default_rng(0)
-  examples = [(i, {"hr": rng.integers(0, 256, (16, 12, 3), dtype=np.uint8),
-                   "lr": rng.integers(0, 256, (4, 3, 3), dtype=np.uint8)}) for i in range(3)]
+  examples = [(i, {
+      "hr": rng.integers(0, 256, (16, 12, 3), dtype=np.uint8),
+      "lr": rng.integers(0, 256, (4, 3, 3), dtype=np.uint8)
+  }) for i in range(3)]
   image = tfds.features.Image(shape=(None, None, 3))
   tfds.dataset_builders.store_as_tfds_dataset(
       name="div2k", version="2.0.0", config="bicubic_x4",
-      features=tfds.features.FeaturesDict({"hr": image, "lr": image}),
-      split_datasets={"train": examples}, data_dir=tmp_path, file_format="array_record",
-      disable_shuffling=True)
+      features=tfds.features.FeaturesDict({"hr": image,
+                                           "lr": image}), split_datasets={"train": examples},
+      data_dir=tmp_path, file_format="array_record", disable_shuffling=True)
   src = sources.Div2kSource(tmp_path)
   assert len(src) == 3
   for i, (_, example) in enumerate(examples):

@@ -26,8 +26,8 @@ def _t_of_lambda(lam):
 
 
 def test_snr_bisection_reproduces_paper_boundaries():
-  np.testing.assert_allclose(experts.snr_boundaries(4, -7.04, 8.89, 0.875),
-                             [0.223, 0.875, 0.939], atol=1e-3)
+  np.testing.assert_allclose(experts.snr_boundaries(4, -7.04, 8.89, 0.875), [0.223, 0.875, 0.939],
+                             atol=1e-3)
   cfg = flow.default_config()
   cfg.experts.num_experts = 4
   np.testing.assert_allclose(experts.boundaries_from_config(cfg.experts), [0.223, 0.875, 0.939],
@@ -65,8 +65,11 @@ def test_uniform_split_and_bad_configs():
 @pytest.mark.parametrize("boundaries", [(0.22277892, 0.875, 0.9389435), (0.25, 0.5, 0.75), (0.5,),
                                         ()])
 def test_every_t_maps_to_exactly_one_expert(boundaries):
-  t = np.concatenate([np.linspace(0, 1, 10_001), np.asarray(boundaries),
-                      np.nextafter(np.asarray(boundaries, np.float32), 0)]).astype(np.float32)
+  t = np.concatenate([
+      np.linspace(0, 1, 10_001),
+      np.asarray(boundaries),
+      np.nextafter(np.asarray(boundaries, np.float32), 0)
+  ]).astype(np.float32)
   lo, hi = experts.expert_intervals(boundaries)
   inside = (t[:, None] >= lo) & ((t[:, None] < hi) | ((t[:, None] == 1) & (hi == 1)))
   assert (inside.sum(1) == 1).all()
@@ -89,8 +92,7 @@ def test_sampler_steps_on_the_anchor_run_the_expert_above_it(shift):
     for k, expert in enumerate(routed):
       s = 1 - Fraction(k, steps)
       sigma = shift * s / (1 + (shift - 1) * s)
-      if any(abs(sigma - b) < Fraction(1, 10 ** 6) and b != Fraction(7, 8)
-             for b in exact_boundaries):
+      if any(abs(sigma - b) < Fraction(1, 10**6) and b != Fraction(7, 8) for b in exact_boundaries):
         continue  # a float boundary's own rounding decides; nothing exact to compare with
       on_anchor += sigma == Fraction(7, 8)
       assert expert == sum(sigma >= b for b in exact_boundaries), (steps, k, float(sigma))
@@ -109,7 +111,8 @@ def test_stacking_boxed_params_prepends_expert_axis():
   stacked = experts.init_experts(plain, 4)
   assert experts.num_experts_of(stacked) == 4
   np.testing.assert_array_equal(stacked["a"][3], plain["a"])
-  picked = experts.select_expert(experts.stack_experts([plain, jax.tree.map(jnp.negative, plain)]),
+  picked = experts.select_expert(experts.stack_experts([plain,
+                                                        jax.tree.map(jnp.negative, plain)]),
                                  jnp.int32(1))
   chex.assert_trees_all_equal(picked, jax.tree.map(jnp.negative, plain))
 
@@ -126,10 +129,10 @@ def test_training_draws_each_share_inside_its_experts_interval():
   lo, hi = experts.expert_intervals(experts.boundaries_from_config(cfg.experts))
   params = experts.init_experts({"w": jnp.zeros(())}, 4)
   zeros = jnp.zeros((4, 2, 2, 1))  # x0 = x1 = 0: the loss of one sample is (σ·scale)²
-  loss_fn = jax.jit(lambda key: experts.mixture_loss(
-      _constant_velocity_apply, params, zeros, (None, None, None), key, cfg, lr_latent=zeros)[1])
-  sigma = np.stack([np.sqrt(np.asarray(loss_fn(jax.random.PRNGKey(i)), np.float64)) / 1000
-                    for i in range(40)])
+  loss_fn = jax.jit(lambda key: experts.mixture_loss(_constant_velocity_apply, params, zeros, (
+      None, None, None), key, cfg, lr_latent=zeros)[1])
+  sigma = np.stack(
+      [np.sqrt(np.asarray(loss_fn(jax.random.PRNGKey(i)), np.float64)) / 1000 for i in range(40)])
   assert ((sigma >= lo - 1e-6) & (sigma <= hi + 1e-6)).all()
   assert (sigma.max(0) - sigma.min(0) > 0.3 * (hi - lo)).all()  # spread over each interval
 
@@ -151,8 +154,8 @@ def distinct_dit_experts(num):
   init = lambda: init_params(SMALL_DIT, jax.random.PRNGKey(0), latent_hw=(4, 4))
   boxed = jax.eval_shape(lambda: experts.init_experts(init(), num))
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda leaf: jnp.asarray(0.1 * rng.standard_normal(leaf.shape),
-                                                 jnp.float32), nn.unbox(boxed))
+  params = jax.tree.map(
+      lambda leaf: jnp.asarray(0.1 * rng.standard_normal(leaf.shape), jnp.float32), nn.unbox(boxed))
   return boxed, params
 
 
@@ -166,9 +169,8 @@ def test_sharded_training_routes_each_samples_gradient_to_its_expert_only():
   apply_fn = experts.model_apply(DiT(SMALL_DIT))
   x0, context = _dit_batch(8, jax.random.PRNGKey(11))
   key = jax.random.PRNGKey(3)
-  value_and_grad = jax.value_and_grad(
-      lambda p, x0, context, weights: experts.mixture_loss(apply_fn, p, x0, context, key, cfg,
-                                                           weights=weights)[0])
+  value_and_grad = jax.value_and_grad(lambda p, x0, context, weights: experts.mixture_loss(
+      apply_fn, p, x0, context, key, cfg, weights=weights)[0])
   ones = jnp.ones(8)
   expected_loss, expected_grads = jax.jit(value_and_grad)(params, x0, context, ones)
 
@@ -183,13 +185,16 @@ def test_sharded_training_routes_each_samples_gradient_to_its_expert_only():
     x0_s, context_s = jax.device_put((x0, context), batch_sharding)
     step = jax.jit(value_and_grad, out_shardings=(None, param_shardings))
     loss, grads = step(sharded_params, x0_s, context_s, ones)
-    one_hot_grads = {sample: step(sharded_params, x0_s, context_s,
-                                  jax.device_put(jax.nn.one_hot(sample, 8), batch_sharding))[1]
-                     for sample in (0, 3, 6)}
+    one_hot_grads = {
+        sample: step(sharded_params, x0_s, context_s,
+                     jax.device_put(jax.nn.one_hot(sample, 8), batch_sharding))
+                [1] for sample in (0, 3, 6)
+    }
   np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
   # Summation order differs across shards: compare against each leaf's scale.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(
-      a, b, rtol=1e-4, atol=1e-3 * float(jnp.abs(b).max()) + 1e-8), grads, expected_grads)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * float(jnp.abs(b).max()) +
+                                              1e-8), grads, expected_grads)
   for sample, g in one_hot_grads.items():
     owner = sample // 2  # 8 samples over 4 experts
     for e in range(4):

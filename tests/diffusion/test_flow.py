@@ -30,7 +30,8 @@ def test_velocity_target_is_derivative_of_path():
   x0, x1 = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 4, 2))
   sigma = jnp.array([0.1, 0.5, 0.9])
   h = 1e-2
-  finite_diff = (flow.interpolate(x0, x1, sigma + h) - flow.interpolate(x0, x1, sigma - h)) / (2 * h)
+  finite_diff = (flow.interpolate(x0, x1, sigma + h) - flow.interpolate(x0, x1, sigma - h)) / (2 *
+                                                                                               h)
   np.testing.assert_allclose(flow.velocity_target(x0, x1), finite_diff, atol=1e-4)
   np.testing.assert_allclose(flow.velocity_target(x0, x1), np.asarray(x1) - np.asarray(x0))
 
@@ -115,5 +116,4 @@ def test_loss_weights_and_target():
   np.testing.assert_allclose(flow.flow_loss(predict_state, x0, x1, sigma), (0.49 + 0.09) / 2,
                              rtol=1e-6)
   np.testing.assert_allclose(
-      flow.flow_loss(predict_state, x0, x1, sigma, weights=jnp.array([2.0, 0.0])), 0.49,
-      rtol=1e-6)
+      flow.flow_loss(predict_state, x0, x1, sigma, weights=jnp.array([2.0, 0.0])), 0.49, rtol=1e-6)

@@ -93,10 +93,9 @@ def test_classifier_free_guidance():
     seen_batches.append(args[1].shape[0])
     return _cond_velocity(*args)
 
-  run = lambda apply_fn, g, null_context: samplers.integrate(
-      apply_fn, ONE_EXPERT, x1, (None, cond, mask), sigmas=samplers.sigma_schedule(5, 1.0),
-      solver="euler", boundaries=(), timestep_scale=1000.0, guidance_scale=g,
-      null_context=null_context)
+  run = lambda apply_fn, g, null_context: samplers.integrate(apply_fn, ONE_EXPERT, x1, (
+      None, cond, mask), sigmas=samplers.sigma_schedule(5, 1.0), solver="euler", boundaries=(
+      ), timestep_scale=1000.0, guidance_scale=g, null_context=null_context)
   conditional = run(_cond_velocity, 1.0, None)
   np.testing.assert_array_equal(run(recording, 1.0, null), conditional)
   assert seen_batches == [2]  # scale 1: the null pass is skipped
@@ -119,28 +118,28 @@ def test_each_step_runs_the_expert_whose_interval_holds_its_start(solver):
   calls = []
 
   def identified(params, x, t, lr, cond, cond_mask):
-    jax.debug.callback(lambda t, e: calls.append((float(t[0]) / 1000, int(e))), t,
-                       params["id"], ordered=True)
+    jax.debug.callback(lambda t, e: calls.append((float(t[0]) / 1000, int(e))), t, params["id"],
+                       ordered=True)
     return jnp.zeros_like(x) + params["id"].astype(x.dtype)
 
   stacked = {"id": jnp.arange(4)}
-  jax.jit(lambda x1: samplers.integrate(identified, stacked, x1, NO_CONTEXT, sigmas=sigmas,
-                                        solver=solver, boundaries=boundaries,
-                                        timestep_scale=1000.0))(jnp.zeros((1, 2))).block_until_ready()
+  jax.jit(lambda x1: samplers.integrate(identified, stacked, x1, NO_CONTEXT, sigmas=sigmas, solver=
+                                        solver, boundaries=boundaries, timestep_scale=1000.0))(
+                                            jnp.zeros((1, 2))).block_until_ready()
   # Expected by hand: expert e owns [b_{e-1}, b_e); both Heun evaluations use the step's start.
   owner = lambda sigma: sum(sigma >= b for b in (0.22277892, 0.875, 0.9389435))
   starts = [s for s in sigmas[:-1] for _ in range(2 if solver == "heun" else 1)]
   assert [e for _, e in calls] == [owner(s) for s in starts]
-  assert [e for _, e in calls][:3 if solver != "heun" else 4] == (
-      [3, 2, 1] if solver != "heun" else [3, 3, 2, 2])
+  assert [e for _, e in calls
+         ][:3 if solver != "heun" else 4] == ([3, 2, 1] if solver != "heun" else [3, 3, 2, 2])
 
 
 def test_sample_is_deterministic_per_seed_and_lr_source_starts_at_lr():
   cfg = flow.default_config()
   cfg.sampler.steps = 4
   zero = lambda params, x, *args: jnp.zeros_like(x)
-  run = jax.jit(lambda key: samplers.sample(gaussian_velocity, ONE_EXPERT, key, (8, 4),
-                                            NO_CONTEXT, cfg))
+  run = jax.jit(lambda key: samplers.sample(gaussian_velocity, ONE_EXPERT, key,
+                                            (8, 4), NO_CONTEXT, cfg))
   a, b, c = run(jax.random.PRNGKey(5)), run(jax.random.PRNGKey(5)), run(jax.random.PRNGKey(6))
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
@@ -163,14 +162,14 @@ def test_sharded_dit_sampling_with_experts_and_guidance_matches_unsharded():
   context = (jax.random.uniform(k[0], (2, 4, 4, 3), minval=-1, maxval=1),
              jax.random.normal(k[1], (2, 3, 8)), jnp.array([[True, True, False]] * 2))
   null = (jnp.zeros((1, 3, 8)), jnp.ones((1, 3), bool))
-  run = lambda p, context: samplers.sample(apply_fn, p, jax.random.PRNGKey(8), (2, 4, 4, 4),
-                                           context, cfg, null_context=null)
+  run = lambda p, context: samplers.sample(apply_fn, p, jax.random.PRNGKey(8),
+                                           (2, 4, 4, 4), context, cfg, null_context=null)
   expected = jax.jit(run)(params, context)
   mesh = sharding.make_mesh({"expert": 4, "data": 2})
   with jax.set_mesh(mesh), nn.logical_axis_rules(list(sharding.DEFAULT_RULES)):
     sharded = jax.device_put(params, sharding.tree_shardings(boxed, mesh))
-    context_s = jax.device_put(context, jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec("data")))
+    context_s = jax.device_put(context,
+                               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
     out = jax.jit(run)(sharded, context_s)
   assert np.isfinite(np.asarray(out)).all()
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

@@ -15,8 +15,7 @@ DEMO_STEPS = np.arange(50, 2001, 50)  # configs/demo.py: eval_every 50, pretrain
 
 def _rise(steps, tau, size, slope=0.0, late_at=None, late_width=100.0, late_size=0.0):
   """A saturating rise, a slow linear climb, and a late step up (a logistic) at `late_at`."""
-  late = 0.0 if late_at is None else late_size / (1 + np.exp(-4 * (steps - late_at) /
-                                                             late_width))
+  late = 0.0 if late_at is None else late_size / (1 + np.exp(-4 * (steps - late_at) / late_width))
   return size * (1 - np.exp(-steps / tau)) + slope * steps + late
 
 
@@ -33,21 +32,21 @@ def _records(steps, psnr, lpips=None, noise=0.0, seed=0):
 CURVES = {
     # A rise, a slow climb, then a second rise at step 1200: the knee sat late while the run
     # climbed, and moves back to the first bend once the late rise steepens Kneedle's chord.
-    "knee moves back": _records(DEMO_STEPS, _rise(DEMO_STEPS, 300, 0.22, 2.2e-4, 1200, 144,
-                                                   0.48), noise=0.038, seed=0),
+    "knee moves back": _records(DEMO_STEPS, _rise(DEMO_STEPS, 300, 0.22, 2.2e-4, 1200, 144, 0.48),
+                                noise=0.038, seed=0),
     # A plateau from step ~500, then a late bump up at step 1700.
-    "plateau, late bump": _records(DEMO_STEPS, _rise(DEMO_STEPS, 160, 0.5, 0.0, 1700, 92,
-                                                      0.36), noise=0.015, seed=5),
+    "plateau, late bump": _records(DEMO_STEPS, _rise(DEMO_STEPS, 160, 0.5, 0.0, 1700, 92, 0.36),
+                                   noise=0.015, seed=5),
     # PSNR keeps climbing and jumps late; LPIPS settles early: the earliest knee swaps metric.
-    "two metrics disagree": _records(DEMO_STEPS, _rise(DEMO_STEPS, 270, 0.12, 4.8e-4, 1770,
-                                                        175, 0.09),
-                                     -0.08 * _rise(DEMO_STEPS, 250, 1.0), noise=0.035,
-                                     seed=2),
+    "two metrics disagree": _records(DEMO_STEPS,
+                                     _rise(DEMO_STEPS, 270, 0.12, 4.8e-4, 1770, 175, 0.09),
+                                     -0.08 * _rise(DEMO_STEPS, 250, 1.0), noise=0.035, seed=2),
     # Like the demo's pretrain (README's runs): PSNR bumps at step 300 and keeps rising, LPIPS
     # levels off from about step 750.
-    "the demo's own": _records(DEMO_STEPS, 0.3 * _rise(DEMO_STEPS, 150, 1.0, 5e-4)
-                               + 0.15 * np.exp(-((DEMO_STEPS - 300) / 120) ** 2),
-                               -0.08 * _rise(DEMO_STEPS, 250, 1.0), noise=0.02, seed=0),
+    "the demo's own": _records(
+        DEMO_STEPS,
+        0.3 * _rise(DEMO_STEPS, 150, 1.0, 5e-4) + 0.15 * np.exp(-((DEMO_STEPS - 300) / 120)**2),
+        -0.08 * _rise(DEMO_STEPS, 250, 1.0), noise=0.02, seed=0),
 }
 
 
@@ -100,4 +99,3 @@ def test_every_choice_of_the_detector_is_still_on_storage(name):
     # The knee moved back to a step whose full checkpoint retention had already pruned:
     # without the snapshots the stage could not have branched from it.
     assert outside_checkpoints, name
-

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from esgf_helpers import (INTERVAL, config, eval_steps, fire_online, run_online,
-                          two_metric_records)
+from esgf_helpers import (INTERVAL, config, eval_steps, fire_online, run_online, two_metric_records)
 from linearsr_jax import esgf
 
 
@@ -71,7 +70,9 @@ def test_resumed_detector_matches_the_uninterrupted_one():
   straight, fired = fire_online(records, cfg)
   cut = [r for r in records if r[0] < fired - 1500]
   # The killed run had logged 5 evaluations past its last checkpoint, with other values.
-  stale = [(s, {k: v + 0.5 for k, v in m.items()}) for s, m in records
+  stale = [(s, {k: v + 0.5
+                for k, v in m.items()})
+           for s, m in records
            if fired - 1500 <= s < fired - 1000]
   resumed = esgf.KneeDetector(cfg, cut + stale)
   for step, values in records:
@@ -85,8 +86,11 @@ def test_resumed_detector_matches_the_uninterrupted_one():
 def test_update_takes_the_loop_metrics_dict_as_it_comes():
   """NumPy / 0-d array scalars count; text, flags and image arrays are ignored."""
   detector = esgf.KneeDetector(config())
-  detector.update(100, {"val/psnr_y": np.float32(25.5), "val/lpips_alex": np.array(0.3),
-                        "note": "ok", "flag": True, "val/images": np.zeros((2, 4, 4, 3))})
+  detector.update(
+      100, {
+          "val/psnr_y": np.float32(25.5), "val/lpips_alex": np.array(0.3), "note": "ok",
+          "flag": True, "val/images": np.zeros((2, 4, 4, 3))
+      })
   assert detector.records == [(100, {"val/psnr_y": 25.5, "val/lpips_alex": pytest.approx(0.3)})]
 
 
@@ -138,10 +142,10 @@ def test_a_budget_ending_branches_from_a_confirmed_knee_not_a_stale_candidate():
   2026-11-30)."""
   steps = eval_steps(20)
   rng = np.random.default_rng(0)
-  lpips = (0.35 + 0.1 * np.exp(-steps / 300) + 0.01 * np.maximum(0, steps - 800) / 1200
-           + 0.001 * rng.standard_normal(20))
-  psnr = (27.4 + 0.15 * np.exp(-((steps - 300) / 150) ** 2) + 0.0002 * steps
-          + 0.005 * rng.standard_normal(20))
+  lpips = (0.35 + 0.1 * np.exp(-steps / 300) + 0.01 * np.maximum(0, steps - 800) / 1200 +
+           0.001 * rng.standard_normal(20))
+  psnr = (27.4 + 0.15 * np.exp(-((steps - 300) / 150)**2) + 0.0002 * steps +
+          0.005 * rng.standard_normal(20))
   records = [(int(s), {"val/psnr_y": float(p), "val/lpips_alex": float(l)})
              for s, p, l in zip(steps, psnr, lpips)]
   cfg = config("val/psnr_y:max,val/lpips_alex:min", combine="all")
@@ -154,8 +158,8 @@ def test_a_budget_ending_branches_from_a_confirmed_knee_not_a_stale_candidate():
   assert step in decision.keep_steps
   for sign in (1, -1):
     jitter = 1 + sign * 1e-9 * rng.standard_normal(20)
-    again = esgf.detect([(s, {k: v * j for k, v in r.items()})
-                         for (s, r), j in zip(records, jitter)], cfg)
+    again = esgf.detect(
+        [(s, {k: v * j for k, v in r.items()}) for (s, r), j in zip(records, jitter)], cfg)
     assert esgf.budget_branch(again, cfg) == (step, why)
 
 
@@ -164,8 +168,10 @@ def _with_expert_losses(records, taus, seed=0):
   rng = np.random.default_rng(seed)
   out = []
   for step, values in records:
-    losses = {f"val/flow_loss_expert{e}": 0.1 + (0.0 if tau is None else 0.05 * np.exp(
-        -step / tau)) + 1e-4 * rng.standard_normal() for e, tau in enumerate(taus)}
+    losses = {
+        f"val/flow_loss_expert{e}": 0.1 + (0.0 if tau is None else 0.05 * np.exp(-step / tau)) +
+                                    1e-4 * rng.standard_normal() for e, tau in enumerate(taus)
+    }
     out.append((step, dict(values, **losses)))
   return out
 
@@ -207,8 +213,8 @@ def test_the_first_stages_untrained_evaluation_is_not_judged(seed):
   then passes for a plateau. The loop leaves that evaluation out in a run's first stage."""
   steps = np.arange(0, 10100, INTERVAL)
   rng = np.random.default_rng(seed)
-  values = (22 + 2 * (1 - np.exp(-steps / 300)) + 0.01 * steps / INTERVAL
-            + rng.normal(0, 0.01, len(steps)))
+  values = (22 + 2 * (1 - np.exp(-steps / 300)) + 0.01 * steps / INTERVAL +
+            rng.normal(0, 0.01, len(steps)))
   values[0] = 8.0
   cfg = config()
   assert run_online(steps, values, cfg)[1] is not None  # judged, it fools the plateau rule

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from esgf_helpers import (INTERVAL, config, dense_kneedle, eval_steps, exponential_knee,
-                          run_online, tolerance, two_metric_records)
+from esgf_helpers import (INTERVAL, config, dense_kneedle, eval_steps, exponential_knee, run_online,
+                          tolerance, two_metric_records)
 from linearsr_jax import esgf
 
 
@@ -29,8 +29,8 @@ def test_saturating_exponential_fires_near_the_true_knee(tau_evals, noise):
     decision, fired_at, history = run_online(steps, psnr, cfg)
     assert fired_at is not None, (seed, decision.reason)
     true_knee = exponential_knee(tau, steps[0], fired_at)
-    assert abs(decision.knee_step - true_knee) <= tolerance(fired_at), (
-        seed, decision.knee_step, true_knee, decision.reason)
+    assert abs(decision.knee_step - true_knee) <= tolerance(fired_at), (seed, decision.knee_step,
+                                                                        true_knee, decision.reason)
     # Confirmed, not guessed: at least `patience` evaluations after the knee were seen.
     assert fired_at >= decision.knee_step + cfg.patience * INTERVAL
     assert 0.0 < decision.confidence <= 1.0
@@ -58,9 +58,9 @@ def test_plateau_followed_by_oscillation(seed):
   steps = eval_steps(n)
   rng = np.random.default_rng(seed)
   after = steps > corner
-  psnr = (24.0 + 3.0 * np.minimum(steps, corner) / corner
-          + np.where(after, 0.15 * np.sin(steps / 300.0), 0.0)
-          + 0.03 * rng.standard_normal(n) * np.where(after, 2.0, 1.0))
+  psnr = (24.0 + 3.0 * np.minimum(steps, corner) / corner +
+          np.where(after, 0.15 * np.sin(steps / 300.0), 0.0) +
+          0.03 * rng.standard_normal(n) * np.where(after, 2.0, 1.0))
   decision, fired_at, _ = run_online(steps, psnr, config())
   assert fired_at is not None, decision.reason
   assert abs(decision.knee_step - corner) <= tolerance(fired_at), decision.reason
@@ -73,8 +73,8 @@ def test_curve_that_turns_back():
   reasons = []
   for seed in range(4):
     rng = np.random.default_rng(seed)
-    psnr = (24.0 + 3.0 * np.minimum(steps, corner) / corner
-            - np.maximum(steps - corner, 0) / 1000.0 + 0.1 * rng.standard_normal(n))
+    psnr = (24.0 + 3.0 * np.minimum(steps, corner) / corner -
+            np.maximum(steps - corner, 0) / 1000.0 + 0.1 * rng.standard_normal(n))
     decision, fired_at, _ = run_online(steps, psnr, config())
     assert fired_at is not None, decision.reason
     assert abs(decision.knee_step - corner) <= tolerance(fired_at), decision.reason
@@ -89,13 +89,14 @@ def test_oscillation_confirms_when_the_trend_is_unclear():
   corner, n = 2000, 70
   steps = eval_steps(n)
   after = steps > corner
-  base = 24.0 + 3.0 * np.minimum(steps, corner) / corner + 0.002 * np.maximum(
-      steps - corner, 0) / INTERVAL
+  base = 24.0 + 3.0 * np.minimum(steps, corner) / corner + 0.002 * np.maximum(steps - corner,
+                                                                              0) / INTERVAL
   wiggle = 0.02 * np.random.default_rng(5).standard_normal(n)
   cfg = config(min_delta=0.005, variance=dict(improvement_factor=100.0))
   calm = esgf.detect([(int(s), {"val/psnr_y": v}) for s, v in zip(steps, base + wiggle)], cfg)
-  wild = esgf.detect([(int(s), {"val/psnr_y": v}) for s, v in
-                      zip(steps, base + wiggle * np.where(after, 4.0, 1.0))], cfg)
+  wild = esgf.detect([
+      (int(s), {"val/psnr_y": v}) for s, v in zip(steps, base + wiggle * np.where(after, 4.0, 1.0))
+  ], cfg)
   assert not calm.fired and "still improving" in calm.reason, calm.reason
   assert wild.fired and "oscillation: variance x" in wild.reason, wild.reason
   assert abs(wild.knee_step - corner) <= tolerance(steps[-1])
@@ -151,10 +152,13 @@ def test_waits_for_min_points_and_for_confirmation():
   assert all("of 40 evaluations needed" in d.reason for d in history[:39])
   patient, patient_fire, history = run_online(steps, psnr, config(patience=12))
   assert patient_fire >= patient.knee_step + 12 * INTERVAL
-  waiting = [d.metric("val/psnr_y").reason for d in history
-             if d.metric("val/psnr_y").knee_step is not None and not d.fired]
-  assert waiting and all("of 12 evaluations after it seen" in r or "still improving" in r
-                         for r in waiting)
+  waiting = [
+      d.metric("val/psnr_y").reason
+      for d in history
+      if d.metric("val/psnr_y").knee_step is not None and not d.fired
+  ]
+  assert waiting and all(
+      "of 12 evaluations after it seen" in r or "still improving" in r for r in waiting)
 
 
 def test_lower_is_better_metric_is_the_mirror_image():

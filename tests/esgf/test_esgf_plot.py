@@ -41,15 +41,19 @@ def test_a_long_title_fits_in_the_figure():
   fig.draw(renderer)
   [text] = [t for t in fig.texts if t.get_text() == title]
   box, page = text.get_window_extent(renderer), fig.bbox
-  assert page.x0 <= box.x0 < box.x1 <= page.x1 and page.y0 <= box.y0 < box.y1 <= page.y1, (
-      box, page)
+  assert page.x0 <= box.x0 < box.x1 <= page.x1 and page.y0 <= box.y0 < box.y1 <= page.y1, (box,
+                                                                                           page)
   assert box.y0 > max(ax.get_tightbbox(renderer).y1 for ax in fig.axes)
 
 
 def test_the_experts_losses_get_one_panel_with_a_curve_each(tmp_path):
   _, records = two_metric_records(400, 400, 30)
-  records = [(step, dict(values, **{f"val/flow_loss_expert{e}": 0.1 + 0.01 * e
-                                     + 1e-3 * (step % 300 == 0) for e in range(4)}))
+  records = [(step,
+              dict(
+                  values, **{
+                      f"val/flow_loss_expert{e}": 0.1 + 0.01 * e + 1e-3 * (step % 300 == 0)
+                      for e in range(4)
+                  }))
              for step, values in records]
   cfg = config("val/psnr_y:max,val/lpips_alex:min")
   fig = curves_figure(records, esgf.detect(records, cfg, num_experts=4), cfg)

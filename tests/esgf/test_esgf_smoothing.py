@@ -10,7 +10,7 @@ def test_lowess_follows_a_line_and_ignores_an_outlier():
   y = 2.0 * x + 1.0
   for degree in (1, 2):
     np.testing.assert_allclose(esgf.lowess(x, y, 7, 2, degree), y, atol=1e-9)
-  parabola = 0.1 * (x - 10.0) ** 2
+  parabola = 0.1 * (x - 10.0)**2
   np.testing.assert_allclose(esgf.lowess(x, parabola, 7, 0, 2), parabola, atol=1e-9)
   noisy = y + 0.1 * np.random.default_rng(0).standard_normal(30)
   spiked = noisy.copy()

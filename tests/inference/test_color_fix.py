@@ -34,11 +34,11 @@ def low_frequency_f64(image, levels=5):
   low = np.asarray(image, np.float64)
   kernel = np.outer([1, 2, 1], [1, 2, 1]) / 16
   for level in range(levels):
-    d = 2 ** level
+    d = 2**level
     padded = np.pad(low, ((d, d), (d, d), (0, 0)), mode="edge")
     h, w = low.shape[:2]
-    low = sum(kernel[i, j] * padded[i * d:i * d + h, j * d:j * d + w]
-              for i in range(3) for j in range(3))
+    low = sum(
+        kernel[i, j] * padded[i * d:i * d + h, j * d:j * d + w] for i in range(3) for j in range(3))
   return low
 
 
@@ -59,7 +59,7 @@ def test_none_is_identity(pair):
   np.testing.assert_array_equal(color_fix(sr, ref, "none"), sr.astype(np.float32))
 
 
-@pytest.mark.parametrize("rows", [7, 64])   # bands thinner and thicker than the 31-row halo
+@pytest.mark.parametrize("rows", [7, 64])  # bands thinner and thicker than the 31-row halo
 def test_the_in_place_fix_in_bands_is_the_whole_image_fix(rows):
   """Against the LR input, its reference made band by band: the float64 wavelet of the whole
   bicubic up-sampling, and AdaIN's whole-image statistics."""
@@ -69,7 +69,6 @@ def test_the_in_place_fix_in_bands_is_the_whole_image_fix(rows):
   reference = imresize_bicubic(lr, 200, 164)
   sr = np.clip(reference + 0.1 * rng.standard_normal(reference.shape), 0, 1).astype(np.float32)
   want = np.clip(sr - low_frequency_f64(sr) + low_frequency_f64(reference), 0, 1)
-  np.testing.assert_allclose(color_fix_in_place(sr.copy(), lr, "wavelet", rows), want,
-                             atol=1e-5)
+  np.testing.assert_allclose(color_fix_in_place(sr.copy(), lr, "wavelet", rows), want, atol=1e-5)
   np.testing.assert_allclose(color_fix_in_place(sr.copy(), lr, "adain", rows),
                              np.clip(color_fix(sr, reference, "adain"), 0, 1), atol=1e-5)

@@ -17,7 +17,6 @@ from linearsr_jax.models import autoencoder, latent_space
 from repo_paths import REPO
 
 
-
 def dcae_space(block_types, widths=(8, 16, 16), seed=0):
   """A small random DC-AE (f = 4): ResBlocks only is local, an EfficientViT level sees the
   whole tile."""
@@ -40,8 +39,9 @@ def photo():
 
 def tile_edges(size, tile, overlap, factor):
   """Pixel positions where a tile starts or ends inside the image (not at its border)."""
-  starts = [s * factor for s in tiling.tile_starts(size // factor, tile // factor,
-                                                   overlap // factor)]
+  starts = [
+      s * factor for s in tiling.tile_starts(size // factor, tile // factor, overlap // factor)
+  ]
   return sorted({s for s in starts if s > 0} | {s + tile for s in starts if s + tile < size})
 
 
@@ -77,7 +77,7 @@ def seam_ratio(tiled, untiled, edges):
     grad_err = np.abs(np.diff(tiled - untiled, axis=axis))
     per_step = grad_err.mean(axis=tuple(a for a in range(4) if a != axis))
     at_edge = np.zeros(per_step.shape, bool)
-    at_edge[[e - 1 for e in edges]] = True   # the step from pixel e-1 to e crosses edge e
+    at_edge[[e - 1 for e in edges]] = True  # the step from pixel e-1 to e crosses edge e
     ratios.append(per_step[at_edge].mean() / per_step[~at_edge].mean())
   return max(ratios)
 
@@ -91,7 +91,7 @@ def test_no_seam_on_a_photograph(photo, block_types):
   space = dcae_space(block_types)
   latents = space.encode(photo)
   untiled = np.asarray(space.decode(latents))
-  tile, overlap = 96, 32   # pixels
+  tile, overlap = 96, 32  # pixels
   edges = tile_edges(256, tile, overlap, space.factor)
   for window in ("gaussian", "linear"):
     tiled = tiling.tiled_decode(space, latents, tile=tile, overlap=overlap, window=window)

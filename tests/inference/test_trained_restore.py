@@ -33,9 +33,11 @@ def reads(monkeypatch):
   """The Orbax names (`opt_state.1.0.mu.dit…`) of the saved leaves read from disk from now on."""
   names = set()
   for cls in set(_handler_classes()):
+
     def spy(self, infos, args=None, _original=vars(cls)["deserialize"]):  # noqa: B008
       names.update(info.name for info in infos)
       return _original(self, infos, args)
+
     monkeypatch.setattr(cls, "deserialize", spy)
   return names
 

@@ -64,7 +64,7 @@ def seam_ratio(tiled, untiled, edges_y, edges_x):
   for axis, edges in ((0, edges_y), (1, edges_x)):
     per_step = np.abs(np.diff(error, axis=axis)).mean(axis=1 - axis)
     at_edge = np.zeros(per_step.shape, bool)
-    at_edge[[e - 1 for e in edges]] = True   # the step from pixel e-1 to e crosses edge e
+    at_edge[[e - 1 for e in edges]] = True  # the step from pixel e-1 to e crosses edge e
     ratios.append(per_step[at_edge].mean() / per_step[~at_edge].mean())
   return max(ratios)
 
@@ -75,7 +75,7 @@ def test_tiled_photo_has_the_right_size_and_no_seam(run_dir, photo_lr):
   assert trained.num_experts == 4
   tile, overlap = 128, 32
   tiled = Upscaler(trained, UpscaleOptions(tile=tile, overlap=overlap, color_fix="none"))
-  assert tiled.tile_count(225, 375) == 3 * 4   # starts y: 0, 96, 97; x: 0, 96, 192, 247
+  assert tiled.tile_count(225, 375) == 3 * 4  # starts y: 0, 96, 97; x: 0, 96, 192, 247
   out = tiled(photo_lr)
   assert out.shape == (900, 1500, 3) and out.dtype == np.float32
   untiled = Upscaler(trained, UpscaleOptions(tile=512, overlap=0, color_fix="none"))
@@ -106,12 +106,16 @@ def test_peak_memory_of_a_tiled_photo_in_a_subprocess(tmp_path, run_dir, photo_l
   # float32 output, weight map and colour-fix buffers are ~50 MiB).
   Image.fromarray((photo_lr * 255).round().astype(np.uint8)).save(tmp_path / "photo.png")
   # a clean environment: nothing that earlier tests or the training run put in os.environ
-  env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
-         "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-  proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(tmp_path / "photo.png"),
-                         "--checkpoint", str(run_dir), "--out", str(tmp_path / "out"),
-                         "--tile", "128", "--overlap", "32"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  env = {
+      "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "JAX_PLATFORMS": "cpu",
+      "TF_CPP_MIN_LOG_LEVEL": "3"
+  }
+  proc = subprocess.run([
+      sys.executable, "-c", _MEMORY_CHILD,
+      str(tmp_path / "photo.png"), "--checkpoint",
+      str(run_dir), "--out",
+      str(tmp_path / "out"), "--tile", "128", "--overlap", "32"
+  ], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["code"] == 0
@@ -120,8 +124,11 @@ def test_peak_memory_of_a_tiled_photo_in_a_subprocess(tmp_path, run_dir, photo_l
 
 
 def digest(folder):
-  return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(folder.rglob("*")) if p.is_file()}
+  return {
+      p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+      for p in sorted(folder.rglob("*"))
+      if p.is_file()
+  }
 
 
 @pytest.fixture
@@ -155,18 +162,23 @@ def test_folder_with_bad_files(tmp_path, run_dir, messy_folder):
   code, stdout, stderr = run_cli("upscale", messy_folder, "--checkpoint", run_dir, "--out", out,
                                  "--tile", "16", "--overlap", "4", "--no_progress")
   assert code == 1, stderr
-  assert digest(messy_folder) == before   # inputs untouched
+  assert digest(messy_folder) == before  # inputs untouched
   assert read_image(out / "good_x4.png").shape == (80, 112, 3)
   assert read_image(out / "sub" / "small_x4.png").shape == (64, 48, 3)
-  assert (out / "alpha_x4.png").read_bytes() == b"an existing output"   # skipped
+  assert (out / "alpha_x4.png").read_bytes() == b"an existing output"  # skipped
   assert "corrupt.png" in stderr and "notes.jpg" in stderr and "skip" in stderr
   assert "upscaled 2, skipped 1 existing, failed 2" in stdout
-  assert sorted(p.name for p in out.rglob("*")) == ["alpha_x4.png", "good_x4.png", "small_x4.png",
-                                                    "sub"]   # no temporary files left
+  assert sorted(
+      p.name for p in out.rglob("*")) == ["alpha_x4.png", "good_x4.png", "small_x4.png",
+                                          "sub"]  # no temporary files left
   # --overwrite replaces the existing output; with only good inputs the exit code is 0
-  assert main(["upscale", str(messy_folder / "alpha.png"), str(messy_folder / "good.png"),
-               "--checkpoint", str(run_dir), "--out", str(out), "--tile", "16", "--overlap",
-               "4", "--overwrite", "--no_progress"]) == 0
+  assert main([
+      "upscale",
+      str(messy_folder / "alpha.png"),
+      str(messy_folder / "good.png"), "--checkpoint",
+      str(run_dir), "--out",
+      str(out), "--tile", "16", "--overlap", "4", "--overwrite", "--no_progress"
+  ]) == 0
   assert read_image(out / "alpha_x4.png").shape == (80, 112, 3)
   assert digest(messy_folder) == before
 
@@ -176,12 +188,17 @@ def test_output_over_an_input_is_refused(tmp_path, run_dir, messy_folder, capsys
   target = messy_folder / "good_x4.png"
   target.write_bytes((messy_folder / "good.png").read_bytes())
   before = digest(messy_folder)
-  assert main(["upscale", str(messy_folder / "good.png"), str(target), "--checkpoint",
-               str(run_dir), "--out", str(messy_folder), "--overwrite", "--tile", "16",
-               "--overlap", "4", "--no_progress"]) == 1
+  assert main([
+      "upscale",
+      str(messy_folder / "good.png"),
+      str(target), "--checkpoint",
+      str(run_dir), "--out",
+      str(messy_folder), "--overwrite", "--tile", "16", "--overlap", "4", "--no_progress"
+  ]) == 1
   assert "would overwrite an input" in capsys.readouterr().err
-  assert digest(messy_folder) == {**before, Path("good_x4_x4.png"): digest(messy_folder)
-                                  [Path("good_x4_x4.png")]}
+  assert digest(messy_folder) == {
+      **before, Path("good_x4_x4.png"): digest(messy_folder)[Path("good_x4_x4.png")]
+  }
 
 
 @pytest.mark.slow
@@ -204,11 +221,17 @@ def test_eval_reads_each_lr_images_tags_beside_it(tmp_path, run_dir, photo_pairs
 
   def scores(pairs, *extra):
     out = tmp_path / f"report_{len(list(tmp_path.iterdir()))}"
-    assert main(["eval", "--checkpoint", str(run_dir), "--lr_dir", str(pairs / "LR"),
-                 "--hr_dir", str(pairs / "HR"), "--out", str(out), "--metrics", "psnr_y",
-                 "--no_progress", *extra]) == 0
-    return {r["name"]: float(r["psnr_y"]) for r in csv.DictReader(
-        io.StringIO((out / "per_image.csv").read_text()))}
+    assert main([
+        "eval", "--checkpoint",
+        str(run_dir), "--lr_dir",
+        str(pairs / "LR"), "--hr_dir",
+        str(pairs / "HR"), "--out",
+        str(out), "--metrics", "psnr_y", "--no_progress", *extra
+    ]) == 0
+    return {
+        r["name"]: float(r["psnr_y"])
+        for r in csv.DictReader(io.StringIO((out / "per_image.csv").read_text()))
+    }
 
   from_sidecars = scores(folder("sidecars", names, True))
   untagged = scores(folder("untagged", names, False))
@@ -228,15 +251,19 @@ def test_eval_with_a_checkpoint_on_photo_pairs(tmp_path, run_dir, photo_pairs, m
       (tmp_path / kind / name).write_bytes((bench / kind / name).read_bytes())
   out = tmp_path / "report"
   monkeypatch.chdir(tmp_path)  # relative paths, as typed (Orbax itself wants absolute ones)
-  assert main(["eval", "--checkpoint", os.path.relpath(run_dir), "--lr_dir", "LR",
-               "--hr_dir", "HR", "--out", "report", "--metrics", "psnr_y,ssim_y",
-               "--no_progress"]) == 0
+  assert main([
+      "eval", "--checkpoint",
+      os.path.relpath(run_dir), "--lr_dir", "LR", "--hr_dir", "HR", "--out", "report", "--metrics",
+      "psnr_y,ssim_y", "--no_progress"
+  ]) == 0
   summary = json.loads((out / "summary.json").read_text())
   assert summary["scored"] == 2 and summary["label"] == "linearsr"
   assert "moe step 2" in summary["settings"]["upsampler"]
   # The bicubic row beside the model's is the one `eval --lr_dir` alone gives.
-  assert main(["eval", "--lr_dir", "LR", "--hr_dir", "HR", "--out", "bicubic", "--metrics",
-               "psnr_y,ssim_y", "--no_progress"]) == 0
+  assert main([
+      "eval", "--lr_dir", "LR", "--hr_dir", "HR", "--out", "bicubic", "--metrics", "psnr_y,ssim_y",
+      "--no_progress"
+  ]) == 0
   bicubic = json.loads((tmp_path / "bicubic" / "summary.json").read_text())
   assert summary["baseline"]["mean"] == bicubic["mean"] and summary["baseline"]["scored"] == 2
   assert summary["baseline"]["mean"] != summary["mean"]
@@ -244,9 +271,10 @@ def test_eval_with_a_checkpoint_on_photo_pairs(tmp_path, run_dir, photo_pairs, m
   assert [row.split(" | ")[0] for row in table[2:]] == ["| bicubic", "| linearsr"]
   rows = list(csv.DictReader(io.StringIO((out / "per_image.csv").read_text())))
   assert len(rows) == 2 and list(rows[0]) == [
-      "name", "status", "psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y", "error"]
-  assert np.mean([float(r["bicubic_psnr_y"]) for r in rows]) == pytest.approx(
-      bicubic["mean"]["psnr_y"])
+      "name", "status", "psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y", "error"
+  ]
+  assert np.mean([float(r["bicubic_psnr_y"]) for r in rows
+                 ]) == pytest.approx(bicubic["mean"]["psnr_y"])
   # an almost untrained model on the LR-anchored flow stays near bicubic
   assert 20 < summary["mean"]["psnr_y"] < 35
 
@@ -262,7 +290,7 @@ def test_host_memory_holds_about_one_output_copy(run_dir):
   from linearsr_jax.data.image_io import to_uint8
   upscaler = Upscaler(load_trained(run_dir), UpscaleOptions(tile=64, overlap=16))
   lr = np.random.default_rng(0).random((512, 64, 3), dtype=np.float32)
-  upscaler(lr[:64])   # compiled outside the measurement
+  upscaler(lr[:64])  # compiled outside the measurement
   tracemalloc.start()
   try:
     sr = upscaler(lr)
@@ -276,12 +304,13 @@ def test_host_memory_holds_about_one_output_copy(run_dir):
 
 def header_only_png(path, width, height):
   """A PNG whose header declares width×height RGB pixels and that holds no pixel data."""
+
   def chunk(kind, data):
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data)))
-  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
-                                                                     8, 2, 0, 0, 0))
-                   + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return (struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" +
+                   chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) +
+                   chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 @pytest.mark.slow
@@ -302,13 +331,17 @@ def test_images_that_cannot_be_upscaled_fail_a_line_each_and_the_rest_are_done(
   decode = image_io.decode_image
   monkeypatch.setattr(image_io, "decode_image",
                       lambda data, name="image": decoded.append(name) or decode(data, name))
-  assert main(["upscale", str(src), "--checkpoint", str(run_dir), "--out", str(out), "--tile",
-               "16", "--overlap", "4", "--max_output_pixels", "20000", "--no_progress"]) == 1
+  assert main([
+      "upscale",
+      str(src), "--checkpoint",
+      str(run_dir), "--out",
+      str(out), "--tile", "16", "--overlap", "4", "--max_output_pixels", "20000", "--no_progress"
+  ]) == 1
   captured = capsys.readouterr()
   assert "upscaled 2, skipped 0 existing, failed 3" in captured.out
   assert sorted(p.name for p in out.iterdir()) == ["alpha_x4.png", "good_x4.png", "sub"]
-  assert read_image(out / "good_x4.png").shape == (80, 112, 3)   # 8960 px, under the limit
-  failed = captured.err.strip().splitlines()[-3:]   # the failures are listed last
+  assert read_image(out / "good_x4.png").shape == (80, 112, 3)  # 8960 px, under the limit
+  failed = captured.err.strip().splitlines()[-3:]  # the failures are listed last
   assert failed[0].startswith(f"linearsr: failed: {src / 'bomb.png'}: "), captured.err
   assert "decompression bomb" in failed[0]
   assert failed[1] == (f"linearsr: failed: {src / 'large.png'}: 40x40 at x4 makes 25600 output "
@@ -323,27 +356,39 @@ def test_inputs_with_the_same_output_name_are_refused_before_any_work(tmp_path, 
                                                                       messy_folder, capsys):
   Image.open(messy_folder / "good.png").convert("RGB").save(messy_folder / "good.jpg")
   out = tmp_path / "out"
-  assert main(["upscale", str(messy_folder), "--checkpoint", str(run_dir), "--out", str(out),
-               "--no_progress"]) == 2
+  assert main([
+      "upscale",
+      str(messy_folder), "--checkpoint",
+      str(run_dir), "--out",
+      str(out), "--no_progress"
+  ]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert err == [f"linearsr: error: {messy_folder / 'good.jpg'} and {messy_folder / 'good.png'} "
-                 "would both be written as good_x<scale>: rename one, or upscale them into "
-                 "separate --out folders"]
+  assert err == [
+      f"linearsr: error: {messy_folder / 'good.jpg'} and {messy_folder / 'good.png'} "
+      "would both be written as good_x<scale>: rename one, or upscale them into "
+      "separate --out folders"
+  ]
   assert not out.exists()
 
 
 @pytest.mark.slow
 def test_an_unusable_out_and_a_damaged_run_config_are_one_line(tmp_path, run_dir, messy_folder,
-                                                              capsys):
+                                                               capsys):
   good = str(messy_folder / "good.png")
   (tmp_path / "file").write_text("not a folder")
-  assert main(["upscale", good, "--checkpoint", str(run_dir), "--out",
-               str(tmp_path / "file" / "out"), "--no_progress"]) == 2
+  assert main([
+      "upscale", good, "--checkpoint",
+      str(run_dir), "--out",
+      str(tmp_path / "file" / "out"), "--no_progress"
+  ]) == 2
   damaged = tmp_path / "run"
   shutil.copytree(run_dir, damaged)
-  (damaged / "config.json").write_text('{"model": {"depth": 1,')   # cut short
-  assert main(["upscale", good, "--checkpoint", str(damaged), "--out", str(tmp_path / "out"),
-               "--no_progress"]) == 2
+  (damaged / "config.json").write_text('{"model": {"depth": 1,')  # cut short
+  assert main([
+      "upscale", good, "--checkpoint",
+      str(damaged), "--out",
+      str(tmp_path / "out"), "--no_progress"
+  ]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 2, err
   assert err[0] == (f"linearsr: error: --out {tmp_path / 'file' / 'out'}: cannot create the "

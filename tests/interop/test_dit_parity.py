@@ -12,24 +12,26 @@ from sana_reference import random_sana, reference_inputs, torch_forward
 
 # Four architectures: patch 1 and 2, qk-norm off and on, head counts and depths, non-square.
 CASES = {
-    "p1_plain": dict(config=dict(num_attention_heads=2, attention_head_dim=16, num_layers=2,
-                                 num_cross_attention_heads=2, cross_attention_head_dim=16,
-                                 cross_attention_dim=32, caption_channels=24, in_channels=8,
-                                 out_channels=8, patch_size=1), hw=(12, 20)),
-    "p2_qknorm": dict(config=dict(num_attention_heads=4, attention_head_dim=8, num_layers=3,
-                                  num_cross_attention_heads=1, cross_attention_head_dim=32,
-                                  cross_attention_dim=32, caption_channels=16, in_channels=4,
-                                  out_channels=4, patch_size=2, qk_norm="rms_norm_across_heads"),
-                      hw=(8, 12)),
-    "p1_qknorm_bias": dict(config=dict(num_attention_heads=1, attention_head_dim=32, num_layers=1,
-                                       num_cross_attention_heads=4, cross_attention_head_dim=8,
-                                       cross_attention_dim=32, caption_channels=32, in_channels=6,
-                                       out_channels=6, patch_size=1, attention_bias=True,
-                                       qk_norm="rms_norm_across_heads"), hw=(6, 10)),
-    "p2_wide": dict(config=dict(num_attention_heads=3, attention_head_dim=16, num_layers=2,
-                                num_cross_attention_heads=2, cross_attention_head_dim=24,
-                                cross_attention_dim=48, caption_channels=20, in_channels=8,
-                                out_channels=8, patch_size=2, mlp_ratio=2.0), hw=(12, 20)),
+    "p1_plain": dict(
+        config=dict(num_attention_heads=2, attention_head_dim=16, num_layers=2,
+                    num_cross_attention_heads=2, cross_attention_head_dim=16,
+                    cross_attention_dim=32, caption_channels=24, in_channels=8, out_channels=8,
+                    patch_size=1), hw=(12, 20)),
+    "p2_qknorm": dict(
+        config=dict(num_attention_heads=4, attention_head_dim=8, num_layers=3,
+                    num_cross_attention_heads=1, cross_attention_head_dim=32,
+                    cross_attention_dim=32, caption_channels=16, in_channels=4, out_channels=4,
+                    patch_size=2, qk_norm="rms_norm_across_heads"), hw=(8, 12)),
+    "p1_qknorm_bias": dict(
+        config=dict(num_attention_heads=1, attention_head_dim=32, num_layers=1,
+                    num_cross_attention_heads=4, cross_attention_head_dim=8, cross_attention_dim=32,
+                    caption_channels=32, in_channels=6, out_channels=6, patch_size=1,
+                    attention_bias=True, qk_norm="rms_norm_across_heads"), hw=(6, 10)),
+    "p2_wide": dict(
+        config=dict(num_attention_heads=3, attention_head_dim=16, num_layers=2,
+                    num_cross_attention_heads=2, cross_attention_head_dim=24,
+                    cross_attention_dim=48, caption_channels=20, in_channels=8, out_channels=8,
+                    patch_size=2, mlp_ratio=2.0), hw=(12, 20)),
 }
 
 
@@ -38,8 +40,9 @@ def rel_err(a, b):
 
 
 def jax_forward(cfg, params, x, t, cond, mask):
-  return np.asarray(DiT(cfg).apply({"params": params}, jnp.asarray(x), jnp.asarray(t), None,
-                                   jnp.asarray(cond), jnp.asarray(mask)))
+  return np.asarray(
+      DiT(cfg).apply({"params": params}, jnp.asarray(x), jnp.asarray(t), None, jnp.asarray(cond),
+                     jnp.asarray(mask)))
 
 
 @pytest.mark.slow

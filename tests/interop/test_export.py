@@ -38,8 +38,9 @@ def test_diffusers_export_then_import_is_bit_exact_per_expert(tmp_path, run_dir,
   assert main(["export", str(run_dir), "--layout", "diffusers", "--out", str(tmp_path / "e")]) == 0
   for i in range(4):
     folder = tmp_path / "e" / f"expert_{i}"
-    assert main(["import", "diffusers", str(folder), "--no_scan",
-                 "--out", str(tmp_path / f"p{i}")]) == 0
+    assert main(["import", "diffusers",
+                 str(folder), "--no_scan", "--out",
+                 str(tmp_path / f"p{i}")]) == 0
     config, params = params_io.load_params_dir(tmp_path / f"p{i}", "dit")
     assert config == moe.config.model.to_dict()
     want, got = flat_expert(moe.params["dit"], i), params_io.flatten(params)
@@ -53,8 +54,9 @@ def test_diffusers_export_then_import_is_bit_exact_per_expert(tmp_path, run_dir,
     info = json.loads((folder / "linearsr_export.json").read_text())
     assert info["expert"] == i and info["tags"]["max_tokens"] == moe.config.tags.max_tokens
   # the experts differ after MoE training, so the test would notice a mixed-up index
-  assert not np.array_equal(flat_expert(moe.params["dit"], 0)["proj_out/kernel"],
-                            flat_expert(moe.params["dit"], 3)["proj_out/kernel"])
+  assert not np.array_equal(
+      flat_expert(moe.params["dit"], 0)["proj_out/kernel"],
+      flat_expert(moe.params["dit"], 3)["proj_out/kernel"])
 
 
 @pytest.mark.slow
@@ -90,11 +92,13 @@ def test_npz_round_trip_is_exact(tmp_path, run_dir, moe):
   for key in want:
     assert got[key].shape[0] == 4
     np.testing.assert_array_equal(got[key], np.asarray(want[key]), err_msg=key)
-  np.testing.assert_allclose(np.array(config["intervals"])[1:, 0], [0.223, 0.875, 0.939],
-                             atol=1e-3)
+  np.testing.assert_allclose(np.array(config["intervals"])[1:, 0], [0.223, 0.875, 0.939], atol=1e-3)
   # one expert of the pretrain stage keeps a leading axis of one
-  assert main(["export", str(run_dir), "--stage", "pretrain", "--step", "2", "--layout", "npz",
-               "--out", str(tmp_path / "p")]) == 0
+  assert main([
+      "export",
+      str(run_dir), "--stage", "pretrain", "--step", "2", "--layout", "npz", "--out",
+      str(tmp_path / "p")
+  ]) == 0
   config, params = read_npz_export(tmp_path / "p")
   pre = load_trained(run_dir, stage="pretrain", step=2)
   for key, value in params_io.flatten(pre.params).items():

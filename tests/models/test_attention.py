@@ -41,8 +41,9 @@ def test_linear_attention_matches_pairwise_float64(shape, masked):
   q, k, v, mask = random_qkv(sum(shape), *shape)
   if not masked:
     mask = np.ones_like(mask)
-  got = np.asarray(relu_linear_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                                         jnp.asarray(mask) if masked else None))
+  got = np.asarray(
+      relu_linear_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                            jnp.asarray(mask) if masked else None))
   want = linear_reference(q, k, v, mask)
   assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
 
@@ -58,7 +59,7 @@ def test_linear_attention_normaliser_is_float32_under_bfloat16():
 @pytest.mark.parametrize("shape", [(2, 13, 7, 2, 8), (1, 64, 300, 4, 16)])
 def test_softmax_attention_matches_float64(shape):
   q, k, v, mask = random_qkv(7, *shape)
-  got = np.asarray(softmax_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                                     jnp.asarray(mask)))
+  got = np.asarray(
+      softmax_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask)))
   want = softmax_reference(q, k, v, mask)
   assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))

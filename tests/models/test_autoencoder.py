@@ -17,41 +17,46 @@ from linearsr_jax.models import autoencoder
 # Small configs covering the architecture's switches. `size` is the test image (H, W).
 CONFIGS = {
     # SANA-like: mixed block types, multi-scale attention, stride-2 conv down, interpolate up.
-    "conv_interpolate": dict(
-        size=(32, 48), latent_channels=8, attention_head_dim=8,
-        encoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
-        decoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
-        encoder_block_out_channels=[8, 16, 32], decoder_block_out_channels=[8, 16, 32],
-        encoder_layers_per_block=[1, 1, 2], decoder_layers_per_block=[1, 1, 2],
-        encoder_qkv_multiscales=[[], [], [5]], decoder_qkv_multiscales=[[], [], [5]],
-        downsample_block_type="Conv", upsample_block_type="interpolate",
-        decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407),
+    "conv_interpolate": dict(size=(32, 48), latent_channels=8, attention_head_dim=8,
+                             encoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
+                             decoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"
+                                                 ], encoder_block_out_channels=[8, 16, 32],
+                             decoder_block_out_channels=[8, 16,
+                                                         32], encoder_layers_per_block=[1, 1, 2],
+                             decoder_layers_per_block=[1, 1, 2], encoder_qkv_multiscales=[[], [],
+                                                                                          [5]],
+                             decoder_qkv_multiscales=[[], [], [5]], downsample_block_type="Conv",
+                             upsample_block_type="interpolate", decoder_norm_types="rms_norm",
+                             decoder_act_fns="silu", scaling_factor=0.41407),
     # DC-AE-in-1.0-like: no full-resolution layers, pixel (un)shuffle, batch norm + relu per block,
     # two attention scales. An 8×16 image leaves 2×4 = head_dim positions: diffusers' quadratic
     # attention branch.
-    "shuffle_batchnorm": dict(
-        size=(8, 16), latent_channels=8, attention_head_dim=8,
-        encoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
-        decoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
-        encoder_block_out_channels=[8, 16, 32], decoder_block_out_channels=[8, 16, 32],
-        encoder_layers_per_block=[0, 1, 1], decoder_layers_per_block=[0, 2, 1],
-        encoder_qkv_multiscales=[[], [], [3, 5]], decoder_qkv_multiscales=[[], [], [3, 5]],
-        downsample_block_type="pixel_unshuffle", upsample_block_type="pixel_shuffle",
-        decoder_norm_types=["batch_norm", "batch_norm", "rms_norm"],
-        decoder_act_fns=["relu", "relu", "silu"], scaling_factor=0.3189),
+    "shuffle_batchnorm":
+        dict(size=(8, 16), latent_channels=8, attention_head_dim=8,
+             encoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
+             decoder_block_types=["ResBlock", "ResBlock", "EfficientViTBlock"],
+             encoder_block_out_channels=[8, 16, 32], decoder_block_out_channels=[8, 16,
+                                                                                 32],
+             encoder_layers_per_block=[0, 1, 1], decoder_layers_per_block=[0, 2, 1],
+             encoder_qkv_multiscales=[[], [], [3, 5]], decoder_qkv_multiscales=[[], [],
+                                                                                [3, 5]],
+             downsample_block_type="pixel_unshuffle", upsample_block_type="pixel_shuffle",
+             decoder_norm_types=["batch_norm", "batch_norm",
+                                 "rms_norm"], decoder_act_fns=["relu", "relu",
+                                                               "silu"], scaling_factor=0.3189),
     # Four levels, attention at two of them and at full resolution in the decoder, no latent
     # shortcuts, other activations, encoder and decoder of different widths.
     "deep_mixed": dict(
-        size=(32, 32), latent_channels=4, attention_head_dim=8,
-        encoder_block_types=["EfficientViTBlock", "ResBlock", "EfficientViTBlock",
-                             "EfficientViTBlock"],
-        decoder_block_types=["ResBlock", "EfficientViTBlock", "ResBlock", "EfficientViTBlock"],
+        size=(32, 32), latent_channels=4, attention_head_dim=8, encoder_block_types=[
+            "EfficientViTBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock"
+        ], decoder_block_types=["ResBlock", "EfficientViTBlock", "ResBlock", "EfficientViTBlock"],
         encoder_block_out_channels=[8, 16, 16, 32], decoder_block_out_channels=[16, 16, 32, 32],
         encoder_layers_per_block=[1, 1, 1, 1], decoder_layers_per_block=[1, 1, 1, 1],
         encoder_qkv_multiscales=[[3], [], [], [5]], decoder_qkv_multiscales=[[], [5], [], []],
         downsample_block_type="pixel_unshuffle", upsample_block_type="interpolate",
-        decoder_norm_types=["rms_norm", "batch_norm", "batch_norm", "rms_norm"],
-        decoder_act_fns=["gelu", "silu", "mish", "relu"], encoder_out_shortcut=False,
+        decoder_norm_types=["rms_norm", "batch_norm", "batch_norm",
+                            "rms_norm"], decoder_act_fns=["gelu", "silu", "mish",
+                                                          "relu"], encoder_out_shortcut=False,
         decoder_in_shortcut=False, decoder_conv_act_fn="silu", scaling_factor=1.7),
 }
 

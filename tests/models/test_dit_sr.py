@@ -32,8 +32,8 @@ def test_zero_initialised_lr_channels_reproduce_text_to_image_output(tmp_path):
   x, t, cond, mask = reference_inputs(0, 2, (12, 20), 8, 6, 24)
   expected = torch_forward(reference, x, t, cond, mask)
 
-  cfg, params = diffusers_sana.import_transformer(tmp_path / "t2i", lr_channels=16,
-                                                  lr_stem_convs=2, lr_stem_width=8)
+  cfg, params = diffusers_sana.import_transformer(tmp_path / "t2i", lr_channels=16, lr_stem_convs=2,
+                                                  lr_stem_width=8)
   assert cfg.lr_channels == 16 and "lr_stem" in params
   rng = np.random.default_rng(1)
   outs = []
@@ -76,8 +76,8 @@ def test_sharded_params_follow_logical_rules_and_forward_matches_single_device()
   cfg = tiny_cfg(scan_layers=True)  # the stacked layout of the large configs
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   inputs = example_inputs(cfg, 4, (8, 8))
-  params, shardings = sharded_init(
-      lambda: DiT(cfg).init(jax.random.PRNGKey(0), *inputs)["params"], mesh)
+  params, shardings = sharded_init(lambda: DiT(cfg).init(jax.random.PRNGKey(0), *inputs)["params"],
+                                   mesh)
   block = params["blocks"]["block"]
   expect = {("attn1", "to_q", "kernel"): P(None, "fsdp", "tensor"),
             ("attn1", "to_out", "kernel"): P(None, "tensor", "fsdp"),

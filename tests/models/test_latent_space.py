@@ -12,8 +12,8 @@ from linearsr_jax.errors import UserError
 from linearsr_jax import params_io
 from linearsr_jax.interop.diffusers_vae import import_autoencoder_dc
 from linearsr_jax.models import autoencoder
-from linearsr_jax.models.latent_space import (DCAESpace, PixelSpace, default_config,
-                                              lr_stem_depth, make_latent_space)
+from linearsr_jax.models.latent_space import (DCAESpace, PixelSpace, default_config, lr_stem_depth,
+                                              make_latent_space)
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -55,11 +55,11 @@ def test_non_multiple_sizes_are_user_errors():
 
 TINY_DCAE = dict(latent_channels=4, attention_head_dim=8,
                  encoder_block_types=["ResBlock", "EfficientViTBlock"],
-                 decoder_block_types=["ResBlock", "EfficientViTBlock"],
-                 encoder_block_out_channels=[8, 16], decoder_block_out_channels=[8, 16],
-                 encoder_layers_per_block=[1, 1], decoder_layers_per_block=[1, 1],
-                 encoder_qkv_multiscales=[[], [5]], decoder_qkv_multiscales=[[], [5]],
-                 scaling_factor=0.5)
+                 decoder_block_types=["ResBlock",
+                                      "EfficientViTBlock"], encoder_block_out_channels=[8, 16],
+                 decoder_block_out_channels=[8, 16], encoder_layers_per_block=[1, 1],
+                 decoder_layers_per_block=[1, 1], encoder_qkv_multiscales=[[], [5]],
+                 decoder_qkv_multiscales=[[], [5]], scaling_factor=0.5)
 
 
 def test_dcae_space_from_an_imported_params_dir_applies_the_scaling(tmp_path):
@@ -112,8 +112,8 @@ def test_sana_config_is_the_published_architecture():
   assert model.factor == 32 and model.cfg["latent_channels"] == 32
   with torch.device("meta"):
     reference = TorchAutoencoderDC(**get_config().to_dict())
-  n_params = sum(np.prod(leaf.shape)
-                 for leaf in jax.tree_util.tree_leaves(autoencoder.param_shapes(model)))
+  n_params = sum(
+      np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(autoencoder.param_shapes(model)))
   assert n_params == sum(p.numel() for p in reference.parameters())
 
 

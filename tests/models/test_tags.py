@@ -60,8 +60,8 @@ def test_encoder_tokens_mask_and_null_condition():
   np.testing.assert_array_equal(out_mask[:2], [[True, True, False]] * 2)
   null_tokens, null_mask = encoder.apply(params, 1, method=tags.TagEncoder.null)
   np.testing.assert_array_equal(tokens[2], null_tokens[0])
-  np.testing.assert_array_equal(
-      null_tokens[0], params["params"]["null_condition"]["null_embedding"])
+  np.testing.assert_array_equal(null_tokens[0],
+                                params["params"]["null_condition"]["null_embedding"])
   assert out_mask[2].all() and null_mask.all()
 
 
@@ -70,8 +70,9 @@ def test_condition_dropout_uses_the_null_condition_at_the_configured_rate():
   n = 4000
   ids = jnp.ones((n, 3), jnp.int32)
   mask = jnp.ones((n, 3), bool)
-  tokens, _ = jax.jit(lambda p, r: encoder.apply(p, ids, mask, deterministic=False,
-                                                 rngs={"dropout": r}))(params, jax.random.PRNGKey(1))
+  tokens, _ = jax.jit(
+      lambda p, r: encoder.apply(p, ids, mask, deterministic=False, rngs={"dropout": r}))(
+          params, jax.random.PRNGKey(1))
   null = np.asarray(params["params"]["null_condition"]["null_embedding"])
   dropped = np.all(np.asarray(tokens) == null, axis=(1, 2))
   # Binomial(4000, 0.25): standard deviation ≈ 27; allow 5 of them.
@@ -133,8 +134,8 @@ def test_encoder_runs_sharded_on_the_mesh():
   from linearsr_jax import sharding
 
   encoder, params = _encoder_and_params()
-  ids = jnp.asarray(np.stack([conditions.tokenize_tags([f"tag{i}", "x"], 64, 3)[0]
-                              for i in range(8)]))
+  ids = jnp.asarray(
+      np.stack([conditions.tokenize_tags([f"tag{i}", "x"], 64, 3)[0] for i in range(8)]))
   mask = jnp.asarray(np.arange(3) < np.arange(8)[:, None] % 3)  # rows with 0, 1, 2 tokens
   expected = encoder.apply(params, ids, mask)
   mesh = sharding.make_mesh({"expert": 4, "data": 2})

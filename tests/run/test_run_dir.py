@@ -34,8 +34,8 @@ def test_metrics_log_rewrites_what_the_checkpoint_saw_and_appends(tmp_path):
   path.write_text("".join(json.dumps(r) + "\n" for r in _rows(5)) + '{"step": 5, "val')
   log = run_dir.MetricsLog(path, resume_step=2)
   log.append({"step": 3, "train/loss": 0.5})
-  assert [json.loads(l) for l in path.read_text().splitlines()] == [
-      *_rows(3), {"step": 3, "train/loss": 0.5}]
+  assert [json.loads(l) for l in path.read_text().splitlines()
+         ] == [*_rows(3), {"step": 3, "train/loss": 0.5}]
   assert log.evaluations() == _rows(3)
   assert run_dir.read_jsonl(tmp_path / "missing.jsonl") == ([], 0)
 

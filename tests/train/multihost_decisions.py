@@ -26,12 +26,11 @@ from test_damaged_checkpoints import _state  # noqa: E402
 me = jax.process_index()
 decided = {}
 local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
-                        _state(0))
+abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), _state(0))
 
 # The disk of process 1 alone is full: both stop, at the same check. Process 0 has 3 GiB free,
 # more than an int32 holds.
-disk_space.free_bytes = lambda directory: 0 if me == 1 else 3 * 2 ** 30
+disk_space.free_bytes = lambda directory: 0 if me == 1 else 3 * 2**30
 try:
   disk_space.ensure_room_on_every_host(sys.argv[3], 1000, "checkpoint 2")
   decided["disk"] = "room"
@@ -50,6 +49,7 @@ if me == 1:
   def damaged(step, abstract_state):
     real(step, abstract_state)  # every process takes part in Orbax's reads
     raise checkpoint.DamagedCheckpoint(step, "a read error on process 1")
+
   ckpts._restore_verified = damaged
 try:
   step, _, _ = ckpts.restore_intact(ckpts.all_steps()[::-1], abstract)

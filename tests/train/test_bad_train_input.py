@@ -16,10 +16,11 @@ from linearsr_jax.commands.cli import main
 from linearsr_jax.models.dit import DiTConfig
 from linearsr_jax.train import init_from
 
-SMALL = ["--config.model.depth=1", "--config.model.hidden=64", "--config.model.heads=2",
-         "--config.model.cross_heads=2", "--config.data.crop_size=32",
-         "--config.data.eval.crop_size=64", "--config.stages.pretrain.max_steps=2",
-         "--config.stage_order=pretrain"]
+SMALL = [
+    "--config.model.depth=1", "--config.model.hidden=64", "--config.model.heads=2",
+    "--config.model.cross_heads=2", "--config.data.crop_size=32", "--config.data.eval.crop_size=64",
+    "--config.stages.pretrain.max_steps=2", "--config.stage_order=pretrain"
+]
 
 
 def _folder(tmp_path, name, files):
@@ -38,8 +39,7 @@ def _params_dir(tmp_path, name, damage):
   """A params dir with a valid header for the small model, then damaged."""
   config = dataclasses.asdict(DiTConfig(depth=1, hidden=64, heads=2, cross_heads=2))
   path = tmp_path / name
-  params_io.save_params_dir(path, init_from.DIT_KIND, config, {"w": np.ones((64, 64),
-                                                                           np.float32)})
+  params_io.save_params_dir(path, init_from.DIT_KIND, config, {"w": np.ones((64, 64), np.float32)})
   damage(path / params_io.PARAMS_FILE)
   return path
 
@@ -57,8 +57,8 @@ def _read_only(path, monkeypatch):
     path.chmod(0o755)
     return
   try:
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
-                             capture_output=True).returncode == 0
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                              str(path)], capture_output=True).returncode == 0
   except FileNotFoundError:  # no mount(8)
     mounted = False
   if not mounted:
@@ -81,36 +81,40 @@ def _read_only(path, monkeypatch):
 
 
 CASES = {
-    "a config file that raises": (
-        lambda t: ["--config", str(_write(t / "raises.py", "def get_config():\n"
-                                          "  raise RuntimeError('boom')\n"))],
-        "the config file .*raises.py raised RuntimeError: boom \\(line 2\\)"),
-    "an override of the wrong type": (
-        lambda t: ["--config", "configs/tiny.py", "--config.data.batch_size=eight"],
-        "--config.data.batch_size=eight"),
-    "an empty dataset folder": (
-        lambda t: ["--config", "configs/tiny.py", "--config.data.source.kind=folder",
-                   f"--config.data.source.path={_folder(t, 'empty', {})}"],
-        "no usable image"),
-    "an all-corrupt dataset folder": (
-        lambda t: ["--config", "configs/tiny.py", "--config.data.source.kind=folder",
-                   "--config.data.source.path=" + str(_folder(t, "corrupt", {
-                       "a.png": lambda p: p.write_bytes(b"not a png"),
-                       "b.jpg": lambda p: p.write_bytes(b"")}))],
-        "no usable image"),
-    "images smaller than the crop": (
-        lambda t: ["--config", "configs/tiny.py", "--config.data.source.kind=folder",
-                   "--config.data.source.path=" + str(_folder(t, "small", {
-                       "a.png": _small_png, "b.png": _small_png}))],
-        "shorter side of at least 32 px"),
-    "a 0-byte params dir for init_from": (
-        lambda t: ["--config", "configs/tiny.py", "--config.train.init_from=" + str(
-            _params_dir(t, "zero", lambda f: f.write_bytes(b"")))],
-        "params.safetensors: unreadable"),
-    "a truncated params dir for init_from": (
-        lambda t: ["--config", "configs/tiny.py", "--config.train.init_from=" + str(
-            _params_dir(t, "cut", lambda f: os.truncate(f, f.stat().st_size // 2)))],
-        "params.safetensors: unreadable"),
+    "a config file that raises": (lambda t: [
+        "--config",
+        str(_write(t / "raises.py", "def get_config():\n"
+                   "  raise RuntimeError('boom')\n"))
+    ], "the config file .*raises.py raised RuntimeError: boom \\(line 2\\)"),
+    "an override of the wrong type":
+        (lambda t: ["--config", "configs/tiny.py", "--config.data.batch_size=eight"],
+         "--config.data.batch_size=eight"),
+    "an empty dataset folder": (lambda t: [
+        "--config", "configs/tiny.py", "--config.data.source.kind=folder",
+        f"--config.data.source.path={_folder(t, 'empty', {})}"
+    ], "no usable image"),
+    "an all-corrupt dataset folder": (lambda t: [
+        "--config", "configs/tiny.py", "--config.data.source.kind=folder",
+        "--config.data.source.path=" + str(
+            _folder(t, "corrupt", {
+                "a.png": lambda p: p.write_bytes(b"not a png"), "b.jpg": lambda p: p.write_bytes(b""
+                                                                                                )
+            }))
+    ], "no usable image"),
+    "images smaller than the crop": (lambda t: [
+        "--config", "configs/tiny.py", "--config.data.source.kind=folder",
+        "--config.data.source.path=" + str(
+            _folder(t, "small", {"a.png": _small_png, "b.png": _small_png}))
+    ], "shorter side of at least 32 px"),
+    "a 0-byte params dir for init_from": (lambda t: [
+        "--config", "configs/tiny.py", "--config.train.init_from=" + str(
+            _params_dir(t, "zero", lambda f: f.write_bytes(b"")))
+    ], "params.safetensors: unreadable"),
+    "a truncated params dir for init_from": (lambda t: [
+        "--config", "configs/tiny.py", "--config.train.init_from=" + str(
+            _params_dir(t, "cut", lambda f: os.truncate(f,
+                                                        f.stat().st_size // 2)))
+    ], "params.safetensors: unreadable"),
 }
 
 
@@ -147,8 +151,7 @@ def test_a_workdir_that_is_a_file(tmp_path, capsys):
 
 def test_a_read_only_workdir(tmp_path, capsys, monkeypatch):
   with _read_only(tmp_path / "run", monkeypatch) as workdir:
-    assert main(["train", "--config", "configs/tiny.py", "--workdir", str(workdir),
-                 *SMALL]) == 2
+    assert main(["train", "--config", "configs/tiny.py", "--workdir", str(workdir), *SMALL]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"linearsr: error: --workdir {workdir} is not writable"), line
     assert sorted(p.name for p in workdir.iterdir()) == ["earlier.txt"]

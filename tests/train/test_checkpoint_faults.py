@@ -51,9 +51,13 @@ def _failing_reads(monkeypatch, ckpts, failures: int, error):
 
 UNAVAILABLE = ValueError('UNAVAILABLE: Error reading "params.w/0.0" in OCDBT database at '
                          'gs://runs/x/checkpoints/2/state/: CURL error Couldn\'t connect')
-STORAGE_ERRORS = [UNAVAILABLE, ValueError("ABORTED: All 32 retry attempts failed"),
-                  ConnectionResetError(104, "Connection reset by peer"), TimeoutError("timed out"),
-                  OSError(5, "Input/output error")]
+STORAGE_ERRORS = [
+    UNAVAILABLE,
+    ValueError("ABORTED: All 32 retry attempts failed"),
+    ConnectionResetError(104, "Connection reset by peer"),
+    TimeoutError("timed out"),
+    OSError(5, "Input/output error")
+]
 
 
 @pytest.mark.parametrize("error", STORAGE_ERRORS, ids=lambda e: str(e).split(":")[0][:20])
@@ -86,8 +90,7 @@ def test_a_storage_error_that_lasts_is_one_line_and_changes_nothing(tmp_path, mo
   assert _tree(tmp_path) == before
 
 
-def test_a_save_the_storage_refuses_is_one_line_and_leaves_the_saved_steps(tmp_path,
-                                                                           monkeypatch):
+def test_a_save_the_storage_refuses_is_one_line_and_leaves_the_saved_steps(tmp_path, monkeypatch):
   """The run stops there (bench/chaos.py's write error: resumed, it ends as if never stopped)."""
   directory = tmp_path / "checkpoints"
   ckpts = _saved(directory)
@@ -181,8 +184,8 @@ def test_a_stage_with_work_on_record_but_no_checkpoint_starts_over_only_when_nam
   """Its checkpoints were all set aside (a previous start found them damaged): starting again
   stops in one line saying what exists, instead of training from step 0 over its metrics;
   train.restart_stage=pretrain starts it over, the set-aside steps kept."""
-  config = small_config(**{"stages.pretrain.max_steps": 2, "train.eval_every": 2,
-                            "data.batch_size": 8})
+  config = small_config(
+      **{"stages.pretrain.max_steps": 2, "train.eval_every": 2, "data.batch_size": 8})
   loop.run(config, tmp_path)
   stage = run_dir.RunDir(tmp_path).stage("pretrain")
   for name in ("result.json", "run.json"):  # as if it had been stopped mid-stage

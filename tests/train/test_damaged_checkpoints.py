@@ -25,14 +25,14 @@ from train_runs import cli_env, small_config
 
 STEPS = (0, 1, 2)
 
-
 DAMAGE = [truncate_array_file, remove_metadata, flip_bytes, empty_step_dir]
 
 
 def _state(step):
   rng = np.random.default_rng(step)
-  return {"params": {"w": jnp.asarray(rng.normal(size=(64, 64)), jnp.float32)},
-          "step": jnp.int32(step)}
+  return {
+      "params": {"w": jnp.asarray(rng.normal(size=(64, 64)), jnp.float32)}, "step": jnp.int32(step)
+  }
 
 
 def _abstract(state):
@@ -105,10 +105,10 @@ def test_a_flipped_bit_changes_the_checksum():
   mod 2³² (a float64 NumPy reference here), whatever the sharding of the array."""
   x = np.random.default_rng(0).normal(size=(33, 7)).astype(np.float32)
   words = x.view(np.uint32).astype(np.uint64).ravel()
-  reference = int((words * (2 * np.arange(words.size, dtype=np.uint64) + 1)).sum() % 2 ** 32)
+  reference = int((words * (2 * np.arange(words.size, dtype=np.uint64) + 1)).sum() % 2**32)
   mesh = jax.make_mesh((len(jax.devices()),), ("d",))
-  sharded = jax.device_put(np.pad(x, ((0, 7), (0, 0)))[:33],
-                           jax.sharding.NamedSharding(mesh, jax.P()))
+  sharded = jax.device_put(
+      np.pad(x, ((0, 7), (0, 0)))[:33], jax.sharding.NamedSharding(mesh, jax.P()))
   assert state_checksum.checksums({"x": x}) == {"x": reference}
   assert state_checksum.checksums({"x": sharded}) == {"x": reference}
   for bit in (0, 13, 31):
@@ -122,8 +122,8 @@ def test_a_damaged_knee_is_replaced_by_the_nearest_intact_checkpoint(tmp_path):
   """A finished stage whose knee checkpoint is then damaged: the run, started again, takes the
   nearest intact checkpoint instead (the earlier of two as near), and result.json and run.json
   say so. (Resuming past a damaged latest checkpoint: test_kills.py.)"""
-  config = small_config(**{"stages.pretrain.max_steps": 4, "train.eval_every": 2,
-                            "data.batch_size": 8})
+  config = small_config(
+      **{"stages.pretrain.max_steps": 4, "train.eval_every": 2, "data.batch_size": 8})
   loop.run(config, tmp_path)
   stage = run_dir.RunDir(tmp_path).stage("pretrain")
   assert stage.checkpoint_steps() == [0, 2, 4]
@@ -148,20 +148,24 @@ def test_tools_refuse_a_damaged_checkpoint(tmp_path_factory, tmp_path):
   read = stage.ema_params_dir(step).relative_to(run)
   assert read.parts[1] == "knee_snapshots"
   flip_bytes_throughout(run / read)
-  done = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "export", str(run),
-                         "--out", str(tmp_path / "out")], env=cli_env(), capture_output=True,
-                        text=True)
+  done = subprocess.run([
+      sys.executable, "-m", "linearsr_jax.commands.cli", "export",
+      str(run), "--out",
+      str(tmp_path / "out")
+  ], env=cli_env(), capture_output=True, text=True)
   assert done.returncode == 2, done.stderr
   error = done.stderr.strip().splitlines()
-  assert len(error) == 1 and str(step) in error[0] and (
-      "damaged checkpoint" in error[0] or "unreadable checkpoint" in error[0]), error
+  assert len(error) == 1 and str(step) in error[0] and ("damaged checkpoint" in error[0] or
+                                                        "unreadable checkpoint" in error[0]), error
   assert not (tmp_path / "out").exists()
   # Without checksums (a checkpoint from before them), the tools read it and warn.
   shutil.rmtree(run / read)
   shutil.copytree(trained_run(tmp_path_factory) / read, run / read)
   shutil.rmtree(run / read / "checksums")
-  done = subprocess.run([sys.executable, "-m", "linearsr_jax.commands.cli", "export", str(run),
-                         "--out", str(tmp_path / "out")], env=cli_env(), capture_output=True,
-                        text=True)
+  done = subprocess.run([
+      sys.executable, "-m", "linearsr_jax.commands.cli", "export",
+      str(run), "--out",
+      str(tmp_path / "out")
+  ], env=cli_env(), capture_output=True, text=True)
   assert done.returncode == 0, done.stderr
   assert "has no checksums" in done.stderr and (tmp_path / "out").is_dir()

@@ -24,19 +24,23 @@ from model_helpers import tiny_f32_dcae
 from repo_paths import REPO
 from sana_reference import random_sana, reference_inputs, torch_forward
 
-T2I = dict(num_attention_heads=2, attention_head_dim=32, num_layers=2,
-           num_cross_attention_heads=2, cross_attention_head_dim=32, cross_attention_dim=64,
-           caption_channels=16, in_channels=32, out_channels=32, patch_size=1)
+T2I = dict(num_attention_heads=2, attention_head_dim=32, num_layers=2, num_cross_attention_heads=2,
+           cross_attention_head_dim=32, cross_attention_dim=64, caption_channels=16, in_channels=32,
+           out_channels=32, patch_size=1)
 DCAE = tiny_f32_dcae(latent_channels=32)
 # sana600m_x4 at the random model's size; everything else is the config's own.
-REDUCED = ["--config.model.depth=2", "--config.model.hidden=64", "--config.model.heads=2",
-           "--config.model.cross_heads=2", "--config.model.cross_head_dim=32",
-           "--config.model.caption_channels=16", "--config.model.lr_stem_width=16"]
-SHORT = ["--config.model.dtype=float32", "--config.data.batch_size=8", "--config.data.num_workers=0",
-         "--config.data.crop_size=256", "--config.data.eval.crop_size=128",
-         "--config.data.eval.batch_size=2", "--config.stage_order=pretrain",
-         "--config.stages.pretrain.max_steps=2", "--config.train.eval_every=2",
-         "--config.train.eval_steps=1", "--config.train.log_every=1"]
+REDUCED = [
+    "--config.model.depth=2", "--config.model.hidden=64", "--config.model.heads=2",
+    "--config.model.cross_heads=2", "--config.model.cross_head_dim=32",
+    "--config.model.caption_channels=16", "--config.model.lr_stem_width=16"
+]
+SHORT = [
+    "--config.model.dtype=float32", "--config.data.batch_size=8", "--config.data.num_workers=0",
+    "--config.data.crop_size=256", "--config.data.eval.crop_size=128",
+    "--config.data.eval.batch_size=2", "--config.stage_order=pretrain",
+    "--config.stages.pretrain.max_steps=2", "--config.train.eval_every=2",
+    "--config.train.eval_steps=1", "--config.train.log_every=1"
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +59,12 @@ def imported(tmp_path_factory):
 def train(workdir, dit, vae, *extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  command = [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config",
-             "configs/sana600m_x4.py", "--workdir", str(workdir),
-             f"--config.train.init_from={dit}", f"--config.latent.dcae_params={vae}",
-             *REDUCED, *SHORT, *extra]
+  command = [
+      sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config",
+      "configs/sana600m_x4.py", "--workdir",
+      str(workdir), f"--config.train.init_from={dit}", f"--config.latent.dcae_params={vae}",
+      *REDUCED, *SHORT, *extra
+  ]
   return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -85,8 +91,8 @@ def test_step_zero_predicts_what_the_text_to_image_model_does(imported, trained)
   mask_padded = mask_padded[None] & np.pad(mask, ((0, 0), (0, length - 7)))
   for seed in (0, 1):  # any LR image: its channels start at zero
     lr = np.random.default_rng(seed).uniform(-1, 1, (2, 32, 48, 3)).astype(np.float32)
-    ours = start.model.apply({"params": jax.tree.map(lambda p: p[0], start.params)},
-                             x, t, lr, cond_padded, mask_padded)
+    ours = start.model.apply({"params": jax.tree.map(lambda p: p[0], start.params)}, x, t, lr,
+                             cond_padded, mask_padded)
     np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-4, atol=1e-5)
   # The run records where it started, the DC-AE it encoded with, and that it trained on.
   origin = json.loads((trained / "pretrain" / "stage.json").read_text())["init_from"]
@@ -104,20 +110,25 @@ def test_step_zero_predicts_what_the_text_to_image_model_does(imported, trained)
     ("missing", "no such params directory"),
     ("vae", "holds a 'autoencoder_dc' model, expected 'dit'"),
     ("wider", "tensor dit/blocks/block/attn1/to_k/kernel has shape (2, 64, 64) there but "
-              "(2, 128, 128) in this model"),
+     "(2, 128, 128) in this model"),
     ("heads", "a DiT with heads=2, but this config has model.heads=4"),
 ])
 def test_wrong_init_from_is_one_line_before_anything_trains(imported, tmp_path, capsys, what,
                                                             expected):
   _, dit, vae = imported
   init_from = {"missing": tmp_path / "nope", "vae": vae}.get(what, dit)
-  extra = {"wider": ["--config.model.hidden=128", "--config.model.cross_head_dim=64"],
-           "heads": ["--config.model.heads=4"]}.get(what, [])
+  extra = {
+      "wider": ["--config.model.hidden=128", "--config.model.cross_head_dim=64"],
+      "heads": ["--config.model.heads=4"]
+  }.get(what, [])
   workdir = tmp_path / "run"
   # In this process (its 8 devices): the errors come before any compilation.
-  code = main(["train", "--config", str(REPO / "configs/sana600m_x4.py"), "--workdir",
-               str(workdir), f"--config.train.init_from={init_from}",
-               f"--config.latent.dcae_params={vae}", *REDUCED, *SHORT, *extra])
+  code = main([
+      "train", "--config",
+      str(REPO / "configs/sana600m_x4.py"), "--workdir",
+      str(workdir), f"--config.train.init_from={init_from}", f"--config.latent.dcae_params={vae}",
+      *REDUCED, *SHORT, *extra
+  ])
   err = capsys.readouterr().err
   assert code == 2, err[-3000:]
   errors = [l for l in err.splitlines() if l.startswith("linearsr: error:")]

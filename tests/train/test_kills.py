@@ -14,15 +14,15 @@ from linearsr_jax.run import kill_points
 from damage import truncate_array_file
 from train_runs import SMALL, cli_env, start, train_command, wait_ok
 
-TWO_STAGES = dict(SMALL, stage_order="pretrain,moe",
-                  stages=dict(pretrain=dict(max_steps=12), moe=dict(max_steps=6)))
+TWO_STAGES = dict(SMALL, stage_order="pretrain,moe", stages=dict(pretrain=dict(max_steps=12),
+                                                                 moe=dict(max_steps=6)))
 
 # One workdir killed again and again: each kill lands in the run that resumed from the last.
 # (A half metrics line: test_training.py; every point at random moments: bench/chaos.py.)
 KILLS = [
     "checkpoint_write@3",  # step 6's save in flight: resume from step 3 (or 6, if it landed)
-    "stage_ended@1",       # pretrain's result.json written, moe not started
-    "knee_restored@1",     # the last stage's finish: moe's knee read, nothing of it written
+    "stage_ended@1",  # pretrain's result.json written, moe not started
+    "knee_restored@1",  # the last stage's finish: moe's knee read, nothing of it written
 ]
 DAMAGED_AFTER = {"checkpoint_write@3"}  # and then its latest checkpoint is truncated
 
@@ -44,12 +44,13 @@ def runs(tmp_path_factory):
                     dict(env, **{kill_points.ENV: point}))
     assert process.wait(240) == -signal.SIGKILL, f"{point}:\n{log.read_text()[-2000:]}"
     if point in DAMAGED_AFTER:  # the resumed run falls back past it and redoes its steps
-      steps = sorted(int(p.name) for p in (killed / "pretrain" / "checkpoints").iterdir()
-                     if p.name.isdigit())
+      steps = sorted(
+          int(p.name) for p in (killed / "pretrain" / "checkpoints").iterdir() if p.name.isdigit())
       truncate_array_file(killed / "pretrain" / "checkpoints" / str(steps[-1]))
   # What a kill between an atomic write's temporary file and its rename leaves.
-  stale = [killed / ".run.json.0123456789ab.tmp",
-           killed / "pretrain" / ".knee.png.abcdef012345.tmp"]
+  stale = [
+      killed / ".run.json.0123456789ab.tmp", killed / "pretrain" / ".knee.png.abcdef012345.tmp"
+  ]
   for path in stale:
     path.write_bytes(b"half")
   wait_ok(start(train_command(killed, tree=TWO_STAGES), root / "resumed.log", env),

@@ -22,20 +22,28 @@ def _scripted_scores():
   late, then moves back to step 2 once the late rise steepens its chord; step 0 (untrained,
   not judged) far below."""
   rng = np.random.default_rng(138)
-  psnr = (27 + 0.49 * (1 - np.exp(-STEPS / 2.72)) + 0.0112 * STEPS
-          + 0.3 / (1 + np.exp(-4 * (STEPS - 9.7) / 2.7)) + 0.02 * rng.standard_normal(BUDGET))
+  psnr = (27 + 0.49 * (1 - np.exp(-STEPS / 2.72)) + 0.0112 * STEPS + 0.3 /
+          (1 + np.exp(-4 * (STEPS - 9.7) / 2.7)) + 0.02 * rng.standard_normal(BUDGET))
   lpips = 0.3 - 0.08 * (1 - np.exp(-STEPS / 2.18)) + 0.002 * rng.standard_normal(BUDGET)
   return {0: (20.0, 0.6), **{int(s): (float(p), float(l)) for s, p, l in zip(STEPS, psnr, lpips)}}
 
 
 @pytest.mark.slow
 def test_a_stage_hands_over_its_knee_after_its_checkpoint_was_pruned(tmp_path, monkeypatch):
-  config = small_config(**{"stages.pretrain.max_steps": BUDGET, "stages.pretrain.esgf": False,
-                           "train.eval_every": 1, "train.log_every": BUDGET,
-                           "train.keep_latest": 1, "data.batch_size": 8,
-                           # ESGF's judgement scaled down to a 10-evaluation stage
-                           "esgf.min_points": 5, "esgf.patience": 2,
-                           "esgf.candidate_radius": 1, "esgf.smoothing.window": 3})
+  config = small_config(
+      **{
+          "stages.pretrain.max_steps": BUDGET,
+          "stages.pretrain.esgf": False,
+          "train.eval_every": 1,
+          "train.log_every": BUDGET,
+          "train.keep_latest": 1,
+          "data.batch_size": 8,
+          # ESGF's judgement scaled down to a 10-evaluation stage
+          "esgf.min_points": 5,
+          "esgf.patience": 2,
+          "esgf.candidate_radius": 1,
+          "esgf.smoothing.window": 3
+      })
   scores, seen = _scripted_scores(), []
   real = loop.Validator.__call__
 

@@ -34,10 +34,14 @@ def test_process_0_decides_and_every_process_follows(tmp_path):
   run_dir.write_jsonl(metrics[1], [{"step": 5, "val/psnr_y": 99.0}, {"step": 6}])
   port = str(_free_port())
   env = cli_env(PYTHONPATH=f"{HERE.parents[1]}:{HERE.parent}:{HERE}")
-  processes = [subprocess.Popen(
-      [sys.executable, str(HERE / "multihost_decisions.py"), str(p), port, str(checkpoints),
-       *map(str, metrics)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for p in (0, 1)]
+  processes = [
+      subprocess.Popen([
+          sys.executable,
+          str(HERE / "multihost_decisions.py"),
+          str(p), port,
+          str(checkpoints), *map(str, metrics)
+      ], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in (0, 1)
+  ]
   outputs = [p.communicate(timeout=180) for p in processes]
   decided = []
   for process, (out, err) in zip(processes, outputs):

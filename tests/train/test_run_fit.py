@@ -41,8 +41,10 @@ def run_copy(trained, tmp_path):
 
 def tree_digest(root) -> dict:
   """{relative path: SHA-256} of every file under `root`, and every folder (None)."""
-  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file()
-          else None for p in sorted(root.rglob("*"))}
+  return {
+      str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+      for p in sorted(root.rglob("*"))
+  }
 
 
 @pytest.mark.slow
@@ -51,14 +53,14 @@ def test_a_mismatched_cli_run_is_one_line_and_changes_nothing(run_copy):
   even those stay, as the refusal comes before the lock is taken."""
   dead = subprocess.Popen(["true"])
   dead.wait()
-  (run_copy / "run.lock").write_text(json.dumps(
-      {"host": socket.gethostname(), "pid": dead.pid, "since": "then", "token": "0"}))
+  (run_copy / "run.lock").write_text(
+      json.dumps({"host": socket.gethostname(), "pid": dead.pid, "since": "then", "token": "0"}))
   (run_copy / ".run.json.0123456789ab.tmp").write_bytes(b"half")
   before = tree_digest(run_copy)
   command = train_command(run_copy, "--config.model.hidden=32",
                           tree=dict(SMALL, stage_order="pretrain,moe"))
-  result = subprocess.run(command, cwd=REPO,
-                          env=cli_env(), capture_output=True, text=True, timeout=240)
+  result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                          timeout=240)
   assert result.returncode == 2, result.stderr[-3000:]
   errors = [l for l in result.stderr.splitlines() if l.startswith("linearsr: error:")]
   assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -67,21 +69,25 @@ def test_a_mismatched_cli_run_is_one_line_and_changes_nothing(run_copy):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("change, expected", [
-    ({"model.attention": "softmax"},  # the same arrays, another model
-     "config.model.attention='softmax' does not fit the run in {run}, trained with 'linear'"),
-    ({"optimizer.name": "adafactor"},
-     "checkpoint {run}/pretrain/checkpoints/4 does not match this model and config"),
-    ({"stages.moe.num_experts": 2},
-     "the run in {run} has started stage 'moe' from stage 'pretrain' with num_experts=4, but "
-     "config.stages.moe.num_experts=2"),
-    ({"stage_order": "pretrain"},
-     "has started stage 'moe' from stage 'pretrain', but config.stage_order='pretrain' leaves it "
-     "out"),
-    ({"stage_order": "pretrain,finetune,moe"},
-     "has started stage 'moe' from stage 'pretrain', but "
-     "config.stage_order='pretrain,finetune,moe' puts it after 'finetune'"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            {"model.attention": "softmax"},  # the same arrays, another model
+            "config.model.attention='softmax' does not fit the run in {run}, trained with 'linear'"
+        ),
+        ({"optimizer.name": "adafactor"
+         }, "checkpoint {run}/pretrain/checkpoints/4 does not match this model and config"),
+        ({"stages.moe.num_experts": 2},
+         "the run in {run} has started stage 'moe' from stage 'pretrain' with num_experts=4, but "
+         "config.stages.moe.num_experts=2"),
+        ({"stage_order": "pretrain"
+         }, "has started stage 'moe' from stage 'pretrain', but config.stage_order='pretrain' "
+         "leaves it out"),
+        ({"stage_order": "pretrain,finetune,moe"
+         }, "has started stage 'moe' from stage 'pretrain', but "
+         "config.stage_order='pretrain,finetune,moe' puts it after 'finetune'"),
+    ])
 def test_a_config_that_does_not_fit_changes_nothing(run_copy, change, expected):
   before = tree_digest(run_copy)
   with pytest.raises(UserError) as error:
@@ -93,9 +99,10 @@ def test_a_config_that_does_not_fit_changes_nothing(run_copy, change, expected):
 @pytest.mark.slow
 def test_what_may_change_on_resume_fits(trained):
   """Budgets, learning rates, evaluation, how the model is computed, a stage added."""
-  config = config_with({"stages.pretrain.max_steps": 40, "optimizer.learning_rate": 1e-4,
-                        "train.eval_every": 7, "model.remat": "full",
-                        "stage_order": "pretrain,moe,finetune"})
+  config = config_with({
+      "stages.pretrain.max_steps": 40, "optimizer.learning_rate": 1e-4, "train.eval_every": 7,
+      "model.remat": "full", "stage_order": "pretrain,moe,finetune"
+  })
   run_fit.check(loop.Run(config, trained, load_weights=False))
 
 
@@ -119,6 +126,7 @@ def test_the_tools_validate_the_run_config(run_copy):
   config = json.loads((run_copy / "config.json").read_text())
   config["model"]["hidden"] = 63
   (run_copy / "config.json").write_text(json.dumps(config))
-  with pytest.raises(UserError, match=r"config.json: config.model.hidden=63 must be a multiple "
-                                      r"of model.heads=2"):
+  with pytest.raises(
+      UserError, match=r"config.json: config.model.hidden=63 must be a multiple "
+      r"of model.heads=2"):
     load_trained(run_copy)

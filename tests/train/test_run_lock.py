@@ -48,8 +48,9 @@ def new_lock(workdir, **settings):
 def write_lock(workdir, host, pid, age_seconds=0.0):
   """Another run's lock, its heartbeat `age_seconds` old."""
   path, written = workdir / run_lock.LOCK_NAME, workdir / "lock.tmp"
-  written.write_text(json.dumps({"host": host, "pid": pid, "since": "2026-11-30T01:00:00+00:00",
-                                 "token": "other"}))
+  written.write_text(
+      json.dumps({"host": host, "pid": pid, "since": "2026-11-30T01:00:00+00:00",
+                  "token": "other"}))
   stamp = time.time() - age_seconds
   os.utime(written, (stamp, stamp))
   # Whole, as a run writes it: a live run's heartbeat may read the lock at any moment.
@@ -71,25 +72,28 @@ def wait_until(condition, timeout=10.0):
 def test_a_live_holder_refuses_naming_it(tmp_path, live_pid):
   path = write_lock(tmp_path, socket.gethostname(), live_pid)
   before = path.read_bytes()
-  with pytest.raises(UserError, match=rf"in use by another linearsr train: host "
-                     rf"{socket.gethostname()}, pid {live_pid}, since 2026-11-30T01:00:00\S*; "
-                     rf"its heartbeat is 0\.\d s old, and it is taken over once older than "
-                     rf"1 s \(train\.lock_stale_seconds; delete {path} if that run is gone\)"):
+  with pytest.raises(
+      UserError, match=rf"in use by another linearsr train: host "
+      rf"{socket.gethostname()}, pid {live_pid}, since 2026-11-30T01:00:00\S*; "
+      rf"its heartbeat is 0\.\d s old, and it is taken over once older than "
+      rf"1 s \(train\.lock_stale_seconds; delete {path} if that run is gone\)"):
     new_lock(tmp_path).acquire()
   assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("host, pid, age, taken", [
-    # A dead pid on this host is no proof: the holder may live in another pid namespace.
-    ("this host", "dead", 0.0, False),
-    # A live pid is no proof either: a restarted container's new run has its old one's pid.
-    ("this host", "ours", STALE, True),
-    ("this host", 1, STALE, True),
-    ("elsewhere", "dead", 0.0, False),
-    ("elsewhere", "dead", STALE, True),
-])
-def test_a_lock_is_taken_over_by_its_heartbeats_age_whatever_its_pid(tmp_path, caplog, host,
-                                                                      pid, age, taken):
+@pytest.mark.parametrize(
+    "host, pid, age, taken",
+    [
+        # A dead pid on this host is no proof: the holder may live in another pid namespace.
+        ("this host", "dead", 0.0, False),
+        # A live pid is no proof either: a restarted container's new run has its old one's pid.
+        ("this host", "ours", STALE, True),
+        ("this host", 1, STALE, True),
+        ("elsewhere", "dead", 0.0, False),
+        ("elsewhere", "dead", STALE, True),
+    ])
+def test_a_lock_is_taken_over_by_its_heartbeats_age_whatever_its_pid(tmp_path, caplog, host, pid,
+                                                                     age, taken):
   host = socket.gethostname() if host == "this host" else host
   pid = {"dead": dead_pid(), "ours": os.getpid()}.get(pid, pid)
   write_lock(tmp_path, host, pid, age)
@@ -114,10 +118,11 @@ def test_a_holder_killed_on_this_host_is_taken_over_as_soon_as_its_heartbeat_is_
     tmp_path, caplog):
   """The same-host shortcut: a holder whose flock on the lock file is gone. A stopped one (a
   paused container) still holds it, however late its heartbeat."""
-  holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from linearsr_jax.train import run_lock; "
-       f"run_lock.RunLock(sys.argv[1], **{FAST}).acquire(); print(flush=True); time.sleep(120)",
-       str(tmp_path)], stdout=subprocess.PIPE, cwd=REPO)
+  holder = subprocess.Popen([
+      sys.executable, "-c", "import sys, time; from linearsr_jax.train import run_lock; "
+      f"run_lock.RunLock(sys.argv[1], **{FAST}).acquire(); print(flush=True); time.sleep(120)",
+      str(tmp_path)
+  ], stdout=subprocess.PIPE, cwd=REPO)
   try:
     holder.stdout.readline()
     holder.send_signal(signal.SIGSTOP)
@@ -147,7 +152,7 @@ def test_of_starters_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
 
 @pytest.mark.parametrize("how, why", [
     ("taken over", "was taken over by another linearsr train: host elsewhere, pid 12345, since "
-                   r"\S+"),
+     r"\S+"),
     ("deleted", "was deleted"),
 ], ids=["taken over", "deleted"])
 def test_a_run_whose_lock_is_lost_is_told_and_leaves_the_new_holders(tmp_path, how, why):
@@ -167,8 +172,7 @@ def test_a_run_whose_lock_is_lost_is_told_and_leaves_the_new_holders(tmp_path, h
     assert held_by(tmp_path)["token"] == "other"
 
 
-def test_the_heartbeat_keeps_the_lock_fresh_through_storage_errors(tmp_path, monkeypatch,
-                                                                    caplog):
+def test_the_heartbeat_keeps_the_lock_fresh_through_storage_errors(tmp_path, monkeypatch, caplog):
   lock = new_lock(tmp_path, stale_seconds=30.0).acquire()
   path = tmp_path / run_lock.LOCK_NAME
   os.utime(path, (time.time() - STALE, time.time() - STALE))
@@ -198,33 +202,38 @@ def test_a_heartbeat_that_fails_past_the_stale_threshold_stops_the_run(tmp_path,
 
   monkeypatch.setattr(lock.file, "beat", unreachable)
   time.sleep(0.2)
-  with pytest.raises(UserError, match=r"the lock's heartbeat has not landed for 0\.\d s "
-                     r"\(OSError: \[Errno 5\] Input/output error\), so another run may take the "
-                     "workdir over; this run stops"):
+  with pytest.raises(
+      UserError, match=r"the lock's heartbeat has not landed for 0\.\d s "
+      r"\(OSError: \[Errno 5\] Input/output error\), so another run may take the "
+      "workdir over; this run stops"):
     lock.check()
   lock.release()
 
 
 def tiny_overrides(**extra) -> list:
   config = tiny_run_config()
-  return [f"--config.{k}={v}" for k, v in {
-      "model.depth": 1, "model.hidden": 64, "model.heads": 2, "model.cross_heads": 2,
-      "data.crop_size": 32, "data.batch_size": 8, "data.eval.crop_size": 64,
-      "stages.pretrain.max_steps": config.stages.pretrain.max_steps, **extra}.items()]
+  return [
+      f"--config.{k}={v}" for k, v in {
+          "model.depth": 1, "model.hidden": 64, "model.heads": 2, "model.cross_heads": 2,
+          "data.crop_size": 32, "data.batch_size": 8, "data.eval.crop_size": 64,
+          "stages.pretrain.max_steps": config.stages.pretrain.max_steps, **extra
+      }.items()
+  ]
 
 
 def test_train_on_a_held_workdir_is_one_line_and_exit_2(tmp_path, live_pid, capsys):
   write_lock(tmp_path, socket.gethostname(), live_pid)
-  assert main(["train", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
-               *tiny_overrides()]) == 2
+  assert main(
+      ["train", "--config", "configs/tiny.py", "--workdir",
+       str(tmp_path), *tiny_overrides()]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and f"pid {live_pid}" in err[0], err
   assert sorted(p.name for p in tmp_path.iterdir()) == [run_lock.LOCK_NAME]  # nothing written
 
 
 @pytest.mark.slow
-def test_a_run_whose_lock_is_taken_over_stops_in_one_line_before_writing(tmp_path, monkeypatch,
-                                                                        capsys):
+def test_a_run_whose_lock_is_taken_over_stops_in_one_line_before_writing(
+    tmp_path, monkeypatch, capsys):
   set_up = loop._StageTraining.__init__
 
   def set_up_then_lose_the_lock(stage, *args):
@@ -233,13 +242,17 @@ def test_a_run_whose_lock_is_taken_over_stops_in_one_line_before_writing(tmp_pat
     wait_until(lambda: stage.run.lock.lost is not None)
 
   monkeypatch.setattr(loop._StageTraining, "__init__", set_up_then_lose_the_lock)
-  assert main(["train", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
-               *tiny_overrides(**{"train.lock_heartbeat_seconds": 0.05,
-                                  "train.lock_stale_seconds": 5})]) == 2
+  assert main([
+      "train", "--config", "configs/tiny.py", "--workdir",
+      str(tmp_path),
+      *tiny_overrides(**{"train.lock_heartbeat_seconds": 0.05, "train.lock_stale_seconds": 5})
+  ]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert err == [f"linearsr: error: {tmp_path / run_lock.LOCK_NAME}: this run's lock was taken "
-                 "over by another linearsr train: host elsewhere, pid 12345, since "
-                 "2026-11-30T01:00:00+00:00; this run stops rather than write over that one"]
+  assert err == [
+      f"linearsr: error: {tmp_path / run_lock.LOCK_NAME}: this run's lock was taken "
+      "over by another linearsr train: host elsewhere, pid 12345, since "
+      "2026-11-30T01:00:00+00:00; this run stops rather than write over that one"
+  ]
   assert held_by(tmp_path)["token"] == "other"
   stage = run_dir.RunDir(tmp_path).stage("pretrain")
   assert stage.checkpoint_steps() == [] and run_dir.read_jsonl(stage.metrics_jsonl) == ([], 0)

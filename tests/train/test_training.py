@@ -32,8 +32,8 @@ from linearsr_jax.train.state import create_train_state
 from bench.run_outcome import saved_state
 from linearsr_jax.train.step import make_train_step
 from repo_paths import REPO
-from train_runs import (MAX_STEPS, checkpoint_steps, cli_env,
-                        small_config, start, train_command, wait_ok)
+from train_runs import (MAX_STEPS, checkpoint_steps, cli_env, small_config, start, train_command,
+                        wait_ok)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,7 @@ def resumed_runs(tmp_path_factory, cached_env):
   """(uninterrupted workdir, killed-and-resumed workdir, step the kill happened after)."""
   root = tmp_path_factory.mktemp("resume")
   straight, killed = root / "straight", root / "killed"
-  wait_ok(start(train_command(straight), root / "straight.log", cached_env),
-          root / "straight.log")
+  wait_ok(start(train_command(straight), root / "straight.log", cached_env), root / "straight.log")
   victim = start(train_command(killed), root / "killed.log", cached_env)
   deadline = time.time() + 240
   while not [s for s in checkpoint_steps(killed) if s >= 3]:
@@ -96,7 +95,7 @@ def test_killed_run_resumes_bit_for_bit(resumed_runs):
 
 @pytest.mark.slow
 def test_a_partial_last_metrics_line_is_dropped_and_the_run_resumes(resumed_runs, cached_env,
-                                                                   tmp_path):
+                                                                    tmp_path):
   """A kill during an append leaves half a line in metrics.jsonl. The uninterrupted run's
   directory is rolled back to such a state: its last checkpoints gone, the log cut mid-line a
   few steps past the checkpoint kept. The resumed run warns, and its log ends up line for line
@@ -114,13 +113,12 @@ def test_a_partial_last_metrics_line_is_dropped_and_the_run_resumes(resumed_runs
   lines = (stage / "metrics.jsonl").read_text().splitlines(keepends=True)
   through = next(i for i, l in enumerate(lines) if json.loads(l)["step"] == keep + 2)
   (stage / "metrics.jsonl").write_text("".join(lines[:through]) + lines[through][:25])
-  wait_ok(start(train_command(cut), tmp_path / "resumed.log", cached_env),
-          tmp_path / "resumed.log")
+  wait_ok(start(train_command(cut), tmp_path / "resumed.log", cached_env), tmp_path / "resumed.log")
   log_text = (tmp_path / "resumed.log").read_text()
   assert f"resumed from checkpoint {keep}" in log_text
   assert "dropped a partial last line" in log_text
-  assert (stage / "metrics.jsonl").read_text() == (
-      straight / "pretrain" / "metrics.jsonl").read_text()
+  assert (stage / "metrics.jsonl").read_text() == (straight / "pretrain" /
+                                                   "metrics.jsonl").read_text()
 
 
 @pytest.mark.slow
@@ -144,8 +142,10 @@ def test_checkpoint_of_another_model_is_a_clear_error(resumed_runs, cached_env):
     (["--config", "configs/no_such_config.py"], "no_such_config.py"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, args, expected):
-  command = [sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--workdir",
-             str(tmp_path / "w"), *args]
+  command = [
+      sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--workdir",
+      str(tmp_path / "w"), *args
+  ]
   result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True,
                           timeout=120)
   assert result.returncode == 2, result.stderr[-3000:]
@@ -170,11 +170,12 @@ def _model_and_step(config, num_experts, tx):
 def _random_batch(config, batch_size, seed=0):
   rng = np.random.default_rng(seed)
   crop, scale, tokens = config.data.crop_size, config.data.scale, config.tags.max_tokens
-  return {"hr": rng.uniform(-1, 1, (batch_size, crop, crop, 3)).astype(np.float32),
-          "lr": rng.uniform(-1, 1, (batch_size, crop // scale, crop // scale, 3))
-          .astype(np.float32),
-          "cond": rng.integers(1, config.tags.vocab_size, (batch_size, tokens), np.int32),
-          "cond_mask": rng.uniform(size=(batch_size, tokens)) < 0.6}
+  return {
+      "hr": rng.uniform(-1, 1, (batch_size, crop, crop, 3)).astype(np.float32),
+      "lr": rng.uniform(-1, 1, (batch_size, crop // scale, crop // scale, 3)).astype(np.float32),
+      "cond": rng.integers(1, config.tags.vocab_size, (batch_size, tokens),
+                           np.int32), "cond_mask": rng.uniform(size=(batch_size, tokens)) < 0.6
+  }
 
 
 def one_step(config, mesh_shape, devices, num_experts, tx, batch):
@@ -182,8 +183,7 @@ def one_step(config, mesh_shape, devices, num_experts, tx, batch):
   mesh = sharding.make_mesh(mesh_shape, devices=devices)
   rules = [tuple(r) for r in config.sharding_rules]
   model, step = _model_and_step(config, num_experts, tx)
-  state, shardings = create_train_state(model, tx, num_experts, jax.random.PRNGKey(3), mesh,
-                                        rules)
+  state, shardings = create_train_state(model, tx, num_experts, jax.random.PRNGKey(3), mesh, rules)
   step_fn = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), {}),
                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   with jax.set_mesh(mesh):
@@ -204,8 +204,10 @@ def test_sharded_step_equals_one_device():
   for mesh_shape, sharded_axes in [({"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp", "tensor"}),
                                    ({"expert": 4, "data": 2}, {"expert"})]:
     loss_8, params_8, shardings = one_step(config, mesh_shape, jax.devices(), 4, tx, batch)
-    used = {axis for s in jax.tree.leaves(shardings.params) for entry in s.spec if entry
-            for axis in (entry if isinstance(entry, tuple) else (entry,))}
+    used = {
+        axis for s in jax.tree.leaves(shardings.params) for entry in s.spec if entry
+        for axis in (entry if isinstance(entry, tuple) else (entry,))
+    }
     assert sharded_axes <= used, (mesh_shape, used)
     np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
     for (path, a), b in zip(jax.tree.leaves_with_path(params_1), jax.tree.leaves(params_8)):
@@ -241,8 +243,9 @@ def test_nan_batch_is_skipped_and_counted():
   assert bool(metrics["train/finite"]) and np.isfinite(float(metrics["train/loss"]))
   assert int(state.step) == 3 and int(state.skipped) == 2 and int(state.consecutive_skips) == 0
   after = jax.device_get(state.params)
-  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after),
-                                                       jax.tree.leaves(before))]
+  changed = [
+      not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before))
+  ]
   assert sum(changed) > len(changed) // 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(after))
 
@@ -267,19 +270,19 @@ def poison_batches(monkeypatch, poisoned_calls) -> list:
 def test_loop_restores_last_checkpoint_after_consecutive_skips(tmp_path, monkeypatch, caplog):
   """Batches 5 and 6 carry a NaN; with max_consecutive_skips=2 the loop must restore
   checkpoint 3 (state and data iterator) and then finish the stage with finite params."""
-  config = small_config(**{"train.max_consecutive_skips": 2, "stages.pretrain.max_steps": 7,
-                           "data.batch_size": 8})
+  config = small_config(
+      **{"train.max_consecutive_skips": 2, "stages.pretrain.max_steps": 7, "data.batch_size": 8})
   calls = poison_batches(monkeypatch, (5, 6))
   with caplog.at_level(logging.WARNING, logger=loop.__name__):
     loop.run(config, tmp_path)
   assert "2 consecutive non-finite steps at step 6; restoring checkpoint 3" in caplog.text
-  rows = [json.loads(l) for l in (tmp_path / "pretrain" / "metrics.jsonl").read_text()
-          .splitlines()]
-  train_rows = [(r["step"], r["train/finite"], r["train/skipped"]) for r in rows
-                if "train/loss" in r]
+  rows = [json.loads(l) for l in (tmp_path / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [
+      (r["step"], r["train/finite"], r["train/skipped"]) for r in rows if "train/loss" in r
+  ]
   # 1..6 as trained (5, 6 skipped and counted), then 4..7 again from checkpoint 3.
-  assert train_rows == [(1, 1, 0), (2, 1, 0), (3, 1, 0), (4, 1, 0), (5, 0, 1), (6, 0, 2),
-                        (4, 1, 0), (5, 1, 0), (6, 1, 0), (7, 1, 0)]
+  assert train_rows == [(1, 1, 0), (2, 1, 0), (3, 1, 0), (4, 1, 0), (5, 0, 1), (6, 0, 2), (4, 1, 0),
+                        (5, 1, 0), (6, 1, 0), (7, 1, 0)]
   assert len(calls) == 10
   final = restored_state(tmp_path, 7)
   assert int(final["step"]) == 7 and int(final["skipped"]) == 0
@@ -290,11 +293,12 @@ def test_loop_restores_last_checkpoint_after_consecutive_skips(tmp_path, monkeyp
 def test_restores_after_non_finite_steps_are_bounded(tmp_path, monkeypatch):
   """Steps 5 and 6 are non-finite however often checkpoint 3 is restored (the first two
   restores replay them): the second replay ends in one line instead of a third restore."""
-  config = small_config(**{"train.max_consecutive_skips": 2, "stages.pretrain.max_steps": 7,
-                           "data.batch_size": 8})
+  config = small_config(
+      **{"train.max_consecutive_skips": 2, "stages.pretrain.max_steps": 7, "data.batch_size": 8})
   calls = poison_batches(monkeypatch, (5, 6, 8, 9, 11, 12))  # steps 5 and 6 each time
-  with pytest.raises(UserError, match=r"^stage pretrain: 2 consecutive non-finite steps at step "
-                                      r"6, again after restoring checkpoint 3 2 times"):
+  with pytest.raises(
+      UserError, match=r"^stage pretrain: 2 consecutive non-finite steps at step "
+      r"6, again after restoring checkpoint 3 2 times"):
     loop.run(config, tmp_path)
   assert len(calls) == 12
 
@@ -304,8 +308,11 @@ def test_a_stage_that_runs_out_of_budget_branches_near_its_peak(tmp_path, monkey
   """Validation scores scripted to peak at step 6 and fall to the budget's end (14), with ESGF
   off for the stage: the next stage must start from the peak region's checkpoint, not the
   last one, and run.json must say which and why."""
-  config = small_config(**{"stages.pretrain.max_steps": 14, "stages.pretrain.esgf": False,
-                           "train.eval_every": 1, "train.log_every": 7, "data.batch_size": 8})
+  config = small_config(
+      **{
+          "stages.pretrain.max_steps": 14, "stages.pretrain.esgf": False, "train.eval_every": 1,
+          "train.log_every": 7, "data.batch_size": 8
+      })
   real, evaluations = loop.Validator.__call__, []
 
   def scripted(self, params):
@@ -332,45 +339,51 @@ def test_divergence_after_a_branch_rolls_back_to_it_with_a_lower_lr(tmp_path, ca
   to the branch point (the pretrain knee) with half the learning rate: on the logged training
   loss, or, with that check off, on the validation PSNR. Each rollback restores the branch
   params, so the loss right after it is back to its scale before the explosion."""
-  config = small_config(**{"stages.pretrain.max_steps": 3, "stages.pretrain.esgf": False,
-                           "data.batch_size": 8,
-                           "train.guard.max_rollbacks": 1})
+  config = small_config(
+      **{
+          "stages.pretrain.max_steps": 3, "stages.pretrain.esgf": False, "data.batch_size": 8,
+          "train.guard.max_rollbacks": 1
+      })
   config.stage_order = "pretrain,finetune"
   config.stages.finetune = stage_config(1, 6, esgf=False, learning_rate=1.0, warmup_steps=0)
   if trigger == "psnr":
     config.train.guard.loss_factor = float("inf")
   with caplog.at_level(logging.WARNING, logger="linearsr_jax.train"):
     loop.run(config, tmp_path)
-  expected = {"loss": "stage finetune step 2: training loss exploded to",
-              "psnr": "stage finetune step 3: validation PSNR collapsed to"}[trigger]
+  expected = {
+      "loss": "stage finetune step 2: training loss exploded to",
+      "psnr": "stage finetune step 3: validation PSNR collapsed to"
+  }[trigger]
   assert expected in caplog.text and caplog.text.count("rolling back to the branch point") == 1
-  rows = [json.loads(l) for l in (tmp_path / "finetune" / "metrics.jsonl").read_text()
-          .splitlines()]
+  rows = [json.loads(l) for l in (tmp_path / "finetune" / "metrics.jsonl").read_text().splitlines()]
   loss = {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
   rolled_back_at = 2 if trigger == "loss" else 3
-  assert loss[2] > 10 * loss[1]                       # it did explode
-  assert loss[rolled_back_at + 1] < 10 * loss[1]      # the branch params are back
+  assert loss[2] > 10 * loss[1]  # it did explode
+  assert loss[rolled_back_at + 1] < 10 * loss[1]  # the branch params are back
   lr_scale = {r["step"]: r["train/lr_scale"] for r in rows if "train/lr_scale" in r}
   assert lr_scale[0] == 1.0 and lr_scale[6] == 0.5
   # Recorded and checkpointed at once: a kill now resumes from the branch point, not the
   # collapsed state.
-  assert [(r["step"], r["guard/trigger"]) for r in rows if "guard/rollbacks" in r] == [
-      (rolled_back_at, {"loss": "train/loss", "psnr": "val/psnr_y"}[trigger])]
+  assert [(r["step"], r["guard/trigger"]) for r in rows if "guard/rollbacks" in r
+         ] == [(rolled_back_at, {"loss": "train/loss", "psnr": "val/psnr_y"}[trigger])]
   saved = restored_state(tmp_path, rolled_back_at, stage="finetune")
   assert float(saved["lr_scale"]) == 0.5 and int(saved["step"]) == rolled_back_at
-  assert json.loads((tmp_path / "finetune" / "stage.json").read_text())["init_from"][
-      "knee_step"] == 3
+  assert json.loads(
+      (tmp_path / "finetune" / "stage.json").read_text())["init_from"]["knee_step"] == 3
   # TensorBoard got the curves, the LR / bicubic / SR / HR grid and the knee plot
-  assert {"train/loss", "val/psnr_y", "val/lr_bicubic_sr_hr", "esgf/knee_plot"} <= (
-      tensorboard_tags(tmp_path / "finetune"))
+  assert {"train/loss", "val/psnr_y", "val/lr_bicubic_sr_hr",
+          "esgf/knee_plot"} <= (tensorboard_tags(tmp_path / "finetune"))
 
 
 def tensorboard_tags(directory) -> set:
   import tensorflow as tf
 
-  return {value.tag for path in Path(directory).glob("events.*")
-          for event in tf.compat.v1.train.summary_iterator(str(path))
-          for value in event.summary.value}
+  return {
+      value.tag
+      for path in Path(directory).glob("events.*")
+      for event in tf.compat.v1.train.summary_iterator(str(path))
+      for value in event.summary.value
+  }
 
 
 @pytest.mark.slow

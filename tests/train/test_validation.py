@@ -22,13 +22,18 @@ def _setup():
   config.model.update(depth=1, hidden=32, heads=2, cross_heads=2, cross_head_dim=16)
   config.diffusion.experts.num_experts = NUM_EXPERTS
   model, latent_space = build_model(config)
-  one = perturbed(nn.unbox(model.init(jax.random.PRNGKey(0), *sr_example_inputs(
-      model.dit, model.tags, 1, (8, 8)))["params"]))
+  one = perturbed(
+      nn.unbox(
+          model.init(jax.random.PRNGKey(0), *sr_example_inputs(model.dit, model.tags, 1,
+                                                               (8, 8)))["params"]))
   rng = np.random.default_rng(0)
-  batches = [{"hr": rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32),
-              "lr": rng.uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32),
-              "cond": rng.integers(0, 1000, (2, config.tags.max_tokens)).astype(np.int32),
-              "cond_mask": np.ones((2, config.tags.max_tokens), bool)} for _ in range(2)]
+  batches = [{
+      "hr": rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32),
+      "lr": rng.uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32),
+      "cond": rng.integers(0, 1000,
+                           (2, config.tags.max_tokens)).astype(np.int32), "cond_mask": np.ones(
+                               (2, config.tags.max_tokens), bool)
+  } for _ in range(2)]
   losses = ExpertFlowLosses(model, latent_space, {}, config.diffusion, batches, scale=4, seed=0)
   return config, model, one, losses
 
@@ -39,8 +44,9 @@ def test_a_corrupted_expert_moves_its_own_curve_and_no_other():
   branched = experts.init_experts(one, NUM_EXPERTS)  # a branch: four identical experts
   before = losses(branched)
   assert set(before) == {flow_loss_key(e) for e in range(NUM_EXPERTS)}
-  corrupted = jax.tree.map(lambda x: x.at[2].add(0.3 * jax.random.normal(
-      jax.random.PRNGKey(1), x.shape[1:], x.dtype)), branched)
+  corrupted = jax.tree.map(
+      lambda x: x.at[2].add(0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape[1:], x.dtype)),
+      branched)
   after = losses(corrupted)
   for e in range(NUM_EXPERTS):
     key = flow_loss_key(e)
@@ -63,10 +69,10 @@ def test_each_experts_triples_lie_in_its_interval_and_the_loss_matches_a_float64
     for e in range(NUM_EXPERTS):
       s = sigma[e][:, None, None, None].astype(np.float64)
       x_t = (1 - s) * np.asarray(x0, np.float64) + s * np.asarray(x1[e], np.float64)
-      v = model.apply({"params": one}, np.float32(x_t), np.float32(sigma[e]
-                      * config.diffusion.timestep_scale), lr, cond, mask)
+      v = model.apply({"params": one}, np.float32(x_t),
+                      np.float32(sigma[e] * config.diffusion.timestep_scale), lr, cond, mask)
       target = np.asarray(x1[e], np.float64) - np.asarray(x0, np.float64)
-      expected[e] += ((np.asarray(v, np.float64) - target) ** 2).mean(axis=(1, 2, 3)).sum()
+      expected[e] += ((np.asarray(v, np.float64) - target)**2).mean(axis=(1, 2, 3)).sum()
   expected /= sum(f[0].shape[0] for f in losses.fixed)
   got = losses(branched)
   np.testing.assert_allclose([got[flow_loss_key(e)] for e in range(NUM_EXPERTS)], expected,
