@@ -54,7 +54,6 @@ def main():
 
   def sampler(num_experts, solver, guidance, steps):
     cfg = flow.default_config()
-    cfg.experts.num_experts = num_experts
     cfg.sampler.update(steps=steps, solver=solver, guidance_scale=guidance)
     params = experts.init_experts(base, num_experts)
     run = jax.jit(

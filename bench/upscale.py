@@ -37,7 +37,6 @@ def tiny_trained():
   """(the tiny config's model with random weights and 4 experts as `Trained`, one expert's
   params)."""
   import jax
-  import ml_collections
   import flax.linen as nn
 
   from linearsr_jax.configs import tiny
@@ -51,10 +50,8 @@ def tiny_trained():
   one = nn.unbox(
       model.init(jax.random.PRNGKey(0), *sr_example_inputs(model.dit, model.tags, 1,
                                                            (4, 4)))["params"])
-  diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
-  diffusion.experts.num_experts = 4
   return Trained(config, "bench", 0, model, experts.init_experts(one, 4), latent_space,
-                 diffusion), one
+                 config.diffusion), one
 
 
 def tiny_row(size: int, tile: int) -> dict:

@@ -92,11 +92,28 @@ RANGES = {
 }
 # yapf: enable
 
+# Fields that left the config, and what to set instead: one who still sets one is told where it
+# went (by validate, and by the config flags for an override), not that nothing reads it.
+MOVED = {
+    "diffusion.experts.num_experts": "config.stages.<stage>.num_experts (each stage sets "
+                                     "its own number of experts)"
+}
+
+
+def moved_field_error(path: str) -> UserError | None:
+  """The error for setting `path` ('a.b.c', without 'config.') when the field moved, else None."""
+  if path in MOVED:
+    return UserError(f"config.{path} is no field any more: set {MOVED[path]} instead")
+  return None
+
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises UserError at the first field the run cannot use. With `num_devices`, also the mesh
   and the batch against that many devices."""
-  _check_fields(flatten(config))
+  flat = flatten(config)
+  for path in sorted(MOVED.keys() & flat.keys()):
+    raise moved_field_error(path)
+  _check_fields(flat)
   _check_stages(config)
   flow.check_config(config.diffusion)
   _check_esgf(config.esgf, min(config.stages[n].num_experts for n in stage_names(config)))
@@ -186,9 +203,7 @@ def _check_stages(config):
     _check_known(stage.optimizer, set(optimizer.default_config()), f"stages.{name}.optimizer")
     experts.check_num_experts(stage.num_experts, f"config.stages.{name}.num_experts")
     # The split and its log-SNR range, for this stage's number of experts.
-    experts.boundaries_from_config(
-        ml_collections.ConfigDict(config.diffusion.experts.to_dict() |
-                                  {"num_experts": stage.num_experts}))
+    experts.boundaries_from_config(config.diffusion.experts, stage.num_experts)
   names, defined = stage_names(config), ", ".join(config.stages)
   if not names:
     raise _error("stage_order", config.stage_order, f"must name stages of config.stages "

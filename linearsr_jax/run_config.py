@@ -29,6 +29,7 @@ def read(run: run_dir.RunDir):
     return None
   if not isinstance(value, dict):
     raise UserError(f"{path}: unreadable run config (not a JSON object)")
+  _drop_moved_experts_number(value)
   config = ml_collections.ConfigDict(value)
   try:
     config_check.validate(config)
@@ -37,3 +38,13 @@ def read(run: run_dir.RunDir):
   except (AttributeError, KeyError, TypeError) as e:  # a field missing or of the wrong type
     raise UserError(f"{path}: not a linearsr run config ({type(e).__name__}: {e})") from None
   return config
+
+
+def _drop_moved_experts_number(value: dict):
+  """A config.json written before the experts' number left the config holds
+  diffusion.experts.num_experts, which training overwrote with each stage's: it says nothing the
+  stages and the params do not, so it is dropped rather than refused (config_check.MOVED)."""
+  section = value.get("diffusion")
+  section = section.get("experts") if isinstance(section, dict) else None
+  if isinstance(section, dict):
+    section.pop("num_experts", None)

@@ -38,6 +38,9 @@ from repo_paths import CONFIGS
         ("data.crop_size=66", "config.data.crop_size=66 must be a multiple of 4 (the scale 4 and "
          "the latent factor 4)"),
         ("stages.moe.num_experts=3", "config.stages.moe.num_experts must be a power of two, got 3"),
+        # a field that moved: where it went, not "no such key"
+        ("diffusion.experts.num_experts=4", "config.diffusion.experts.num_experts is no field any "
+         "more: set config.stages.<stage>.num_experts instead"),
         # stage_order
         ("stage_order=pretrain,moo", "config.stage_order='pretrain,moo' names stage 'moo', which "
          "config.stages does not define"),
@@ -92,6 +95,15 @@ def test_every_rule_names_a_field():
   """A renamed field must not leave a rule that checks nothing."""
   keys = {config_check._rule_key(path) for path in config_check.flatten(tiny.get_config())}
   assert set(config_check.CHOICES) | set(config_check.RANGES) <= keys
+
+
+def test_a_config_that_sets_a_moved_field_says_where_it_went():
+  config = tiny.get_config()
+  config.diffusion.experts.num_experts = 4
+  with pytest.raises(
+      UserError, match=r"^config\.diffusion\.experts\.num_experts is no field any "
+      r"more: set config\.stages\.<stage>\.num_experts instead"):
+    config_check.validate(config)
 
 
 def test_without_devices_only_the_mesh_shape_is_checked():

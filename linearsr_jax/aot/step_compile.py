@@ -106,7 +106,7 @@ def compile_sampler(run: Run, stage: str):
   batch = abstract_batch(run, data.eval.batch_size, data.eval.crop_size, replicated)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
   sr = jax.jit(
-      make_super_resolve(run.model, run.latent_space, run.diffusion_config(stage), scale=data.scale,
+      make_super_resolve(run.model, run.latent_space, run.config.diffusion, scale=data.scale,
                          steps=run.config.train.eval_steps))
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     return _timed_compile(sr, abstract.ema_params, run.latent_params, batch["lr"], batch["cond"],

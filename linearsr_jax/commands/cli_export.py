@@ -86,7 +86,8 @@ def load_export(args) -> Export:
   from linearsr_jax.inference.trained import load_trained
   trained = load_trained(src, args.stage, args.step, ema=not args.raw)
   chosen = _select_experts(args.expert, trained.num_experts)
-  lo, hi = experts.expert_intervals(experts.boundaries_from_config(trained.diffusion.experts))
+  lo, hi = experts.expert_intervals(
+      experts.boundaries_from_config(trained.diffusion.experts, trained.num_experts))
   return Export(trained.model.dit, _take_experts(trained.params, chosen), chosen,
                 [[float(lo[i]), float(hi[i])] for i in chosen],
                 dataclasses.asdict(trained.model.tags), trained.config.to_dict(),

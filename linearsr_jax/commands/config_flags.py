@@ -31,6 +31,9 @@ def parse_flags(argv, command: str = "train"):
     unknown = (_override_naming_no_field(argv)
                if isinstance(e, (KeyError, AttributeError, ValueError)) and
                _raised_in(e, config_file) is None else None)
+    moved = unknown and config_check.moved_field_error(unknown[0].removeprefix("--config."))
+    if moved:
+      raise UserError(f"{command}: {moved}") from None
     if unknown is not None:
       raise UserError(f"{command}: the config has no key {unknown[1]!r} (in {unknown[0]})") from e
     line = _raised_in(e, config_file)

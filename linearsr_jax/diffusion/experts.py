@@ -71,13 +71,15 @@ def uniform_boundaries(num_experts):
   return tuple(e / num_experts for e in range(1, num_experts))
 
 
-def boundaries_from_config(experts_cfg):
-  """Boundaries for the `diffusion.experts` config section."""
+def boundaries_from_config(experts_cfg, num_experts):
+  """Boundaries of `num_experts` experts split as the `diffusion.experts` config section says.
+  The number is a stage's (config.stages.<stage>.num_experts) or its params' (num_experts_of),
+  not the section's: one model's config serves stages of different numbers."""
   if experts_cfg.split == "snr":
-    return snr_boundaries(experts_cfg.num_experts, experts_cfg.lambda_min, experts_cfg.lambda_max,
+    return snr_boundaries(num_experts, experts_cfg.lambda_min, experts_cfg.lambda_max,
                           experts_cfg.anchor_t)
   if experts_cfg.split == "uniform":
-    return uniform_boundaries(experts_cfg.num_experts)
+    return uniform_boundaries(num_experts)
   raise UserError(f"experts.split must be one of {SPLITS}, got '{experts_cfg.split}'")
 
 
@@ -180,10 +182,7 @@ def mixture_loss(apply_fn, stacked_params, x0, context, key, cfg, lr_latent=None
   (mean loss, per-expert losses [E]).
   """
   num_experts = num_experts_of(stacked_params)
-  boundaries = boundaries_from_config(cfg.experts)
-  if len(boundaries) != num_experts - 1:
-    raise UserError(f"params stack {num_experts} experts but diffusion.experts.num_experts is "
-                    f"{cfg.experts.num_experts}")
+  boundaries = boundaries_from_config(cfg.experts, num_experts)
   batch = x0.shape[0]
   if batch % num_experts:
     raise UserError(f"batch size {batch} is not divisible by the {num_experts} experts")

@@ -38,8 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
       "source_prob": 0.0,
       "train_shift": 1.0,  # flow shift applied to training σ draws
       "timestep_scale": 1000.0,  # model time = σ · timestep_scale (SANA: 1000)
-      "experts": {
-          "num_experts": 1,  # a power of two; 1 = the plain model
+      "experts": {  # how many: each stage's (stages.<stage>.num_experts)
           "split": "snr",  # 'snr' (hierarchical log-SNR bisection) | 'uniform'
           "lambda_min": -7.04,  # log-SNR at the noisy end of the bisected range
           "lambda_max": 8.89,  # log-SNR at the clean end

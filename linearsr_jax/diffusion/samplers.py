@@ -154,8 +154,10 @@ def sample(apply_fn, stacked_params, key, shape, context, cfg, *, null_context=N
     raise UserError(f"unknown sampler option(s): {sorted(unknown)}")
   options = {**cfg.sampler.to_dict(), **overrides}
   x1 = flow.draw_source(key, shape, cfg, lr_latent)
-  return integrate(apply_fn, stacked_params, x1, context,
-                   sigmas=sigma_schedule(options["steps"], options["shift"]),
-                   solver=options["solver"], guidance_scale=options["guidance_scale"],
-                   boundaries=experts_lib.boundaries_from_config(cfg.experts),
-                   timestep_scale=cfg.timestep_scale, null_context=null_context)
+  return integrate(
+      apply_fn, stacked_params, x1, context, sigmas=sigma_schedule(options["steps"],
+                                                                   options["shift"]),
+      solver=options["solver"], guidance_scale=options["guidance_scale"],
+      boundaries=experts_lib.boundaries_from_config(cfg.experts,
+                                                    experts_lib.num_experts_of(stacked_params)),
+      timestep_scale=cfg.timestep_scale, null_context=null_context)

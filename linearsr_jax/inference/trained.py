@@ -33,7 +33,7 @@ class Trained:
   model: SRModel
   params: dict  # experts stacked on the leading axis
   latent_space: object
-  diffusion: ml_collections.ConfigDict  # with this stage's number of experts
+  diffusion: ml_collections.ConfigDict  # the run's; the experts' number is the params'
 
   @property
   def num_experts(self) -> int:
@@ -97,6 +97,4 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
     raise UserError(f"{run.path}: no config.json, so the model cannot be rebuilt")
   params = checkpoint_read.read_params(step_dir, "ema_params" if ema else "params")
   model, latent_space = build_model(config)
-  diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
-  diffusion.experts.num_experts = jax.tree.leaves(params)[0].shape[0]
-  return Trained(config, stage, step, model, params, latent_space, diffusion)
+  return Trained(config, stage, step, model, params, latent_space, config.diffusion)

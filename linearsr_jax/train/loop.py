@@ -114,17 +114,11 @@ class Run:
     return abstract_train_state(self.model, tx, self.config.stages[name].num_experts, self.mesh,
                                 self.rules)
 
-  def diffusion_config(self, name: str):
-    """The `diffusion` section with stage `name`'s number of experts."""
-    cfg = ml_collections.ConfigDict(self.config.diffusion.to_dict())
-    cfg.experts.num_experts = self.config.stages[name].num_experts
-    return cfg
-
   def jit_train_step(self, name: str, shardings):
     """Stage `name`'s train step, jitted with the shardings training uses: step(state, batch,
     latent_params) -> (state, metrics), the state donated."""
     tx, opt_cfg = self.optimizer(name)
-    step = make_train_step(self.model, self.latent_space, tx, self.diffusion_config(name),
+    step = make_train_step(self.model, self.latent_space, tx, self.config.diffusion,
                            scale=self.config.data.scale, cond_dropout=self.config.tags.dropout_prob,
                            ema_decay=opt_cfg.ema_decay)
     return jax.jit(
@@ -281,15 +275,13 @@ class _StageTraining(_Stage):
       if esgf.judged(row["step"], self.first_stage):
         self.detector.update(row["step"], row)
     self.validator = Validator(self.run.model, self.run.latent_space, self.run.latent_params,
-                               self.run.diffusion_config(self.name), self.run.eval_batches,
-                               scale=config.data.scale, sampler_steps=config.train.eval_steps,
-                               seed=config.seed)
+                               config.diffusion, self.run.eval_batches, scale=config.data.scale,
+                               sampler_steps=config.train.eval_steps, seed=config.seed)
     self.bicubic = self.validator.bicubic()
     self.expert_losses = ExpertFlowLosses(self.run.model, self.run.latent_space,
-                                          self.run.latent_params,
-                                          self.run.diffusion_config(self.name),
-                                          self.run.eval_batches, scale=config.data.scale,
-                                          seed=config.seed)
+                                          self.run.latent_params, config.diffusion,
+                                          self.run.eval_batches, num_experts=self.cfg.num_experts,
+                                          scale=config.data.scale, seed=config.seed)
     self.writer = metric_writers.create_default_writer(str(self.dir.path),
                                                        just_logging=not self.is_lead)
     self.guard = DivergenceGuard(config.train.guard, start_params)

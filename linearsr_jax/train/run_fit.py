@@ -18,12 +18,12 @@ from linearsr_jax.train import checkpoint
 
 # What the trained params compute, beyond their shapes: the fields the tools rebuild the model
 # and its sampler's flow from. Not among them (FREE_FIELDS): how the model is computed, where
-# the DC-AE's params lie (a path, which moves with the data), and the experts' number (each
-# stage sets its own, in stage.json and in the checkpoints' shapes).
+# the DC-AE's params lie (a path, which moves with the data). The experts' number is no config
+# field of the model: each stage sets its own, in stage.json and in the checkpoints' shapes.
 MODEL_FIELDS = ("model", "latent", "diffusion.source", "diffusion.lr_source_noise",
                 "diffusion.timestep_scale", "diffusion.experts", "tags.encoder", "tags.vocab_size",
                 "tags.max_tokens", "data.scale")
-FREE_FIELDS = ("model.remat", "model.dtype", "latent.dcae_params", "diffusion.experts.num_experts")
+FREE_FIELDS = ("model.remat", "model.dtype", "latent.dcae_params")
 
 
 def check(the_run):

@@ -86,12 +86,11 @@ class ExpertFlowLosses:
   never run an expert (4 steps at shift 3 start at σ = 1, .9, .75, .5, so the refinement
   expert below 0.223 never runs); these curves see every one."""
 
-  def __init__(self, model, latent_space, latent_params, diffusion_cfg, eval_batches, *, scale: int,
-               seed: int = 0):
+  def __init__(self, model, latent_space, latent_params, diffusion_cfg, eval_batches, *,
+               num_experts: int, scale: int, seed: int = 0):
     apply_fn = experts.model_apply(model)
     cfg = diffusion_cfg
-    num_experts = cfg.experts.num_experts
-    lo, hi = experts.expert_intervals(experts.boundaries_from_config(cfg.experts))
+    lo, hi = experts.expert_intervals(experts.boundaries_from_config(cfg.experts, num_experts))
 
     def fixed_triples(latent_params, hr, lr, key):
       key_sigma, key_source = jax.random.split(key)

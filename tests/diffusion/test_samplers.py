@@ -154,7 +154,6 @@ def test_sample_is_deterministic_per_seed_and_lr_source_starts_at_lr():
 @pytest.mark.slow
 def test_sharded_dit_sampling_with_experts_and_guidance_matches_unsharded():
   cfg = flow.default_config()
-  cfg.experts.num_experts = 4
   cfg.sampler.update(steps=4, solver="euler", guidance_scale=3.0)
   boxed, params = distinct_dit_experts(4)
   apply_fn = experts.model_apply(DiT(SMALL_DIT))

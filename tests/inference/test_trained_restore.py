@@ -5,12 +5,16 @@ counters, which a big model could not afford to hold on one device just to drop 
 Proved on the shared tiny run (tests/trained_run.py) by spying on Orbax's type handlers, which
 every saved array passes through when it is read from disk, and on TensorStore's byte count."""
 
+import json
+import shutil
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 
+from linearsr_jax.diffusion import experts
 from linearsr_jax.inference.trained import load_trained
 from bench.run_outcome import saved_state
 from trained_run import trained_run
@@ -82,3 +86,22 @@ def test_load_trained_reads_only_the_params_it_returns(run_dir, reads, ema, name
   other = state["params" if ema else "ema_params"]
   assert any(not np.array_equal(np.asarray(a), b)
              for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(other)))
+
+
+@pytest.mark.slow
+def test_a_config_json_of_older_code_with_the_experts_number_loads_and_the_params_count(
+    run_dir, tmp_path):
+  """Older code wrote diffusion.experts.num_experts (the default 1, which training overwrote):
+  the run still loads, and its 4 experts come from the params, split at the paper's SNR
+  boundaries."""
+  old = tmp_path / "old_run"
+  shutil.copytree(run_dir, old)
+  config = json.loads((old / "config.json").read_text())
+  assert "num_experts" not in config["diffusion"]["experts"]
+  config["diffusion"]["experts"]["num_experts"] = 1
+  (old / "config.json").write_text(json.dumps(config))
+  trained = load_trained(old, stage="moe")
+  assert trained.num_experts == 4 and "num_experts" not in trained.diffusion.experts
+  np.testing.assert_allclose(
+      experts.boundaries_from_config(trained.diffusion.experts, trained.num_experts),
+      [0.223, 0.875, 0.939], atol=1e-3)

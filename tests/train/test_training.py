@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -158,11 +157,9 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, args, expected):
 # ------------------------------------------------------------------- sharded step vs one device
 
 
-def _model_and_step(config, num_experts, tx):
+def _model_and_step(config, tx):
   model, latent_space = build_model(config)
-  diffusion_cfg = ml_collections.ConfigDict(config.diffusion.to_dict())
-  diffusion_cfg.experts.num_experts = num_experts
-  step = make_train_step(model, latent_space, tx, diffusion_cfg, scale=config.data.scale,
+  step = make_train_step(model, latent_space, tx, config.diffusion, scale=config.data.scale,
                          cond_dropout=config.tags.dropout_prob, ema_decay=0.9)
   return model, step
 
@@ -182,7 +179,7 @@ def one_step(config, mesh_shape, devices, num_experts, tx, batch):
   """(loss, params after one step on the host, state shardings) on the given mesh."""
   mesh = sharding.make_mesh(mesh_shape, devices=devices)
   rules = [tuple(r) for r in config.sharding_rules]
-  model, step = _model_and_step(config, num_experts, tx)
+  model, step = _model_and_step(config, tx)
   state, shardings = create_train_state(model, tx, num_experts, jax.random.PRNGKey(3), mesh, rules)
   step_fn = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), {}),
                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -223,7 +220,7 @@ def test_nan_batch_is_skipped_and_counted():
   config = small_config()
   tx = optax.adamw(1e-3)
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  model, step = _model_and_step(config, 1, tx)
+  model, step = _model_and_step(config, tx)
   state, shardings = create_train_state(model, tx, 1, jax.random.PRNGKey(0), mesh,
                                         [tuple(r) for r in config.sharding_rules])
   step_fn = jax.jit(step)

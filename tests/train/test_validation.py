@@ -20,7 +20,6 @@ NUM_EXPERTS = 4
 def _setup():
   config = tiny.get_config()
   config.model.update(depth=1, hidden=32, heads=2, cross_heads=2, cross_head_dim=16)
-  config.diffusion.experts.num_experts = NUM_EXPERTS
   model, latent_space = build_model(config)
   one = perturbed(
       nn.unbox(
@@ -34,7 +33,8 @@ def _setup():
                            (2, config.tags.max_tokens)).astype(np.int32), "cond_mask": np.ones(
                                (2, config.tags.max_tokens), bool)
   } for _ in range(2)]
-  losses = ExpertFlowLosses(model, latent_space, {}, config.diffusion, batches, scale=4, seed=0)
+  losses = ExpertFlowLosses(model, latent_space, {}, config.diffusion, batches,
+                            num_experts=NUM_EXPERTS, scale=4, seed=0)
   return config, model, one, losses
 
 
@@ -61,7 +61,8 @@ def test_a_corrupted_expert_moves_its_own_curve_and_no_other():
 def test_each_experts_triples_lie_in_its_interval_and_the_loss_matches_a_float64_formula():
   config, model, one, losses = _setup()
   branched = experts.init_experts(one, NUM_EXPERTS)
-  lo, hi = experts.expert_intervals(experts.boundaries_from_config(config.diffusion.experts))
+  lo, hi = experts.expert_intervals(
+      experts.boundaries_from_config(config.diffusion.experts, NUM_EXPERTS))
   expected = np.zeros(NUM_EXPERTS)
   for x0, x1, sigma, lr, cond, mask in losses.fixed:
     sigma = np.asarray(sigma)
