@@ -36,7 +36,7 @@ def t_of_log_snr(lam):
   return 1 / (1 + np.exp(lam / 2))
 
 
-def check_num_experts(num_experts, field="experts.num_experts"):
+def check_num_experts(num_experts, field="the number of experts"):
   """`field` names where the number comes from in the error (a stage's, in config_check)."""
   if num_experts < 1 or num_experts & (num_experts - 1):
     raise UserError(f"{field} must be a power of two, got {num_experts}")
