@@ -94,10 +94,7 @@ RANGES = {
 
 # Fields that left the config, and what to set instead: one who still sets one is told where it
 # went (by validate, and by the config flags for an override), not that nothing reads it.
-MOVED = {
-    "diffusion.experts.num_experts": "config.stages.<stage>.num_experts (each stage sets "
-                                     "its own number of experts)"
-}
+MOVED = {"diffusion.experts.num_experts": "config.stages.<stage>.num_experts"}  # each stage's
 
 
 def moved_field_error(path: str) -> UserError | None:
