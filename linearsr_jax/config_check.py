@@ -108,8 +108,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   """Raises UserError at the first field the run cannot use. With `num_devices`, also the mesh
   and the batch against that many devices."""
   flat = flatten(config)
-  for path in sorted(MOVED.keys() & flat.keys()):
-    raise moved_field_error(path)
+  moved = sorted(MOVED.keys() & flat.keys())
+  if moved:
+    raise moved_field_error(moved[0])
   _check_fields(flat)
   _check_stages(config)
   flow.check_config(config.diffusion)

@@ -29,7 +29,7 @@ def read(run: run_dir.RunDir):
     return None
   if not isinstance(value, dict):
     raise UserError(f"{path}: unreadable run config (not a JSON object)")
-  _drop_moved_experts_number(value)
+  _drop_moved_fields(value)
   config = ml_collections.ConfigDict(value)
   try:
     config_check.validate(config)
@@ -40,11 +40,14 @@ def read(run: run_dir.RunDir):
   return config
 
 
-def _drop_moved_experts_number(value: dict):
-  """A config.json written before the experts' number left the config holds
-  diffusion.experts.num_experts, which training overwrote with each stage's: it says nothing the
-  stages and the params do not, so it is dropped rather than refused (config_check.MOVED)."""
-  section = value.get("diffusion")
-  section = section.get("experts") if isinstance(section, dict) else None
-  if isinstance(section, dict):
-    section.pop("num_experts", None)
+def _drop_moved_fields(value: dict):
+  """A config.json written before a field left the config (config_check.MOVED) still holds it;
+  what it said is now the stages' and the params' (diffusion.experts.num_experts, which training
+  overwrote with each stage's), so it is dropped rather than refused."""
+  for path in config_check.MOVED:
+    *parents, name = path.split(".")
+    section = value
+    for key in parents:
+      section = section.get(key) if isinstance(section, dict) else None
+    if isinstance(section, dict):
+      section.pop(name, None)
