@@ -46,12 +46,13 @@ lint: lint-imports
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/yapf --diff --recursive --parallel $(PY_SOURCES)
 
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 tests
+	$(PYTEST) --durations=15 tests
 
 # The tests not marked slow: no training run, no TPU / GPU compile (a few minutes).
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 -m "not slow" tests
+	$(PYTEST) --durations=10 -m "not slow" tests
 
 # Trains the tiny config on the embedded photographs, ESGF, experts, eval, upscale: runs/demo/.
 demo: $(BIN)/.installed
