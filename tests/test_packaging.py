@@ -1,6 +1,8 @@
 """What `pip install .` ships: every package of linearsr_jax/, and configs/ as
 linearsr_jax.configs rather than a top-level package named `configs`."""
 
+import ast
+import importlib
 import tomllib
 
 from repo_paths import CONFIGS, REPO
@@ -22,3 +24,38 @@ def test_config_files_import_their_siblings_through_the_installed_package():
   for path in CONFIGS.glob("*.py"):
     text = path.read_text()
     assert "from configs" not in text and "import configs" not in text, path.name
+
+
+def _names_imported_from_the_package(tree):
+  """(line, module, name or None) for each absolute import of linearsr_jax in a parsed file,
+  function-level imports included."""
+  ours = lambda module: (module or "").split(".")[0] == "linearsr_jax"
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and ours(node.module):
+      for alias in node.names:
+        yield node.lineno, node.module, alias.name
+    elif isinstance(node, ast.Import):
+      for alias in node.names:
+        if ours(alias.name):
+          yield node.lineno, alias.name, None
+
+
+def test_every_import_of_the_package_anywhere_in_the_tree_resolves():
+  # Scripts the tests start in subprocesses, benches and configs are no test modules: a module
+  # that moved would otherwise surface as one failed subprocess, or not at all.
+  unresolved = []
+  for path in sorted(
+      p for d in ("linearsr_jax", "tests", "bench", "configs") for p in (REPO / d).rglob("*.py")):
+    for line, module, name in _names_imported_from_the_package(ast.parse(path.read_text())):
+      where = f"{path.relative_to(REPO)}:{line}"
+      try:
+        imported = importlib.import_module(module)
+      except ImportError as e:
+        unresolved.append(f"{where}: {e}")
+        continue
+      if name is not None and not hasattr(imported, name):
+        try:
+          importlib.import_module(f"{module}.{name}")
+        except ImportError:
+          unresolved.append(f"{where}: {module} has no {name}")
+  assert not unresolved, "\n".join(unresolved)

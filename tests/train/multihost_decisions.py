@@ -20,7 +20,8 @@ import jax  # noqa: E402
 
 from linearsr_jax import disk_space  # noqa: E402
 from linearsr_jax.errors import UserError  # noqa: E402
-from linearsr_jax.train import checkpoint, run_dir  # noqa: E402
+from linearsr_jax.run import run_dir  # noqa: E402
+from linearsr_jax.train import checkpoint  # noqa: E402
 from test_damaged_checkpoints import _state  # noqa: E402
 
 me = jax.process_index()
