@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from compile_helpers import NARROW, SMALL, analytic_step_flops
+from compile_helpers import NARROW, QUARTER, QUARTER_WIDTH, SMALL, analytic_step_flops
 from linearsr_jax.aot import tpu_pods
 from linearsr_jax.commands.cli import main
 
@@ -24,7 +24,7 @@ def report(tmp_path_factory):
   out = tmp_path_factory.mktemp("compile") / "report.json"
   assert main([
       "compile", "--config", "configs/sana600m_x4.py", "--topology", "v5e-4", "--out",
-      str(out), *SMALL
+      str(out), *QUARTER
   ]) == 0
   return json.loads(out.read_text())
 
@@ -32,7 +32,7 @@ def report(tmp_path_factory):
 @pytest.mark.slow
 def test_compiled_flops_agree_with_an_analytic_count(report):
   assert report["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1, "expert": 4}
-  per_chip = analytic_step_flops(batch=16) / 4
+  per_chip = analytic_step_flops(batch=16, **QUARTER_WIDTH) / 4
   assert report["train_step"]["flops"] == pytest.approx(per_chip, rel=0.10)
   # Without the scan correction the second block would be missing: far below the count.
   assert report["model"]["dit_flops"] < report["train_step"]["flops"]

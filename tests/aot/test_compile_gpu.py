@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from compile_helpers import NARROW, SMALL, analytic_step_flops
+from compile_helpers import NARROW, QUARTER, QUARTER_WIDTH, SMALL, analytic_step_flops
 from linearsr_jax.aot import gpu_nodes, hlo_stats
 from linearsr_jax.commands.cli import main
 
@@ -26,7 +26,7 @@ def report(tmp_path_factory):
   # Unscanned: one train-step compile instead of three (the scan correction is the TPU test's).
   assert main([
       "compile", "--config", "configs/sana600m_x4.py", "--topology", "h100-8", "--out",
-      str(out), *SMALL, "--config.model.scan_layers=False"
+      str(out), *QUARTER, "--config.model.scan_layers=False"
   ]) == 0
   return json.loads(out.read_text())
 
@@ -35,7 +35,8 @@ def report(tmp_path_factory):
 def test_gpu_flops_and_memory_agree_with_an_analytic_count_and_an_h100(report):
   assert report["platform"] == "gpu" and report["device_topology"] == "1x1x8"
   assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "expert": 4}
-  assert report["train_step"]["flops"] == pytest.approx(analytic_step_flops(batch=16) / 8, rel=0.10)
+  assert report["train_step"]["flops"] == pytest.approx(
+      analytic_step_flops(batch=16, **QUARTER_WIDTH) / 8, rel=0.10)
   memory = report["train_step"]["memory"]
   assert report["fits"] and 0 < memory["total"] < report["hbm_bytes"] == 80 * GIB
   assert report["roofline"]["peak_bf16_tflops"] == 989
