@@ -21,6 +21,7 @@ from linearsr_jax.data.image_io import image_size
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference import tiling
 from linearsr_jax.inference.color_fix import color_fix_in_place
+from linearsr_jax.inference.picture_upscale import output_size
 from linearsr_jax.inference.super_resolve import make_super_resolve
 from linearsr_jax.data.conditions import make_condition, null_condition
 
@@ -53,12 +54,15 @@ def default_max_output_pixels() -> int:
   return memory // 2 // BYTES_PER_OUTPUT_PIXEL
 
 
-def check_output_pixels(path, scale: int, limit: int) -> None:
-  """Refuses an image whose output would exceed `limit` pixels, from its header alone."""
+def check_output_pixels(path, scale: int, limit: int, outscale: float | None = None) -> None:
+  """Refuses an image whose output would exceed `limit` pixels, from its header alone: the
+  model's output, or the --outscale resize of it where that is larger."""
   height, width = image_size(path)
-  pixels = height * width * scale * scale
+  pixels = max(height * width * scale * scale, math.prod(output_size(height, width, scale,
+                                                                     outscale)))
   if pixels > limit:
-    raise UserError(f"{width}x{height} at x{scale} makes {pixels} output pixels, over "
+    at = f"x{scale}" if outscale is None else f"--outscale {outscale:g}"
+    raise UserError(f"{width}x{height} at {at} makes {pixels} output pixels, over "
                     f"--max_output_pixels {limit}")
 
 
