@@ -33,6 +33,10 @@ def add_arguments(parser):
   model.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
   model.add_argument("--seed", type=int, default=0)
   model.add_argument(
+      "--dtype", choices=["float32", "bfloat16"],
+      help="compute dtype of the model's matmuls (default: the run's model.dtype); norms "
+      "and the attention's normaliser stay float32")
+  model.add_argument(
       "--tags", help="comma-separated tags for every image (default: IMAGE.txt "
       "beside each LR image, else none); for a hash-encoder model")
   model.add_argument(
@@ -86,7 +90,8 @@ def _model_upscaler(args):
   from linearsr_jax.inference.trained import load_trained
   from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
 
-  trained = load_trained(args.checkpoint, args.stage, args.step, ema=not args.raw)
+  trained = load_trained(args.checkpoint, args.stage, args.step,
+                         ema=not args.raw).computing_in(args.dtype)
   upscaler = Upscaler(
       trained,
       UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix))
@@ -96,7 +101,7 @@ def _model_upscaler(args):
   described = (f"{trained.stage} step {trained.step} ({'raw' if args.raw else 'EMA'}, "
                f"{trained.num_experts} expert(s)), steps "
                f"{args.steps or trained.diffusion.sampler.steps}, guidance {args.guidance}, "
-               f"seed {args.seed}, color fix {args.color_fix}")
+               f"seed {args.seed}, color fix {args.color_fix}, {trained.model.dit.dtype}")
   return (lambda lr, lr_path: upscaler(lr, conditions(lr_path))), described
 
 

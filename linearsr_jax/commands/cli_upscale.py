@@ -39,6 +39,10 @@ def add_arguments(parser):
   parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument(
+      "--dtype", choices=["float32", "bfloat16"],
+      help="compute dtype of the model's matmuls (default: the run's model.dtype); norms "
+      "and the attention's normaliser stay float32")
+  parser.add_argument(
       "--outscale", type=float, metavar="F",
       help="output size F times the input's (default: the model's scale): the model's "
       "output resized bicubically")
@@ -134,7 +138,8 @@ def run(args) -> int:
     raise UserError(f"--outscale {args.outscale:g} must be a number > 0")
   max_pixels = args.max_output_pixels or default_max_output_pixels()
   out_dir = storage.output_dir(args.out, "--out")
-  trained = load_trained(args.checkpoint, args.stage, args.step, ema=not args.raw)
+  trained = load_trained(args.checkpoint, args.stage, args.step,
+                         ema=not args.raw).computing_in(args.dtype)
   upscaler = Upscaler(
       trained,
       UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix))
