@@ -47,6 +47,9 @@ def add_arguments(parser):
   model.add_argument("--tile", type=int, default=128, help="LR tile size in pixels")
   model.add_argument("--overlap", type=int, default=32, help="LR tile overlap in pixels")
   model.add_argument("--color_fix", choices=["wavelet", "adain", "none"], default="none")
+  model.add_argument(
+      "--batch", type=int, metavar="N",
+      help="tiles per sampler call, split over the local devices (default: one per device)")
   parser.add_argument("--scale", type=int, default=4, metavar="N",
                       help="up-sampling factor for --lr_dir (default 4)")
   parser.add_argument("--out", required=True, type=storage.path, metavar="DIR",
@@ -87,6 +90,8 @@ def _conditions(args, upscaler):
 
 def _model_upscaler(args):
   """((lr, lr path) -> sr function, description) of a trained checkpoint."""
+  import jax
+
   from linearsr_jax.inference.trained import load_trained
   from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
 
@@ -94,7 +99,8 @@ def _model_upscaler(args):
                          ema=not args.raw).computing_in(args.dtype)
   upscaler = Upscaler(
       trained,
-      UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix))
+      UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix,
+                     args.batch or jax.local_device_count()))
   if upscaler.scale != args.scale:
     raise UserError(f"the checkpoint upscales x{upscaler.scale}, but --scale is {args.scale}")
   conditions = _conditions(args, upscaler)

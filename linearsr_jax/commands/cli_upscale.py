@@ -7,7 +7,9 @@ Outputs go to DIR/<relative path>_x<scale or F>.<format>, written atomically; an
 replace an input is refused, an existing output is skipped unless --overwrite, and two inputs
 that would make the same output (a.png, a.jpg) are refused before any work. Bad files, and
 images whose output would exceed --max_output_pixels (read from their header, before decoding),
-are reported and the rest processed; the exit code is 1 if anything failed.
+are reported and the rest processed; the exit code is 1 if anything failed. Tiles go through
+the sampler --batch at a time over this host's devices; on a multi-host job (every host runs
+the same command) host i of n takes inputs i, i + n, i + 2n, ...
 """
 
 import sys
@@ -51,6 +53,10 @@ def add_arguments(parser):
       help="output format; 'input' keeps each input's (default: png). 16 bits stay 16 "
       "in png and tiff; jpg has no alpha (composited on white)")
   parser.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality")
+  parser.add_argument(
+      "--batch", type=int, metavar="N",
+      help="tiles per sampler call, split over this host's devices (default: one per "
+      "device)")
   parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
   parser.add_argument(
       "--max_output_pixels", type=int, metavar="N",
@@ -124,6 +130,7 @@ def _target(out_dir, path, stem, scale, args):
 
 
 def run(args) -> int:
+  import jax
   from tqdm import tqdm
 
   from linearsr_jax.inference.trained import load_trained
@@ -134,6 +141,7 @@ def run(args) -> int:
   if not jobs:
     raise UserError("no input images")
   inputs = {p.resolve() for p, _ in jobs}
+  jobs = jobs[jax.process_index()::jax.process_count()]  # this host's share
   if args.outscale is not None and not 0 < args.outscale < float("inf"):
     raise UserError(f"--outscale {args.outscale:g} must be a number > 0")
   max_pixels = args.max_output_pixels or default_max_output_pixels()
@@ -142,7 +150,8 @@ def run(args) -> int:
                          ema=not args.raw).computing_in(args.dtype)
   upscaler = Upscaler(
       trained,
-      UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix))
+      UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix,
+                     args.batch or jax.local_device_count()))
   conditions = _conditions(args, upscaler)
   failures, done, skipped = [], 0, 0
   for path, stem in tqdm(jobs, desc="images", unit="img", file=sys.stderr,
