@@ -49,7 +49,8 @@ def add_arguments(parser):
   model.add_argument("--color_fix", choices=["wavelet", "adain", "none"], default="none")
   model.add_argument(
       "--batch", type=int, metavar="N",
-      help="tiles per sampler call, split over the local devices (default: one per device)")
+      help="tiles per sampler call, split over the local devices (default: one per GPU / "
+      "TPU device, 1 on a CPU)")
   parser.add_argument("--scale", type=int, default=4, metavar="N",
                       help="up-sampling factor for --lr_dir (default 4)")
   parser.add_argument("--out", required=True, type=storage.path, metavar="DIR",
@@ -90,17 +91,15 @@ def _conditions(args, upscaler):
 
 def _model_upscaler(args):
   """((lr, lr path) -> sr function, description) of a trained checkpoint."""
-  import jax
-
   from linearsr_jax.inference.trained import load_trained
-  from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
+  from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler, default_batch
 
   trained = load_trained(args.checkpoint, args.stage, args.step,
                          ema=not args.raw).computing_in(args.dtype)
   upscaler = Upscaler(
       trained,
       UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix,
-                     args.batch or jax.local_device_count()))
+                     args.batch or default_batch()))
   if upscaler.scale != args.scale:
     raise UserError(f"the checkpoint upscales x{upscaler.scale}, but --scale is {args.scale}")
   conditions = _conditions(args, upscaler)

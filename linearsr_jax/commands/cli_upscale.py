@@ -56,7 +56,7 @@ def add_arguments(parser):
   parser.add_argument(
       "--batch", type=int, metavar="N",
       help="tiles per sampler call, split over this host's devices (default: one per "
-      "device)")
+      "GPU / TPU device, 1 on a CPU)")
   parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
   parser.add_argument(
       "--max_output_pixels", type=int, metavar="N",
@@ -135,7 +135,7 @@ def run(args) -> int:
 
   from linearsr_jax.inference.trained import load_trained
   from linearsr_jax.inference.upscale import (UpscaleOptions, Upscaler, check_output_pixels,
-                                              default_max_output_pixels)
+                                              default_batch, default_max_output_pixels)
 
   jobs = collect_inputs(args.inputs)
   if not jobs:
@@ -151,7 +151,7 @@ def run(args) -> int:
   upscaler = Upscaler(
       trained,
       UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix,
-                     args.batch or jax.local_device_count()))
+                     args.batch or default_batch()))
   conditions = _conditions(args, upscaler)
   failures, done, skipped = [], 0, 0
   for path, stem in tqdm(jobs, desc="images", unit="img", file=sys.stderr,

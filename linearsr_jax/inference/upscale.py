@@ -61,6 +61,12 @@ def default_max_output_pixels() -> int:
   return memory // 2 // BYTES_PER_OUTPUT_PIXEL
 
 
+def default_batch() -> int:
+  """Tiles per call that keep every local device busy: one per device. CPU devices beyond the
+  first are XLA's fake host devices (tests, benches), which share the same cores: one there."""
+  return 1 if jax.default_backend() == "cpu" else jax.local_device_count()
+
+
 def check_output_pixels(path, scale: int, limit: int, outscale: float | None = None) -> None:
   """Refuses an image whose output would exceed `limit` pixels, from its header alone: the
   model's output, or the --outscale resize of it where that is larger."""

@@ -28,3 +28,11 @@ def test_eight_devices_give_the_one_device_image():
 def test_a_batch_below_one_is_one_line():
   with pytest.raises(UserError, match="--batch 0 must be at least 1"):
     Upscaler(random_trained(), UpscaleOptions(batch=0))
+
+
+def test_the_default_batch_on_fake_cpu_devices_is_one():
+  """The 8 fake CPU devices share this machine's cores: batching over them gains nothing."""
+  import jax
+
+  from linearsr_jax.inference.upscale import default_batch
+  assert jax.local_device_count() == 8 and default_batch() == 1
