@@ -76,3 +76,14 @@ def imresize_bicubic_rows(image, height, width, start, stop) -> np.ndarray:
   col_matrix = sparse.csr_matrix((weights_x.astype(np.float32), (out_x, in_x)), shape=(width, w))
   out = col_matrix @ band.reshape(w, -1)  # [out_w, band·c]
   return out.reshape(width, stop - start, c).transpose(1, 0, 2)
+
+
+def imresize_bicubic_in_bands(image, height, width, rows: int = 256) -> np.ndarray:
+  """imresize_bicubic(image, height, width) as float32, made `rows` output rows at a time
+  (imresize_bicubic_rows): no dense weight matrix or float64 copy of the image's size."""
+  image = np.asarray(image, np.float32)
+  out = np.empty((height, width, image.shape[2]), np.float32)
+  for start in range(0, height, rows):
+    stop = min(start + rows, height)
+    out[start:stop] = imresize_bicubic_rows(image, height, width, start, stop)
+  return out

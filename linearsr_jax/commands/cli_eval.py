@@ -33,6 +33,10 @@ def add_arguments(parser):
   model.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
   model.add_argument("--seed", type=int, default=0)
   model.add_argument(
+      "--dtype", choices=["float32", "bfloat16"],
+      help="compute dtype of the model's matmuls (default: the run's model.dtype); norms "
+      "and the attention's normaliser stay float32")
+  model.add_argument(
       "--tags", help="comma-separated tags for every image (default: IMAGE.txt "
       "beside each LR image, else none); for a hash-encoder model")
   model.add_argument(
@@ -43,6 +47,10 @@ def add_arguments(parser):
   model.add_argument("--tile", type=int, default=128, help="LR tile size in pixels")
   model.add_argument("--overlap", type=int, default=32, help="LR tile overlap in pixels")
   model.add_argument("--color_fix", choices=["wavelet", "adain", "none"], default="none")
+  model.add_argument(
+      "--batch", type=int, metavar="N",
+      help="tiles per sampler call, split over the local devices (default: one per GPU / "
+      "TPU device, 1 on a CPU)")
   parser.add_argument("--scale", type=int, default=4, metavar="N",
                       help="up-sampling factor for --lr_dir (default 4)")
   parser.add_argument("--out", required=True, type=storage.path, metavar="DIR",
@@ -84,19 +92,21 @@ def _conditions(args, upscaler):
 def _model_upscaler(args):
   """((lr, lr path) -> sr function, description) of a trained checkpoint."""
   from linearsr_jax.inference.trained import load_trained
-  from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
+  from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler, default_batch
 
-  trained = load_trained(args.checkpoint, args.stage, args.step, ema=not args.raw)
+  trained = load_trained(args.checkpoint, args.stage, args.step,
+                         ema=not args.raw).computing_in(args.dtype)
   upscaler = Upscaler(
       trained,
-      UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix))
+      UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix,
+                     args.batch or default_batch()))
   if upscaler.scale != args.scale:
     raise UserError(f"the checkpoint upscales x{upscaler.scale}, but --scale is {args.scale}")
   conditions = _conditions(args, upscaler)
   described = (f"{trained.stage} step {trained.step} ({'raw' if args.raw else 'EMA'}, "
                f"{trained.num_experts} expert(s)), steps "
                f"{args.steps or trained.diffusion.sampler.steps}, guidance {args.guidance}, "
-               f"seed {args.seed}, color fix {args.color_fix}")
+               f"seed {args.seed}, color fix {args.color_fix}, {trained.model.dit.dtype}")
   return (lambda lr, lr_path: upscaler(lr, conditions(lr_path))), described
 
 

@@ -1,10 +1,15 @@
 """`linearsr upscale INPUT... --checkpoint RUN --out DIR`: super-resolve files and folders.
 
-Outputs go to DIR/<relative path>_x<scale>.<format>, written atomically; an output that would
+Each output keeps its input's kind (data/picture.py): alpha, grey, 16 bits where the format
+holds them, ICC profile; EXIF orientation is applied. --outscale F resizes the model's output
+to F times the input (inference/picture_upscale.py).
+Outputs go to DIR/<relative path>_x<scale or F>.<format>, written atomically; an output that would
 replace an input is refused, an existing output is skipped unless --overwrite, and two inputs
 that would make the same output (a.png, a.jpg) are refused before any work. Bad files, and
 images whose output would exceed --max_output_pixels (read from their header, before decoding),
-are reported and the rest processed; the exit code is 1 if anything failed.
+are reported and the rest processed; the exit code is 1 if anything failed. Tiles go through
+the sampler --batch at a time over this host's devices; on a multi-host job (every host runs
+the same command) host i of n takes inputs i, i + n, i + 2n, ...
 """
 
 import sys
@@ -35,8 +40,23 @@ def add_arguments(parser):
   parser.add_argument("--steps", type=int, help="sampler steps (default: the config's)")
   parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--format", choices=["png", "jpg"], default="png")
-  parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
+  parser.add_argument(
+      "--dtype", choices=["float32", "bfloat16"],
+      help="compute dtype of the model's matmuls (default: the run's model.dtype); norms "
+      "and the attention's normaliser stay float32")
+  parser.add_argument(
+      "--outscale", type=float, metavar="F",
+      help="output size F times the input's (default: the model's scale): the model's "
+      "output resized bicubically")
+  parser.add_argument(
+      "--format", choices=["png", "jpg", "webp", "tiff", "input"], default="png",
+      help="output format; 'input' keeps each input's (default: png). 16 bits stay 16 "
+      "in png and tiff; jpg has no alpha (composited on white)")
+  parser.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality")
+  parser.add_argument(
+      "--batch", type=int, metavar="N",
+      help="tiles per sampler call, split over this host's devices (default: one per "
+      "GPU / TPU device, 1 on a CPU)")
   parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
   parser.add_argument(
       "--max_output_pixels", type=int, metavar="N",
@@ -90,39 +110,53 @@ def _upscale_one(upscaler, path, condition, target, args):
   next image does not start with this one's in memory."""
   from tqdm import tqdm
 
-  from linearsr_jax.data.image_io import read_image, to_uint8, write_image
+  from linearsr_jax.data.picture import read_picture, write_picture
+  from linearsr_jax.inference.picture_upscale import upscale_picture
 
-  lr = read_image(path)
-  with tqdm(total=upscaler.tile_count(*lr.shape[:2]), desc=path.name, unit="tile", leave=False,
+  picture = read_picture(path)
+  height, width = picture.colour.shape[:2]
+  with tqdm(total=upscaler.tile_count(height, width), desc=path.name, unit="tile", leave=False,
             file=sys.stderr, disable=args.no_progress) as bar:
-    sr = upscaler(lr, condition, on_tile=lambda: bar.update(1))
-  del lr
-  sr = to_uint8(sr)  # the float32 image is freed before the encoder makes its copies
-  write_image(target, sr, quality=args.quality)
+    picture = upscale_picture(upscaler, picture, condition, args.outscale,
+                              on_tile=lambda: bar.update(1))
+  write_picture(target, picture, quality=args.quality)
+
+
+def _target(out_dir, path, stem, scale, args):
+  """DIR/<stem>_x<scale or --outscale>.<--format, or the input's suffix>."""
+  label = scale if args.outscale is None else f"{args.outscale:g}"
+  suffix = path.suffix.lower() if args.format == "input" else f".{args.format}"
+  return out_dir / f"{stem}_x{label}{suffix}"
 
 
 def run(args) -> int:
+  import jax
   from tqdm import tqdm
 
   from linearsr_jax.inference.trained import load_trained
   from linearsr_jax.inference.upscale import (UpscaleOptions, Upscaler, check_output_pixels,
-                                              default_max_output_pixels)
+                                              default_batch, default_max_output_pixels)
 
   jobs = collect_inputs(args.inputs)
   if not jobs:
     raise UserError("no input images")
+  inputs = {p.resolve() for p, _ in jobs}
+  jobs = jobs[jax.process_index()::jax.process_count()]  # this host's share
+  if args.outscale is not None and not 0 < args.outscale < float("inf"):
+    raise UserError(f"--outscale {args.outscale:g} must be a number > 0")
   max_pixels = args.max_output_pixels or default_max_output_pixels()
   out_dir = storage.output_dir(args.out, "--out")
-  trained = load_trained(args.checkpoint, args.stage, args.step, ema=not args.raw)
+  trained = load_trained(args.checkpoint, args.stage, args.step,
+                         ema=not args.raw).computing_in(args.dtype)
   upscaler = Upscaler(
       trained,
-      UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix))
-  inputs = {p.resolve() for p, _ in jobs}
+      UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix,
+                     args.batch or default_batch()))
   conditions = _conditions(args, upscaler)
   failures, done, skipped = [], 0, 0
   for path, stem in tqdm(jobs, desc="images", unit="img", file=sys.stderr,
                          disable=args.no_progress):
-    target = out_dir / f"{stem}_x{upscaler.scale}.{args.format}"
+    target = _target(out_dir, path, stem, upscaler.scale, args)
     if target.resolve() in inputs:
       failures.append((path, "output would overwrite an input"))
       continue
@@ -131,7 +165,7 @@ def run(args) -> int:
       tqdm.write(f"skip {target} (exists; --overwrite replaces it)", file=sys.stderr)
       continue
     try:
-      check_output_pixels(path, upscaler.scale, max_pixels)
+      check_output_pixels(path, upscaler.scale, max_pixels, args.outscale)
       _upscale_one(upscaler, path, conditions(path), target, args)
       done += 1
     except UserError as e:

@@ -4,10 +4,15 @@
 alpha images, and applies the EXIF orientation. Transparent pixels are composited on WHITE
 (the usual look of a transparent image on a page), so the result always has 3 channels.
 Pillow reduces 16-bit colour PNG / TIFF to 8 bits, so those are decoded with OpenCV.
+`decode_pixels` gives the upright pixels as stored (depth, channels, alpha) with the file's ICC
+profile, and `encode_image` writes 8- or 16-bit grey, grey + alpha, RGB or RGBA with one
+(data/picture.py keeps a file's look through upscaling with them).
 """
 
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +23,12 @@ from linearsr_jax.atomic import write_atomically
 from linearsr_jax.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-_JPEG_SUFFIXES = (".jpg", ".jpeg")
+# suffix -> Pillow's format name, for writing
+_FORMATS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
+    ".tiff": "TIFF", ".bmp": "BMP"
+}
+_LOSSY = ("JPEG", "WEBP")
 _EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the array operation that shows the image upright (as PIL's
 # ImageOps.exif_transpose, written for arrays so it works on 16-bit data too).
@@ -81,6 +91,8 @@ def _decode_with_pillow(im: Image.Image) -> np.ndarray:
   has_alpha = "A" in im.mode or "a" in im.mode or "transparency" in im.info
   if im.mode == "1" or (im.mode == "L" and not has_alpha):
     return np.asarray(im.convert("L"))
+  if im.mode in ("L", "LA"):
+    return np.asarray(im.convert("LA"))
   return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
 
 
@@ -117,9 +129,16 @@ def read_image(path) -> np.ndarray:
 
 def decode_image(data: bytes, name="image") -> np.ndarray:
   """Like read_image, for the bytes of an encoded file; `name` labels error messages."""
+  return _to_rgb_float(decode_pixels(data, name)[0])
+
+
+def decode_pixels(data: bytes, name="image") -> tuple[np.ndarray, bytes | None]:
+  """(upright pixels as stored, ICC profile or None) of an encoded file. The pixels are uint8,
+  uint16 or float32 [0, 1]: HxW grey, or HxWxC with C = 2 (grey, alpha), 3 (RGB) or 4 (RGBA)."""
   try:
     with Image.open(io.BytesIO(data)) as im:
       orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+      icc_profile = im.info.get("icc_profile") or None
       if _sixteen_bit_colour(im, data):
         array = _decode_with_opencv(data, name)
       else:
@@ -131,7 +150,7 @@ def decode_image(data: bytes, name="image") -> np.ndarray:
     raise UserError(f"{name}: unreadable or truncated image ({e})") from None
   if orientation in _ORIENT:
     array = _ORIENT[orientation](array)
-  return _to_rgb_float(array)
+  return np.ascontiguousarray(array), icc_profile
 
 
 def image_size(path) -> tuple:
@@ -153,36 +172,82 @@ def image_size(path) -> tuple:
 def to_uint8(array, rows: int = 256) -> np.ndarray:
   """Float image in [0, 1] -> uint8 with rounding (uint8 input passes through), `rows` rows at
   a time: no float temporary the size of the image."""
-  array = np.asarray(array)
-  if array.dtype == np.uint8:
+  return to_integers(array, np.uint8, rows)
+
+
+def to_integers(array, dtype, rows: int = 256) -> np.ndarray:
+  """Float image in [0, 1] -> uint8 or uint16 with rounding, `rows` rows at a time; integer
+  input passes through, or is rounded from 16 to 8 bits."""
+  array, dtype = np.asarray(array), np.dtype(dtype)
+  if array.dtype == dtype:
     return array
-  out = np.empty(array.shape, np.uint8)
+  if array.dtype == np.uint16 and dtype == np.uint8:
+    return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+  top = np.iinfo(dtype).max
+  out = np.empty(array.shape, dtype)
   for start in range(0, len(array), rows):
-    out[start:start + rows] = np.round(np.clip(array[start:start + rows], 0.0, 1.0) * 255.0)
+    out[start:start + rows] = np.round(np.clip(array[start:start + rows], 0.0, 1.0) * top)
   return out
 
 
-def encode_image(array, suffix: str, quality=None) -> bytes:
-  """PNG or JPEG bytes of a float [0, 1] (or uint8) HxW or HxWx3 image."""
-  suffix = suffix.lower()
-  im = Image.fromarray(to_uint8(array))
+def encode_image(array, suffix: str, quality=None, icc_profile: bytes | None = None) -> bytes:
+  """PNG, JPEG, WebP, TIFF or BMP bytes of an image: float [0, 1] (written as 8 bits), uint8 or
+  uint16; HxW grey or HxWxC, C = 2 (grey, alpha), 3 or 4. 16 bits stay 16 bits in PNG and TIFF
+  (16-bit grey + alpha as RGBA, which the readers know) and are rounded to 8 in the others.
+  `quality`: JPEG / WebP (default 95); `icc_profile` is embedded. JPEG and BMP hold no alpha:
+  give them 1 or 3 channels."""
+  format_ = _FORMATS.get(suffix.lower())
+  if format_ is None:
+    raise UserError(f"cannot write '{suffix}' images: use {', '.join(_FORMATS)}")
+  array = np.asarray(array)
+  if array.dtype == np.uint16 and array.ndim == 3 and array.shape[-1] == 2:
+    array = array[..., [0, 0, 0, 1]]  # OpenCV and Pillow read no 16-bit grey + alpha: as RGBA
+  if array.dtype == np.uint16 and format_ == "PNG":
+    return _png16(array, icc_profile)
+  if array.dtype == np.uint16 and format_ == "TIFF":
+    return _tiff16(array, icc_profile)
+  options = {"quality": int(quality or 95)} if format_ in _LOSSY else {}
+  if icc_profile:
+    options["icc_profile"] = icc_profile
   buffer = io.BytesIO()
-  if suffix in _JPEG_SUFFIXES:
-    im.save(buffer, format="JPEG", quality=int(quality or 95))
-  elif suffix == ".png":
-    im.save(buffer, format="PNG")
-  else:
-    raise UserError(f"cannot write '{suffix}' images: use .png, .jpg or .jpeg")
+  Image.fromarray(to_uint8(array)).save(buffer, format=format_, **options)
   return buffer.getvalue()
 
 
-def write_image(path, array, quality=None) -> None:
-  """Writes a float [0, 1] (or uint8) image atomically; the format follows the suffix.
+def _png16(array, icc_profile) -> bytes:
+  """A 16-bit PNG (Pillow writes 16 bits for grey only) by OpenCV, with an iCCP chunk added."""
+  import cv2
 
-  `quality` is the JPEG quality (default 95); PNG ignores it.
-  """
+  if array.ndim == 3:
+    array = array[..., [2, 1, 0, 3][:array.shape[-1]]]  # OpenCV orders channels BGR(A)
+  ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array))
+  if not ok:
+    raise UserError(f"OpenCV could not encode a {array.shape} 16-bit PNG")
+  data = encoded.tobytes()
+  if not icc_profile:
+    return data
+  payload = b"ICC profile\0\0" + zlib.compress(icc_profile)  # name, compression method 0
+  chunk = struct.pack(">I", len(payload)) + b"iCCP" + payload + struct.pack(
+      ">I", zlib.crc32(b"iCCP" + payload))
+  header_end = 8 + 25  # the signature, then IHDR (length, type, 13 bytes, CRC)
+  return data[:header_end] + chunk + data[header_end:]
+
+
+def _tiff16(array, icc_profile) -> bytes:
+  import tifffile
+
+  buffer = io.BytesIO()
+  extra = [(34675, 7, None, icc_profile, True)] if icc_profile else []  # tag 34675: ICC
+  tifffile.imwrite(buffer, array, photometric="minisblack" if array.ndim == 2 else "rgb",
+                   extrasamples=[2] if array.ndim == 3 and array.shape[-1] == 4 else None,
+                   extratags=extra, compression="zlib")
+  return buffer.getvalue()
+
+
+def write_image(path, array, quality=None, icc_profile: bytes | None = None) -> None:
+  """Writes an image atomically (encode_image); the format follows the suffix."""
   path = storage.path(path)
-  data = encode_image(array, path.suffix, quality)
+  data = encode_image(array, path.suffix, quality, icc_profile)
   write_atomically(path, data)
   if not storage.is_url(path):
     os.chmod(path, 0o644)

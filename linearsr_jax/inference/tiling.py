@@ -2,10 +2,11 @@
 
 `tiled_map(fn, x, tile, overlap, scale)` runs `fn` on overlapping tiles of `x` (NHWC) and
 blends the outputs with weights that fall towards each tile's edge, normalised by their sum.
-Tiles run one after another in a Python loop and only the output is accumulated (NumPy, in
-place; the tile weights are an outer product over a grid of tiles, so their sum is the outer
-product of two 1-D sums, not another image), so device memory is bounded by the tile size and
-host memory by one output; every tile has the same shape, so a jitted `fn` compiles once. `fn`
+Tiles run `batch` at a time (stacked on the batch axis; the last batch padded with repeats of
+its last tile) in a Python loop and only the output is accumulated (NumPy, in place; the tile
+weights are an outer product over a grid of tiles, so their sum is the outer product of two 1-D
+sums, not another image), so device memory is bounded by the batch of tiles and host memory by
+one output; every call has the same shape, so a jitted `fn` compiles once. `fn`
 may change the resolution by `scale` (1/f to encode, f to decode, 1 for a denoising step in
 latent space).
 
@@ -58,13 +59,15 @@ def window_1d(length: int, ramp: int, kind: str) -> np.ndarray:
   raise UserError(f"unknown tile window {kind!r} ({', '.join(WINDOWS)})")
 
 
-def tiled_map(fn, x, tile, overlap, scale=1, window: str = "gaussian",
-              align: int = 1) -> np.ndarray:
-  """Applies `fn` tile by tile: x [B, H, W, C] -> [B, H·scale, W·scale, C'] (float32 NumPy).
+def tiled_map(fn, x, tile, overlap, scale=1, window: str = "gaussian", align: int = 1,
+              batch: int = 1, done=lambda tiles: None) -> np.ndarray:
+  """Applies `fn` to `batch` tiles at a time: x [B, H, W, C] -> [B, H·scale, W·scale, C']
+  (float32 NumPy); `fn` maps [batch·B, h, w, C] (tile-major) to [batch·B, h·scale, w·scale, C'].
 
   `tile`, `overlap` (int or (h, w)) are in units of `x`. Tile starts, tile sizes and H, W
   must map to whole output samples: multiples of scale's denominator (the latent factor when
   encoding), and of `align` when `fn` needs more (an SR tile must fill whole latent cells).
+  `done(n)` is called after each call of `fn` with the number of real tiles it ran.
   """
   scale = Fraction(scale).limit_denominator(1 << 16)
   align = math.lcm(scale.denominator, align)
@@ -82,17 +85,22 @@ def tiled_map(fn, x, tile, overlap, scale=1, window: str = "gaussian",
   window_w = window_1d(otw, int(over_w * scale), window)
   weights = np.outer(window_h, window_w).astype(np.float32)
   starts_h, starts_w = tile_starts(h, th, over_h, align), tile_starts(w, tw, over_w, align)
+  starts = [(y, x0) for y in starts_h for x0 in starts_w]
   out = None
-  for y in starts_h:
-    for x0 in starts_w:
-      result = np.asarray(fn(x[:, y:y + th, x0:x0 + tw]), dtype=np.float32)
-      if result.shape[:3] != (b, oth, otw):
-        raise ValueError(f"fn mapped a {th}×{tw} tile to {result.shape}, expected "
-                         f"({b}, {oth}, {otw}, C) for scale {scale}")
-      if out is None:
-        out = np.zeros((b, int(h * scale), int(w * scale), result.shape[3]), np.float32)
+  for first in range(0, len(starts), batch):
+    group = starts[first:first + batch]
+    tiles = [x[:, y:y + th, x0:x0 + tw] for y, x0 in group]
+    tiles += tiles[-1:] * (batch - len(group))
+    result = np.asarray(fn(np.concatenate(tiles)), dtype=np.float32)
+    if result.shape[:3] != (batch * b, oth, otw):
+      raise ValueError(f"fn mapped {batch * b} {th}×{tw} tiles to {result.shape}, expected "
+                       f"({batch * b}, {oth}, {otw}, C) for scale {scale}")
+    if out is None:
+      out = np.zeros((b, int(h * scale), int(w * scale), result.shape[3]), np.float32)
+    for i, (y, x0) in enumerate(group):
       oy, ox = int(y * scale), int(x0 * scale)
-      out[:, oy:oy + oth, ox:ox + otw] += result * weights[:, :, None]
+      out[:, oy:oy + oth, ox:ox + otw] += result[i * b:(i + 1) * b] * weights[:, :, None]
+    done(len(group))
   out /= _weight_sum(window_h, starts_h, scale, out.shape[1])[:, None, None]
   out /= _weight_sum(window_w, starts_w, scale, out.shape[2])[:, None]
   return out

@@ -20,6 +20,7 @@ import ml_collections
 from linearsr_jax import config_check, run_config, storage
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
+from linearsr_jax.models.dit import DTYPES
 from linearsr_jax.models.sr_model import SRModel
 from linearsr_jax.run import checkpoint_read
 from linearsr_jax.run.run_dir import RunDir, StageDir, step_location
@@ -38,6 +39,17 @@ class Trained:
   @property
   def num_experts(self) -> int:
     return jax.tree.leaves(self.params)[0].shape[0]
+
+  def computing_in(self, dtype: str | None) -> "Trained":
+    """This model computing in `dtype` (models/dit.py DTYPES; None: the run's model.dtype). The
+    params stay float32, and so do the norms, the linear attention's normaliser and the softmax
+    (models/layers.py, attention.py): only the matmuls and convolutions change."""
+    if dtype is None or dtype == self.model.dit.dtype:
+      return self
+    if dtype not in DTYPES:
+      raise UserError(f"--dtype {dtype}: choose from {', '.join(DTYPES)}")
+    model = self.model.clone(dit=dataclasses.replace(self.model.dit, dtype=dtype))
+    return dataclasses.replace(self, model=model)
 
 
 def _resolve(path, stage, step):

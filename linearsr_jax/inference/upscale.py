@@ -5,8 +5,14 @@ The LR image is cut into overlapping tiles; each tile is super-resolved by the f
 weights (inference/tiling.py). Every tile has the same shape, so the sampler compiles once, and
 device memory is bounded by the tile size, not the image size; host memory holds one
 full-resolution float32 image, the tiles' sum, which becomes the result in place. All tiles
-share one noise seed, so the result is deterministic. A colour fix against the upsampled LR
-image is applied last, band by band.
+share one noise seed (each tile's noise is the one it gets alone: the sampler is vmapped over
+the tiles), so the result is deterministic and the same whatever the batch and the devices. A
+colour fix against the upsampled LR image is applied last, band by band.
+
+`batch` tiles go through the sampler per call, split over a mesh of gcd(batch, local devices)
+of this process's devices along the batch axis, the params replicated on each: a multiple of
+the device count keeps every device busy. Each process of a multi-host job runs its own images
+on its own devices (no collectives between hosts).
 """
 
 import dataclasses
@@ -14,13 +20,14 @@ import math
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from linearsr_jax import sharding
 from linearsr_jax.data.image_io import image_size
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference import tiling
 from linearsr_jax.inference.color_fix import color_fix_in_place
+from linearsr_jax.inference.picture_upscale import output_size
 from linearsr_jax.inference.super_resolve import make_super_resolve
 from linearsr_jax.data.conditions import make_condition, null_condition
 
@@ -33,6 +40,7 @@ class UpscaleOptions:
   guidance_scale: float = 1.0
   seed: int = 0
   color_fix: str = "wavelet"
+  batch: int = 1  # tiles per sampler call, split over the local devices
 
 
 # Host bytes per output pixel while an image is upscaled and saved: its float32 RGB result (12),
@@ -53,12 +61,21 @@ def default_max_output_pixels() -> int:
   return memory // 2 // BYTES_PER_OUTPUT_PIXEL
 
 
-def check_output_pixels(path, scale: int, limit: int) -> None:
-  """Refuses an image whose output would exceed `limit` pixels, from its header alone."""
+def default_batch() -> int:
+  """Tiles per call that keep every local device busy: one per device. CPU devices beyond the
+  first are XLA's fake host devices (tests, benches), which share the same cores: one there."""
+  return 1 if jax.default_backend() == "cpu" else jax.local_device_count()
+
+
+def check_output_pixels(path, scale: int, limit: int, outscale: float | None = None) -> None:
+  """Refuses an image whose output would exceed `limit` pixels, from its header alone: the
+  model's output, or the --outscale resize of it where that is larger."""
   height, width = image_size(path)
-  pixels = height * width * scale * scale
+  pixels = max(height * width * scale * scale, math.prod(output_size(height, width, scale,
+                                                                     outscale)))
   if pixels > limit:
-    raise UserError(f"{width}x{height} at x{scale} makes {pixels} output pixels, over "
+    at = f"x{scale}" if outscale is None else f"--outscale {outscale:g}"
+    raise UserError(f"{width}x{height} at {at} makes {pixels} output pixels, over "
                     f"--max_output_pixels {limit}")
 
 
@@ -86,14 +103,24 @@ class Upscaler:
                         f"(latent factor {trained.latent_space.factor} / scale {self.scale})")
     if not 0 <= options.overlap < options.tile:
       raise UserError(f"--overlap {options.overlap} must be smaller than --tile {options.tile}")
+    if options.batch < 1:
+      raise UserError(f"--batch {options.batch} must be at least 1")
     overrides = {"guidance_scale": options.guidance_scale}
     if options.steps:
       overrides["steps"] = options.steps
-    self._sr = jax.jit(
-        make_super_resolve(trained.model, trained.latent_space, trained.diffusion, scale=self.scale,
-                           **overrides))
-    self.key = jax.random.PRNGKey(options.seed)
-    self.latent_params = jax.device_put(trained.latent_space.params)
+    sr = make_super_resolve(trained.model, trained.latent_space, trained.diffusion,
+                            scale=self.scale, **overrides)
+
+    def sr_tiles(params, latent_params, tiles, cond, mask, key):
+      return jax.vmap(lambda t: sr(params, latent_params, t[None], cond, mask, key)[0])(tiles)
+
+    local = jax.local_devices()
+    self.mesh = sharding.make_mesh({"data": -1}, local[:math.gcd(options.batch, len(local))])
+    tiles, every = sharding.batch_sharding(self.mesh), sharding.replicated(self.mesh)
+    self._sr = jax.jit(sr_tiles, in_shardings=(every, every, tiles, every, every, every),
+                       out_shardings=tiles)
+    self.params, self.latent_params, self.key = jax.device_put(
+        (trained.params, trained.latent_space.params, jax.random.PRNGKey(options.seed)), every)
     tags, features = trained.config.tags, trained.config.model.caption_channels
     self.encoder = tags.encoder
     # condition source (tag list, ArrayRef or None) -> (cond, cond_mask), as the model takes it
@@ -128,18 +155,20 @@ class Upscaler:
   def __call__(self, lr, condition=None, on_tile=lambda: None):
     """`condition`: this image's (cond, cond_mask) arrays; None: the null condition."""
     h, w = lr.shape[:2]
-    cond, mask = (jnp.asarray(a[None]) for a in (self.null if condition is None else condition))
+    cond, mask = (np.asarray(a)[None] for a in (self.null if condition is None else condition))
     x = tiling.pad_to_multiple(np.asarray(lr, np.float32)[None] * 2 - 1, self.align)
     tile, overlap = self._tile(*x.shape[1:3])
 
-    def sr_tile(lr_tile):
-      out = self._sr(self.trained.params, self.latent_params, jnp.asarray(lr_tile), cond, mask,
-                     self.key)
-      on_tile()
-      return np.asarray(out)
+    def sr_tiles(lr_tiles):
+      return np.asarray(self._sr(self.params, self.latent_params, lr_tiles, cond, mask, self.key))
+
+    def done(tiles):
+      for _ in range(tiles):
+        on_tile()
 
     # The blended tiles are the one full-resolution array: everything after is done in it.
-    sr = tiling.tiled_map(sr_tile, x, tile, overlap, self.scale, align=self.align)[0]
+    sr = tiling.tiled_map(sr_tiles, x, tile, overlap, self.scale, align=self.align,
+                          batch=self.options.batch, done=done)[0]
     sr = sr[:h * self.scale, :w * self.scale]
     sr += 1
     sr /= 2

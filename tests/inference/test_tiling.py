@@ -133,6 +133,23 @@ def test_tiled_map_of_pointwise_maps_is_exact(window):
   np.testing.assert_allclose(up, np.repeat(np.repeat(x, 3, 1), 3, 2), rtol=1e-6, atol=1e-6)
 
 
+def test_tiles_in_batches_give_the_same_map():
+  """5 × 7 tiles of 2 images, 3 tiles per call: 12 calls of 3 × 2 tile images (the last padded
+  by a repeat of its last tile), blended as one tile per call blends them."""
+  x = np.random.default_rng(2).standard_normal((2, 37, 53, 3)).astype(np.float32)
+  calls, done = [], []
+
+  def fn(tiles):
+    calls.append(tiles.shape)
+    return np.tanh(tiles)
+
+  out = tiling.tiled_map(fn, x, 12, 4, batch=3, done=done.append)
+  assert len(tiling.tile_starts(37, 12, 4)) * len(tiling.tile_starts(53, 12, 4)) == 35
+  assert calls == [(6, 12, 12, 3)] * 12 and done == [3] * 11 + [2]
+  np.testing.assert_allclose(out, np.tanh(x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(out, tiling.tiled_map(np.tanh, x, 12, 4))
+
+
 def test_bad_tiles_are_user_errors():
   space = latent_space.PixelSpace(factor=4)
   x = np.zeros((1, 64, 64, 3), np.float32)
