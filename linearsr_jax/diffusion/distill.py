@@ -43,6 +43,13 @@ def one_step(apply_fn, stacked_params, x1, context, timestep_scale: float):
   return x1.astype(jnp.float32) - apply_fn(params, x1, t, *context).astype(jnp.float32)
 
 
+def teacher_forwards(sampler_cfg) -> int:
+  """Network passes per sample of the teacher's sampler: one per step (Heun: two), doubled by
+  the null-condition pass of guidance."""
+  per_step = 2 if sampler_cfg.solver == "heun" else 1
+  return sampler_cfg.steps * per_step * (1 if sampler_cfg.guidance_scale == 1.0 else 2)
+
+
 def teacher_endpoint(apply_fn, teacher_params, x1, context, cfg, null_context):
   """The teacher's sampled x0 from x1 with the `diffusion.sampler` settings (solver, steps,
   shift, guidance scale), its experts switched as in sampling; no gradient flows back."""

@@ -3,21 +3,31 @@ its frozen teacher's guided multi-step output better than the teacher's own 1-st
 (the teacher sampled by the project's sampler, outside the step); the stage in a run (CLI):
 its student, its 1-step validation, its kill and resume, its errors, and the tools on it."""
 
+import json
+import signal
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from bench import run_outcome
+
 from linearsr_jax import config_check
+from linearsr_jax.commands.cli import main
 from linearsr_jax.diffusion import distill, experts, flow, samplers
 from linearsr_jax.errors import UserError
+from linearsr_jax.inference.trained import load_trained
+from linearsr_jax.run import kill_points
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import sr_example_inputs
 from linearsr_jax.train.distill_step import make_distill_step
 from linearsr_jax.train.state import TrainState
 from model_helpers import perturbed
-from train_runs import small_config
+from repo_paths import REPO
+from train_runs import SMALL, cli_env, small_config, start, train_command, wait_ok
 
 TEACHER_EXPERTS = 2
 TRAIN_STEPS = 60
@@ -111,3 +121,83 @@ def test_a_distill_stage_needs_a_teacher_and_a_single_expert():
   config = small_config(stage_order="pretrain,distill", **{"stages.distill.num_experts": 2})
   with pytest.raises(UserError, match="num_experts=2 must be 1"):
     config_check.validate(config)
+
+
+# ------------------------------------------------------------------------ the stage in a run
+
+# A teacher of 3 steps, guided and sampled in 2 steps; a student of 6.
+DISTILL_RUN = dict(SMALL, stage_order="pretrain,distill", stages=dict(pretrain=dict(max_steps=3),
+                                                                      distill=dict(max_steps=6)),
+                   diffusion=dict(sampler=dict(steps=2, guidance_scale=2.0)))
+# pretrain saves steps 0 and 3; the 4th save is distill's step 3, killed in flight.
+KILL = "checkpoint_write@4"
+
+
+@pytest.fixture(scope="module")
+def distill_runs(tmp_path_factory):
+  """(uninterrupted workdir, workdir killed during the distill stage and resumed)."""
+  root, env = tmp_path_factory.mktemp("distill"), cli_env()
+  straight, killed = root / "straight", root / "killed"
+  wait_ok(start(train_command(straight, tree=DISTILL_RUN), root / "straight.log", env),
+          root / "straight.log")
+  victim = start(train_command(killed, tree=DISTILL_RUN), root / "killed.log",
+                 dict(env, **{kill_points.ENV: KILL}))
+  assert victim.wait(240) == -signal.SIGKILL, (root / "killed.log").read_text()[-2000:]
+  assert not (killed / "distill" / "result.json").exists()
+  wait_ok(start(train_command(killed, tree=DISTILL_RUN), root / "resumed.log", env),
+          root / "resumed.log")
+  return straight, killed
+
+
+@pytest.mark.slow
+def test_the_student_starts_from_the_teachers_knee_and_validates_in_one_step(distill_runs):
+  straight, _ = distill_runs
+  origin = json.loads((straight / "distill" / "stage.json").read_text())
+  assert origin["num_experts"] == 1 and origin["init_from"]["stage"] == "pretrain"
+  assert origin["init_from"]["knee_step"] == json.loads(
+      (straight / "pretrain" / "result.json").read_text())["knee_step"]
+  rows = [json.loads(l) for l in (straight / "distill" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "val/psnr_y" in r] == [0, 3, 6]
+  assert all(np.isfinite(r["train/loss_teacher"]) for r in rows if "train/loss" in r)
+  # The step-0 evaluation is the student as it starts: the teacher's σ = 1 expert sampled in one
+  # step without guidance, which `eval` of the teacher's stage reproduces with those settings.
+  teacher = load_trained(straight, stage="pretrain")
+  student = load_trained(straight, stage="distill", step=0)
+  assert dict(student.diffusion.sampler) == dict(teacher.diffusion.sampler,
+                                                 **distill.STUDENT_SAMPLER)
+  assert teacher.diffusion.sampler.steps == 2 and teacher.diffusion.sampler.guidance_scale == 2.0
+  jax.tree.map(np.testing.assert_array_equal, student.params, teacher.params)
+
+
+@pytest.mark.slow
+def test_a_killed_distill_stage_resumes_bit_for_bit(distill_runs):
+  straight, killed = distill_runs
+  a, b = run_outcome.outcome(straight), run_outcome.outcome(killed)
+  assert set(a["stages"]) == {"pretrain", "distill"} and len(a["run"]["stages"]) == 2
+  assert run_outcome.differences(a, b) == []
+  assert ((straight / "distill" / "metrics.jsonl").read_text() == (killed / "distill" /
+                                                                   "metrics.jsonl").read_text())
+
+
+@pytest.mark.slow
+def test_a_teacher_of_another_model_is_one_line_at_start(distill_runs, tmp_path):
+  straight, _ = distill_runs
+  teacher = straight / "pretrain" / "checkpoints" / "3"
+  command = train_command(tmp_path / "w", "--config.stage_order=distill",
+                          f"--config.distill.teacher={teacher}", "--config.model.hidden=32",
+                          tree=SMALL)
+  result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                          timeout=240)
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("linearsr: error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert "a teacher of another model" in errors[0] and "(64, 64) there but (32, 32)" in errors[0]
+
+
+@pytest.mark.slow
+def test_export_of_a_distilled_run_is_the_single_expert_student(distill_runs, tmp_path):
+  straight, _ = distill_runs
+  assert main(["export", str(straight), "--layout", "diffusers", "--out", str(tmp_path / "e")]) == 0
+  info = json.loads((tmp_path / "e" / "linearsr_export.json").read_text())
+  assert not (tmp_path / "e" / "expert_0").exists()
+  assert "(distill step " in info["source"] and info["interval"] == [0.0, 1.0], info
