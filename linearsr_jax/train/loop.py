@@ -81,6 +81,11 @@ class Run:
     if config.train.init_from and load_weights:
       self.pretrained = init_from.pretrained_leaves(config.train.init_from, self.model.dit,
                                                     expert_param_shapes(self.model))
+    # The teacher of a first stage that distills (config.distill.teacher), on the mesh; a later
+    # distill stage's is the stage before it.
+    self.teacher = None
+    if load_weights and self.is_distill(self.stage_names()[0]):
+      self.teacher = teacher_from_path(self, config.distill.teacher)
     # Tag lists or precomputed arrays -> (cond, cond_mask), as the encoder takes them.
     self.tokenize = make_condition(config.tags, config.model.caption_channels)
     self.eval_batches = self._eval_batches() if load_weights else []
@@ -272,12 +277,11 @@ class _StageTraining(_Stage):
   def __init__(self, the_run: Run, name: str, index: int, previous):
     super().__init__(the_run, name)
     config = self.run.config
-    # A distill stage's frozen teacher, an argument of every step: the stage before it hands
-    # over its knee, a first stage reads config.distill.teacher.
+    # A distill stage's frozen teacher, an argument of every step: the knee the stage before it
+    # hands over, or the run's (config.distill.teacher) for a first stage.
     self.teacher = None
     if the_run.is_distill(name):
-      self.teacher = (previous.params if previous is not None else teacher_from_path(
-          the_run, config.distill.teacher))
+      self.teacher = previous.params if previous is not None else the_run.teacher
     self.state, self.shardings, start_params, origin = _start(self.run, index, previous, self.tx,
                                                               self.cfg.num_experts, self.shardings,
                                                               self.teacher)

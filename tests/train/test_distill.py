@@ -5,7 +5,6 @@ its student, its 1-step validation, its kill and resume, its errors, and the too
 
 import json
 import signal
-import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +22,10 @@ from linearsr_jax.inference.trained import load_trained
 from linearsr_jax.run import kill_points
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import sr_example_inputs
+from linearsr_jax.train import loop
 from linearsr_jax.train.distill_step import make_distill_step
 from linearsr_jax.train.state import TrainState
 from model_helpers import perturbed
-from repo_paths import REPO
 from train_runs import SMALL, cli_env, small_config, start, train_command, wait_ok
 
 TEACHER_EXPERTS = 2
@@ -180,18 +179,16 @@ def test_a_killed_distill_stage_resumes_bit_for_bit(distill_runs):
 
 
 @pytest.mark.slow
-def test_a_teacher_of_another_model_is_one_line_at_start(distill_runs, tmp_path):
+def test_a_teacher_of_another_model_stops_the_run_before_it_writes(distill_runs, tmp_path):
   straight, _ = distill_runs
   teacher = straight / "pretrain" / "checkpoints" / "3"
-  command = train_command(tmp_path / "w", "--config.stage_order=distill",
-                          f"--config.distill.teacher={teacher}", "--config.model.hidden=32",
-                          tree=SMALL)
-  result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True,
-                          timeout=240)
-  assert result.returncode == 2, result.stderr[-3000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith("linearsr: error:")]
-  assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-  assert "a teacher of another model" in errors[0] and "(64, 64) there but (32, 32)" in errors[0]
+  config = small_config(stage_order="distill",
+                        **{"distill.teacher": str(teacher), "model.hidden": 32})
+  with pytest.raises(
+      UserError, match=r"tensor .* has shape \(64, 64\) there but \(32, 32\) "
+      "in this model: a teacher of another model"):
+    loop.Run(config, tmp_path / "w", devices=jax.devices()[:1])  # what `run` does first
+  assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.slow
