@@ -21,11 +21,13 @@ def model_config(**fields) -> ml_collections.ConfigDict:
   return cfg
 
 
-def stage_config(num_experts: int, max_steps: int, esgf: bool = True, **optimizer):
-  """One training stage: its experts, step budget, whether ESGF may end it, and optimizer
-  overrides on top of config.optimizer."""
+def stage_config(num_experts: int, max_steps: int, esgf: bool = True, kind: str = "flow",
+                 **optimizer):
+  """One training stage: its experts, step budget, whether ESGF may end it, its kind ('flow':
+  flow matching; 'distill': a one-step student of the stage before it, see config.distill) and
+  optimizer overrides on top of config.optimizer."""
   return ml_collections.ConfigDict(
-      dict(num_experts=num_experts, max_steps=max_steps, esgf=esgf,
+      dict(num_experts=num_experts, max_steps=max_steps, esgf=esgf, kind=kind,
            optimizer=ml_collections.ConfigDict(optimizer)))
 
 
@@ -66,12 +68,25 @@ def get_base_config() -> ml_collections.ConfigDict:
               dict(enabled=True, psnr_drop_db=3.0, loss_factor=10.0, lr_factor=0.5,
                    max_rollbacks=2)),
       ))
-  # pretrain -> 4 SNR experts branched from its knee -> fine-tuning from the experts' knee.
+  # A distill stage's teacher and loss (train/distill_step.py). The teacher samples with
+  # config.diffusion.sampler (solver, steps, shift, guidance scale).
+  config.distill = ml_collections.ConfigDict(
+      dict(
+          # A step directory (a checkpoint or knee snapshot) of a run of this same model: the
+          # teacher of a distill stage that comes first in stage_order. Otherwise the teacher is
+          # the knee of the stage before it.
+          teacher="",
+          gt_weight=0.0,  # + w·‖student − HR latent‖²
+          perceptual_weight=0.0,  # + w·LPIPS(decoded student, HR)
+      ))
+  # pretrain -> 4 SNR experts branched from its knee -> fine-tuning from the experts' knee;
+  # `distill` (not in the default order) makes a one-step student of the stage before it.
   config.stage_order = "pretrain,moe,finetune"
   config.stages = ml_collections.ConfigDict(
       dict(
           pretrain=stage_config(1, 200_000),
           moe=stage_config(4, 100_000),
           finetune=stage_config(4, 50_000, learning_rate=2e-5),
+          distill=stage_config(1, 20_000, kind="distill", learning_rate=2e-5),
       ))
   return config

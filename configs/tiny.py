@@ -39,4 +39,5 @@ def get_config():
   config.stage_order = "pretrain,moe"
   config.stages.pretrain = stage_config(1, 1500)
   config.stages.moe = stage_config(4, 300, learning_rate=5e-4)
+  config.stages.distill = stage_config(1, 300, kind="distill", learning_rate=5e-4)
   return config

@@ -66,6 +66,7 @@ CHOICES = {
     "model.dtype": dit.DTYPES,
     "train.best_mode": esgf.DIRECTIONS,
     "train.best_metric": metric_keys.METRIC_KEYS,
+    "stages.*.kind": ("flow", "distill"),
 }
 # The names wrap as lists here; yapf would put each list on one line of 500 columns.
 # yapf: disable
@@ -81,7 +82,8 @@ RANGES = {
     **dict.fromkeys(["data.eval.crop_size", "data.num_workers", "model.lr_channels",
                      "model.lr_stem_convs", "diffusion.lr_source_noise",
                      "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.grad_clip",
-                     "train.guard.max_rollbacks"], NON_NEGATIVE),
+                     "train.guard.max_rollbacks", "distill.gt_weight",
+                     "distill.perceptual_weight"], NON_NEGATIVE),
     **dict.fromkeys(["model.mlp_ratio", "diffusion.timestep_scale", "diffusion.sampler.shift",
                      "optimizer.learning_rate", "optimizer.eps", "train.guard.psnr_drop_db",
                      "train.lock_heartbeat_seconds"],
@@ -128,6 +130,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 def stage_names(config) -> list:
   """The stages of config.stage_order, in order."""
   return [s.strip() for s in config.stage_order.split(",") if s.strip()]
+
+
+def stage_kind(config, name: str) -> str:
+  """'flow' or 'distill' (a one-step student of the stage before it); a config.json written
+  before stages had kinds holds flow stages only."""
+  return config.stages[name].get("kind", "flow")
 
 
 def mesh_sizes(config, num_devices: int | None = None) -> dict:
@@ -214,10 +222,27 @@ def _check_stages(config):
     if config.data.batch_size % experts_of_stage:  # each expert trains on an equal share
       raise _error("data.batch_size", config.data.batch_size, f"must split evenly over the "
                    f"{experts_of_stage} experts of stage {name}")
+  _check_distill_stages(config, names)
   restart = config.train.get("restart_stage", "")
   if restart and restart not in names:
     raise _error("train.restart_stage", restart, f"must name a stage of stage_order "
                  f"({', '.join(names)})")
+
+
+def _check_distill_stages(config, names: list):
+  """A distill stage trains one student from a teacher: the stage before it, or for the first
+  stage a checkpoint of another run (config.distill.teacher)."""
+  for index, name in enumerate(names):
+    if stage_kind(config, name) != "distill":
+      continue
+    if config.stages[name].num_experts != 1:
+      raise _error(f"stages.{name}.num_experts", config.stages[name].num_experts,
+                   "must be 1: a distill stage trains a single-expert student")
+    if index == 0 and not config.distill.teacher:
+      raise _error(
+          "stage_order", config.stage_order, f"starts with distill stage {name!r}, "
+          "which has no teacher: put the stage to distill before it, or set "
+          "config.distill.teacher to a checkpoint of a trained run")
 
 
 def _check_esgf(esgf_cfg, fewest_experts: int):

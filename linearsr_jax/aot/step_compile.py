@@ -18,6 +18,7 @@ import numpy as np
 
 from linearsr_jax import sharding
 from linearsr_jax.aot import hlo_stats
+from linearsr_jax.diffusion import distill
 from linearsr_jax.inference.super_resolve import make_super_resolve
 from linearsr_jax.train.loop import Run
 
@@ -93,8 +94,12 @@ def compile_train_step(run: Run, stage: str, batch_size: int, counting: bool = F
   abstract, shardings = run.abstract_state(stage)
   batch = abstract_batch(run, batch_size, run.config.data.crop_size,
                          sharding.batch_sharding(run.mesh, run.rules))
+  # A distill step takes its teacher's params too; its FLOPs include the teacher's sampling.
+  teacher = (run.abstract_teacher(stage),) if run.is_distill(stage) else ()
+  step = run.jit_train_step(stage, shardings,
+                            *(jax.tree.map(lambda x: x.sharding, t) for t in teacher))
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-    return _timed_compile(run.jit_train_step(stage, shardings), abstract, batch, run.latent_params,
+    return _timed_compile(step, abstract, batch, run.latent_params, *teacher,
                           options=_counting_options(run) if counting else None)
 
 
@@ -168,7 +173,8 @@ def encoder_stats(run: Run, batch_size: int) -> dict:
 
 def model_flops(run: Run, stage: str, batch_size: int, encoder_flops=None) -> dict:
   """The work the step must do, per chip: 6·N·tokens for the DiT (N = its token-wise params,
-  one expert's, since each sample passes through one) and the DC-AE encoder's forward over
+  one expert's, since each sample passes through one; a distill step adds its teacher's sampler
+  forwards, 2·N·tokens each) and the DC-AE encoder's forward over
   the HR crops unless their latents are precomputed (its own compile's count, or
   `encoder_flops` when already counted)."""
   crop, factor = run.config.data.crop_size, run.latent_space.factor
@@ -180,12 +186,16 @@ def model_flops(run: Run, stage: str, batch_size: int, encoder_flops=None) -> di
                                                         for k in ("lr_stem", "caption_", "time_")))
   tokens = batch_size * (crop // factor)**2 // run.config.model.patch_size**2
   dit = 6.0 * token_wise * tokens / run.mesh.devices.size
+  # A distill step also samples its teacher: forwards alone, 2·N·tokens each.
+  teacher = (2.0 * token_wise * tokens * distill.teacher_forwards(run.config.diffusion.sampler) /
+             run.mesh.devices.size if run.is_distill(stage) else 0.0)
+  dit += teacher
   encoder = 0.0
   if run.latent_space.abstract_params() and run.config.data.hr_latents == "encode":
     encoder = (encoder_stats(run, batch_size)["flops"] if encoder_flops is None else encoder_flops)
   return {
       "dit_params_token_wise": token_wise, "tokens": tokens, "dit_flops": dit,
-      "encoder_flops": encoder, "total_flops": dit + encoder
+      "teacher_flops": teacher, "encoder_flops": encoder, "total_flops": dit + encoder
   }
 
 

@@ -5,11 +5,10 @@
     trained = load_trained("runs/demo/moe/checkpoints/350")  # one step directory
     trained = load_trained("runs/demo/pretrain/knee_snapshots/300")  # the knee's EMA params
 
-The run's resolved config.json rebuilds the model, latent space and sampler settings; the
-params are restored from Orbax without needing the training state's structure in advance
-(run/checkpoint_read.py); the
-EMA params of a step come from its knee snapshot when it has one (train/knee_snapshots.py), else
-from its checkpoint.
+The run's resolved config.json rebuilds the model, latent space and sampler settings (a distill
+stage's student: one step, no guidance); the params are restored from Orbax without needing the
+training state's structure in advance (run/checkpoint_read.py); the EMA params of a step come
+from its knee snapshot when it has one (train/knee_snapshots.py), else from its checkpoint.
 """
 
 import dataclasses
@@ -18,6 +17,7 @@ import jax
 import ml_collections
 
 from linearsr_jax import config_check, run_config, storage
+from linearsr_jax.diffusion import distill
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.dit import DTYPES
@@ -34,7 +34,9 @@ class Trained:
   model: SRModel
   params: dict  # experts stacked on the leading axis
   latent_space: object
-  diffusion: ml_collections.ConfigDict  # the run's; the experts' number is the params'
+  # The run's, the experts' number the params'; a distill stage's student samples as it was
+  # trained, one step without guidance (diffusion/distill.py), whatever the teacher's settings.
+  diffusion: ml_collections.ConfigDict
 
   @property
   def num_experts(self) -> int:
@@ -109,4 +111,7 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
     raise UserError(f"{run.path}: no config.json, so the model cannot be rebuilt")
   params = checkpoint_read.read_params(step_dir, "ema_params" if ema else "params")
   model, latent_space = build_model(config)
-  return Trained(config, stage, step, model, params, latent_space, config.diffusion)
+  diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
+  if config_check.stage_kind(config, stage) == "distill":
+    diffusion.sampler.update(distill.STUDENT_SAMPLER)
+  return Trained(config, stage, step, model, params, latent_space, diffusion)

@@ -22,10 +22,13 @@ from linearsr_jax import config_check, esgf, lead_decides, optimizer, run_config
 from linearsr_jax.data import eval_set, latent_crops, pipeline
 from linearsr_jax.data.conditions import make_condition
 from linearsr_jax.data.image_io import read_image
+from linearsr_jax.diffusion import distill
 from linearsr_jax.errors import UserError
 from linearsr_jax.models.build import build_model
 from linearsr_jax.run import kill_points, run_dir
 from linearsr_jax.train import init_from, run_fit, run_lock
+from linearsr_jax.train.distill_step import make_distill_step
+from linearsr_jax.train.distill_teacher import teacher_from_path
 from linearsr_jax.train.checkpoint import StageCheckpoints
 from linearsr_jax.train.divergence_guard import LOSS, PSNR, DivergenceGuard
 from linearsr_jax.train.knee_snapshots import KneeSnapshots, UnreadableSnapshot
@@ -78,6 +81,11 @@ class Run:
     if config.train.init_from and load_weights:
       self.pretrained = init_from.pretrained_leaves(config.train.init_from, self.model.dit,
                                                     expert_param_shapes(self.model))
+    # The teacher of a first stage that distills (config.distill.teacher), on the mesh; a later
+    # distill stage's is the stage before it.
+    self.teacher = None
+    if load_weights and self.is_distill(self.stage_names()[0]):
+      self.teacher = teacher_from_path(self, config.distill.teacher)
     # Tag lists or precomputed arrays -> (cond, cond_mask), as the encoder takes them.
     self.tokenize = make_condition(config.tags, config.model.caption_channels)
     self.eval_batches = self._eval_batches() if load_weights else []
@@ -114,17 +122,37 @@ class Run:
     return abstract_train_state(self.model, tx, self.config.stages[name].num_experts, self.mesh,
                                 self.rules)
 
-  def jit_train_step(self, name: str, shardings):
+  def jit_train_step(self, name: str, shardings, teacher_shardings=None):
     """Stage `name`'s train step, jitted with the shardings training uses: step(state, batch,
-    latent_params) -> (state, metrics), the state donated."""
+    latent_params) -> (state, metrics), the state donated; a distill stage's takes the
+    teacher's params last, placed as `teacher_shardings`."""
     tx, opt_cfg = self.optimizer(name)
-    step = make_train_step(self.model, self.latent_space, tx, self.config.diffusion,
-                           scale=self.config.data.scale, cond_dropout=self.config.tags.dropout_prob,
-                           ema_decay=opt_cfg.ema_decay)
-    return jax.jit(
-        step, in_shardings=(shardings, sharding.batch_sharding(self.mesh,
-                                                               self.rules), self.latent_shardings),
-        out_shardings=(shardings, sharding.replicated(self.mesh)), donate_argnums=0)
+    in_shardings = (shardings, sharding.batch_sharding(self.mesh,
+                                                       self.rules), self.latent_shardings)
+    if self.is_distill(name):
+      step = make_distill_step(self.model, self.latent_space, tx, self.config.diffusion,
+                               self.config.distill, scale=self.config.data.scale,
+                               ema_decay=opt_cfg.ema_decay)
+      in_shardings += (teacher_shardings,)
+    else:
+      step = make_train_step(self.model, self.latent_space, tx, self.config.diffusion,
+                             scale=self.config.data.scale,
+                             cond_dropout=self.config.tags.dropout_prob,
+                             ema_decay=opt_cfg.ema_decay)
+    return jax.jit(step, in_shardings=in_shardings,
+                   out_shardings=(shardings, sharding.replicated(self.mesh)), donate_argnums=0)
+
+  def is_distill(self, name: str) -> bool:
+    return config_check.stage_kind(self.config, name) == "distill"
+
+  def abstract_teacher(self, name: str):
+    """The abstract EMA params the distill stage `name` learns from (those of the stage before
+    it), for compiling its step without a run."""
+    names = self.stage_names()
+    if names.index(name) == 0:
+      raise UserError(f"stage {name} distills a teacher given by path (config.distill.teacher): "
+                      "compile it in a config with the teacher's stage before it")
+    return self.abstract_state(names[names.index(name) - 1])[0].ema_params
 
   def stage_names(self):
     return config_check.stage_names(self.config)
@@ -249,8 +277,14 @@ class _StageTraining(_Stage):
   def __init__(self, the_run: Run, name: str, index: int, previous):
     super().__init__(the_run, name)
     config = self.run.config
+    # A distill stage's frozen teacher, an argument of every step: the knee the stage before it
+    # hands over, or the run's (config.distill.teacher) for a first stage.
+    self.teacher = None
+    if the_run.is_distill(name):
+      self.teacher = previous.params if previous is not None else the_run.teacher
     self.state, self.shardings, start_params, origin = _start(self.run, index, previous, self.tx,
-                                                              self.cfg.num_experts, self.shardings)
+                                                              self.cfg.num_experts, self.shardings,
+                                                              self.teacher)
     if self.is_lead and not self.dir.stage_json.exists():
       run_dir.write_json(
           self.dir.stage_json,
@@ -274,9 +308,12 @@ class _StageTraining(_Stage):
     for row in self.mlog.evaluations():
       if esgf.judged(row["step"], self.first_stage):
         self.detector.update(row["step"], row)
+    # A student is scored as it samples: one step, no guidance.
+    sampler = (distill.STUDENT_SAMPLER
+               if self.teacher is not None else {"steps": config.train.eval_steps})
     self.validator = Validator(self.run.model, self.run.latent_space, self.run.latent_params,
                                config.diffusion, self.run.eval_batches, scale=config.data.scale,
-                               sampler_steps=config.train.eval_steps, seed=config.seed)
+                               sampler=sampler, seed=config.seed)
     self.bicubic = self.validator.bicubic()
     self.expert_losses = ExpertFlowLosses(self.run.model, self.run.latent_space,
                                           self.run.latent_params, config.diffusion,
@@ -344,7 +381,9 @@ class _StageTraining(_Stage):
     """Steps until ESGF fires (where the stage may end there) or the budget is spent; returns
     (the last step, the detector's decision)."""
     train_cfg, max_steps = self.run.config.train, self.cfg.max_steps
-    step_fn = self.run.jit_train_step(self.name, self.shardings)
+    teacher = () if self.teacher is None else (self.teacher,)
+    step_fn = self.run.jit_train_step(self.name, self.shardings,
+                                      jax.tree.map(lambda x: x.sharding, self.teacher))
     report = periodic_actions.ReportProgress(num_train_steps=max_steps, writer=self.writer)
     step, decision = int(self.state.step), self.detector.decision
     if self.resumed_from is None:
@@ -356,7 +395,7 @@ class _StageTraining(_Stage):
       while step < max_steps and not (self.cfg.esgf and decision.fired):
         self.run.lock.check()  # a run that lost its lock stops before it writes on
         batch = pipeline.make_global_batch(next(self.data_iter), self.run.mesh, self.run.rules)
-        self.state, metrics = step_fn(self.state, batch, self.run.latent_params)
+        self.state, metrics = step_fn(self.state, batch, self.run.latent_params, *teacher)
         step += 1
         report(step)
         if step % train_cfg.log_every == 0:
@@ -418,7 +457,7 @@ class _StageTraining(_Stage):
   def finish(self, step: int, decision) -> StageResult:
     """Restores the knee (ESGF's, or when the budget ended the stage, its candidate or best
     checkpoint), writes the knee plot and result.json, and hands the knee's EMA params on."""
-    del self.state, self.guard  # only the knee's EMA params go on to the next stage
+    del self.state, self.guard, self.teacher  # only the knee's EMA params go on
     if self.cfg.esgf and decision.fired:
       knee_step, reason, fired = decision.knee_step, decision.reason, True
     else:
@@ -446,20 +485,27 @@ class _StageTraining(_Stage):
     return StageResult(self.name, knee_step, reason, fired, knee_params)
 
 
-def _start(the_run: Run, index: int, previous, tx, num_experts, shardings):
-  """(state, shardings, start params for the guard or None, where the stage starts from)."""
+def _start(the_run: Run, index: int, previous, tx, num_experts, shardings, teacher=None):
+  """(state, shardings, start params for the guard or None, where the stage starts from). A
+  distill stage's student starts as its teacher's σ = 1 expert (diffusion/distill.py)."""
   config = the_run.config
   rng = jax.random.PRNGKey(config.seed + 1000 * index)
+  if teacher is not None:
+    start = jax.jit(lambda t: distill.student_start(t, config.diffusion.experts),
+                    out_shardings=shardings.params)(teacher)
+    state, shardings = create_train_state(the_run.model, tx, num_experts, rng, the_run.mesh,
+                                          the_run.rules, start)
+    expert = distill.source_expert(config.diffusion.experts, jax.tree.leaves(teacher)[0].shape[0])
+    origin = ({"stage": None, "teacher": config.distill.teacher}
+              if previous is None else _previous_origin(the_run, previous))
+    return state, shardings, start, dict(origin, student_from_expert=expert)
   if previous is not None:
     start = branch_params(previous.params, num_experts, shardings.params)
     state, shardings = create_train_state(the_run.model, tx, num_experts, rng, the_run.mesh,
                                           the_run.rules, start)
-    origin = {
-        "stage": previous.name, "knee_step": previous.knee_step,
-        "checkpoint": str(the_run.run_dir.stage(previous.name).ema_params_dir(previous.knee_step)),
-        "experts_initialised_identically": num_experts > 1
-                                           and jax.tree.leaves(previous.params)[0].shape[0] == 1
-    }
+    origin = dict(
+        _previous_origin(the_run, previous), experts_initialised_identically=num_experts > 1 and
+        jax.tree.leaves(previous.params)[0].shape[0] == 1)
     return state, shardings, start, origin
   state, shardings = create_train_state(the_run.model, tx, num_experts, rng, the_run.mesh,
                                         the_run.rules)
@@ -471,4 +517,12 @@ def _start(the_run: Run, index: int, previous, tx, num_experts, shardings):
   return state, shardings, None, {
       "stage": None, "init_from": config.train.init_from,
       "pretrained_tensors": len(the_run.pretrained)
+  }
+
+
+def _previous_origin(the_run: Run, previous) -> dict:
+  """stage.json's record of the knee a stage starts from."""
+  return {
+      "stage": previous.name, "knee_step": previous.knee_step,
+      "checkpoint": str(the_run.run_dir.stage(previous.name).ema_params_dir(previous.knee_step))
   }

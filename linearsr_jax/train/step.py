@@ -21,7 +21,7 @@ def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_
   """
   apply_fn = experts.model_apply(model)
 
-  def loss_fn(params, batch, key, latent_params):
+  def loss_fn(params, key, batch, latent_params):
     key_drop, key_flow = jax.random.split(key)
     x0 = (batch["hr_latent"] if "hr_latent" in batch else latent_space.encode_fn(
         latent_params, batch["hr"]))
@@ -32,12 +32,21 @@ def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_
     keep = ~jax.random.bernoulli(key_drop, cond_dropout, batch["cond_mask"].shape[:1])
     mask = batch["cond_mask"] & keep[:, None]
     context = (batch["lr"], batch["cond"], mask)
-    return experts.mixture_loss(apply_fn, params, x0, context, key_flow, diffusion_cfg, lr_latent)
+    loss, per_expert = experts.mixture_loss(apply_fn, params, x0, context, key_flow, diffusion_cfg,
+                                            lr_latent)
+    return loss, {f"train/loss_expert{i}": per_expert[i] for i in range(per_expert.shape[0])}
 
-  def train_step(state, batch, latent_params):
+  return guarded_update(loss_fn, tx, ema_decay)
+
+
+def guarded_update(loss_fn, tx, ema_decay: float):
+  """train_step(state, *args) -> (state, metrics) minimising loss_fn(params, key, *args) ->
+  (loss, {name: scalar}), the key folded from the state's RNG and step: gradient, the update
+  skipped where non-finite, EMA. Every stage kind's step is one of these."""
+
+  def train_step(state, *args):
     key = jax.random.fold_in(state.rng, state.step)
-    (loss, per_expert), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key,
-                                                                          latent_params)
+    (loss, scalars), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, *args)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -54,7 +63,7 @@ def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_
         "train/loss": loss, "train/grad_norm": grad_norm, "train/skipped": state.skipped,
         "train/finite": finite
     }
-    metrics.update({f"train/loss_expert{i}": per_expert[i] for i in range(per_expert.shape[0])})
+    metrics.update(scalars)
     return state, metrics
 
   return train_step

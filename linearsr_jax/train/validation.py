@@ -31,10 +31,11 @@ def on_host(x):
 
 class Validator:
   """Scores params on fixed eval batches ('lr', 'hr' in [-1, 1], 'cond', 'cond_mask');
-  every score is the mean over all eval images."""
+  every score is the mean over all eval images. `sampler` overrides diffusion_cfg.sampler
+  (train.eval_steps, or a student's one step)."""
 
   def __init__(self, model, latent_space, latent_params, diffusion_cfg, eval_batches, *, scale: int,
-               sampler_steps: int, seed: int = 0, names=METRIC_NAMES):
+               sampler: dict, seed: int = 0, names=METRIC_NAMES):
     keys = ("lr", "hr", "cond", "cond_mask")
     self.batches = [{k: jnp.asarray(b[k]) for k in keys} for b in eval_batches]
     if not self.batches:
@@ -43,7 +44,7 @@ class Validator:
     self.latent_params = latent_params
     self.scale = scale
     self._sr = jax.jit(
-        make_super_resolve(model, latent_space, diffusion_cfg, scale=scale, steps=sampler_steps))
+        make_super_resolve(model, latent_space, diffusion_cfg, scale=scale, **sampler))
     fns = {name: metrics.metric_fn(name) for name in names}
     self._score = jax.jit(lambda sr, hr: {n: f(to_unit(sr), to_unit(hr)) for n, f in fns.items()})
 

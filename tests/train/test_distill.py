@@ -1,0 +1,200 @@
+"""Issue 32: the distill stage. A student's one forward, trained on a fixed batch, reproduces
+its frozen teacher's guided multi-step output better than the teacher's own 1-step output does
+(the teacher sampled by the project's sampler, outside the step); the stage in a run (CLI):
+its student, its 1-step validation, its kill and resume, its errors, and the tools on it."""
+
+import json
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bench import run_outcome
+
+from linearsr_jax import config_check
+from linearsr_jax.commands.cli import main
+from linearsr_jax.diffusion import distill, experts, flow, samplers
+from linearsr_jax.errors import UserError
+from linearsr_jax.inference.trained import load_trained
+from linearsr_jax.run import kill_points
+from linearsr_jax.models.build import build_model
+from linearsr_jax.models.sr_model import sr_example_inputs
+from linearsr_jax.train import loop
+from linearsr_jax.train.distill_step import make_distill_step
+from linearsr_jax.train.state import TrainState
+from model_helpers import perturbed
+from train_runs import SMALL, cli_env, small_config, start, train_command, wait_ok
+
+TEACHER_EXPERTS = 2
+TRAIN_STEPS = 60
+
+
+def _teacher_config():
+  """A teacher whose guided 4-step output differs clearly from its 1-step output."""
+  config = small_config()
+  config.diffusion.sampler.update(dict(solver="dpm++2m", steps=4, shift=3.0, guidance_scale=3.0))
+  return config
+
+
+def _batch(config, batch_size=4, seed=0):
+  rng = np.random.default_rng(seed)
+  crop, scale, tokens = config.data.crop_size, config.data.scale, config.tags.max_tokens
+  hr = rng.uniform(-1, 1, (batch_size, crop, crop, 3)).astype(np.float32)
+  return {
+      "hr": hr, "lr": hr.reshape(batch_size, crop // scale, scale, crop // scale, scale, 3).mean(
+          (2, 4)), "cond": rng.integers(1, config.tags.vocab_size, (batch_size, tokens), np.int32),
+      "cond_mask": np.arange(tokens)[None].repeat(batch_size, 0) < 3
+  }
+
+
+def _state(params, tx):
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=tx.init(params), rng=jax.random.PRNGKey(5), lr_scale=jnp.ones(
+                        (), jnp.float32), skipped=jnp.zeros(
+                            (), jnp.int32), consecutive_skips=jnp.zeros((), jnp.int32))
+
+
+def _sampled(model, latent_space, config, params, batch, key, **sampler):
+  """The project's sampler from the source `key` draws (what `eval` and validation run)."""
+  apply_fn = experts.model_apply(model)
+  lr_latent = flow.lr_source_latent(config.diffusion, latent_space, {}, batch["lr"],
+                                    config.data.scale)
+  null = (jnp.zeros_like(batch["cond"]), jnp.zeros_like(batch["cond_mask"]))
+  return samplers.sample(apply_fn, params, key, lr_latent.shape,
+                         (batch["lr"], batch["cond"], batch["cond_mask"]), config.diffusion,
+                         null_context=null, lr_latent=lr_latent, **sampler)
+
+
+@pytest.mark.slow
+def test_student_reproduces_the_teachers_steps_better_than_its_one_step():
+  config = _teacher_config()
+  model, latent_space = build_model(config)
+
+  @jax.jit
+  def random_teacher(key):
+    """Experts unlike each other, output layers not zero (a fresh DiT predicts zero velocity)."""
+    one = model.init(key, *sr_example_inputs(model.dit, model.tags, 1, (4, 4)))["params"]
+    return experts.stack_experts([perturbed(one, seed=s) for s in range(TEACHER_EXPERTS)])
+
+  teacher = random_teacher(jax.random.PRNGKey(0))
+  student = distill.student_start(teacher, config.diffusion.experts)
+  # The σ = 1 expert is the last one: its leaves, not the first expert's, start the student.
+  np.testing.assert_array_equal(jax.tree.leaves(student)[0][0], jax.tree.leaves(teacher)[0][-1])
+  tx = optax.adam(1e-3)
+  step = jax.jit(
+      make_distill_step(model, latent_space, tx, config.diffusion, config.distill,
+                        scale=config.data.scale, ema_decay=0.0))
+  batch = {k: jnp.asarray(v) for k, v in _batch(config).items()}
+  state, losses = _state(student, tx), []
+  for _ in range(TRAIN_STEPS):
+    state, metrics = step(state, batch, {}, teacher)
+    losses.append(float(metrics["train/loss_teacher"]))
+  assert np.mean(losses[-5:]) < 0.2 * np.mean(losses[:5]), losses
+
+  @jax.jit  # one compile for the five samplings
+  def errors(student_start, student_trained, key):
+    sampled = lambda params, **sampler: _sampled(model, latent_space, config, params, batch, key, **
+                                                 sampler)
+    target = sampled(teacher)
+    error = lambda x: jnp.mean(jnp.square(x - target))
+    return (error(sampled(teacher, steps=1)), error(sampled(teacher, **distill.STUDENT_SAMPLER)),
+            error(sampled(student_start, **distill.STUDENT_SAMPLER)),
+            error(sampled(student_trained, **distill.STUDENT_SAMPLER)))
+
+  # A source the training never drew.
+  teacher_1, teacher_1_plain, student_0, student_1 = map(
+      float, errors(student, state.params, jax.random.PRNGKey(123)))
+  # At least 3 dB closer to the teacher's 4 guided steps than either 1-step teacher.
+  assert student_1 < 0.5 * min(teacher_1, teacher_1_plain), (student_1, teacher_1, teacher_1_plain)
+  # Before training the student is the teacher's 1-step output without guidance.
+  np.testing.assert_allclose(student_0, teacher_1_plain, rtol=1e-5)
+
+
+def test_a_distill_stage_needs_a_teacher_and_a_single_expert():
+  config = small_config(stage_order="distill")
+  with pytest.raises(UserError, match="starts with distill stage 'distill', which has no teacher"):
+    config_check.validate(config)
+  config = small_config(stage_order="pretrain,distill", **{"stages.distill.num_experts": 2})
+  with pytest.raises(UserError, match="num_experts=2 must be 1"):
+    config_check.validate(config)
+
+
+# ------------------------------------------------------------------------ the stage in a run
+
+# A teacher of 3 steps, guided and sampled in 2 steps; a student of 6.
+DISTILL_RUN = dict(SMALL, stage_order="pretrain,distill", stages=dict(pretrain=dict(max_steps=3),
+                                                                      distill=dict(max_steps=6)),
+                   diffusion=dict(sampler=dict(steps=2, guidance_scale=2.0)))
+# pretrain saves steps 0 and 3; the 4th save is distill's step 3, killed in flight.
+KILL = "checkpoint_write@4"
+
+
+@pytest.fixture(scope="module")
+def distill_runs(tmp_path_factory):
+  """(uninterrupted workdir, workdir killed during the distill stage and resumed)."""
+  root, env = tmp_path_factory.mktemp("distill"), cli_env()
+  straight, killed = root / "straight", root / "killed"
+  wait_ok(start(train_command(straight, tree=DISTILL_RUN), root / "straight.log", env),
+          root / "straight.log")
+  victim = start(train_command(killed, tree=DISTILL_RUN), root / "killed.log",
+                 dict(env, **{kill_points.ENV: KILL}))
+  assert victim.wait(240) == -signal.SIGKILL, (root / "killed.log").read_text()[-2000:]
+  assert not (killed / "distill" / "result.json").exists()
+  wait_ok(start(train_command(killed, tree=DISTILL_RUN), root / "resumed.log", env),
+          root / "resumed.log")
+  return straight, killed
+
+
+@pytest.mark.slow
+def test_the_student_starts_from_the_teachers_knee_and_validates_in_one_step(distill_runs):
+  straight, _ = distill_runs
+  origin = json.loads((straight / "distill" / "stage.json").read_text())
+  assert origin["num_experts"] == 1 and origin["init_from"]["stage"] == "pretrain"
+  assert origin["init_from"]["knee_step"] == json.loads(
+      (straight / "pretrain" / "result.json").read_text())["knee_step"]
+  rows = [json.loads(l) for l in (straight / "distill" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "val/psnr_y" in r] == [0, 3, 6]
+  assert all(np.isfinite(r["train/loss_teacher"]) for r in rows if "train/loss" in r)
+  # The step-0 evaluation is the student as it starts: the teacher's σ = 1 expert sampled in one
+  # step without guidance, which `eval` of the teacher's stage reproduces with those settings.
+  teacher = load_trained(straight, stage="pretrain")
+  student = load_trained(straight, stage="distill", step=0)
+  assert dict(student.diffusion.sampler) == dict(teacher.diffusion.sampler,
+                                                 **distill.STUDENT_SAMPLER)
+  assert teacher.diffusion.sampler.steps == 2 and teacher.diffusion.sampler.guidance_scale == 2.0
+  jax.tree.map(np.testing.assert_array_equal, student.params, teacher.params)
+
+
+@pytest.mark.slow
+def test_a_killed_distill_stage_resumes_bit_for_bit(distill_runs):
+  straight, killed = distill_runs
+  a, b = run_outcome.outcome(straight), run_outcome.outcome(killed)
+  assert set(a["stages"]) == {"pretrain", "distill"} and len(a["run"]["stages"]) == 2
+  assert run_outcome.differences(a, b) == []
+  assert ((straight / "distill" / "metrics.jsonl").read_text() == (killed / "distill" /
+                                                                   "metrics.jsonl").read_text())
+
+
+@pytest.mark.slow
+def test_a_teacher_of_another_model_stops_the_run_before_it_writes(distill_runs, tmp_path):
+  straight, _ = distill_runs
+  teacher = straight / "pretrain" / "checkpoints" / "3"
+  config = small_config(stage_order="distill",
+                        **{"distill.teacher": str(teacher), "model.hidden": 32})
+  with pytest.raises(
+      UserError, match=r"tensor .* has shape \(64, 64\) there but \(32, 32\) "
+      "in this model: a teacher of another model"):
+    loop.Run(config, tmp_path / "w", devices=jax.devices()[:1])  # what `run` does first
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_export_of_a_distilled_run_is_the_single_expert_student(distill_runs, tmp_path):
+  straight, _ = distill_runs
+  assert main(["export", str(straight), "--layout", "diffusers", "--out", str(tmp_path / "e")]) == 0
+  info = json.loads((tmp_path / "e" / "linearsr_export.json").read_text())
+  assert not (tmp_path / "e" / "expert_0").exists()
+  assert "(distill step " in info["source"] and info["interval"] == [0.0, 1.0], info
