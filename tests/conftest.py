@@ -38,6 +38,27 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# The files that take minutes, longest first (a suite run on 2 cores, 2026-12-04). xdist hands
+# whole files to its workers in collection order, which is alphabetical: a long file collected
+# late (test_gcs.py, train/) would run alone at the end while the other worker idles. Starting
+# the longest first (the longest-processing-time rule) lets the short files fill in around them.
+LONGEST_FILES = [
+    "aot/test_compile.py", "test_gcs.py", "test_demo.py", "data/test_precomputed_cond.py",
+    "train/test_training.py", "aot/test_compile_gpu.py", "train/test_init_from.py",
+    "train/test_distill.py", "train/test_run_lock.py", "train/test_kills.py",
+    "data/test_latent_crops.py", "models/test_dit_sr.py", "train/test_guard_resume.py",
+    "test_full_disk.py", "diffusion/test_experts.py"
+]
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items):
+  missing = [name for name in LONGEST_FILES if not (TESTS / name).is_file()]
+  assert not missing, f"conftest.LONGEST_FILES names files that are gone: {missing}"
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  # A stable sort: the order within each file, and of the other files, stays.
+  items.sort(key=lambda item: rank.get(Path(item.path).relative_to(TESTS).as_posix(), len(rank)))
+
 
 @pytest.fixture(scope="session")
 def photo_pairs(tmp_path_factory) -> Path:
