@@ -3,7 +3,8 @@ attached, and say what they cost per chip.
 
 The train step is `Run.jit_train_step`, the very jit `linearsr train` runs; its arguments are
 the abstract state, batch and DC-AE params with the shardings training gives them. The sampler
-step is `make_super_resolve` as validation and `linearsr upscale` jit it.
+step is `make_super_resolve` as validation and `linearsr upscale` jit it; `sampler_stats` costs
+it for one image on one chip, its loop over steps counted in full.
 """
 
 import copy
@@ -105,14 +106,19 @@ def compile_train_step(run: Run, stage: str, batch_size: int, counting: bool = F
 
 def compile_sampler(run: Run, stage: str):
   """(compiled super-resolve of one eval batch, compile seconds): validation's sampler."""
-  abstract, _ = run.abstract_state(stage)
   data = run.config.data
-  replicated = sharding.replicated(run.mesh)
-  batch = abstract_batch(run, data.eval.batch_size, data.eval.crop_size, replicated)
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
+  batch = abstract_batch(run, data.eval.batch_size, data.eval.crop_size,
+                         sharding.replicated(run.mesh))
+  return _compile_super_resolve(run, stage, batch, steps=run.config.train.eval_steps)
+
+
+def _compile_super_resolve(run: Run, stage: str, batch: dict, **sampler_overrides):
+  """(compiled make_super_resolve of `batch`'s LR images, compile seconds)."""
+  abstract, _ = run.abstract_state(stage)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(run.mesh))
   sr = jax.jit(
-      make_super_resolve(run.model, run.latent_space, run.config.diffusion, scale=data.scale,
-                         steps=run.config.train.eval_steps))
+      make_super_resolve(run.model, run.latent_space, run.config.diffusion,
+                         scale=run.config.data.scale, **sampler_overrides))
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     return _timed_compile(sr, abstract.ema_params, run.latent_params, batch["lr"], batch["cond"],
                           batch["cond_mask"], key)
@@ -217,11 +223,8 @@ def roofline(pod, flops: float, bytes_accessed: float, batch_size: int) -> Roofl
 
 
 def _one_image(run: Run, image: int) -> dict:
-  """Abstract LR image, condition and noise key of one image of HR side `image`, on the chip."""
-  replicated = sharding.replicated(run.mesh)
-  batch = abstract_batch(run, 1, image, replicated)
-  batch["key"] = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
-  return batch
+  """Abstract LR image and condition of one image of HR side `image`, on the chip."""
+  return abstract_batch(run, 1, image, sharding.replicated(run.mesh))
 
 
 def _expert_params(run: Run, stage: str):
@@ -235,14 +238,7 @@ def _expert_params(run: Run, stage: str):
 def compile_sampling(run: Run, stage: str, image: int):
   """(compiled whole sampling of one image of HR side `image`: the LR-source encode if any, the
   config's sampler steps, guidance and expert switch, the decode; compile seconds)."""
-  abstract, _ = run.abstract_state(stage)
-  batch = _one_image(run, image)
-  sr = jax.jit(
-      make_super_resolve(run.model, run.latent_space, run.config.diffusion,
-                         scale=run.config.data.scale))
-  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-    return _timed_compile(sr, abstract.ema_params, run.latent_params, batch["lr"], batch["cond"],
-                          batch["cond_mask"], batch["key"])
+  return _compile_super_resolve(run, stage, _one_image(run, image))
 
 
 def compile_sampler_forward(run: Run, stage: str, image: int, counting: bool = False):
@@ -252,7 +248,7 @@ def compile_sampler_forward(run: Run, stage: str, image: int, counting: bool = F
   batch, cfg = _one_image(run, image), run.config.diffusion
   side = image // run.latent_space.factor
   x = jax.ShapeDtypeStruct((1, side, side, run.latent_space.channels), jnp.float32,
-                           sharding=batch["key"].sharding)
+                           sharding=sharding.replicated(run.mesh))
 
   def forward(params, x, lr, cond, cond_mask):
     null = (jnp.zeros_like(cond), jnp.zeros_like(cond_mask))
@@ -302,7 +298,7 @@ def sampler_stats(run: Run, stage: str, image: int) -> dict:
   by multiplying: XLA counts a while body once, and the sampler's loop bounds are traced (the
   expert segments), so it cannot be unrolled for counting. The sampling is the forward times
   the network evaluations plus the autoencoder's encode and decode (the solver's few
-  elementwise updates of the latent are left out: under 1e-4 of a forward).
+  elementwise updates of the latent a step are left out: negligible beside a forward).
   """
   forward = hlo_stats.stats(compile_sampler_forward(run, stage, image)[0])
   depth = run.config.model.depth
