@@ -20,11 +20,10 @@ QUARTER = [
 ]
 
 
-def analytic_step_flops(batch, depth=2, width=1152, heads=36, mlp_ratio=2.5, tokens=256,
-                        cond_tokens=64, caption=2304, in_channels=192 + 32, out_channels=192,
-                        stem_width=128, lr_side=32):
-  """Matmul FLOPs of one train step: 3 forwards (forward, and the backward's two products)
-  plus one more forward of the blocks, which full remat recomputes."""
+def analytic_forward_flops(depth=2, width=1152, heads=36, mlp_ratio=2.5, tokens=256, cond_tokens=64,
+                           caption=2304, in_channels=192 + 32, out_channels=192, stem_width=128,
+                           lr_side=32):
+  """(matmul FLOPs of one sample's forward, of which one block's)."""
   d, h, head = width, int(mlp_ratio * width), width // heads
   block = (
       2 * tokens * d * 3 * d  # q, k, v
@@ -40,7 +39,13 @@ def analytic_step_flops(batch, depth=2, width=1152, heads=36, mlp_ratio=2.5, tok
       + 2 * 256 * d + 2 * d * d + 2 * d * 6 * d  # timestep MLPs
       + 2 * (lr_side // 2)**2 * 9 * 3 * stem_width  # LR stem
       + 2 * (lr_side // 2)**2 * 9 * stem_width * 32)
-  forward = depth * block + rest
+  return depth * block + rest, block
+
+
+def analytic_step_flops(batch, depth=2, **sizes):
+  """Matmul FLOPs of one train step: 3 forwards (forward, and the backward's two products)
+  plus one more forward of the blocks, which full remat recomputes."""
+  forward, block = analytic_forward_flops(depth, **sizes)
   return batch * (3 * forward + depth * block)
 
 

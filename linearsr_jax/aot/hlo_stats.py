@@ -156,3 +156,8 @@ def extrapolated(one: dict, two: dict, depth: int) -> dict:
 def added(a: dict, b: dict) -> dict:
   """COUNTED of two programs run one after the other."""
   return _combine(a, b, lambda x, y: x + y)
+
+
+def repeated(a: dict, times: int) -> dict:
+  """COUNTED of a program run `times` times over."""
+  return _combine(a, a, lambda x, _: times * x)

@@ -3,7 +3,8 @@ attached, and say what they cost per chip.
 
 The train step is `Run.jit_train_step`, the very jit `linearsr train` runs; its arguments are
 the abstract state, batch and DC-AE params with the shardings training gives them. The sampler
-step is `make_super_resolve` as validation and `linearsr upscale` jit it.
+step is `make_super_resolve` as validation and `linearsr upscale` jit it; `sampler_stats` costs
+it for one image on one chip, its loop over steps counted in full.
 """
 
 import copy
@@ -18,7 +19,7 @@ import numpy as np
 
 from linearsr_jax import sharding
 from linearsr_jax.aot import hlo_stats
-from linearsr_jax.diffusion import distill
+from linearsr_jax.diffusion import distill, experts, samplers
 from linearsr_jax.inference.super_resolve import make_super_resolve
 from linearsr_jax.train.loop import Run
 
@@ -105,14 +106,19 @@ def compile_train_step(run: Run, stage: str, batch_size: int, counting: bool = F
 
 def compile_sampler(run: Run, stage: str):
   """(compiled super-resolve of one eval batch, compile seconds): validation's sampler."""
-  abstract, _ = run.abstract_state(stage)
   data = run.config.data
-  replicated = sharding.replicated(run.mesh)
-  batch = abstract_batch(run, data.eval.batch_size, data.eval.crop_size, replicated)
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
+  batch = abstract_batch(run, data.eval.batch_size, data.eval.crop_size,
+                         sharding.replicated(run.mesh))
+  return _compile_super_resolve(run, stage, batch, steps=run.config.train.eval_steps)
+
+
+def _compile_super_resolve(run: Run, stage: str, batch: dict, **sampler_overrides):
+  """(compiled make_super_resolve of `batch`'s LR images, compile seconds)."""
+  abstract, _ = run.abstract_state(stage)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(run.mesh))
   sr = jax.jit(
-      make_super_resolve(run.model, run.latent_space, run.config.diffusion, scale=data.scale,
-                         steps=run.config.train.eval_steps))
+      make_super_resolve(run.model, run.latent_space, run.config.diffusion,
+                         scale=run.config.data.scale, **sampler_overrides))
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     return _timed_compile(sr, abstract.ema_params, run.latent_params, batch["lr"], batch["cond"],
                           batch["cond_mask"], key)
@@ -214,3 +220,102 @@ def roofline(pod, flops: float, bytes_accessed: float, batch_size: int) -> Roofl
   seconds = max(compute, memory)
   return Roofline(seconds, "compute" if compute >= memory else "memory",
                   batch_size / pod.chips / seconds if seconds else float("inf"))
+
+
+def _one_image(run: Run, image: int) -> dict:
+  """Abstract LR image and condition of one image of HR side `image`, on the chip."""
+  return abstract_batch(run, 1, image, sharding.replicated(run.mesh))
+
+
+def _expert_params(run: Run, stage: str):
+  """Abstract params of one expert (the sampler's per-segment slice), on the chip."""
+  abstract, _ = run.abstract_state(stage)
+  one = jax.eval_shape(lambda p: experts.select_expert(p, 0), abstract.ema_params)
+  replicated = sharding.replicated(run.mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), one)
+
+
+def compile_sampling(run: Run, stage: str, image: int):
+  """(compiled whole sampling of one image of HR side `image`: the LR-source encode if any, the
+  config's sampler steps, guidance and expert switch, the decode; compile seconds)."""
+  return _compile_super_resolve(run, stage, _one_image(run, image))
+
+
+def compile_sampler_forward(run: Run, stage: str, image: int, counting: bool = False):
+  """(compiled network evaluation of one sampler step for one image of HR side `image`: one
+  expert's forward, with guidance the conditional and null passes as one batch of 2, as
+  samplers.guided_velocity runs it; compile seconds)."""
+  batch, cfg = _one_image(run, image), run.config.diffusion
+  side = image // run.latent_space.factor
+  x = jax.ShapeDtypeStruct((1, side, side, run.latent_space.channels), jnp.float32,
+                           sharding=sharding.replicated(run.mesh))
+
+  def forward(params, x, lr, cond, cond_mask):
+    null = (jnp.zeros_like(cond), jnp.zeros_like(cond_mask))
+    t = jnp.full((1,), 0.5 * cfg.timestep_scale, jnp.float32)
+    return samplers.guided_velocity(experts.model_apply(run.model), params, x, t,
+                                    (lr, cond, cond_mask), null, cfg.sampler.guidance_scale)
+
+  params = _expert_params(run, stage)
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+    return _timed_compile(jax.jit(forward), params, x, batch["lr"], batch["cond"],
+                          batch["cond_mask"], options=_counting_options(run) if counting else None)
+
+
+def _latent_stats(run: Run, image: int) -> dict:
+  """Per-chip stats of the autoencoder's work in one image's sampling: the decode of the
+  output latent and, for source 'lr', the encode of the upsampled LR image (zero in a
+  parameter-free pixel space, whose (un)shuffle is a reshape)."""
+  zero = {"flops": 0.0, "bytes_accessed": 0.0, "collectives": {}, "collectives_by_dtype": {}}
+  if not run.latent_space.abstract_params():
+    return {"encode": zero, "decode": zero}
+  replicated = sharding.replicated(run.mesh)
+  side = image // run.latent_space.factor
+  latent = jax.ShapeDtypeStruct((1, side, side, run.latent_space.channels), jnp.float32,
+                                sharding=replicated)
+  hr = jax.ShapeDtypeStruct((1, image, image, 3), jnp.float32, sharding=replicated)
+  count = lambda fn, x: hlo_stats.stats(
+      _timed_compile(jax.jit(fn), run.latent_params, x, options=_counting_options(run))[0])
+  return {
+      "encode": count(run.latent_space.encode_fn, hr) if run.config.diffusion.source == "lr" else
+                zero, "decode": count(run.latent_space.decode_fn, latent)
+  }
+
+
+def network_evaluations(run: Run) -> int:
+  """Network evaluations of one sampling (each a guided forward): Heun evaluates twice a step."""
+  sampler = run.config.diffusion.sampler
+  return sampler.steps * (2 if sampler.solver == "heun" else 1)
+
+
+def sampler_stats(run: Run, stage: str, image: int) -> dict:
+  """Per-chip stats of sampling one image of HR side `image` (`run` on one chip, every mesh
+  axis 1): {"forward", "sampling", "encode", "decode", "evaluations"}.
+
+  Memory is that of the programs that run (the forward, and the whole sampling as
+  make_super_resolve jits it). FLOPs and bytes are counted in full: the forward's blocks
+  extrapolated from 1 and 2 unrolled blocks, as the train step's; the sampling's loop over steps
+  by multiplying: XLA counts a while body once, and the sampler's loop bounds are traced (the
+  expert segments), so it cannot be unrolled for counting. The sampling is the forward times
+  the network evaluations plus the autoencoder's encode and decode (the solver's few
+  elementwise updates of the latent a step are left out: negligible beside a forward).
+  """
+  forward = hlo_stats.stats(compile_sampler_forward(run, stage, image)[0])
+  depth = run.config.model.depth
+  counted_run = lambda d: Run(_blocks_config(run.config, d), run.workdir, load_weights=False,
+                              devices=list(run.mesh.devices.flat))
+  counted_at = lambda d: hlo_stats.stats(
+      compile_sampler_forward(counted_run(d), stage, image, counting=True)[0])
+  if depth <= 2:
+    forward.update({k: counted_at(depth)[k] for k in hlo_stats.COUNTED})
+  else:
+    forward.update(hlo_stats.extrapolated(counted_at(1), counted_at(2), depth))
+  latent = _latent_stats(run, image)
+  evaluations = network_evaluations(run)
+  compiled, seconds = compile_sampling(run, stage, image)
+  sampling = hlo_stats.stats(compiled)
+  counted = hlo_stats.added(hlo_stats.repeated(forward, evaluations),
+                            hlo_stats.added(latent["encode"], latent["decode"]))
+  sampling.update(counted)
+  sampling["compile_seconds"] = seconds
+  return dict(latent, forward=forward, sampling=sampling, evaluations=evaluations)

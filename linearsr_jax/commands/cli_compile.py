@@ -5,8 +5,15 @@ that slice or the CUDA plugin's of those nodes.
 Prints (and writes with --out) the mesh, per-chip memory against the chip's HBM, compiled and
 model FLOPs, collectives, compile time and a roofline bound of the step time. Exit 1 when the
 train step does not fit; a bad topology, mesh or batch is one line and exit 2.
+
+With --sampler_image N it compiles the sampler instead, for one N×N output image on one chip of
+the slice or nodes: one network evaluation (with guidance the conditional and null passes as
+one batch) and the whole sampling (the config's steps, guidance, expert switch, the
+autoencoder's decode), with their memory, FLOPs, bytes and roofline time beside the paper's.
+Exit 1 when the sampling does not fit the chip.
 """
 
+import copy
 import json
 import math
 import os
@@ -17,25 +24,34 @@ from linearsr_jax.errors import UserError
 # cli.main hands every argument after `compile` to absl untouched (the --config.* overrides).
 PASSES_FLAGS_THROUGH = True
 GIB = 1024**3
+# The LinearSR paper's 1024² timings on an H-series GPU: one network evaluation, and the whole
+# sampling (20 steps and the DC-AE decode).
+PAPER_SECONDS = {"forward": 0.036, "sampling": 0.830}
 
 
 def add_arguments(parser):
   parser.usage = ("linearsr compile --config FILE --topology SLICE|NODES [--stage S] "
-                  "[--find_batch] [--out report.json] [--config.KEY=VALUE ...]")
+                  "[--find_batch | --sampler_image N] [--out report.json] "
+                  "[--config.KEY=VALUE ...]")
 
 
 def _own_flags(argv):
-  """(--topology, --stage, --find_batch, --out, the rest for the config parser)."""
+  """(--topology, --stage, --find_batch, --sampler_image, --out, the rest for the config
+  parser)."""
   import argparse
   parser = argparse.ArgumentParser(prog="linearsr compile", add_help=False)
   parser.add_argument("--topology", required=True)
   parser.add_argument("--stage")
   parser.add_argument("--find_batch", action="store_true")
+  parser.add_argument("--sampler_image", type=int)
   parser.add_argument("--out")
   try:
     own, rest = parser.parse_known_args(argv)
   except SystemExit:
-    raise UserError("compile needs --topology SLICE or NODES (e.g. v5e-16, h100-8)") from None
+    raise UserError("compile needs --topology SLICE or NODES (e.g. v5e-16, h100-8) and an "
+                    "integer --sampler_image if any") from None
+  if own.sampler_image is not None and own.sampler_image <= 0:
+    raise UserError(f"--sampler_image {own.sampler_image}: the output image's side must be > 0")
   return own, rest
 
 
@@ -142,6 +158,64 @@ def format_report(r: dict) -> str:
   return "\n".join(lines)
 
 
+def sampler_report(config, pod, devices, stage: str, image: int) -> dict:
+  """Everything `linearsr compile --sampler_image` prints: the sampler for one image×image
+  output on the first chip of `devices`."""
+  from linearsr_jax.aot import step_compile
+  from linearsr_jax.train.loop import Run
+
+  one = copy.deepcopy(config)
+  one.mesh.update({axis: 1 for axis in one.mesh})
+  run = Run(one, os.devnull, load_weights=False, devices=devices[:1])
+  sampler = one.diffusion.sampler
+  head = {
+      "topology": pod.name, "platform": devices[0].platform, "chips": 1, "stage": stage,
+      "image": image, "experts": one.stages[stage].num_experts, "solver": sampler.solver,
+      "steps": sampler.steps, "guidance_scale": sampler.guidance_scale,
+      "hbm_bytes": pod.chip.hbm_gib * GIB, "peak_bf16_tflops": pod.chip.peak_bf16_tflops,
+      "hbm_gbps": pod.chip.hbm_gbps, "paper_seconds": PAPER_SECONDS
+  }
+  try:
+    stats = step_compile.sampler_stats(run, stage, image)
+  except step_compile.DoesNotFit as e:
+    return dict(head, fits=False, required_bytes=e.required, available_bytes=e.available,
+                compiler=str(e))
+  for part in ("forward", "sampling"):
+    bound = step_compile.roofline(pod, stats[part]["flops"], stats[part]["bytes_accessed"], 1)
+    stats[part]["roofline"] = {"seconds": bound.seconds, "bound": bound.bound}
+  return dict(head, **stats, fits=stats["sampling"]["memory"]["total"] <= head["hbm_bytes"])
+
+
+def format_sampler_report(r: dict) -> str:
+  guidance = (f"guidance {r['guidance_scale']:g} (conditional and null passes in one batch of 2)"
+              if r["guidance_scale"] != 1.0 else "no guidance")
+  lines = [
+      f"{r['topology']}, one chip ({r['platform']}): the sampler for one {r['image']}² image, "
+      f"stage {r['stage']} ({r['experts']} expert(s)), {r['solver']} {r['steps']} steps, "
+      f"{guidance}"
+  ]
+  if "sampling" not in r:
+    return "\n".join(lines + [f"DOES NOT FIT: the TPU compiler says: {r['compiler']}"])
+  what = {
+      "forward": "one network evaluation",
+      "sampling": f"whole sampling ({r['evaluations']} evaluations, encode, decode)"
+  }
+  for part, name in what.items():
+    p = r[part]
+    lines.append(
+        f"{name}: memory {p['memory']['total'] / GIB:.2f} of {r['hbm_bytes'] / GIB:.0f} GiB, "
+        f"{p['flops'] / 1e12:.3f} TFLOP, {p['bytes_accessed'] / GIB:.2f} GiB accessed, roofline "
+        f"{p['roofline']['seconds'] * 1e3:.1f} ms ({p['roofline']['bound']}-bound at "
+        f"{r['peak_bf16_tflops']:.0f} TFLOP/s bf16, {r['hbm_gbps']:.0f} GB/s); paper "
+        f"{r['paper_seconds'][part] * 1e3:.0f} ms")
+  lines.append(f"of which the autoencoder: encode {r['encode']['flops'] / 1e12:.3f} TFLOP, decode "
+               f"{r['decode']['flops'] / 1e12:.3f} TFLOP (loop over steps counted in full: the "
+               f"forward times the evaluations)")
+  if not r["fits"]:
+    lines.append("DOES NOT FIT one chip")
+  return "\n".join(lines)
+
+
 def _batch_unit(config, mesh, stage: str) -> int:
   """The smallest global batch the stage splits without padding: each expert's share of the
   batch is split over the batch shards that run it. Those are all of them, or, where the mesh's
@@ -226,6 +300,13 @@ def find_batch(config, pod, devices, stage: str, log=print) -> tuple[int, dict]:
   return unit * lo, report(config, pod, devices, stage, unit * lo, largest["compiled"])
 
 
+def _write(result: dict, out):
+  if out:
+    from linearsr_jax.atomic import atomic_file
+    with atomic_file(out, "w") as f:
+      json.dump(result, f, indent=2, sort_keys=True)
+
+
 def run(args) -> int:
   from linearsr_jax.config_check import stage_names
   from linearsr_jax.commands.config_flags import parse_flags
@@ -237,6 +318,15 @@ def run(args) -> int:
   if stage not in config.stages:
     raise UserError(f"--stage {stage}: the config has stages {', '.join(config.stages)}")
   devices = pod_devices()
+  if own.sampler_image:
+    result = sampler_report(config, pod, devices, stage, own.sampler_image)
+    print(format_sampler_report(result))
+    _write(result, own.out)
+    if not result["fits"]:
+      print(
+          f"linearsr: sampling one {own.sampler_image}² image does not fit one "
+          f"{pod.chip.generation} chip", file=sys.stderr)
+    return 0 if result["fits"] else 1
   if own.find_batch:
     batch, result = find_batch(config, pod, devices, stage,
                                log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -246,10 +336,7 @@ def run(args) -> int:
   else:
     result = report(config, pod, devices, stage, config.data.batch_size)
   print(format_report(result))
-  if own.out:
-    from linearsr_jax.atomic import atomic_file
-    with atomic_file(own.out, "w") as f:
-      json.dump(result, f, indent=2, sort_keys=True)
+  _write(result, own.out)
   if not result["fits"]:
     # Against what the compiler said it has, when it refused the program.
     available = result.get("available_bytes", result["hbm_bytes"])
