@@ -273,7 +273,10 @@ def _config(args, extra):
   if command == "compile":
     own, rest = cli_compile._own_flags(extra)
     pod, _ = cli_compile.parse_topology(own.topology)
-    return parse_flags(rest, command="compile")[0], pod.chips, ()
+    config = parse_flags(rest, command="compile")[0]
+    if own.sampler_image:
+      return cli_compile.one_chip_config(config), 1, ()
+    return config, pod.chips, ()
   if command == "demo":  # it trains on the photographs' folders it writes
     overrides = [f"--config.{kv}" for kv in args.set]
     config = parse_flags(["--config", args.config, "--workdir", os.devnull, *overrides],

@@ -158,14 +158,20 @@ def format_report(r: dict) -> str:
   return "\n".join(lines)
 
 
+def one_chip_config(config):
+  """A copy of `config` on a mesh of one chip: the sampler report's."""
+  one = copy.deepcopy(config)
+  one.mesh.update({axis: 1 for axis in one.mesh})
+  return one
+
+
 def sampler_report(config, pod, devices, stage: str, image: int) -> dict:
   """Everything `linearsr compile --sampler_image` prints: the sampler for one image×image
   output on the first chip of `devices`."""
   from linearsr_jax.aot import step_compile
   from linearsr_jax.train.loop import Run
 
-  one = copy.deepcopy(config)
-  one.mesh.update({axis: 1 for axis in one.mesh})
+  one = one_chip_config(config)
   run = Run(one, os.devnull, load_weights=False, devices=devices[:1])
   sampler = one.diffusion.sampler
   head = {
