@@ -443,7 +443,7 @@ def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_
   # (TF's GCS client) and Python's HTTP clients read HTTPS_PROXY too, so the bucket still works.
   env_two = {k: v for k, v in env.items() if k != "https_proxy"}
   result = subprocess.run(command, cwd=REPO, env=dict(env_two, LINEARSR_LOG_DIR=str(logs)),
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=900)
   texts = [(logs / f"process_{p}.log").read_text() for p in range(2)]
   assert result.returncode == 0, result.stderr + "\n".join(t[-2000:] for t in texts)
   for p, text in enumerate(texts):
