@@ -4,7 +4,6 @@ its frozen teacher's guided multi-step output better than the teacher's own 1-st
 its student, its 1-step validation, its kill and resume, its errors, and the tools on it."""
 
 import json
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +18,13 @@ from linearsr_jax.commands.cli import main
 from linearsr_jax.diffusion import distill, experts, flow, samplers
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
-from linearsr_jax.run import kill_points
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import sr_example_inputs
 from linearsr_jax.train import loop
 from linearsr_jax.train.distill_step import make_distill_step
 from linearsr_jax.train.state import TrainState
 from model_helpers import perturbed
-from train_runs import SMALL, cli_env, small_config, start, train_command, wait_ok
+from train_runs import SMALL, cli_env, small_config, straight_killed_resumed
 
 TEACHER_EXPERTS = 2
 TRAIN_STEPS = 60
@@ -135,17 +133,12 @@ KILL = "checkpoint_write@4"
 @pytest.fixture(scope="module")
 def distill_runs(tmp_path_factory):
   """(uninterrupted workdir, workdir killed during the distill stage and resumed)."""
-  root, env = tmp_path_factory.mktemp("distill"), cli_env()
-  straight, killed = root / "straight", root / "killed"
-  wait_ok(start(train_command(straight, tree=DISTILL_RUN), root / "straight.log", env),
-          root / "straight.log")
-  victim = start(train_command(killed, tree=DISTILL_RUN), root / "killed.log",
-                 dict(env, **{kill_points.ENV: KILL}))
-  assert victim.wait(240) == -signal.SIGKILL, (root / "killed.log").read_text()[-2000:]
-  assert not (killed / "distill" / "result.json").exists()
-  wait_ok(start(train_command(killed, tree=DISTILL_RUN), root / "resumed.log", env),
-          root / "resumed.log")
-  return straight, killed
+  root = tmp_path_factory.mktemp("distill")
+
+  def after_kill(point):
+    assert not (root / "killed" / "distill" / "result.json").exists()
+
+  return straight_killed_resumed(root, DISTILL_RUN, [KILL], cli_env(), after_kill=after_kill)
 
 
 @pytest.mark.slow
