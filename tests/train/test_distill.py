@@ -13,18 +13,19 @@ import pytest
 
 from bench import run_outcome
 
-from linearsr_jax import config_check
+from linearsr_jax import config_check, run_config
 from linearsr_jax.commands.cli import main
 from linearsr_jax.diffusion import distill, experts, flow, samplers
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
+from linearsr_jax.run import run_dir
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import sr_example_inputs
-from linearsr_jax.train import loop
+from linearsr_jax.train import loop, run_fit
 from linearsr_jax.train.distill_step import make_distill_step
 from linearsr_jax.train.state import TrainState
 from model_helpers import perturbed
-from train_runs import SMALL, cli_env, small_config, straight_killed_resumed
+from train_runs import SMALL, cli_env, flatten, small_config, straight_killed_resumed
 
 TEACHER_EXPERTS = 2
 TRAIN_STEPS = 60
@@ -191,3 +192,27 @@ def test_export_of_a_distilled_run_is_the_single_expert_student(distill_runs, tm
   info = json.loads((tmp_path / "e" / "linearsr_export.json").read_text())
   assert not (tmp_path / "e" / "expert_0").exists()
   assert "(distill step " in info["source"] and info["interval"] == [0.0, 1.0], info
+
+
+@pytest.mark.parametrize("field, value", [("diffusion.sampler.steps", 3),
+                                          ("diffusion.sampler.guidance_scale", 4.0),
+                                          ("distill.gt_weight", 0.5)])
+def test_a_started_distill_stage_resumes_only_with_its_teachers_settings(tmp_path, field, value):
+  """The teacher's sampler and the distill loss make the student's targets: a run whose distill
+  stage has started refuses others in one line; before it has started they may change."""
+  workdir = run_dir.RunDir(tmp_path / "w")
+  config = small_config(**dict(flatten(DISTILL_RUN)))
+  run_config.write(workdir, config)
+  run_dir.write_json(workdir.stage("pretrain").stage_json, {"num_experts": 1, "init_from": {}})
+  changed = small_config(**dict(flatten(DISTILL_RUN)) | {field: value})
+  check = lambda c: run_fit.check(
+      loop.Run(c, workdir.path, load_weights=False, devices=jax.devices()[:1]))
+  check(changed)  # only pretrain has started
+  run_dir.write_json(
+      workdir.stage("distill").stage_json, {"num_experts": 1, "init_from": {"stage": "pretrain"}})
+  check(config)
+  stored = config_check.flatten(config.to_dict())[field]
+  with pytest.raises(
+      UserError, match=rf"^config.{field}={value!r} does not fit the run in .*, "
+      rf"whose distill stage 'distill' started with {stored!r} \(its config.json\)"):
+    check(changed)
