@@ -49,11 +49,8 @@ class TeacherTargetSource:
     if index["sampler"] != sampler_cfg.to_dict():
       raise UserError(f"{path}: the teacher sampled with {index['sampler']}, but the config's "
                       f"diffusion.sampler is {sampler_cfg.to_dict()}")
-    missing = [s for s in index["shards"] if not (path / s).is_file()]
-    if missing:
-      raise UserError(f"{path}: shard {missing[0]} is missing")
     self.index = index
-    self._records = grain.sources.ArrayRecordDataSource([str(path / s) for s in index["shards"]])
+    self._records = latent_crops.shard_records(path, index["shards"])
 
   def __len__(self):
     return len(self._records)
