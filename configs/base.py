@@ -76,6 +76,9 @@ def get_base_config() -> ml_collections.ConfigDict:
           # teacher of a distill stage that comes first in stage_order. Otherwise the teacher is
           # the knee of the stage before it.
           teacher="",
+          # A directory of the teacher's targets sampled once (train/distill_targets.py), read
+          # instead of sampling the teacher in every step; "": sampled in every step.
+          targets="",
           gt_weight=0.0,  # + w·‖student − HR latent‖²
           perceptual_weight=0.0,  # + w·LPIPS(decoded student, HR)
       ))

@@ -29,7 +29,8 @@ from linearsr_jax.run import kill_points, run_dir
 from bench import run_outcome
 from lock_race import race
 from repo_paths import REPO
-from train_runs import (SMALL, cli_env, checkpoint_steps, start, train_command, wait_ok)
+from train_runs import (SMALL, cli_env, checkpoint_steps, start, straight_killed_resumed,
+                        train_command, wait_ok)
 
 BUCKET = "gs://runs"
 # A bucket has no flocks: the killed run's lock is taken over once its heartbeat is LOCK_STALE s
@@ -83,19 +84,15 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(gcs, env, tmp_path_factory):
   """(uninterrupted workdir, killed-and-resumed workdir), both in the bucket."""
-  root = tmp_path_factory.mktemp("gcs_runs")
-  straight, killed = f"{BUCKET}/straight", f"{BUCKET}/killed"
-  wait_ok(start(train_command(straight, tree=TWO_STAGES), root / "straight.log", env),
-          root / "straight.log")
-  log = root / "killed.log"
-  process = start(train_command(killed, tree=TWO_STAGES), log,
-                  dict(env, **{kill_points.ENV: "checkpoint_write@2"}))
-  assert process.wait(240) == -signal.SIGKILL, log.read_text()[-2000:]
-  assert not run_dir.RunDir(killed).run_json.exists()
-  time.sleep(LOCK_STALE)
-  wait_ok(start(train_command(killed, tree=TWO_STAGES), root / "resumed.log", env),
-          root / "resumed.log")
-  return straight, killed
+  killed = f"{BUCKET}/killed"
+
+  def after_kill(point):
+    assert not run_dir.RunDir(killed).run_json.exists()
+
+  return straight_killed_resumed(tmp_path_factory.mktemp("gcs_runs"), TWO_STAGES,
+                                 ["checkpoint_write@2"], env,
+                                 workdirs=(f"{BUCKET}/straight", killed), after_kill=after_kill,
+                                 pause=LOCK_STALE)
 
 
 @pytest.mark.slow

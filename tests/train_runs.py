@@ -2,11 +2,14 @@
 waiting for it (a real SIGKILL and a real second process need a real process)."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from linearsr_jax import storage
+from linearsr_jax.run import kill_points
 from linearsr_jax.configs import tiny
 from repo_paths import REPO
 
@@ -59,6 +62,27 @@ def start(command, log_path, env):
 
 def wait_ok(proc, log_path, timeout=240):
   assert proc.wait(timeout) == 0, Path(log_path).read_text()[-3000:]
+
+
+def straight_killed_resumed(logs, tree, kills, env, *, workdirs=None, after_kill=None, pause=0.0,
+                            timeout=240):
+  """Trains `tree` into one workdir uninterrupted, and into another SIGKILLed at each kill point
+  of `kills` in turn (kill_points.py; `after_kill(point)` then runs) and resumed to its end
+  `pause` s after the last kill; returns (straight, killed). The workdirs: `workdirs` (a
+  bucket's, say), or logs/straight and logs/killed; each process's log is in `logs`."""
+  straight, killed = workdirs or (logs / "straight", logs / "killed")
+  wait_ok(start(train_command(straight, tree=tree), logs / "straight.log", env),
+          logs / "straight.log", timeout)
+  for n, point in enumerate(kills):
+    log = logs / f"killed{n}.log"
+    process = start(train_command(killed, tree=tree), log, dict(env, **{kill_points.ENV: point}))
+    assert process.wait(timeout) == -signal.SIGKILL, f"{point}:\n{log.read_text()[-2000:]}"
+    if after_kill is not None:
+      after_kill(point)
+  time.sleep(pause)
+  wait_ok(start(train_command(killed, tree=tree), logs / "resumed.log", env), logs / "resumed.log",
+          timeout)
+  return straight, killed
 
 
 def checkpoint_steps(workdir, stage="pretrain"):

@@ -36,6 +36,14 @@ def shard_name(process_index: int, process_count: int) -> str:
   return f"shard-{process_index:05d}-of-{process_count:05d}.array_record"
 
 
+def shard_records(path, shards) -> grain.sources.ArrayRecordDataSource:
+  """The records of the shard files `shards` in `path`, in order; a missing one is one line."""
+  missing = [s for s in shards if not (path / s).is_file()]
+  if missing:
+    raise UserError(f"{path}: shard {missing[0]} is missing")
+  return grain.sources.ArrayRecordDataSource([str(path / s) for s in shards])
+
+
 def serialise(name, hr, lr, latent, condition_source) -> bytes:
   """One crop's record (the encode tool's writer, commands/encode.py)."""
   ref = condition_source if isinstance(condition_source, tag_sources.ArrayRef) else None
@@ -83,11 +91,8 @@ class LatentCropSource:
       raise UserError(f"{path}: crops of {theirs[0]} px at ×{theirs[1]} with {theirs[2]}-channel "
                       f"f{theirs[3]} latents, but the config trains on {ours[0]} px at ×{ours[1]} "
                       f"with {ours[2]}-channel f{ours[3]} latents")
-    missing = [s for s in index["shards"] if not (path / s).is_file()]
-    if missing:
-      raise UserError(f"{path}: shard {missing[0]} is missing")
     self.index = index
-    self._records = grain.sources.ArrayRecordDataSource([str(path / s) for s in index["shards"]])
+    self._records = shard_records(path, index["shards"])
 
   def __len__(self):
     return len(self._records)

@@ -10,6 +10,8 @@ Batches are dicts of NumPy arrays:
   'lr'         [B, H/s, W/s, 3]  float32 in [-1, 1]
   'cond'       [B, L] int32 hashed tag ids, or [B, L, C] float32 precomputed tokens
   'cond_mask'  [B, L] bool                          (both from the `tokenize` argument)
+  (a distill stage's 'x1', 'teacher_x0' [B, h, w, C] float32 with config.distill.targets:
+  the rows are stored whole, data/teacher_targets.py)
 The pipeline knows nothing of the model: a record's 'tags' is its condition source (a tag list,
 or for precomputed arrays an ArrayRef or None, see tag_sources.py) and `tokenize(source) ->
 (cond, cond_mask)` (data/conditions.py make_condition) turns it into arrays. Every random choice
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 Tokenize = Callable[[object], tuple]  # condition source -> (cond, cond_mask)
 SOURCE_KINDS = ("demo", "folder", "paired", "tfds_folder", "div2k")
-BATCH_KEYS = ("hr", "hr_latent", "lr", "cond", "cond_mask")
+BATCH_KEYS = ("hr", "hr_latent", "lr", "cond", "cond_mask", "x1", "teacher_x0")
 HR_LATENTS = ("encode", "precomputed")
 
 

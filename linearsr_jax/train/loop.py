@@ -19,7 +19,7 @@ import ml_collections
 from clu import metric_writers, periodic_actions
 
 from linearsr_jax import config_check, esgf, lead_decides, optimizer, run_config, sharding, storage
-from linearsr_jax.data import eval_set, latent_crops, pipeline
+from linearsr_jax.data import eval_set, latent_crops, pipeline, teacher_targets
 from linearsr_jax.data.conditions import make_condition
 from linearsr_jax.data.image_io import read_image
 from linearsr_jax.diffusion import distill
@@ -90,6 +90,11 @@ class Run:
     self.tokenize = make_condition(config.tags, config.model.caption_channels)
     self.eval_batches = self._eval_batches() if load_weights else []
     self.train_source = self._train_source() if load_weights else None
+    # A distill stage's batches with the teacher's targets, sampled once (train/distill_targets.py).
+    self.distill_source = None
+    if load_weights and config.distill.targets:
+      self.distill_source = teacher_targets.TeacherTargetSource(config.distill.targets,
+                                                                config.diffusion.sampler)
     self.lock = run_lock.NOT_HELD  # `run` puts the run lock here; its check() before writes
 
   def _eval_batches(self) -> list:
@@ -291,8 +296,10 @@ class _StageTraining(_Stage):
           {"name": self.name, "num_experts": self.cfg.num_experts, "init_from": origin})
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     data_cfg.seed = config.data.seed + index  # each stage sees its own crop order
-    self.data_iter = iter(
-        pipeline.make_train_dataset(self.run.train_source, data_cfg, self.run.tokenize))
+    source = self.run.train_source
+    if self.teacher is not None and self.run.distill_source is not None:
+      source = self.run.distill_source
+    self.data_iter = iter(pipeline.make_train_dataset(source, data_cfg, self.run.tokenize))
     self.resumed_from = None
     if not self.ckpts.all_steps():
       self._check_nothing_lost()

@@ -7,7 +7,9 @@ A config fits the run when
   branched from (first when it started without one), with the experts it started with;
 - each started stage's latest readable checkpoint holds the arrays of this model and that
   stage's optimizer, shape for shape (checkpoint.structure_mismatch);
-- the fields that say what the params compute (MODEL_FIELDS) are the run's config.json's.
+- the fields that say what the params compute (MODEL_FIELDS) are the run's config.json's;
+- once a distill stage has started, the fields that make its teacher's targets (TEACHER_FIELDS)
+  are the run's config.json's.
 Anything else (budgets, learning rates, evaluation, ESGF, data loading) may change on resume.
 """
 
@@ -24,6 +26,9 @@ MODEL_FIELDS = ("model", "latent", "diffusion.source", "diffusion.lr_source_nois
                 "diffusion.timestep_scale", "diffusion.experts", "tags.encoder", "tags.vocab_size",
                 "tags.max_tokens", "data.scale")
 FREE_FIELDS = ("model.remat", "model.dtype", "latent.dcae_params")
+# What a distill stage's student learns to reproduce: the teacher's sampler and the loss. Changed
+# on resume, the steps after it would regress onto other targets than the steps before.
+TEACHER_FIELDS = ("diffusion.sampler", "distill")
 
 
 def check(the_run):
@@ -37,21 +42,25 @@ def check(the_run):
     _check_started_stage(stage, order, config, run)
   for name in order:
     _check_checkpoints(run.stage(name), lambda: the_run.abstract_state(name)[0])
-  _check_model_fields(config_check.flatten(run_config.read(run)),
-                      config_check.flatten(run_config.resolved(config)), run)
+  stored = config_check.flatten(run_config.read(run))
+  new = config_check.flatten(run_config.resolved(config))
+  _check_fields(stored, new, MODEL_FIELDS, "trained with", run)
+  for stage in run.stages():
+    if config_check.stage_kind(config, stage.name) == "distill":
+      _check_fields(stored, new, TEACHER_FIELDS, f"whose distill stage {stage.name!r} started with",
+                    run)
 
 
 def _is_under(path: str, fields) -> bool:
   return any(path == f or path.startswith(f + ".") for f in fields)
 
 
-def _check_model_fields(stored: dict, new: dict, run):
+def _check_fields(stored: dict, new: dict, fields, started_with: str, run):
   """A field the stored config lacks (written by an older version) is not compared."""
   for path in sorted(stored.keys() & new.keys()):
-    if (_is_under(path, MODEL_FIELDS) and not _is_under(path, FREE_FIELDS) and
-        stored[path] != new[path]):
+    if _is_under(path, fields) and not _is_under(path, FREE_FIELDS) and stored[path] != new[path]:
       raise UserError(f"config.{path}={new[path]!r} does not fit the run in {run.path}, "
-                      f"trained with {stored[path]!r} (its config.json): resume with that "
+                      f"{started_with} {stored[path]!r} (its config.json): resume with that "
                       "value, or train into another --workdir")
 
 

@@ -4,7 +4,6 @@ its frozen teacher's guided multi-step output better than the teacher's own 1-st
 its student, its 1-step validation, its kill and resume, its errors, and the tools on it."""
 
 import json
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -14,19 +13,21 @@ import pytest
 
 from bench import run_outcome
 
-from linearsr_jax import config_check
+from linearsr_jax import config_check, run_config
 from linearsr_jax.commands.cli import main
+from linearsr_jax.data import pipeline, teacher_targets
 from linearsr_jax.diffusion import distill, experts, flow, samplers
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
-from linearsr_jax.run import kill_points
+from linearsr_jax.run import run_dir
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.sr_model import sr_example_inputs
-from linearsr_jax.train import loop
+from linearsr_jax.train import loop, run_fit
+from linearsr_jax.train import distill_targets
 from linearsr_jax.train.distill_step import make_distill_step
 from linearsr_jax.train.state import TrainState
 from model_helpers import perturbed
-from train_runs import SMALL, cli_env, small_config, start, train_command, wait_ok
+from train_runs import SMALL, cli_env, flatten, small_config, straight_killed_resumed
 
 TEACHER_EXPERTS = 2
 TRAIN_STEPS = 60
@@ -50,9 +51,20 @@ def _batch(config, batch_size=4, seed=0):
   }
 
 
-def _state(params, tx):
+def _random_teacher(model):
+  """Experts unlike each other, output layers not zero (a fresh DiT predicts zero velocity)."""
+
+  @jax.jit  # one compile: eagerly, each leaf's perturbation compiles its own
+  def random_teacher(key):
+    one = model.init(key, *sr_example_inputs(model.dit, model.tags, 1, (4, 4)))["params"]
+    return experts.stack_experts([perturbed(one, seed=s) for s in range(TEACHER_EXPERTS)])
+
+  return random_teacher(jax.random.PRNGKey(0))
+
+
+def _state(params, tx, seed=5):
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=tx.init(params), rng=jax.random.PRNGKey(5), lr_scale=jnp.ones(
+                    opt_state=tx.init(params), rng=jax.random.PRNGKey(seed), lr_scale=jnp.ones(
                         (), jnp.float32), skipped=jnp.zeros(
                             (), jnp.int32), consecutive_skips=jnp.zeros((), jnp.int32))
 
@@ -73,13 +85,7 @@ def test_student_reproduces_the_teachers_steps_better_than_its_one_step():
   config = _teacher_config()
   model, latent_space = build_model(config)
 
-  @jax.jit
-  def random_teacher(key):
-    """Experts unlike each other, output layers not zero (a fresh DiT predicts zero velocity)."""
-    one = model.init(key, *sr_example_inputs(model.dit, model.tags, 1, (4, 4)))["params"]
-    return experts.stack_experts([perturbed(one, seed=s) for s in range(TEACHER_EXPERTS)])
-
-  teacher = random_teacher(jax.random.PRNGKey(0))
+  teacher = _random_teacher(model)
   student = distill.student_start(teacher, config.diffusion.experts)
   # The σ = 1 expert is the last one: its leaves, not the first expert's, start the student.
   np.testing.assert_array_equal(jax.tree.leaves(student)[0][0], jax.tree.leaves(teacher)[0][-1])
@@ -113,6 +119,48 @@ def test_student_reproduces_the_teachers_steps_better_than_its_one_step():
   np.testing.assert_allclose(student_0, teacher_1_plain, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_targets_sampled_once_over_the_mesh_give_the_batches_the_step_samples(tmp_path):
+  """The teacher samples two batches sharded over two devices and the rows are written; read
+  back, each is its batch's row with the sampler's start and the project's sampler's output
+  from there, and a distill step on them is the step that samples the teacher itself."""
+  # A cheap teacher (2 guided steps): what is tested is where its output goes.
+  config = small_config(**{"diffusion.sampler.steps": 2, "diffusion.sampler.guidance_scale": 2.0})
+  the_run = loop.Run(config, tmp_path / "w", load_weights=False, devices=jax.devices()[:2])
+  teacher = _random_teacher(the_run.model)
+  sampler = jax.jit(
+      lambda batch, key: _sampled(the_run.model, the_run.latent_space, config, teacher, batch, key))
+  batches = [_batch(config, seed=s) for s in range(2)]
+  assert distill_targets.write_targets(the_run, teacher, batches, tmp_path / "t", seed=7) == 8
+  source = teacher_targets.TeacherTargetSource(tmp_path / "t", config.diffusion.sampler)
+  stored = [
+      {k: np.stack([source[4 * b + r][k] for r in range(4)]) for k in source[0]} for b in range(2)
+  ]
+  for b, batch in enumerate(batches):
+    assert set(stored[b]) == set(batch) | {"x1", "teacher_x0"}
+    for k in batch:
+      np.testing.assert_array_equal(stored[b][k], batch[k])
+    sampled = sampler({k: jnp.asarray(v) for k, v in batch.items()},
+                      jax.random.fold_in(jax.random.PRNGKey(7), b))
+    np.testing.assert_allclose(stored[b]["teacher_x0"], sampled, atol=1e-4)
+  # Step 0 of a state whose rng is the targets' seed draws batch 0's start.
+  tx = optax.adam(1e-3)
+  step = jax.jit(
+      make_distill_step(the_run.model, the_run.latent_space, tx, config.diffusion, config.distill,
+                        scale=config.data.scale, ema_decay=0.0))
+  state = _state(distill.student_start(teacher, config.diffusion.experts), tx, seed=7)
+  sampling, reading = (step(state, {k: jnp.asarray(v)
+                                    for k, v in b.items()}, {}, teacher)
+                       for b in (batches[0], stored[0]))
+  for name in ("train/loss_teacher", "train/grad_norm"):
+    np.testing.assert_allclose(reading[1][name], sampling[1][name], rtol=1e-4)
+  # The train pipeline hands the stored rows on whole.
+  rows = next(iter(pipeline.make_train_dataset(source, config.data, tokenize=None)))
+  assert {k for k in rows} == set(stored[0])
+  with pytest.raises(UserError, match="the teacher sampled with .* but the config's"):
+    teacher_targets.TeacherTargetSource(tmp_path / "t", small_config().diffusion.sampler)
+
+
 def test_a_distill_stage_needs_a_teacher_and_a_single_expert():
   config = small_config(stage_order="distill")
   with pytest.raises(UserError, match="starts with distill stage 'distill', which has no teacher"):
@@ -135,17 +183,12 @@ KILL = "checkpoint_write@4"
 @pytest.fixture(scope="module")
 def distill_runs(tmp_path_factory):
   """(uninterrupted workdir, workdir killed during the distill stage and resumed)."""
-  root, env = tmp_path_factory.mktemp("distill"), cli_env()
-  straight, killed = root / "straight", root / "killed"
-  wait_ok(start(train_command(straight, tree=DISTILL_RUN), root / "straight.log", env),
-          root / "straight.log")
-  victim = start(train_command(killed, tree=DISTILL_RUN), root / "killed.log",
-                 dict(env, **{kill_points.ENV: KILL}))
-  assert victim.wait(240) == -signal.SIGKILL, (root / "killed.log").read_text()[-2000:]
-  assert not (killed / "distill" / "result.json").exists()
-  wait_ok(start(train_command(killed, tree=DISTILL_RUN), root / "resumed.log", env),
-          root / "resumed.log")
-  return straight, killed
+  root = tmp_path_factory.mktemp("distill")
+
+  def after_kill(point):
+    assert not (root / "killed" / "distill" / "result.json").exists()
+
+  return straight_killed_resumed(root, DISTILL_RUN, [KILL], cli_env(), after_kill=after_kill)
 
 
 @pytest.mark.slow
@@ -198,3 +241,27 @@ def test_export_of_a_distilled_run_is_the_single_expert_student(distill_runs, tm
   info = json.loads((tmp_path / "e" / "linearsr_export.json").read_text())
   assert not (tmp_path / "e" / "expert_0").exists()
   assert "(distill step " in info["source"] and info["interval"] == [0.0, 1.0], info
+
+
+@pytest.mark.parametrize("field, value", [("diffusion.sampler.steps", 3),
+                                          ("diffusion.sampler.guidance_scale", 4.0),
+                                          ("distill.gt_weight", 0.5)])
+def test_a_started_distill_stage_resumes_only_with_its_teachers_settings(tmp_path, field, value):
+  """The teacher's sampler and the distill loss make the student's targets: a run whose distill
+  stage has started refuses others in one line; before it has started they may change."""
+  workdir = run_dir.RunDir(tmp_path / "w")
+  config = small_config(**dict(flatten(DISTILL_RUN)))
+  run_config.write(workdir, config)
+  run_dir.write_json(workdir.stage("pretrain").stage_json, {"num_experts": 1, "init_from": {}})
+  changed = small_config(**dict(flatten(DISTILL_RUN)) | {field: value})
+  check = lambda c: run_fit.check(
+      loop.Run(c, workdir.path, load_weights=False, devices=jax.devices()[:1]))
+  check(changed)  # only pretrain has started
+  run_dir.write_json(
+      workdir.stage("distill").stage_json, {"num_experts": 1, "init_from": {"stage": "pretrain"}})
+  check(config)
+  stored = config_check.flatten(config.to_dict())[field]
+  with pytest.raises(
+      UserError, match=rf"^config.{field}={value!r} does not fit the run in .*, "
+      rf"whose distill stage 'distill' started with {stored!r} \(its config.json\)"):
+    check(changed)

@@ -3,18 +3,14 @@ rate of 1 explodes twice (steps 2 and 4); killed right after its second rollback
 it ends bit for bit as the run that never stopped: the rollback was checkpointed at once, and
 the resumed guard knows both rollbacks (so it is spent) and the losses it took in."""
 
-import signal
-
 import pytest
 
 from bench import run_outcome
 from linearsr_jax.train import divergence_guard
 
-from linearsr_jax.run import kill_points
-
 from linearsr_jax.run import run_dir
 from linearsr_jax.train.divergence_guard import DivergenceGuard
-from train_runs import SMALL, cli_env, start, train_command, wait_ok
+from train_runs import SMALL, cli_env, straight_killed_resumed
 
 DIVERGING = dict(
     SMALL, stage_order="pretrain,finetune", optimizer=dict(warmup_steps=0),
@@ -31,15 +27,8 @@ def rollbacks(workdir) -> list:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("guard")
-  env = cli_env()
-  straight, killed = root / "straight", root / "killed"
-  wait_ok(start(train_command(straight, tree=DIVERGING), root / "straight.log", env),
-          root / "straight.log", timeout=480)
-  process = start(train_command(killed, tree=DIVERGING), root / "killed.log",
-                  dict(env, **{kill_points.ENV: "rolled_back@2"}))
-  assert process.wait(480) == -signal.SIGKILL, (root / "killed.log").read_text()[-2000:]
-  wait_ok(start(train_command(killed, tree=DIVERGING), root / "resumed.log", env),
-          root / "resumed.log", timeout=480)
+  straight, killed = straight_killed_resumed(root, DIVERGING, ["rolled_back@2"], cli_env(),
+                                             timeout=480)
   return straight, killed, (root / "resumed.log").read_text()
 
 

@@ -4,15 +4,13 @@ as the uninterrupted run: run.json, each stage's knee and last evaluation, and e
 final states, bit for bit.
 `bench/chaos.py` does the same at many seeded random moments."""
 
-import signal
-
 import pytest
 
 from bench import run_outcome
 
 from linearsr_jax.run import kill_points
 from damage import truncate_array_file
-from train_runs import SMALL, cli_env, start, train_command, wait_ok
+from train_runs import SMALL, cli_env, straight_killed_resumed
 
 TWO_STAGES = dict(SMALL, stage_order="pretrain,moe", stages=dict(pretrain=dict(max_steps=12),
                                                                  moe=dict(max_steps=6)))
@@ -34,27 +32,23 @@ def test_point_names_are_known():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("kills")
-  env = cli_env()
-  straight, killed = root / "straight", root / "killed"
-  wait_ok(start(train_command(straight, tree=TWO_STAGES), root / "straight.log", env),
-          root / "straight.log")
-  for n, point in enumerate(KILLS):
-    log = root / f"killed{n}.log"
-    process = start(train_command(killed, tree=TWO_STAGES), log,
-                    dict(env, **{kill_points.ENV: point}))
-    assert process.wait(240) == -signal.SIGKILL, f"{point}:\n{log.read_text()[-2000:]}"
-    if point in DAMAGED_AFTER:  # the resumed run falls back past it and redoes its steps
-      steps = sorted(
-          int(p.name) for p in (killed / "pretrain" / "checkpoints").iterdir() if p.name.isdigit())
-      truncate_array_file(killed / "pretrain" / "checkpoints" / str(steps[-1]))
+  killed = root / "killed"
   # What a kill between an atomic write's temporary file and its rename leaves.
   stale = [
       killed / ".run.json.0123456789ab.tmp", killed / "pretrain" / ".knee.png.abcdef012345.tmp"
   ]
-  for path in stale:
-    path.write_bytes(b"half")
-  wait_ok(start(train_command(killed, tree=TWO_STAGES), root / "resumed.log", env),
-          root / "resumed.log")
+
+  def after_kill(point):
+    if point in DAMAGED_AFTER:  # the resumed run falls back past it and redoes its steps
+      steps = sorted(
+          int(p.name) for p in (killed / "pretrain" / "checkpoints").iterdir() if p.name.isdigit())
+      truncate_array_file(killed / "pretrain" / "checkpoints" / str(steps[-1]))
+    if point == KILLS[-1]:
+      for path in stale:
+        path.write_bytes(b"half")
+
+  straight, killed = straight_killed_resumed(root, TWO_STAGES, KILLS, cli_env(),
+                                             after_kill=after_kill)
   return straight, killed, stale
 
 
