@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from linearsr_jax.diffusion import distill, experts, flow
 from linearsr_jax.evaluate import metrics
-from linearsr_jax.train.step import guarded_update
+from linearsr_jax.train.step import guarded_update, hr_latent
 
 
 def make_teacher_targets(model, latent_space, diffusion_cfg, *, scale: int):
@@ -26,18 +26,13 @@ def make_teacher_targets(model, latent_space, diffusion_cfg, *, scale: int):
   def targets(batch, key, latent_params, teacher_params):
     lr = batch["lr"]
     lr_latent = flow.lr_source_latent(diffusion_cfg, latent_space, latent_params, lr, scale)
-    shape = jax.eval_shape(lambda b, p: _hr_latent(latent_space, b, p), batch, latent_params).shape
+    shape = jax.eval_shape(lambda b, p: hr_latent(latent_space, b, p), batch, latent_params).shape
     x1 = flow.draw_source(key, shape, diffusion_cfg, lr_latent)
     null = (jnp.zeros_like(batch["cond"]), jnp.zeros_like(batch["cond_mask"]))
     return x1, distill.teacher_endpoint(apply_fn, teacher_params, x1, _context(batch),
                                         diffusion_cfg, null)
 
   return targets
-
-
-def _hr_latent(latent_space, batch, latent_params):
-  return (batch["hr_latent"] if "hr_latent" in batch else latent_space.encode_fn(
-      latent_params, batch["hr"]))
 
 
 def _context(batch):
@@ -63,7 +58,7 @@ def make_distill_step(model, latent_space, tx, diffusion_cfg, distill_cfg, *, sc
     to_teacher = flow.per_sample_loss(student, target).mean()
     loss, scalars = to_teacher, {"train/loss_teacher": to_teacher}
     if distill_cfg.gt_weight > 0:
-      to_gt = flow.per_sample_loss(student, _hr_latent(latent_space, batch, latent_params)).mean()
+      to_gt = flow.per_sample_loss(student, hr_latent(latent_space, batch, latent_params)).mean()
       loss, scalars["train/loss_gt"] = loss + distill_cfg.gt_weight * to_gt, to_gt
     if distill_cfg.perceptual_weight > 0:
       unit = lambda images: jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)

@@ -11,6 +11,12 @@ import optax
 from linearsr_jax.diffusion import experts, flow
 
 
+def hr_latent(latent_space, batch, latent_params):
+  """The batch's HR latents: precomputed ('hr_latent'), or the HR crops encoded here."""
+  return (batch["hr_latent"] if "hr_latent" in batch else latent_space.encode_fn(
+      latent_params, batch["hr"]))
+
+
 def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_dropout: float,
                     ema_decay: float):
   """train_step(state, batch, latent_params) -> (state, metrics); pure, for jax.jit with donated
@@ -23,8 +29,7 @@ def make_train_step(model, latent_space, tx, diffusion_cfg, *, scale: int, cond_
 
   def loss_fn(params, key, batch, latent_params):
     key_drop, key_flow = jax.random.split(key)
-    x0 = (batch["hr_latent"] if "hr_latent" in batch else latent_space.encode_fn(
-        latent_params, batch["hr"]))
+    x0 = hr_latent(latent_space, batch, latent_params)
     lr_latent = flow.lr_source_latent(diffusion_cfg, latent_space, latent_params, batch["lr"],
                                       scale)
     # Condition dropout: an all-False mask selects the learned null condition, which is what
