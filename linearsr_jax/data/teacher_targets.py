@@ -28,10 +28,6 @@ def serialise(row: dict) -> bytes:
   return serialization.msgpack_serialize({k: np.asarray(v) for k, v in row.items()})
 
 
-def shard_name(process_index: int, process_count: int) -> str:
-  return latent_crops.shard_name(process_index, process_count)
-
-
 class TeacherTargetSource:
   """The records of a targets directory, checked against the teacher's sampler of the config."""
 

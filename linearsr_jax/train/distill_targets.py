@@ -9,7 +9,7 @@ import numpy as np
 
 from linearsr_jax import storage
 from linearsr_jax.atomic import atomic_file, staged_file
-from linearsr_jax.data import pipeline, teacher_targets
+from linearsr_jax.data import latent_crops, pipeline, teacher_targets
 from linearsr_jax.train.distill_step import make_teacher_targets
 
 
@@ -27,7 +27,7 @@ def write_targets(the_run, teacher_params, batches, out, *, seed: int, process_i
       make_teacher_targets(the_run.model, the_run.latent_space, config.diffusion,
                            scale=config.data.scale))
   written = 0
-  with staged_file(out / teacher_targets.shard_name(process_index, process_count)) as local:
+  with staged_file(out / latent_crops.shard_name(process_index, process_count)) as local:
     writer = ArrayRecordWriter(str(local), "group_size:1")
     try:
       for i, rows in enumerate(batches):
@@ -45,7 +45,7 @@ def write_targets(the_run, teacher_params, batches, out, *, seed: int, process_i
     index = {
         "format": teacher_targets.FORMAT, "sampler": config.diffusion.sampler.to_dict(),
         "seed": seed,
-        "shards": [teacher_targets.shard_name(p, process_count) for p in range(process_count)]
+        "shards": [latent_crops.shard_name(p, process_count) for p in range(process_count)]
     }
     with atomic_file(out / teacher_targets.INDEX, "w") as f:
       json.dump(index, f, indent=2, sort_keys=True)
