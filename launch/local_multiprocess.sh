@@ -26,8 +26,12 @@ if [[ "$LOGDIR" == *://* ]]; then
   exit 2
 fi
 mkdir -p "$LOGDIR"
-PORT=${LINEARSR_PORT:-$((20000 + RANDOM % 20000))}
 BIN=${LINEARSR_BIN:-$(dirname "$0")/../.venv/bin/linearsr}
+# A port the system says is free now (a random one once collided: "Failed to start RPC server").
+PY="$(dirname "$BIN")/python"
+[[ -x "$PY" ]] || PY=python3
+PORT=${LINEARSR_PORT:-$("$PY" -c \
+  'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')}
 pids=()
 for ((p = 0; p < NUM; p++)); do
   JAX_PLATFORMS=cpu LINEARSR_COORDINATOR="localhost:$PORT" LINEARSR_NUM_PROCESSES="$NUM" \
