@@ -16,7 +16,7 @@ import logging
 import flax.linen as nn
 import jax
 import ml_collections
-from clu import metric_writers, periodic_actions
+from clu import parameter_overview
 
 from linearsr_jax import config_check, esgf, lead_decides, optimizer, run_config, sharding, storage
 from linearsr_jax.data import eval_set, latent_crops, pipeline, teacher_targets
@@ -35,6 +35,7 @@ from linearsr_jax.train.knee_snapshots import KneeSnapshots, UnreadableSnapshot
 from linearsr_jax.train.state import (abstract_train_state, branch_params, create_train_state,
                                       expert_param_shapes, overlay_params)
 from linearsr_jax.train.step import make_train_step
+from linearsr_jax.train.summaries import Progress, Summaries
 from linearsr_jax.train.validation import ExpertFlowLosses, Validator
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,8 @@ class _StageTraining(_Stage):
       run_dir.write_json(
           self.dir.stage_json,
           {"name": self.name, "num_experts": self.cfg.num_experts, "init_from": origin})
+      log.info("stage %s's parameters:\n%s", self.name,
+               parameter_overview.get_parameter_overview(self.state.params, include_stats=False))
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     data_cfg.seed = config.data.seed + index  # each stage sees its own crop order
     source = self.run.train_source
@@ -326,8 +329,7 @@ class _StageTraining(_Stage):
                                           self.run.latent_params, config.diffusion,
                                           self.run.eval_batches, num_experts=self.cfg.num_experts,
                                           scale=config.data.scale, seed=config.seed)
-    self.writer = metric_writers.create_default_writer(str(self.dir.path),
-                                                       just_logging=not self.is_lead)
+    self.writer = Summaries(self.dir.path if self.is_lead else None)
     self.guard = DivergenceGuard(config.train.guard, start_params)
     self.rolled_back = False  # since the last save
     self.skip_restores = collections.Counter()  # checkpoint step -> restores after skips
@@ -362,7 +364,7 @@ class _StageTraining(_Stage):
     row = {"step": step, **val, **self.bicubic, "train/lr_scale": float(self.state.lr_scale)}
     self.run.lock.check()
     self.mlog.append(row)
-    self.writer.write_scalars(step, row)
+    self.writer.write_scalars(step, {k: v for k, v in row.items() if k != "step"})
     self.writer.write_images(step, {"val/lr_bicubic_sr_hr": self.validator.image_grid(sr)})
     decision = (
         self.detector.update(step, val)  # first: its keep-sets prune these saves
@@ -391,7 +393,7 @@ class _StageTraining(_Stage):
     teacher = () if self.teacher is None else (self.teacher,)
     step_fn = self.run.jit_train_step(self.name, self.shardings,
                                       jax.tree.map(lambda x: x.sharding, self.teacher))
-    report = periodic_actions.ReportProgress(num_train_steps=max_steps, writer=self.writer)
+    report = Progress(self.name, max_steps, self.writer)
     step, decision = int(self.state.step), self.detector.decision
     if self.resumed_from is None:
       decision, first = self.evaluate_and_save(0)
