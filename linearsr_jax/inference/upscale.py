@@ -160,6 +160,13 @@ class Upscaler:
   def param_bytes_per_device(self) -> int:
     return param_placement.bytes_per_device(self.params, self.param_shardings)
 
+  def sampler_memory(self, tile: int):
+    """XLA's memory analysis (per device) of one sampler call on `batch` tile² LR tiles."""
+    cond, mask = (np.asarray(a)[None] for a in self.null)
+    tiles = jax.ShapeDtypeStruct((self.options.batch, tile, tile, 3), np.float32)
+    return self._sr.lower(self.params, self.latent_params, tiles, cond, mask,
+                          self.key).compile().memory_analysis()
+
   def _tile(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """(tile, overlap) for an (aligned) image: --tile shrunk to the image along each axis; an
     axis that one tile covers needs no overlap."""
