@@ -8,8 +8,9 @@ replace an input is refused, an existing output is skipped unless --overwrite, a
 that would make the same output (a.png, a.jpg) are refused before any work. Bad files, and
 images whose output would exceed --max_output_pixels (read from their header, before decoding),
 are reported and the rest processed; the exit code is 1 if anything failed. Tiles go through
-the sampler --batch at a time over this host's devices; on a multi-host job (every host runs
-the same command) host i of n takes inputs i, i + n, i + 2n, ...
+the sampler --batch at a time over this host's devices (--shard_params splits the params over
+them too); on a multi-host job (every host runs the same command) host i of n takes inputs i,
+i + n, i + 2n, ...
 """
 
 import sys

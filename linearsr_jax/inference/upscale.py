@@ -107,8 +107,8 @@ def load_upscaler(checkpoint, stage, step, ema: bool, dtype, options: UpscaleOpt
   if options.shard_params:
     total = sum(x.nbytes for x in jax.tree.leaves(trained.params))
     print(
-        f"params: {total / 2**30:.2f} GiB, {upscaler.param_bytes_per_device() / 2**30:.2f} GiB "
-        f"per device (FSDP over {upscaler.mesh.devices.size} devices)", file=sys.stderr)
+        f"params: {total / 2**20:,.1f} MiB, {upscaler.param_bytes_per_device() / 2**20:,.1f} "
+        f"MiB per device (FSDP over {upscaler.mesh.devices.size} devices)", file=sys.stderr)
   return trained, upscaler
 
 
