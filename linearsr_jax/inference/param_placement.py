@@ -8,7 +8,7 @@ devices, the first of a param's axes that their number divides. The tile batch s
 parallel on the mesh's 'data' axis; jit gathers each layer's params where it uses them. The
 expert stack is not sharded: the sampler runs one expert at a time (diffusion/samplers.py), and
 a stack sharded by experts would gather a whole expert onto every device. What has no such
-axis (the patch embedding's stem, a few small tables) stays replicated.
+axis stays replicated: the LR stem's small convolutions and the output bias.
 """
 
 import flax.traverse_util

@@ -114,12 +114,12 @@ def load_trained(path, stage=None, step=None, ema: bool = True, sharded_on=None)
   if config is None:
     raise UserError(f"{run.path}: no config.json, so the model cannot be rebuilt")
   model, latent_space = build_model(config)
-  shardings_of = None
-  if sharded_on is not None:
-    shardings_of = lambda shapes: param_placement.fsdp_shardings(
-        model,
-        jax.tree.leaves(shapes)[0].shape[0], sharded_on)
-  params = checkpoint_read.read_params(step_dir, "ema_params" if ema else "params", shardings_of)
+
+  def fsdp(shapes):  # the number of experts is the checkpoint's
+    return param_placement.fsdp_shardings(model, jax.tree.leaves(shapes)[0].shape[0], sharded_on)
+
+  params = checkpoint_read.read_params(step_dir, "ema_params" if ema else "params",
+                                       None if sharded_on is None else fsdp)
   diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
   if config_check.stage_kind(config, stage) == "distill":
     diffusion.sampler.update(distill.STUDENT_SAMPLER)

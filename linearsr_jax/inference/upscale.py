@@ -141,9 +141,11 @@ class Upscaler:
                                              options.shard_params)
     tiles = NamedSharding(self.mesh, PartitionSpec("data"))
     every = sharding.replicated(self.mesh)
-    self.param_shardings = (param_placement.fsdp_shardings(
-        trained.model, trained.num_experts, self.mesh) if options.shard_params else jax.tree.map(
-            lambda _: every, trained.params))
+    if options.shard_params:
+      self.param_shardings = param_placement.fsdp_shardings(trained.model, trained.num_experts,
+                                                            self.mesh)
+    else:
+      self.param_shardings = jax.tree.map(lambda _: every, trained.params)
     self._sr = jax.jit(sr_tiles,
                        in_shardings=(self.param_shardings, every, tiles, every, every, every),
                        out_shardings=tiles)
