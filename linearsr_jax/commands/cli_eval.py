@@ -51,6 +51,10 @@ def add_arguments(parser):
       "--batch", type=int, metavar="N",
       help="tiles per sampler call, split over the local devices (default: one per GPU / "
       "TPU device, 1 on a CPU)")
+  model.add_argument(
+      "--shard_params", action="store_true",
+      help="split the params over all of this host's devices (FSDP), for a model that does "
+      "not fit one; default: a copy on each device")
   parser.add_argument("--scale", type=int, default=4, metavar="N",
                       help="up-sampling factor for --lr_dir (default 4)")
   parser.add_argument("--out", required=True, type=storage.path, metavar="DIR",
@@ -91,15 +95,12 @@ def _conditions(args, upscaler):
 
 def _model_upscaler(args):
   """((lr, lr path) -> sr function, description) of a trained checkpoint."""
-  from linearsr_jax.inference.trained import load_trained
-  from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler, default_batch
+  from linearsr_jax.inference.upscale import UpscaleOptions, default_batch, load_upscaler
 
-  trained = load_trained(args.checkpoint, args.stage, args.step,
-                         ema=not args.raw).computing_in(args.dtype)
-  upscaler = Upscaler(
-      trained,
+  trained, upscaler = load_upscaler(
+      args.checkpoint, args.stage, args.step, not args.raw, args.dtype,
       UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix,
-                     args.batch or default_batch()))
+                     args.batch or default_batch(), args.shard_params))
   if upscaler.scale != args.scale:
     raise UserError(f"the checkpoint upscales x{upscaler.scale}, but --scale is {args.scale}")
   conditions = _conditions(args, upscaler)

@@ -8,8 +8,9 @@ replace an input is refused, an existing output is skipped unless --overwrite, a
 that would make the same output (a.png, a.jpg) are refused before any work. Bad files, and
 images whose output would exceed --max_output_pixels (read from their header, before decoding),
 are reported and the rest processed; the exit code is 1 if anything failed. Tiles go through
-the sampler --batch at a time over this host's devices; on a multi-host job (every host runs
-the same command) host i of n takes inputs i, i + n, i + 2n, ...
+the sampler --batch at a time over this host's devices (--shard_params splits the params over
+them too); on a multi-host job (every host runs the same command) host i of n takes inputs i,
+i + n, i + 2n, ...
 """
 
 import sys
@@ -57,6 +58,10 @@ def add_arguments(parser):
       "--batch", type=int, metavar="N",
       help="tiles per sampler call, split over this host's devices (default: one per "
       "GPU / TPU device, 1 on a CPU)")
+  parser.add_argument(
+      "--shard_params", action="store_true",
+      help="split the params over all of this host's devices (FSDP), for a model that does "
+      "not fit one; default: a copy on each device")
   parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
   parser.add_argument(
       "--max_output_pixels", type=int, metavar="N",
@@ -133,9 +138,8 @@ def run(args) -> int:
   import jax
   from tqdm import tqdm
 
-  from linearsr_jax.inference.trained import load_trained
-  from linearsr_jax.inference.upscale import (UpscaleOptions, Upscaler, check_output_pixels,
-                                              default_batch, default_max_output_pixels)
+  from linearsr_jax.inference.upscale import (UpscaleOptions, check_output_pixels, default_batch,
+                                              default_max_output_pixels, load_upscaler)
 
   jobs = collect_inputs(args.inputs)
   if not jobs:
@@ -146,12 +150,10 @@ def run(args) -> int:
     raise UserError(f"--outscale {args.outscale:g} must be a number > 0")
   max_pixels = args.max_output_pixels or default_max_output_pixels()
   out_dir = storage.output_dir(args.out, "--out")
-  trained = load_trained(args.checkpoint, args.stage, args.step,
-                         ema=not args.raw).computing_in(args.dtype)
-  upscaler = Upscaler(
-      trained,
+  _, upscaler = load_upscaler(
+      args.checkpoint, args.stage, args.step, not args.raw, args.dtype,
       UpscaleOptions(args.tile, args.overlap, args.steps, args.guidance, args.seed, args.color_fix,
-                     args.batch or default_batch()))
+                     args.batch or default_batch(), args.shard_params))
   conditions = _conditions(args, upscaler)
   failures, done, skipped = [], 0, 0
   for path, stem in tqdm(jobs, desc="images", unit="img", file=sys.stderr,

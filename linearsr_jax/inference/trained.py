@@ -4,6 +4,7 @@
     trained = load_trained("runs/demo", stage="pretrain", step=400, ema=False)
     trained = load_trained("runs/demo/moe/checkpoints/350")  # one step directory
     trained = load_trained("runs/demo/pretrain/knee_snapshots/300")  # the knee's EMA params
+    trained = load_trained("runs/big", sharded_on=mesh)  # FSDP over the mesh (param_placement)
 
 The run's resolved config.json rebuilds the model, latent space and sampler settings (a distill
 stage's student: one step, no guidance); the params are restored from Orbax without needing the
@@ -19,6 +20,7 @@ import ml_collections
 from linearsr_jax import config_check, run_config, storage
 from linearsr_jax.diffusion import distill
 from linearsr_jax.errors import UserError
+from linearsr_jax.inference import param_placement
 from linearsr_jax.models.build import build_model
 from linearsr_jax.models.dit import DTYPES
 from linearsr_jax.models.sr_model import SRModel
@@ -100,7 +102,9 @@ def _step_dir(stage_dir: StageDir, step: int, ema: bool):
   raise UserError(f"{stage_dir.checkpoint(step)}: no such checkpoint")
 
 
-def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
+def load_trained(path, stage=None, step=None, ema: bool = True, sharded_on=None) -> Trained:
+  """`sharded_on`: a mesh (param_placement.upscale_mesh) the params are restored onto already
+  FSDP-sharded, never whole on one device; None: on the first local device."""
   path = storage.absolute(path)
   if not path.exists():
     raise UserError(f"{path}: no such checkpoint or run directory")
@@ -109,8 +113,13 @@ def load_trained(path, stage=None, step=None, ema: bool = True) -> Trained:
   config = run_config.read(run)
   if config is None:
     raise UserError(f"{run.path}: no config.json, so the model cannot be rebuilt")
-  params = checkpoint_read.read_params(step_dir, "ema_params" if ema else "params")
   model, latent_space = build_model(config)
+
+  def fsdp(shapes):  # the number of experts is the checkpoint's
+    return param_placement.fsdp_shardings(model, jax.tree.leaves(shapes)[0].shape[0], sharded_on)
+
+  params = checkpoint_read.read_params(step_dir, "ema_params" if ema else "params",
+                                       None if sharded_on is None else fsdp)
   diffusion = ml_collections.ConfigDict(config.diffusion.to_dict())
   if config_check.stage_kind(config, stage) == "distill":
     diffusion.sampler.update(distill.STUDENT_SAMPLER)

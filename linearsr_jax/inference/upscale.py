@@ -11,24 +11,29 @@ colour fix against the upsampled LR image is applied last, band by band.
 
 `batch` tiles go through the sampler per call, split over a mesh of gcd(batch, local devices)
 of this process's devices along the batch axis, the params replicated on each: a multiple of
-the device count keeps every device busy. Each process of a multi-host job runs its own images
-on its own devices (no collectives between hosts).
+the device count keeps every device busy. With `shard_params` the params are instead split
+over all the local devices (FSDP, inference/param_placement.py), for a model that does not fit
+one. Each process of a multi-host job runs its own images on its own devices (no collectives
+between hosts).
 """
 
 import dataclasses
 import math
 import os
+import sys
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from linearsr_jax import sharding
 from linearsr_jax.data.image_io import image_size
 from linearsr_jax.errors import UserError
-from linearsr_jax.inference import tiling
+from linearsr_jax.inference import param_placement, tiling
 from linearsr_jax.inference.color_fix import color_fix_in_place
 from linearsr_jax.inference.picture_upscale import output_size
 from linearsr_jax.inference.super_resolve import make_super_resolve
+from linearsr_jax.inference.trained import load_trained
 from linearsr_jax.data.conditions import make_condition, null_condition
 
 
@@ -41,6 +46,7 @@ class UpscaleOptions:
   seed: int = 0
   color_fix: str = "wavelet"
   batch: int = 1  # tiles per sampler call, split over the local devices
+  shard_params: bool = False  # FSDP over every local device instead of replicated
 
 
 # Host bytes per output pixel while an image is upscaled and saved: its float32 RGB result (12),
@@ -89,6 +95,23 @@ def check_condition_flags(encoder, tags, arrays, arrays_flag):
                     "IMAGE.txt sidecars")
 
 
+def load_upscaler(checkpoint, stage, step, ema: bool, dtype, options: UpscaleOptions):
+  """(trained, Upscaler) of a checkpoint (inference/trained.py) computing in `dtype`; with
+  options.shard_params the params are restored straight onto the upscaler's mesh, FSDP-sharded,
+  and their size per device is logged."""
+  mesh = None
+  if options.shard_params:
+    mesh = param_placement.upscale_mesh(jax.local_devices(), options.batch, True)
+  trained = load_trained(checkpoint, stage, step, ema=ema, sharded_on=mesh).computing_in(dtype)
+  upscaler = Upscaler(trained, options)
+  if options.shard_params:
+    total = sum(x.nbytes for x in jax.tree.leaves(trained.params))
+    print(
+        f"params: {total / 2**20:,.1f} MiB, {upscaler.param_bytes_per_device() / 2**20:,.1f} "
+        f"MiB per device (FSDP over {upscaler.mesh.devices.size} devices)", file=sys.stderr)
+  return trained, upscaler
+
+
 class Upscaler:
   """upscaler(lr [h, w, 3] in [0, 1], condition) -> SR [h·s, w·s, 3] in [0, 1]."""
 
@@ -114,18 +137,37 @@ class Upscaler:
     def sr_tiles(params, latent_params, tiles, cond, mask, key):
       return jax.vmap(lambda t: sr(params, latent_params, t[None], cond, mask, key)[0])(tiles)
 
-    local = jax.local_devices()
-    self.mesh = sharding.make_mesh({"data": -1}, local[:math.gcd(options.batch, len(local))])
-    tiles, every = sharding.batch_sharding(self.mesh), sharding.replicated(self.mesh)
-    self._sr = jax.jit(sr_tiles, in_shardings=(every, every, tiles, every, every, every),
+    self.mesh = param_placement.upscale_mesh(jax.local_devices(), options.batch,
+                                             options.shard_params)
+    tiles = NamedSharding(self.mesh, PartitionSpec("data"))
+    every = sharding.replicated(self.mesh)
+    if options.shard_params:
+      self.param_shardings = param_placement.fsdp_shardings(trained.model, trained.num_experts,
+                                                            self.mesh)
+    else:
+      self.param_shardings = jax.tree.map(lambda _: every, trained.params)
+    self._sr = jax.jit(sr_tiles,
+                       in_shardings=(self.param_shardings, every, tiles, every, every, every),
                        out_shardings=tiles)
-    self.params, self.latent_params, self.key = jax.device_put(
-        (trained.params, trained.latent_space.params, jax.random.PRNGKey(options.seed)), every)
+    # Params the loader already placed this way (load_trained's mesh) stay where they are.
+    self.params = jax.device_put(trained.params, self.param_shardings)
+    self.latent_params, self.key = jax.device_put(
+        (trained.latent_space.params, jax.random.PRNGKey(options.seed)), every)
     tags, features = trained.config.tags, trained.config.model.caption_channels
     self.encoder = tags.encoder
     # condition source (tag list, ArrayRef or None) -> (cond, cond_mask), as the model takes it
     self.condition = make_condition(tags, features)
     self.null = null_condition(tags.encoder, tags.max_tokens, features)
+
+  def param_bytes_per_device(self) -> int:
+    return param_placement.bytes_per_device(self.params, self.param_shardings)
+
+  def sampler_memory(self, tile: int):
+    """XLA's memory analysis (per device) of one sampler call on `batch` tile² LR tiles."""
+    cond, mask = (np.asarray(a)[None] for a in self.null)
+    tiles = jax.ShapeDtypeStruct((self.options.batch, tile, tile, 3), np.float32)
+    return self._sr.lower(self.params, self.latent_params, tiles, cond, mask,
+                          self.key).compile().memory_analysis()
 
   def _tile(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """(tile, overlap) for an (aligned) image: --tile shrunk to the image along each axis; an

@@ -5,8 +5,8 @@ and checks it against the checksums saved beside it (state_checksum.py).
   before checkpoints had them has none) and which arrays read back different. Training
   (train/checkpoint.py) restores a step onto its mesh, with its data iterator, through its
   Orbax manager, and checks it with these two.
-- `restore_subtree_on_one_device`: the `ema_params` or `params` alone (Orbax's partial restore),
-  for the tools; `read_params` adds the checksum check and one-line errors.
+- `restore_subtree`: the `ema_params` or `params` alone (Orbax's partial restore), for the
+  tools, on one device or sharded; `read_params` adds the checksum check and one-line errors.
 - `restore_state_on_one_device`: every leaf of the state as host arrays, for the test and bench
   oracle that compares two runs (bench/run_outcome.py).
 """
@@ -34,12 +34,14 @@ def damaged_arrays(tree, saved: dict, prefix: str = "") -> list:
   return state_checksum.mismatches(tree, saved, prefix)
 
 
-def restore_subtree_on_one_device(state_dir, name: str):
+def restore_subtree(state_dir, name: str, shardings_of=None):
   """The saved state's `name` subtree alone (`ema_params` or `params`), every array on the first
-  local device: the tools run on whatever machine they are given, not on the training mesh the
-  checkpoint was written from. Orbax's partial restore reads only that subtree's arrays from
-  disk, not the other params copy, the optimizer moments or the counters (several times the
-  params' size for a big model with Adam)."""
+  local device, or where `shardings_of(shapes)` (the subtree's ShapeDtypeStructs -> their
+  shardings) puts it, for a model that does not fit one device: the tools run on whatever
+  machine they are given, not on the training mesh the checkpoint was written from. Orbax's
+  partial restore reads only that subtree's arrays from disk, not the other params copy, the
+  optimizer moments or the counters (several times the params' size for a big model with
+  Adam)."""
   handler = ocp.PyTreeCheckpointHandler()
   # The manager writes _CHECKPOINT_METADATA beside the items, not in them; reading one item
   # directly makes Orbax warn that it is missing, on every tool run. The handler's metadata()
@@ -55,10 +57,15 @@ def restore_subtree_on_one_device(state_dir, name: str):
   tree = getattr(metadata, "tree", metadata)
   if not isinstance(tree, dict) or not isinstance(tree.get(name), dict):
     raise KeyError(f"no {name} in the saved state")
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  shapes = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[name])
+  if shardings_of is None:
+    shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
+                             shapes)
+  else:
+    shardings = shardings_of(shapes)
   target = {
-      name: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                         tree[name])
+      name: jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), shapes,
+                         shardings)
   }
   restored = ocp.Checkpointer(handler).restore(
       state_dir,
@@ -68,14 +75,14 @@ def restore_subtree_on_one_device(state_dir, name: str):
   return restored[name]
 
 
-def read_params(step_dir, name: str):
-  """A step's `ema_params` or `params` on one device, checked against its checksums; a step
-  written before checkpoints had checksums is read with a warning. Damage is one UserError line
-  naming the step directory."""
+def read_params(step_dir, name: str, shardings_of=None):
+  """A step's `ema_params` or `params` on one device (or placed by `shardings_of`, see
+  `restore_subtree`), checked against its checksums; a step written before checkpoints had
+  checksums is read with a warning. Damage is one UserError line naming the step directory."""
   abandoned_reads.silence()
   verified = has_checksums(step_dir)
   try:
-    params = restore_subtree_on_one_device(step_dir / "state", name)
+    params = restore_subtree(step_dir / "state", name, shardings_of)
     saved = ocp.JsonCheckpointHandler().restore(step_dir / CHECKSUMS) if verified else None
   except (ValueError, FileNotFoundError, KeyError) as e:
     raise UserError(f"{step_dir}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
