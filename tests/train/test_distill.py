@@ -4,6 +4,8 @@ its frozen teacher's guided multi-step output better than the teacher's own 1-st
 its student, its 1-step validation, its kill and resume, its errors, and the tools on it."""
 
 import json
+import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +29,8 @@ from linearsr_jax.train import distill_targets
 from linearsr_jax.train.distill_step import make_distill_step
 from linearsr_jax.train.state import TrainState
 from model_helpers import perturbed
-from train_runs import SMALL, cli_env, flatten, small_config, straight_killed_resumed
+from train_runs import (SMALL, cli_env, flatten, small_config, start, straight_killed_resumed,
+                        train_command, wait_ok)
 
 TEACHER_EXPERTS = 2
 TRAIN_STEPS = 60
@@ -131,7 +134,9 @@ def test_targets_sampled_once_over_the_mesh_give_the_batches_the_step_samples(tm
   sampler = jax.jit(
       lambda batch, key: _sampled(the_run.model, the_run.latent_space, config, teacher, batch, key))
   batches = [_batch(config, seed=s) for s in range(2)]
-  assert distill_targets.write_targets(the_run, teacher, batches, tmp_path / "t", seed=7) == 8
+  index = distill_targets.write_targets(the_run, teacher, batches, tmp_path / "t",
+                                        key=jax.random.PRNGKey(7))
+  assert (index["batch_size"], index["batches"]) == (4, 2)
   source = teacher_targets.TeacherTargetSource(tmp_path / "t", config.diffusion.sampler)
   stored = [
       {k: np.stack([source[4 * b + r][k] for r in range(4)]) for k in source[0]} for b in range(2)
@@ -232,6 +237,63 @@ def test_a_teacher_of_another_model_stops_the_run_before_it_writes(distill_runs,
       "in this model: a teacher of another model"):
     loop.Run(config, tmp_path / "w", devices=jax.devices()[:1])  # what `run` does first
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_targets_the_command_writes_train_the_stage_as_it_samples_itself(distill_runs, tmp_path):
+  """`linearsr data teacher_targets` samples the straight run's distill teacher (its pretrain
+  knee) over the stage's 6 batches; a run of that pretrain stage whose distill stage trains from
+  them logs, step for step, what the straight run logged sampling its teacher in every step."""
+  straight, _ = distill_runs
+  targets, workdir = tmp_path / "targets", tmp_path / "w"
+  command = [
+      sys.executable, "-m", "linearsr_jax.commands.cli", "data", "teacher_targets", "--workdir",
+      str(straight), "--out",
+      str(targets)
+  ]
+  wait_ok(start(command, tmp_path / "targets.log", cli_env()), tmp_path / "targets.log")
+  assert "wrote 6 batches × 4 teacher targets" in (tmp_path / "targets.log").read_text()
+  workdir.mkdir()  # the run with the straight run's pretrain stage, its distill stage unstarted
+  shutil.copy(straight / "config.json", workdir)
+  shutil.copytree(straight / "pretrain", workdir / "pretrain")
+  wait_ok(
+      start(train_command(workdir, f"--config.distill.targets={targets}", tree=DISTILL_RUN),
+            tmp_path / "train.log", cli_env()), tmp_path / "train.log")
+  rows = lambda w: [
+      json.loads(l) for l in (w / "distill" / "metrics.jsonl").read_text().splitlines()
+  ]
+  sampled, read = rows(straight), rows(workdir)
+  assert [r["step"] for r in read] == [r["step"] for r in sampled]
+  for a, b in zip(sampled, read):
+    assert a.keys() == b.keys()
+    # The teacher sampled alone, not inside the step: the same to float round-off.
+    np.testing.assert_allclose([b[k] for k in sorted(b)], [a[k] for k in sorted(a)], rtol=1e-4,
+                               atol=1e-6, err_msg=str(a["step"]))
+
+
+def test_bad_teacher_targets_commands_are_one_line(tmp_path, capsys):
+
+  def fails(workdir, *flags, out="t"):
+    argv = ["data", "teacher_targets", "--workdir", str(workdir), "--out", str(tmp_path / out)]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+  assert "no run there (no config.json" in fails(tmp_path / "nothing")
+  flow_run, distill_run = (run_dir.RunDir(tmp_path / n) for n in ("flow", "distill"))
+  run_config.write(flow_run, small_config())
+  assert "config.stage_order='pretrain' has no distill stage" in fails(flow_run.path)
+  run_config.write(distill_run, small_config(**dict(flatten(DISTILL_RUN))))
+  (tmp_path / "used").mkdir()
+  (tmp_path / "used" / teacher_targets.INDEX).write_text("{}")
+  assert "already exists (pass --overwrite to replace it)" in fails(distill_run.path, out="used")
+  assert "--steps 0: sample at least one batch" in fails(distill_run.path, "--steps", "0")
+  # The config `train` takes (a batch for the 8 test devices); the teacher's stage has not run.
+  flags = [f"--config.{k}={v}" for k, v in flatten(DISTILL_RUN)] + ["--config.data.batch_size=8"]
+  assert (f"stage 'pretrain' of the run in {distill_run.path} has not ended, so the teacher of "
+          "distill stage 'distill' (its knee) is not known yet"
+          in fails(distill_run.path, "--config", "configs/tiny.py", *flags))
 
 
 @pytest.mark.slow
