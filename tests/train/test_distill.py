@@ -266,9 +266,13 @@ def test_targets_the_command_writes_train_the_stage_as_it_samples_itself(distill
   assert [r["step"] for r in read] == [r["step"] for r in sampled]
   for a, b in zip(sampled, read):
     assert a.keys() == b.keys()
-    # The teacher sampled alone, not inside the step: the same to float round-off.
-    np.testing.assert_allclose([b[k] for k in sorted(b)], [a[k] for k in sorted(a)], rtol=1e-4,
-                               atol=1e-6, err_msg=str(a["step"]))
+    # The teacher sampled alone, not inside the step: the same to float round-off (the losses
+    # are small: a teacher of 3 steps is near its zero start, so no absolute tolerance).
+    for key in a:
+      if isinstance(a[key], float):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=0, err_msg=f"{a['step']} {key}")
+      else:
+        assert b[key] == a[key], (a["step"], key)
 
 
 def test_bad_teacher_targets_commands_are_one_line(tmp_path, capsys):
