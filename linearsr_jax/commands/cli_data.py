@@ -66,7 +66,7 @@ def add_arguments(parser):
       "--config.distill.targets", usage="linearsr data teacher_targets --workdir RUN --out DIR "
       "[--steps N] [--overwrite] [--config FILE --config.KEY=VALUE ...]")
   targets.add_argument("--workdir", required=True,
-                       help="the run whose distill stage's teacher samples")
+                       help="the run, whose stage before the distill stage gives the teacher")
   targets.add_argument("--out", required=True, help="directory to write (array_record shards)")
   targets.add_argument("--steps", type=int, default=None,
                        help="batches to sample (default: the distill stage's max_steps)")

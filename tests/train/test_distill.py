@@ -1,7 +1,8 @@
 """Issue 32: the distill stage. A student's one forward, trained on a fixed batch, reproduces
 its frozen teacher's guided multi-step output better than the teacher's own 1-step output does
 (the teacher sampled by the project's sampler, outside the step); the stage in a run (CLI):
-its student, its 1-step validation, its kill and resume, its errors, and the tools on it."""
+its student, its 1-step validation, its kill and resume, its errors, the tools on it, and its
+targets sampled once by `linearsr data teacher_targets`."""
 
 import json
 import shutil
@@ -17,7 +18,7 @@ from bench import run_outcome
 
 from linearsr_jax import config_check, run_config
 from linearsr_jax.commands.cli import main
-from linearsr_jax.data import pipeline, teacher_targets
+from linearsr_jax.data import latent_crops, pipeline, teacher_targets
 from linearsr_jax.diffusion import distill, experts, flow, samplers
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
@@ -164,6 +165,35 @@ def test_targets_sampled_once_over_the_mesh_give_the_batches_the_step_samples(tm
   assert {k for k in rows} == set(stored[0])
   with pytest.raises(UserError, match="the teacher sampled with .* but the config's"):
     teacher_targets.TeacherTargetSource(tmp_path / "t", small_config().diffusion.sampler)
+
+
+def test_stored_targets_train_in_the_order_their_hosts_sampled_them(tmp_path):
+  """Two hosts wrote their rows of 3 batches of 4, each its own shard: training (on one host, or
+  on two) reads global batch i as step i's, unshuffled."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  sampler = small_config().diffusion.sampler
+  shards = [latent_crops.shard_name(p, 2) for p in range(2)]
+  for host, shard in enumerate(shards):
+    writer = ArrayRecordWriter(str(tmp_path / shard), "group_size:1")
+    for batch in range(3):
+      for row in range(2):
+        writer.write(teacher_targets.serialise({"x1": np.array([batch * 4 + host * 2 + row])}))
+    writer.close()
+  (tmp_path / teacher_targets.INDEX).write_text(
+      json.dumps({
+          "format": teacher_targets.FORMAT, "sampler": sampler.to_dict(), "batch_size": 4,
+          "batches": 3, "shards": shards
+      }))
+  source = teacher_targets.TeacherTargetSource(tmp_path, sampler)
+  assert [int(source[g]["x1"][0]) for g in range(len(source))] == list(range(12))
+  data = small_config(**{"data.batch_size": 4}).data
+  for host, hosts in [(0, 1), (1, 2)]:
+    batches = iter(pipeline.make_train_dataset(source, data, None, host, hosts))
+    rows = [next(batches)["x1"][:, 0].tolist() for _ in range(4)]
+    local = 4 // hosts
+    # Past the last batch, the first comes again.
+    assert rows == [[b % 3 * 4 + host * local + r for r in range(local)] for b in range(4)]
 
 
 def test_a_distill_stage_needs_a_teacher_and_a_single_expert():
