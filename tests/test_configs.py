@@ -4,12 +4,15 @@ nothing the size of the model is allocated."""
 
 import importlib
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderDC, SanaTransformer2DModel
 
+from linearsr_jax import sharding
+from linearsr_jax.aot.step_compile import abstract_batch
 from linearsr_jax.interop.diffusers_sana import diffusers_config
 from linearsr_jax.models.latent_space import lr_stem_depth
 from linearsr_jax.train.loop import Run
@@ -104,3 +107,37 @@ def test_sana_configs_train_on_sanas_shifted_timestep_density(name):
           diffusion.logit_std) == (SANA_512PX["flow_shift"], SANA_512PX["logit_mean"],
                                    SANA_512PX["logit_std"])
   assert diffusion.sampler.shift == SANA_512PX["flow_shift"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sana600m_x4", "sana1600m_x4"])
+def test_sana_configs_distill_their_experts_on_the_mesh(name, tmp_path):
+  """A distill stage after the SANA configs' 4 experts, from shapes alone: the config holds, the
+  teacher is the experts' EMA params placed as that stage places them, the student is one expert
+  sharded by the same rules, and the distill step (the teacher's guided sampler in it) traces on
+  the 8 devices' mesh to a state of the student's shapes and shardings."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config.stage_order = "pretrain,moe,distill"
+  # A guided teacher; 2 of its 20 steps: each step traces the same forwards again.
+  config.diffusion.sampler.update(dict(guidance_scale=2.0, steps=2))
+  run = Run(config, tmp_path, load_weights=False)
+  teacher = run.abstract_teacher("distill")
+  moe, _ = run.abstract_state("moe")
+  assert jax.tree.map(lambda t, m: (t.shape, t.sharding), teacher,
+                      moe.ema_params) == jax.tree.map(lambda m: (m.shape, m.sharding),
+                                                      moe.ema_params)
+  assert {x.shape[0] for x in jax.tree.leaves(teacher)} == {4}
+  student, shardings = run.abstract_state("distill")
+  assert {x.shape[0] for x in jax.tree.leaves(student.params)} == {1}
+  leaves = jax.tree.leaves(student.params)
+  whole = sum(x.size for x in leaves if "fsdp" not in str(x.sharding.spec))
+  assert whole < 0.01 * sum(x.size for x in leaves), whole
+
+  step = run.jit_train_step("distill", shardings, jax.tree.map(lambda x: x.sharding, teacher))
+  batch = abstract_batch(run, config.data.batch_size, config.data.crop_size,
+                         sharding.batch_sharding(run.mesh, run.rules))
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+    state, metrics = jax.eval_shape(step, student, batch, run.latent_params, teacher)
+  same = lambda a, b: (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
+  assert all(jax.tree.leaves(jax.tree.map(same, state, student)))
+  assert {"train/loss", "train/loss_teacher"} <= set(metrics)

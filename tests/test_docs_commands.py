@@ -268,6 +268,8 @@ def _config(args, extra):
   if command == "data":
     if args.data_command == "encode":
       return parse_flags([*extra, "--workdir", os.devnull], command="data encode")[0], None, ENCODE
+    if args.data_command == "teacher_targets" and extra:  # else the run's config.json
+      return parse_flags(extra, command="data teacher_targets")[0], None, TRAIN
     if extra:
       raise AssertionError(f"data {args.data_command}: unrecognized arguments: {' '.join(extra)}")
   if command == "compile":

@@ -2,13 +2,12 @@
 encoded with the config's latent space and written in the format of data/latent_crops.py, which
 training reads back instead of running the encoder."""
 
-import json
 import logging
 
 import numpy as np
 
 from linearsr_jax import storage
-from linearsr_jax.atomic import atomic_file, staged_file
+from linearsr_jax.atomic import staged_file
 from linearsr_jax.data import degradations, image_io, latent_crops, pipeline
 from linearsr_jax.errors import UserError
 
@@ -48,19 +47,15 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
     raise UserError("--crops_per_image and --batch must be positive")
   process_index, process_count = pipeline.host_of(process_index, process_count)
   out = storage.path(out)
-  if (out / latent_crops.INDEX).exists() and not overwrite:
-    raise UserError(f"output {out} already exists (pass --overwrite to replace it)")
+  latent_crops.start_output(out, latent_crops.INDEX, overwrite, process_index)
   data_cfg = config.data
   source = pipeline.make_source(data_cfg, "train", config.tags.encoder)
   latent_space = make_latent_space(config.latent)
-  if process_index == 0 and (out / latent_crops.INDEX).exists():
-    (out / latent_crops.INDEX).unlink()  # readers must not trust a mix of old and new shards
   mine = range(process_index, len(source), process_count)
   name = latent_crops.shard_name(process_index, process_count)
   with staged_file(out / name) as local:
     written = _write_shard(local, source, mine, latent_space, data_cfg, crops_per_image, batch_size,
                            progress=progress and process_index == 0)
-  _wait_for_hosts(process_count)
   index = {
       "format": latent_crops.FORMAT, "crop_size": data_cfg.crop_size, "scale": data_cfg.scale,
       "crops_per_image": crops_per_image, "seed": data_cfg.seed, "augment": data_cfg.augment,
@@ -69,9 +64,7 @@ def encode_crops(config, out, crops_per_image: int, batch_size: int = 8, overwri
       "latent_shape": list(_latent_shape(latent_space, data_cfg.crop_size)), "images": len(source),
       "shards": [latent_crops.shard_name(p, process_count) for p in range(process_count)]
   }
-  if process_index == 0 and all((out / s).exists() for s in index["shards"]):
-    with atomic_file(out / latent_crops.INDEX, "w") as f:
-      json.dump(index, f, indent=2, sort_keys=True)
+  latent_crops.write_index(out, latent_crops.INDEX, index, process_index, process_count)
   log.info("host %d wrote %d crops to %s", process_index, written, out / name)
   return index
 
@@ -113,11 +106,3 @@ def _latent_shape(latent_space, crop_size: int) -> tuple:
 
   image = jax.ShapeDtypeStruct((1, crop_size, crop_size, 3), np.float32)
   return jax.eval_shape(latent_space.encode_fn, latent_space.abstract_params(), image).shape[1:]
-
-
-def _wait_for_hosts(process_count: int):
-  import jax
-
-  if process_count > 1 and jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("linearsr data encode: shards written")

@@ -17,12 +17,14 @@ stored HR crop, so every epoch sees new LR images of the same crops.
 
 import json
 import logging
+import time
 
 import grain
 import numpy as np
 from flax import serialization
 
 from linearsr_jax import storage
+from linearsr_jax.atomic import atomic_file
 from linearsr_jax.data import degradations, image_io, pipeline, tag_sources
 from linearsr_jax.errors import UserError
 
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "linearsr-latent-crops/1"
 INDEX = "latents.json"
+# How long host 0 waits, once the hosts have met, for a shard the storage does not show yet.
+SHARD_WAIT_SECONDS = 120.0
 
 
 def shard_name(process_index: int, process_count: int) -> str:
@@ -42,6 +46,48 @@ def shard_records(path, shards) -> grain.sources.ArrayRecordDataSource:
   if missing:
     raise UserError(f"{path}: shard {missing[0]} is missing")
   return grain.sources.ArrayRecordDataSource([str(path / s) for s in shards])
+
+
+def check_output(out, index_name: str, overwrite: bool):
+  """An output in `out` already (its index there) is refused unless `overwrite`."""
+  if (out / index_name).exists() and not overwrite:
+    raise UserError(f"output {out} already exists (pass --overwrite to replace it)")
+
+
+def start_output(out, index_name: str, overwrite: bool, process_index: int):
+  """Before the hosts write their shards of `out`: check_output, then the index of the output
+  it replaces goes first (readers must not trust a mix of old and new shards)."""
+  check_output(out, index_name, overwrite)
+  if process_index == 0 and (out / index_name).exists():
+    (out / index_name).unlink()
+
+
+def write_index(out, index_name: str, index: dict, process_index: int, process_count: int,
+                wait_seconds: float = SHARD_WAIT_SECONDS):
+  """Once every host has written its shard of `out` (`index["shards"]`), host 0 writes `index`
+  to out/index_name, atomically, so an index never names a shard that is not there yet. Every
+  host calls it after its own shard is written. A shard that host 0 still cannot see
+  `wait_seconds` after the hosts met (a slow shared file system, or a host that failed) is one
+  line, and no index."""
+  _wait_for_hosts(process_count, f"shards of {out} written")
+  if process_index != 0:
+    return
+  deadline = time.monotonic() + wait_seconds
+  while missing := [s for s in index["shards"] if not (out / s).exists()]:
+    if time.monotonic() > deadline:
+      raise UserError(f"{out}: shard {missing[0]} is missing {wait_seconds:g} s after every "
+                      f"host finished writing, so no {index_name} was written")
+    time.sleep(min(0.5, wait_seconds / 10))
+  with atomic_file(out / index_name, "w") as f:
+    json.dump(index, f, indent=2, sort_keys=True)
+
+
+def _wait_for_hosts(process_count: int, what: str):
+  import jax
+
+  if process_count > 1 and jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(what)
 
 
 def serialise(name, hr, lr, latent, condition_source) -> bytes:

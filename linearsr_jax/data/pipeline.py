@@ -1,6 +1,7 @@
 """The input pipeline: grain MapDataset -> random HR crop -> degrade -> LR/HR/tags -> batch.
 
-    source -> shuffle (reseeded each epoch) -> repeat -> crop + augment + degrade + tokenize
+    source -> shuffle (reseeded each epoch; stored teacher targets keep their batches' order)
+    -> repeat -> crop + augment + degrade + tokenize
     (seeded by element index) -> this host's rows of each global batch -> batch
     -> [mp_prefetch workers]
 
@@ -270,7 +271,10 @@ def make_train_dataset(source, config, tokenize: Tokenize, process_index=None,
   else:
     transform = TrainTransform(config.crop_size, config.scale, config.degradation, tokenize,
                                config.augment)
-  ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat()
+  ds = grain.MapDataset.source(source).seed(config.seed)
+  if not getattr(source, "in_batch_order", False):  # teacher targets: element g is batch g // B's
+    ds = ds.shuffle()
+  ds = ds.repeat()
   ds = HostRows(ds.random_map(transform), config.batch_size, process_index, process_count)
   ds = ds.batch(config.batch_size // process_count, drop_remainder=True)
   ds = ds.to_iter_dataset(

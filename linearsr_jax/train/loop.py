@@ -297,8 +297,7 @@ class _StageTraining(_Stage):
           {"name": self.name, "num_experts": self.cfg.num_experts, "init_from": origin})
       log.info("stage %s's parameters:\n%s", self.name,
                parameter_overview.get_parameter_overview(self.state.params, include_stats=False))
-    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
-    data_cfg.seed = config.data.seed + index  # each stage sees its own crop order
+    data_cfg = stage_data_config(config, index)
     source = self.run.train_source
     if self.teacher is not None and self.run.distill_source is not None:
       source = self.run.distill_source
@@ -494,11 +493,24 @@ class _StageTraining(_Stage):
     return StageResult(self.name, knee_step, reason, fired, knee_params)
 
 
+def stage_data_config(config, index: int) -> ml_collections.ConfigDict:
+  """The data section the `index`-th stage's batches are drawn with: each stage sees its own
+  crop order."""
+  data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+  data_cfg.seed = config.data.seed + index
+  return data_cfg
+
+
+def stage_rng(config, index: int):
+  """The key the `index`-th stage's train state is made from (state.split_rng)."""
+  return jax.random.PRNGKey(config.seed + 1000 * index)
+
+
 def _start(the_run: Run, index: int, previous, tx, num_experts, shardings, teacher=None):
   """(state, shardings, start params for the guard or None, where the stage starts from). A
   distill stage's student starts as its teacher's σ = 1 expert (diffusion/distill.py)."""
   config = the_run.config
-  rng = jax.random.PRNGKey(config.seed + 1000 * index)
+  rng = stage_rng(config, index)
   if teacher is not None:
     start = jax.jit(lambda t: distill.student_start(t, config.diffusion.experts),
                     out_shardings=shardings.params)(teacher)

@@ -33,9 +33,16 @@ class TrainState:
   consecutive_skips: jax.Array
 
 
+def split_rng(rng) -> tuple:
+  """(key of a fresh model's params, rng of the TrainState) made from `rng`: train step i's key is
+  the state's rng folded with i (step.guarded_update)."""
+  model_rng, state_rng = jax.random.split(rng)
+  return model_rng, state_rng
+
+
 def _init_state(model: SRModel, tx, num_experts, rng, params=None):
   """A TrainState, boxed when freshly initialised; `params` (stacked experts) when given."""
-  model_rng, state_rng = jax.random.split(rng)
+  model_rng, state_rng = split_rng(rng)
   if params is None:
     one = model.init(model_rng, *sr_example_inputs(model.dit, model.tags, 1, (4, 4)))["params"]
     params = experts.init_experts(one, num_experts)

@@ -3,6 +3,8 @@ images, their latents are the latent space's, any host count writes the same rec
 train step from stored latents is the step with the encoder in it."""
 
 import json
+import threading
+import time
 
 import jax
 import numpy as np
@@ -14,6 +16,7 @@ from linearsr_jax.configs.sana600m_x4 import get_config as sana600m
 from linearsr_jax.configs.tiny import get_config as tiny
 from linearsr_jax.data import latent_crops, pipeline, sources
 from linearsr_jax.data.image_io import to_uint8
+from linearsr_jax.errors import UserError
 from linearsr_jax.models.latent_space import PIXEL_SCALE, PIXEL_SHIFT
 from linearsr_jax.train.loop import Run
 from linearsr_jax.train.state import create_train_state
@@ -99,6 +102,38 @@ def test_two_hosts_write_the_records_one_host_writes(encoded, tmp_path):
   for name, record in one.items():
     np.testing.assert_array_equal(two[name]["hr"], record["hr"])
     np.testing.assert_array_equal(two[name]["latent"], record["latent"])
+
+
+def test_host_0_writes_the_index_only_once_a_late_shard_is_there(tmp_path):
+  """Host 0 of two, done first: the other host's shard turns up later (a slow host, or storage
+  that shows it late), and the index waits for it; when it never comes, one line and no index."""
+  shards = [latent_crops.shard_name(p, 2) for p in range(2)]
+  index = {"format": "test", "shards": shards}
+  (tmp_path / shards[0]).write_bytes(b"host 0")
+  seen_at_arrival = []
+
+  def arrive():
+    seen_at_arrival.append((tmp_path / "index.json").exists())
+    (tmp_path / shards[1]).write_bytes(b"host 1")
+
+  late = threading.Timer(0.5, arrive)
+  late.start()
+  started = time.monotonic()
+  latent_crops.write_index(tmp_path, "index.json", index, 0, 2, wait_seconds=30)
+  late.join()
+  assert seen_at_arrival == [False] and time.monotonic() - started >= 0.5
+  assert json.loads((tmp_path / "index.json").read_text()) == index
+
+  (tmp_path / "index.json").unlink()
+  (tmp_path / shards[1]).unlink()
+  with pytest.raises(
+      UserError, match=rf"shard {shards[1]} is missing 0.2 s after every host "
+      "finished writing, so no index.json was written"):
+    latent_crops.write_index(tmp_path, "index.json", index, 0, 2, wait_seconds=0.2)
+  assert not (tmp_path / "index.json").exists()
+  # The other hosts write no index.
+  latent_crops.write_index(tmp_path, "index.json", index, 1, 2, wait_seconds=0.2)
+  assert not (tmp_path / "index.json").exists()
 
 
 @pytest.mark.slow

@@ -1,9 +1,12 @@
 """Issue 32: the distill stage. A student's one forward, trained on a fixed batch, reproduces
 its frozen teacher's guided multi-step output better than the teacher's own 1-step output does
 (the teacher sampled by the project's sampler, outside the step); the stage in a run (CLI):
-its student, its 1-step validation, its kill and resume, its errors, and the tools on it."""
+its student, its 1-step validation, its kill and resume, its errors, the tools on it, and its
+targets sampled once by `linearsr data teacher_targets`."""
 
 import json
+import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +18,7 @@ from bench import run_outcome
 
 from linearsr_jax import config_check, run_config
 from linearsr_jax.commands.cli import main
-from linearsr_jax.data import pipeline, teacher_targets
+from linearsr_jax.data import latent_crops, pipeline, teacher_targets
 from linearsr_jax.diffusion import distill, experts, flow, samplers
 from linearsr_jax.errors import UserError
 from linearsr_jax.inference.trained import load_trained
@@ -27,7 +30,8 @@ from linearsr_jax.train import distill_targets
 from linearsr_jax.train.distill_step import make_distill_step
 from linearsr_jax.train.state import TrainState
 from model_helpers import perturbed
-from train_runs import SMALL, cli_env, flatten, small_config, straight_killed_resumed
+from train_runs import (SMALL, cli_env, flatten, small_config, start, straight_killed_resumed,
+                        train_command, wait_ok)
 
 TEACHER_EXPERTS = 2
 TRAIN_STEPS = 60
@@ -131,7 +135,9 @@ def test_targets_sampled_once_over_the_mesh_give_the_batches_the_step_samples(tm
   sampler = jax.jit(
       lambda batch, key: _sampled(the_run.model, the_run.latent_space, config, teacher, batch, key))
   batches = [_batch(config, seed=s) for s in range(2)]
-  assert distill_targets.write_targets(the_run, teacher, batches, tmp_path / "t", seed=7) == 8
+  index = distill_targets.write_targets(the_run, teacher, batches, tmp_path / "t",
+                                        key=jax.random.PRNGKey(7))
+  assert (index["batch_size"], index["batches"]) == (4, 2)
   source = teacher_targets.TeacherTargetSource(tmp_path / "t", config.diffusion.sampler)
   stored = [
       {k: np.stack([source[4 * b + r][k] for r in range(4)]) for k in source[0]} for b in range(2)
@@ -159,6 +165,35 @@ def test_targets_sampled_once_over_the_mesh_give_the_batches_the_step_samples(tm
   assert {k for k in rows} == set(stored[0])
   with pytest.raises(UserError, match="the teacher sampled with .* but the config's"):
     teacher_targets.TeacherTargetSource(tmp_path / "t", small_config().diffusion.sampler)
+
+
+def test_stored_targets_train_in_the_order_their_hosts_sampled_them(tmp_path):
+  """Two hosts wrote their rows of 3 batches of 4, each its own shard: training (on one host, or
+  on two) reads global batch i as step i's, unshuffled."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  sampler = small_config().diffusion.sampler
+  shards = [latent_crops.shard_name(p, 2) for p in range(2)]
+  for host, shard in enumerate(shards):
+    writer = ArrayRecordWriter(str(tmp_path / shard), "group_size:1")
+    for batch in range(3):
+      for row in range(2):
+        writer.write(teacher_targets.serialise({"x1": np.array([batch * 4 + host * 2 + row])}))
+    writer.close()
+  (tmp_path / teacher_targets.INDEX).write_text(
+      json.dumps({
+          "format": teacher_targets.FORMAT, "sampler": sampler.to_dict(), "batch_size": 4,
+          "batches": 3, "shards": shards
+      }))
+  source = teacher_targets.TeacherTargetSource(tmp_path, sampler)
+  assert [int(source[g]["x1"][0]) for g in range(len(source))] == list(range(12))
+  data = small_config(**{"data.batch_size": 4}).data
+  for host, hosts in [(0, 1), (1, 2)]:
+    batches = iter(pipeline.make_train_dataset(source, data, None, host, hosts))
+    rows = [next(batches)["x1"][:, 0].tolist() for _ in range(4)]
+    local = 4 // hosts
+    # Past the last batch, the first comes again.
+    assert rows == [[b % 3 * 4 + host * local + r for r in range(local)] for b in range(4)]
 
 
 def test_a_distill_stage_needs_a_teacher_and_a_single_expert():
@@ -232,6 +267,67 @@ def test_a_teacher_of_another_model_stops_the_run_before_it_writes(distill_runs,
       "in this model: a teacher of another model"):
     loop.Run(config, tmp_path / "w", devices=jax.devices()[:1])  # what `run` does first
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_targets_the_command_writes_train_the_stage_as_it_samples_itself(distill_runs, tmp_path):
+  """`linearsr data teacher_targets` samples the straight run's distill teacher (its pretrain
+  knee) over the stage's 6 batches; a run of that pretrain stage whose distill stage trains from
+  them logs, step for step, what the straight run logged sampling its teacher in every step."""
+  straight, _ = distill_runs
+  targets, workdir = tmp_path / "targets", tmp_path / "w"
+  command = [
+      sys.executable, "-m", "linearsr_jax.commands.cli", "data", "teacher_targets", "--workdir",
+      str(straight), "--out",
+      str(targets)
+  ]
+  wait_ok(start(command, tmp_path / "targets.log", cli_env()), tmp_path / "targets.log")
+  assert "wrote 6 batches × 4 teacher targets" in (tmp_path / "targets.log").read_text()
+  workdir.mkdir()  # the run with the straight run's pretrain stage, its distill stage unstarted
+  shutil.copy(straight / "config.json", workdir)
+  shutil.copytree(straight / "pretrain", workdir / "pretrain")
+  wait_ok(
+      start(train_command(workdir, f"--config.distill.targets={targets}", tree=DISTILL_RUN),
+            tmp_path / "train.log", cli_env()), tmp_path / "train.log")
+  rows = lambda w: [
+      json.loads(l) for l in (w / "distill" / "metrics.jsonl").read_text().splitlines()
+  ]
+  sampled, read = rows(straight), rows(workdir)
+  assert [r["step"] for r in read] == [r["step"] for r in sampled]
+  for a, b in zip(sampled, read):
+    assert a.keys() == b.keys()
+    # The teacher sampled alone, not inside the step: the same to float round-off (the losses
+    # are small: a teacher of 3 steps is near its zero start, so no absolute tolerance).
+    for key in a:
+      if isinstance(a[key], float):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=0, err_msg=f"{a['step']} {key}")
+      else:
+        assert b[key] == a[key], (a["step"], key)
+
+
+def test_bad_teacher_targets_commands_are_one_line(tmp_path, capsys):
+
+  def fails(workdir, *flags, out="t"):
+    argv = ["data", "teacher_targets", "--workdir", str(workdir), "--out", str(tmp_path / out)]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+  assert "no run there (no config.json" in fails(tmp_path / "nothing")
+  flow_run, distill_run = (run_dir.RunDir(tmp_path / n) for n in ("flow", "distill"))
+  run_config.write(flow_run, small_config())
+  assert "config.stage_order='pretrain' has no distill stage" in fails(flow_run.path)
+  run_config.write(distill_run, small_config(**dict(flatten(DISTILL_RUN))))
+  (tmp_path / "used").mkdir()
+  (tmp_path / "used" / teacher_targets.INDEX).write_text("{}")
+  assert "already exists (pass --overwrite to replace it)" in fails(distill_run.path, out="used")
+  assert "--steps 0: sample at least one batch" in fails(distill_run.path, "--steps", "0")
+  # The config `train` takes (a batch for the 8 test devices); the teacher's stage has not run.
+  flags = [f"--config.{k}={v}" for k, v in flatten(DISTILL_RUN)] + ["--config.data.batch_size=8"]
+  assert (f"stage 'pretrain' of the run in {distill_run.path} has not ended, so the teacher of "
+          "distill stage 'distill' (its knee) is not known yet"
+          in fails(distill_run.path, "--config", "configs/tiny.py", *flags))
 
 
 @pytest.mark.slow
