@@ -20,7 +20,8 @@ Kinds, by the heaviest operation in the kernel and the JAX op it came from (`op_
 "convolution" (from conv_general_dilated: the Mix-FFN's depthwise convolution, the stems),
 "elementwise" (fusions of elementwise work and reductions: normalisations, activations, the
 loss), "update" (the optimizer, EMA and skip guard: train/step.py's `update` scope),
-"collective", "copy" (copies and transposes: layout changes, HBM↔on-chip moves), "custom"
+"collective", "copy" (copies, transposes and async slices: layout changes, HBM↔on-chip moves),
+"custom"
 (custom calls) and "other" (slices, pads, concatenations, RNG, …).
 """
 
@@ -49,6 +50,8 @@ _ELEMENTWISE = {
     "count-leading-zeros", "reduce-precision", "real", "imag", "complex", "convert"
 }
 _SLICES = {"slice", "dynamic-slice", "gather"}
+# XLA:TPU's concatenation of arrays already adjacent in memory: moves nothing.
+_BITCAST_CALL = re.compile(r'custom_call_target="\w*Bitcast"')
 _CARRIED = {"parameter", "tuple", "get-tuple-element", "bitcast", "custom-call", "copy", "constant"}
 _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*")
@@ -276,6 +279,8 @@ def _bytes(module: Module, i: Instruction, on_chip: bool = False) -> int:
     return _fusion_bytes(module, i, on_chip)
   if i.opcode == "copy-done":
     return 2 * _type_bytes(i.type, on_chip)
+  if i.opcode in ("slice", "slice-start"):  # reads only what it keeps
+    return 2 * _result_bytes(i, on_chip)
   return sum(_type_bytes(module.operand_type(o), on_chip) for o in i.operands) + _result_bytes(
       i, on_chip)
 
@@ -312,7 +317,7 @@ def _kind(module: Module, i: Instruction, heavy: float, heavy_name: str) -> str:
     return "custom"
   if heavy > 0:
     return "convolution" if "conv_general_dilated" in heavy_name else "matmul"
-  if i.opcode in ("copy", "copy-start", "transpose") or body and all(
+  if i.opcode in ("copy", "copy-start", "copy-done", "slice-start", "transpose") or body and all(
       b.opcode in ("parameter", "copy", "transpose", "bitcast", "tuple") for b in body):
     return "copy"
   if i.opcode == "fusion" or i.opcode in _ELEMENTWISE or i.opcode == "reduce":
@@ -334,7 +339,8 @@ def kernels(hlo_text: str) -> list:
   module, out = Module(hlo_text), []
   for computation in module.run_computations():
     for i in module.computations[computation]:
-      if i.opcode in _FREE or (i.opcode.endswith("-done") and i.opcode != "copy-done"):
+      if i.opcode in _FREE or (i.opcode.endswith("-done") and
+                               i.opcode != "copy-done") or _BITCAST_CALL.search(i.attributes):
         continue
       heavy, heavy_name = 0.0, i.op_name
       if i.opcode == "fusion":
