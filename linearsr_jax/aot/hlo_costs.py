@@ -29,13 +29,12 @@ import dataclasses
 import math
 import re
 
-from linearsr_jax.aot.hlo_shapes import DTYPE_BYTES
+from linearsr_jax.aot.hlo_shapes import COLLECTIVES, DTYPE_BYTES, OP_NAME
 
 KINDS = ("matmul", "convolution", "elementwise", "update", "collective", "copy", "custom", "other")
 UPDATE_SCOPE = "update"  # the named scope train/step.py gives the optimizer update and EMA
 
-_COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute",
-                "collective-broadcast", "ragged-all-to-all")
+_COLLECTIVES = (*COLLECTIVES, "collective-broadcast", "ragged-all-to-all")
 _FREE = {
     "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
     "call", "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency", "iota",
@@ -57,7 +56,6 @@ _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*")
 _ARRAY = re.compile(r"(" + "|".join(DTYPE_BYTES) + r"|token)\[([\d,]*)\](?:\{([^}]*)\})?")
 _CALLED = re.compile(r"\b(calls|to_apply|body|condition|branch_computations)=\{?([%\w.\-, ]+)\}?")
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
 _CONTRACTING = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
 _COST_ESTIMATE = re.compile(r'\\?"cost_estimate\\?":\s*\{([^}]*)\}')
 _TILE = re.compile(r":T\(([\d,]+)\)")
@@ -118,7 +116,7 @@ class Instruction:
     self.arguments = rest[paren + 1:close - 1]
     self.operands = re.findall(r"%([\w.\-]+)", self.arguments)
     self.attributes = rest[close:]
-    op_name = _OP_NAME.search(self.attributes)
+    op_name = OP_NAME.search(self.attributes)
     self.op_name = op_name[1] if op_name else ""
     self.called = [
         name.strip().lstrip("%")

@@ -14,16 +14,14 @@ import re
 import numpy as np
 
 from linearsr_jax.aot import hlo_costs
-from linearsr_jax.aot.hlo_shapes import DTYPE_BYTES
+from linearsr_jax.aot.hlo_shapes import COLLECTIVES, DTYPE_BYTES, OP_NAME
 
-COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
 _OP = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(")
 # TPU async collectives: the op is repeated, same channel, in every fusion that advances it
 # ("continuations", flag_start >= 0); only the one that starts it (flag_start -1) moves data.
 _CONTINUATION = re.compile(r'"async_collective_fusion_config":\{"flag_start":"(\d+)"')
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
 _EXPLICIT_GROUP = re.compile(r"replica_groups=\{\{([\d,]*)\}")
 _IOTA_GROUPS = re.compile(r"replica_groups=\[\d+,(\d+)\]<=")
 _MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
@@ -86,7 +84,7 @@ def collective_ops(hlo_text: str) -> list:
       scale = _group_size(line)
     elif kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
       kind = "reduce-scatter"
-    name = _OP_NAME.search(line)
+    name = OP_NAME.search(line)
     ops.append(CollectiveOp(kind, _bytes_by_dtype(shapes, scale), name[1] if name else ""))
   return ops
 
