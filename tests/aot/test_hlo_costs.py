@@ -95,3 +95,31 @@ def test_a_pallas_matmul_compiled_for_tpu_counts_its_flops_from_its_shapes():
   (kernel,) = [k for k in hlo_costs.kernels(text) if k.kind == "custom"]
   assert kernel.flops == 2 * M * K * N
   assert kernel.bytes == 2 * (M * K + K * N) + 4 * M * N
+
+
+def test_in_place_updates_count_what_they_write_and_on_chip_bytes_stand_apart():
+  """A fusion writing a [1, 128] row into a [64, 128] buffer in place (its result aliases the
+  buffer) reads and writes the row, not the buffer; an async copy into VMEM (`S(1)`) counts at
+  its start and at its done, its VMEM side apart."""
+  text = """%update (p0: f32[64,128], p1: f32[1,128], p2: s32[]) -> f32[64,128] {
+  %p0 = f32[64,128]{1,0:T(8,128)} parameter(0)
+  %p1 = f32[1,128]{1,0:T(1,128)} parameter(1)
+  %p2 = s32[] parameter(2)
+  %z = s32[] constant(0)
+  ROOT %d = f32[64,128]{1,0:T(8,128)} dynamic-update-slice(%p0, %p1, %p2, %z)
+}
+
+ENTRY %main (buffer: f32[64,128], row: f32[1,128], i: s32[]) -> f32[64,128] {
+  %buffer = f32[64,128]{1,0:T(8,128)} parameter(0)
+  %row = f32[1,128]{1,0:T(1,128)} parameter(1)
+  %i = s32[] parameter(2)
+  %start = (f32[1,128]{1,0:T(1,128)S(1)}, f32[1,128]{1,0:T(1,128)}, u32[]{:S(2)}) copy-start(%row)
+  %done = f32[1,128]{1,0:T(1,128)S(1)} copy-done(%start)
+  ROOT %f = f32[64,128]{1,0:T(8,128)} fusion(%buffer, %done, %i), kind=kLoop, """ + \
+      """output_to_operand_aliasing={{}: (0, {})}, calls=%update
+}"""
+  start, done, update = hlo_costs.kernels(text)
+  row = 4 * 128
+  assert (update.kind, update.bytes, update.on_chip_bytes) == ("elementwise", row + 4, row)
+  assert (start.kind, start.bytes, start.on_chip_bytes) == ("copy", 2 * row, row)
+  assert (done.kind, done.bytes, done.on_chip_bytes) == ("copy", 2 * row, 2 * row)
