@@ -18,7 +18,7 @@ from linearsr_jax import esgf, optimizer, sharding
 from linearsr_jax.data import degradations, pipeline, tag_sources
 from linearsr_jax.diffusion import experts, flow, samplers
 from linearsr_jax.errors import UserError
-from linearsr_jax.models import attention, dit, tags
+from linearsr_jax.models import attention, dit, layers, tags
 from linearsr_jax.models.latent_space import lr_stem_depth, make_latent_space
 from linearsr_jax.run import metric_keys
 
@@ -64,6 +64,7 @@ CHOICES = {
     "model.qk_norm": attention.QK_NORMS,
     "model.remat": tuple(dit.REMAT_POLICIES),
     "model.dtype": dit.DTYPES,
+    "model.depthwise": layers.DEPTHWISE,
     "train.best_mode": esgf.DIRECTIONS,
     "train.best_metric": metric_keys.METRIC_KEYS,
     "stages.*.kind": ("flow", "distill"),

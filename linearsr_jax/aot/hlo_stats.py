@@ -13,16 +13,15 @@ import re
 
 import numpy as np
 
-from linearsr_jax.aot.hlo_shapes import DTYPE_BYTES
+from linearsr_jax.aot import hlo_costs
+from linearsr_jax.aot.hlo_shapes import COLLECTIVES, DTYPE_BYTES, OP_NAME
 
-COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
 _OP = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(")
 # TPU async collectives: the op is repeated, same channel, in every fusion that advances it
 # ("continuations", flag_start >= 0); only the one that starts it (flag_start -1) moves data.
 _CONTINUATION = re.compile(r'"async_collective_fusion_config":\{"flag_start":"(\d+)"')
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
 _EXPLICIT_GROUP = re.compile(r"replica_groups=\{\{([\d,]*)\}")
 _IOTA_GROUPS = re.compile(r"replica_groups=\[\d+,(\d+)\]<=")
 _MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
@@ -85,7 +84,7 @@ def collective_ops(hlo_text: str) -> list:
       scale = _group_size(line)
     elif kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
       kind = "reduce-scatter"
-    name = _OP_NAME.search(line)
+    name = OP_NAME.search(line)
     ops.append(CollectiveOp(kind, _bytes_by_dtype(shapes, scale), name[1] if name else ""))
   return ops
 
@@ -109,7 +108,8 @@ def collectives_by_dtype(hlo_text: str) -> dict:
 
 
 def stats(compiled) -> dict:
-  """Per-chip numbers of one compiled executable: FLOPs, bytes accessed, memory, collectives."""
+  """Per-chip numbers of one compiled executable: FLOPs, bytes accessed, memory, collectives,
+  and FLOPs and bytes by kind of kernel (hlo_costs.by_kind)."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   if cost is None:  # compiled for CUDA with no GPU: XLA:GPU has no cost analysis for it
@@ -129,10 +129,11 @@ def stats(compiled) -> dict:
   text = compiled.as_text()
   result["collectives"] = collectives(text)
   result["collectives_by_dtype"] = collectives_by_dtype(text)
+  result["by_kind"] = hlo_costs.by_kind(text)
   return result
 
 
-COUNTED = ("flops", "bytes_accessed", "collectives", "collectives_by_dtype")
+COUNTED = ("flops", "bytes_accessed", "collectives", "collectives_by_dtype", "by_kind")
 
 
 def _combine(a: dict, b: dict, fn) -> dict:
@@ -151,6 +152,14 @@ def extrapolated(one: dict, two: dict, depth: int) -> dict:
   """COUNTED of a model of `depth` blocks from programs of 1 and 2 (unrolled): one block adds
   two − one."""
   return _combine(one, two, lambda x, y: x + (depth - 1) * max(y - x, 0))
+
+
+def block_and_rest(one: dict, two: dict) -> dict:
+  """{"block": what one block adds (two − one), "rest": the rest (one − block)} of the `by_kind`
+  of programs of 1 and 2 (unrolled) blocks, as `extrapolated` counts them."""
+  block = _combine(one, two, lambda x, y: max(y - x, 0))["by_kind"]
+  rest = _combine(one, two, lambda x, y: x - max(y - x, 0))["by_kind"]
+  return {"block": block, "rest": rest}
 
 
 def added(a: dict, b: dict) -> dict:

@@ -148,16 +148,13 @@ def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> di
   matmul counted (hlo_stats.extrapolated from programs of 1 and 2 unrolled blocks, compiled
   to count: XLA counts a scanned body, or a windowed matmul's loop, once), plus the DC-AE
   encoder's when the step encodes. `compiled`: (the step at this batch, its compile seconds)
-  when already compiled."""
+  when already compiled. "by_kind_per_block": FLOPs and bytes by kind of one block and of the
+  rest (the step's encoder, when it encodes, not included)."""
   compiled, seconds = compiled or compile_train_step(run, stage, batch_size)
   result = hlo_stats.stats(compiled)
-  depth = run.config.model.depth
-  if depth <= 2:  # nothing to extrapolate: the whole depth, unrolled, is counted directly
-    whole = counted_stats(run, stage, batch_size, depth)
-    counted = {k: whole[k] for k in hlo_stats.COUNTED}
-  else:
-    counted = hlo_stats.extrapolated(counted_stats(run, stage, batch_size, 1),
-                                     counted_stats(run, stage, batch_size, 2), depth)
+  one, two = (counted_stats(run, stage, batch_size, d) for d in (1, 2))
+  counted = hlo_stats.extrapolated(one, two, run.config.model.depth)
+  result["by_kind_per_block"] = hlo_stats.block_and_rest(one, two)
   result["encoder_flops"] = 0.0
   if run.config.data.hr_latents == "encode" and run.latent_space.abstract_params():
     encoder = encoder_stats(run, batch_size)
@@ -266,7 +263,7 @@ def _latent_stats(run: Run, image: int) -> dict:
   """Per-chip stats of the autoencoder's work in one image's sampling: the decode of the
   output latent and, for source 'lr', the encode of the upsampled LR image (zero in a
   parameter-free pixel space, whose (un)shuffle is a reshape)."""
-  zero = {"flops": 0.0, "bytes_accessed": 0.0, "collectives": {}, "collectives_by_dtype": {}}
+  zero = {k: 0.0 if k in ("flops", "bytes_accessed") else {} for k in hlo_stats.COUNTED}
   if not run.latent_space.abstract_params():
     return {"encode": zero, "decode": zero}
   replicated = sharding.replicated(run.mesh)

@@ -147,6 +147,7 @@ def format_report(r: dict) -> str:
       f"{r['model']['dit_flops'] / 1e12:.3f} + DC-AE encoder "
       f"{r['model']['encoder_flops'] / 1e12:.3f}); compiled / model = "
       f"{r['compiled_over_model_flops']:.2f}",
+      *_breakdown_lines(t),
       f"collectives per chip per step: {collectives or 'none'}",
       f"compile: train step {t['compile_seconds']:.1f} s, sampler "
       f"{r['sampler_step']['compile_seconds']:.1f} s",
@@ -156,6 +157,24 @@ def format_report(r: dict) -> str:
       f"{r['roofline']['images_per_second_per_chip']:.2f} images/s per chip",
   ]
   return "\n".join(lines)
+
+
+def _breakdown_lines(t: dict) -> list:
+  """Where the step's FLOPs and bytes go, by kind of kernel: the whole depth, one block, the
+  rest; the kernels' sum beside XLA's totals."""
+  whole, block, rest = t["by_kind"], t["by_kind_per_block"]["block"], t["by_kind_per_block"]["rest"]
+  total = {f: sum(k[f] for k in whole.values()) for f in ("flops", "bytes", "on_chip_bytes")}
+  lines = [
+      f"by kind (kernels costed from the HLO: {total['flops'] / 1e12:.3f} TFLOP, "
+      f"{total['bytes'] / GIB:.2f} GiB, of which {total['on_chip_bytes'] / GIB:.2f} GiB in "
+      "on-chip memory): TFLOP, GiB whole | one block | the rest"
+  ]
+  cost = lambda k, width: f"{k['flops'] / 1e12:{width}.3f} {k['bytes'] / GIB:{width}.2f}"
+  for kind in sorted(whole, key=lambda k: -whole[k]["bytes"]):
+    if whole[kind]["bytes"] or whole[kind]["flops"]:
+      lines.append(f"  {kind:<12} {cost(whole[kind], 9)} | {cost(block[kind], 8)} | "
+                   f"{cost(rest[kind], 8)}")
+  return lines
 
 
 def one_chip_config(config):

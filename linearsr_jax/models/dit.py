@@ -49,6 +49,7 @@ class DiTConfig:
   scan_layers: bool = True
   remat: str = "none"  # key of REMAT_POLICIES
   dtype: str = "float32"  # compute dtype (DTYPES); params stay float32
+  depthwise: str = "shifts"  # the Mix-FFN's 3×3 depthwise conv (layers.DEPTHWISE)
 
   @property
   def head_dim(self) -> int:
@@ -93,7 +94,7 @@ class Block(nn.Module):
     x = x + h
 
     h = (layer_norm(x) * (1 + scale_mlp) + shift_mlp).astype(dtype)
-    h = MixFFN(cfg.ffn_hidden, dtype, gather, name="ff")(h, self.grid_hw)
+    h = MixFFN(cfg.ffn_hidden, dtype, gather, cfg.depthwise, name="ff")(h, self.grid_hw)
     x = x + gate_mlp * h
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
     return x.astype(jnp.float32)

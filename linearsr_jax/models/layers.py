@@ -116,12 +116,19 @@ class RMSNorm(nn.Module):
     return (y * scale).astype(x.dtype)
 
 
-def depthwise_conv3x3(x, kernel, bias):
-  """3×3 depthwise conv, 'same' zero padding, NHWC; kernel [3, 3, C].
-
-  Written as nine shifted multiply-adds: XLA:CPU runs grouped convolutions
-  (feature_group_count=C) an order of magnitude slower, and on TPU/GPU this fuses just as well.
+def depthwise_conv3x3(x, kernel, bias, kind: str = "shifts"):
+  """3×3 depthwise conv, 'same' zero padding, NHWC; kernel [3, 3, C]. The same sum two ways
+  (DEPTHWISE): "shifts", nine shifted multiply-adds: XLA:CPU runs grouped convolutions
+  (feature_group_count=C) an order of magnitude slower; "grouped", one grouped convolution:
+  XLA:TPU runs the shifts' backward as passes over nine shifted copies of the activation (a
+  third of a SANA block's bytes, `linearsr compile`), the convolution's as one.
   """
+  if kind == "grouped":
+    c = x.shape[-1]
+    y = jax.lax.conv_general_dilated(x, kernel.reshape(3, 3, 1, c), (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=c)
+    return y + bias
   h, w = x.shape[1], x.shape[2]
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   out = bias
@@ -131,11 +138,15 @@ def depthwise_conv3x3(x, kernel, bias):
   return out
 
 
+DEPTHWISE = ("shifts", "grouped")
+
+
 class MixFFN(nn.Module):
   """SANA's GLUMBConv: 1×1 D→2H, SiLU, depthwise 3×3, value·SiLU(gate), 1×1 H→D (no bias)."""
   hidden: int
   dtype: Dtype = jnp.float32
   gather: bool = False  # Dense.gather for both 1×1 convs
+  depthwise: str = "shifts"  # depthwise_conv3x3's kind
 
   @nn.compact
   def __call__(self, x, grid_hw: tuple[int, int]):
@@ -149,7 +160,7 @@ class MixFFN(nn.Module):
                         (3, 3, 2 * self.hidden), jnp.float32)
     bias = self.param("conv_depth_bias", logical(torch_linear_init(9), ("mlp",)),
                       (2 * self.hidden,), jnp.float32)
-    y = depthwise_conv3x3(y, kernel.astype(self.dtype), bias.astype(self.dtype))
+    y = depthwise_conv3x3(y, kernel.astype(self.dtype), bias.astype(self.dtype), self.depthwise)
     value, gate = jnp.split(y.reshape(b, n, 2 * self.hidden), 2, axis=-1)
     y = value * nn.silu(gate)
     return Dense(d, ("mlp", "embed"), use_bias=False, dtype=self.dtype, gather=self.gather,

@@ -25,7 +25,7 @@ from linearsr_jax.train import checkpoint
 MODEL_FIELDS = ("model", "latent", "diffusion.source", "diffusion.lr_source_noise",
                 "diffusion.timestep_scale", "diffusion.experts", "tags.encoder", "tags.vocab_size",
                 "tags.max_tokens", "data.scale")
-FREE_FIELDS = ("model.remat", "model.dtype", "latent.dcae_params")
+FREE_FIELDS = ("model.remat", "model.dtype", "model.depthwise", "latent.dcae_params")
 # What a distill stage's student learns to reproduce: the teacher's sampler and the loss. Changed
 # on resume, the steps after it would regress onto other targets than the steps before.
 TEACHER_FIELDS = ("diffusion.sampler", "distill")

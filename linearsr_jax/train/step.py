@@ -52,18 +52,20 @@ def guarded_update(loss_fn, tx, ema_decay: float):
   def train_step(state, *args):
     key = jax.random.fold_in(state.rng, state.step)
     (loss, scalars), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, *args)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
-    params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
-    keep_new = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    state = state.replace(step=state.step + 1, params=keep_new(params, state.params),
-                          ema_params=keep_new(ema, state.ema_params),
-                          opt_state=keep_new(opt_state, state.opt_state),
-                          skipped=state.skipped + (~finite).astype(jnp.int32),
-                          consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1))
+    # Named so that `linearsr compile` tells the update's bytes from the model's (aot/hlo_costs).
+    with jax.named_scope("update"):
+      grad_norm = optax.tree.norm(grads)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
+      params = optax.apply_updates(state.params, updates)
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
+      keep_new = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+      state = state.replace(step=state.step + 1, params=keep_new(params, state.params),
+                            ema_params=keep_new(ema, state.ema_params),
+                            opt_state=keep_new(opt_state, state.opt_state),
+                            skipped=state.skipped + (~finite).astype(jnp.int32),
+                            consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1))
     metrics = {
         "train/loss": loss, "train/grad_norm": grad_norm, "train/skipped": state.skipped,
         "train/finite": finite

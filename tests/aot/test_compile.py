@@ -16,6 +16,7 @@ import pytest
 
 from compile_helpers import NARROW, QUARTER, QUARTER_WIDTH, SMALL, analytic_step_flops
 from linearsr_jax.aot import tpu_pods
+from linearsr_jax.commands import cli_compile
 from linearsr_jax.commands.cli import main
 
 
@@ -52,6 +53,30 @@ def test_report_says_what_a_pod_user_needs(report, capsys):
   assert roofline["seconds"] >= report["train_step"]["flops"] / 197e12
   assert roofline["images_per_second_per_chip"] == pytest.approx(16 / 4 / roofline["seconds"])
   assert report["sampler_step"]["compile_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_bytes_and_flops_by_kind_add_up_and_the_matmuls_match_an_analytic_count(report):
+  """The breakdown's kinds add up to XLA's totals (each kernel costed from the HLO's shapes,
+  within 3 %), its matmuls to the FLOPs written out from the architecture (as the total, 10 %),
+  and the whole depth to the rest plus one block per block."""
+  t = report["train_step"]
+  kinds = t["by_kind"]
+  assert sum(k["flops"] for k in kinds.values()) == pytest.approx(t["flops"], rel=0.03)
+  assert sum(k["bytes"] for k in kinds.values()) == pytest.approx(t["bytes_accessed"], rel=0.03)
+  per_chip = analytic_step_flops(batch=16, **QUARTER_WIDTH) / 4
+  assert kinds["matmul"]["flops"] == pytest.approx(per_chip, rel=0.10)
+  block, rest = t["by_kind_per_block"]["block"], t["by_kind_per_block"]["rest"]
+  for kind, whole in kinds.items():
+    assert whole["bytes"] == pytest.approx(rest[kind]["bytes"] + 2 * block[kind]["bytes"])
+  # The update reads the float32 params, their gradients, Adam's two moments and the EMA, and
+  # writes four of them: at least 9/4 of the state the step takes (its arguments, the batch
+  # aside: a few MB).
+  state = t["memory"]["arguments"]
+  assert 9 / 4 * 0.9 * state < kinds["update"]["bytes"] < 4 * state
+  assert 0 < kinds["collective"]["bytes"] and 0 < block["matmul"]["flops"]
+  printed = cli_compile.format_report(report)
+  assert re.search(r"by kind .*\n  \w+ +\d+\.\d{3} +\d+\.\d{2} \| ", printed)
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -107,7 +132,6 @@ def test_find_batch_finds_the_largest_fitting_multiple_in_few_compiles(monkeypat
   """On a v5e-4 whose chips are given just room for about three batch units (so the search
   walks a short way), the batch found fits and one unit more does not."""
   from linearsr_jax.configs.sana600m_x4 import get_config
-  from linearsr_jax.commands import cli_compile
 
   config = get_config()
   # The search is under test, not SANA's width: one narrow block compiles in seconds.
@@ -150,7 +174,6 @@ def test_find_batch_search_on_memory_curves_of_known_shape(monkeypatch, name, gi
   it returns the largest multiple that fits, the next one does not, in few compiles. The
   compiler refuses programs above 15.75 GiB (it keeps some HBM for itself), as libtpu does:
   those do not fit either, though under the chip's 16 GiB."""
-  from linearsr_jax.commands import cli_compile
 
   probed = []
 
