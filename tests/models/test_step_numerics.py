@@ -1,6 +1,6 @@
 """The model options that cut a train step's bytes (`linearsr compile`'s breakdown, docs/results.md)
 against the float32 model they replace: loss and gradients over a few steps of a SANA-width
-model (SANA-600M's head size and MLP ratio at a quarter of its width, 2 blocks, an 8×8 grid)."""
+model (SANA-600M's head size and MLP ratio at a quarter of its width, one block, an 8×8 grid)."""
 
 import dataclasses
 
@@ -12,9 +12,9 @@ import pytest
 from linearsr_jax.models.dit import DiT, DiTConfig
 from model_helpers import random_dit_params
 
-SANA_WIDTH = DiTConfig(depth=2, hidden=288, heads=9, cross_heads=4, cross_head_dim=72,
+SANA_WIDTH = DiTConfig(depth=1, hidden=288, heads=9, cross_heads=4, cross_head_dim=72,
                        caption_channels=64, latent_channels=32, lr_channels=16, lr_stem_convs=0,
-                       lr_stem_width=32, scan_layers=True)
+                       lr_stem_width=32, scan_layers=False)
 STEPS, LEARNING_RATE = 3, 0.05
 
 
