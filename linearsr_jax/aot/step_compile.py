@@ -149,12 +149,19 @@ def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> di
   to count: XLA counts a scanned body, or a windowed matmul's loop, once), plus the DC-AE
   encoder's when the step encodes. `compiled`: (the step at this batch, its compile seconds)
   when already compiled. "by_kind_per_block": FLOPs and bytes by kind of one block and of the
-  rest (the step's encoder, when it encodes, not included)."""
+  rest (the step's encoder, when it encodes, not included), for a model of 3 blocks or more:
+  one of 1 or 2, compiled whole, is not split (a test or toy config, for which a second
+  counting program would double the compiler's work)."""
   compiled, seconds = compiled or compile_train_step(run, stage, batch_size)
   result = hlo_stats.stats(compiled)
-  one, two = (counted_stats(run, stage, batch_size, d) for d in (1, 2))
-  counted = hlo_stats.extrapolated(one, two, run.config.model.depth)
-  result["by_kind_per_block"] = hlo_stats.block_and_rest(one, two)
+  depth = run.config.model.depth
+  if depth <= 2:  # nothing to extrapolate: the whole depth, unrolled, is counted directly
+    whole = counted_stats(run, stage, batch_size, depth)
+    counted = {k: whole[k] for k in hlo_stats.COUNTED}
+  else:
+    one, two = (counted_stats(run, stage, batch_size, d) for d in (1, 2))
+    counted = hlo_stats.extrapolated(one, two, depth)
+    result["by_kind_per_block"] = hlo_stats.block_and_rest(one, two)
   result["encoder_flops"] = 0.0
   if run.config.data.hr_latents == "encode" and run.latent_space.abstract_params():
     encoder = encoder_stats(run, batch_size)

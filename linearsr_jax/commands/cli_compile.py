@@ -161,19 +161,21 @@ def format_report(r: dict) -> str:
 
 def _breakdown_lines(t: dict) -> list:
   """Where the step's FLOPs and bytes go, by kind of kernel: the whole depth, one block, the
-  rest; the kernels' sum beside XLA's totals."""
-  whole, block, rest = t["by_kind"], t["by_kind_per_block"]["block"], t["by_kind_per_block"]["rest"]
+  rest (a model of 3 blocks or more); the kernels' sum beside XLA's totals."""
+  whole, split = t["by_kind"], t.get("by_kind_per_block")
   total = {f: sum(k[f] for k in whole.values()) for f in ("flops", "bytes", "on_chip_bytes")}
   lines = [
       f"by kind (kernels costed from the HLO: {total['flops'] / 1e12:.3f} TFLOP, "
       f"{total['bytes'] / GIB:.2f} GiB, of which {total['on_chip_bytes'] / GIB:.2f} GiB in "
-      "on-chip memory): TFLOP, GiB whole | one block | the rest"
+      "on-chip memory): TFLOP, GiB whole" + (" | one block | the rest" if split else "")
   ]
   cost = lambda k, width: f"{k['flops'] / 1e12:{width}.3f} {k['bytes'] / GIB:{width}.2f}"
   for kind in sorted(whole, key=lambda k: -whole[k]["bytes"]):
     if whole[kind]["bytes"] or whole[kind]["flops"]:
-      lines.append(f"  {kind:<12} {cost(whole[kind], 9)} | {cost(block[kind], 8)} | "
-                   f"{cost(rest[kind], 8)}")
+      parts = [cost(whole[kind], 9)]
+      if split:
+        parts += [cost(split["block"][kind], 8), cost(split["rest"][kind], 8)]
+      lines.append(f"  {kind:<12} " + " | ".join(parts))
   return lines
 
 

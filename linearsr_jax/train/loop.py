@@ -295,8 +295,8 @@ class _StageTraining(_Stage):
       run_dir.write_json(
           self.dir.stage_json,
           {"name": self.name, "num_experts": self.cfg.num_experts, "init_from": origin})
-      log.info("stage %s's parameters:\n%s", self.name,
-               parameter_overview.get_parameter_overview(self.state.params, include_stats=False))
+      log.info("stage %s: %s parameters in %d expert(s)", self.name,
+               f"{parameter_overview.count_parameters(self.state.params):,}", self.cfg.num_experts)
     data_cfg = stage_data_config(config, index)
     source = self.run.train_source
     if self.teacher is not None and self.run.distill_source is not None:
