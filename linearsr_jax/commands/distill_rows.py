@@ -1,0 +1,108 @@
+"""The distilled student against its teacher on LR / HR pairs: the three rows that
+bench/distill.py and `linearsr demo --distill` report.
+
+- the teacher (the stage before the run's distill stage) at its N sampler steps with its
+  guidance, the teacher at 1 step without, the student at its 1 step;
+- PSNR-Y / SSIM-Y / LPIPS (Alex) against HR; PSNR (RGB) against the teacher's N-step output
+  (the same source draw, seed 0); seconds per image (the median of `repeats` calls after the
+  one that compiles) and its ratio to the teacher's, in this process. No colour fix, so that
+  the rows compare the models alone.
+"""
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from linearsr_jax import config_check, run_config
+from linearsr_jax.errors import UserError
+from linearsr_jax.run.run_dir import RunDir
+
+METRICS = ("psnr_y", "ssim_y", "lpips_alex")
+HEADER = ("row", "PSNR-Y", "SSIM-Y", "LPIPS", "PSNR vs teacher", "s / image", "time / teacher's")
+# The demo's teacher sampler: enough steps, and guidance, that its N-step output differs clearly
+# from its 1-step output, so that the student has something to learn.
+TEACHER_SAMPLER = {"diffusion.sampler.steps": 4, "diffusion.sampler.guidance_scale": 2.0}
+
+
+@dataclasses.dataclass
+class Row:
+  label: str
+  scores: dict  # metric -> mean over the images, against HR
+  to_teacher: float | None  # mean PSNR (RGB) against the teacher's N-step output; its own: None
+  seconds: float  # per image
+  time_ratio: float  # seconds / the teacher's N-step seconds
+  outputs: dict  # image name -> SR image
+
+  def cells(self) -> list:
+    return [
+        self.label, *(f"{self.scores[m]:.3f}" for m in METRICS),
+        "—" if self.to_teacher is None else f"{self.to_teacher:.2f}", f"{self.seconds:.3f}",
+        f"{self.time_ratio:.3f}"
+    ]
+
+
+def teacher_and_student(train_dir: Path) -> tuple[str, str]:
+  """(teacher stage, distill stage) of a run: its distill stage and the stage before it."""
+  run = RunDir(train_dir)
+  config = run_config.read(run)
+  names = config_check.stage_names(config)
+  distill = [i for i, n in enumerate(names) if config_check.stage_kind(config, n) == "distill"]
+  if not distill or distill[0] == 0:
+    raise UserError(f"{train_dir}: no distill stage after a teacher stage "
+                    f"(stage_order {config.stage_order})")
+  return names[distill[0] - 1], names[distill[0]]
+
+
+def _seconds(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def distill_rows(train_dir: Path, pairs: dict, repeats: int = 3) -> list:
+  """The three Rows on `pairs`, {name: (LR image, HR image, tags)} with images in [0, 1]."""
+  from linearsr_jax.evaluate.metrics import psnr, score_image
+  from linearsr_jax.inference.trained import load_trained
+  from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
+
+  teacher_stage, student_stage = teacher_and_student(train_dir)
+  teacher = load_trained(train_dir, stage=teacher_stage)
+  student = load_trained(train_dir, stage=student_stage)
+  sampler = teacher.diffusion.sampler
+  settings = {
+      f"teacher, {sampler.steps} steps, guidance {sampler.guidance_scale:g}":
+          (teacher,
+           UpscaleOptions(tile=512, steps=None, color_fix="none",
+                          guidance_scale=sampler.guidance_scale)),
+      "teacher, 1 step": (teacher, UpscaleOptions(tile=512, steps=1, color_fix="none")),
+      "student, 1 step": (student, UpscaleOptions(tile=512, color_fix="none")),
+  }
+  rows = []
+  for label, (trained, options) in settings.items():
+    upscaler = Upscaler(trained, options)
+    conditions = {name: upscaler.condition(list(tags)) for name, (_, _, tags) in pairs.items()}
+    run = lambda name: upscaler(pairs[name][0], conditions[name])
+    outputs = {name: run(name) for name in pairs}  # and compiles
+    seconds = float(np.mean([_seconds(lambda n=name: run(n), repeats) for name in pairs]))
+    scores = [score_image(outputs[name], hr, METRICS) for name, (_, hr, _) in pairs.items()]
+    means = {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
+    teacher = rows[0] if rows else None  # the first row is the teacher at its N steps
+    to_teacher = None if teacher is None else float(
+        np.mean([psnr(outputs[n][None], teacher.outputs[n][None], space="rgb")[0] for n in pairs]))
+    ratio = 1.0 if teacher is None else seconds / teacher.seconds
+    rows.append(Row(label, means, to_teacher, seconds, ratio, outputs))
+  return rows
+
+
+def markdown(rows: list) -> list:
+  """The rows as the lines of a markdown table."""
+  return [
+      "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER),
+      *("| " + " | ".join(row.cells()) + " |" for row in rows)
+  ]
