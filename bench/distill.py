@@ -11,7 +11,7 @@ and scores on the held-out photographs (coffee, chelsea, whole, each with its ow
   the teacher's, in this process. No colour fix, so that the rows compare the models alone.
 
   .venv/bin/python bench/distill.py [--pretrain 2000] [--moe 400] [--distill 400] \\
-      [--teacher_steps 8] [--guidance 2.0] [--workdir runs/distill_bench]
+      [--teacher_steps 4] [--guidance 2.0] [--workdir runs/distill_bench] [--set KEY=VALUE]
 
 A run already in --workdir is resumed (or reused, once finished), not trained again.
 """
@@ -34,9 +34,9 @@ def train(workdir: Path, args):
   flags = {
       "stage_order": "pretrain,moe,distill", "stages.pretrain.max_steps": args.pretrain,
       "stages.moe.max_steps": args.moe, "stages.distill.max_steps": args.distill,
-      "diffusion.sampler.steps": args.teacher_steps,
-      "diffusion.sampler.guidance_scale": args.guidance
-  }
+      "diffusion.sampler.steps": args.teacher_steps, "diffusion.sampler.guidance_scale":
+          args.guidance
+  } | dict(kv.split("=", 1) for kv in args.set)
   with contextlib.redirect_stdout(sys.stderr):
     code = _linearsr([
         "train", "--config",
@@ -65,6 +65,8 @@ def main():
   parser.add_argument("--guidance", type=float,
                       default=TEACHER_SAMPLER["diffusion.sampler.guidance_scale"])
   parser.add_argument("--workdir", default="runs/distill_bench")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, e.g. --set distill.gt_weight=0.5")
   args = parser.parse_args()
   workdir = Path(args.workdir)
   pairs = heldout_pairs(workdir / "heldout")

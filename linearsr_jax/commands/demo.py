@@ -149,7 +149,7 @@ def run(args) -> int:
     raise UserError("training failed")
   config.data.eval.crop_size = args.heldout_crop
   # With a student, the rows and grids of "ours" stay the experts'; the student has its own.
-  stage = ["--stage", distill_rows.teacher_and_student(train_dir)[0]] if args.distill else []
+  stage = ["--stage", distill_rows.teacher_and_student(train_dir)[0][1]] if args.distill else []
   scale, grids, students = config.data.scale, {}, {}
   for kind in TEST_KINDS:
     pairs = workdir / "test" / kind

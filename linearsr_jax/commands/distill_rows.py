@@ -1,8 +1,8 @@
 """The distilled student against its teacher on LR / HR pairs: the three rows that
 bench/distill.py and `linearsr demo --distill` report.
 
-- the teacher (the stage before the run's distill stage) at its N sampler steps with its
-  guidance, the teacher at 1 step without, the student at its 1 step;
+- the teacher (the stage before the run's distill stage, or its `distill.teacher`) at its N
+  sampler steps with its guidance, the teacher at 1 step without, the student at its 1 step;
 - PSNR-Y / SSIM-Y / LPIPS (Alex) against HR; PSNR (RGB) against the teacher's N-step output
   (the same source draw, seed 0); seconds per image (the median of `repeats` calls after the
   one that compiles) and its ratio to the teacher's, in this process. No colour fix, so that
@@ -44,16 +44,19 @@ class Row:
     ]
 
 
-def teacher_and_student(train_dir: Path) -> tuple[str, str]:
-  """(teacher stage, distill stage) of a run: its distill stage and the stage before it."""
+def teacher_and_student(train_dir: Path) -> tuple:
+  """((teacher path, teacher stage), distill stage) of a run, the teacher as load_trained takes
+  it: the run and the stage before its distill stage, or for a distill stage that comes first,
+  config.distill.teacher's step directory (stage None)."""
   run = RunDir(train_dir)
   config = run_config.read(run)
   names = config_check.stage_names(config)
   distill = [i for i, n in enumerate(names) if config_check.stage_kind(config, n) == "distill"]
-  if not distill or distill[0] == 0:
-    raise UserError(f"{train_dir}: no distill stage after a teacher stage "
-                    f"(stage_order {config.stage_order})")
-  return names[distill[0] - 1], names[distill[0]]
+  if not distill:
+    raise UserError(f"{train_dir}: no distill stage (stage_order {config.stage_order})")
+  if distill[0] == 0:
+    return (Path(config.distill.teacher), None), names[0]
+  return (Path(train_dir), names[distill[0] - 1]), names[distill[0]]
 
 
 def _seconds(fn, repeats: int) -> float:
@@ -71,14 +74,16 @@ def distill_rows(train_dir: Path, pairs: dict, repeats: int = 3) -> list:
   from linearsr_jax.inference.trained import load_trained
   from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
 
-  teacher_stage, student_stage = teacher_and_student(train_dir)
-  teacher = load_trained(train_dir, stage=teacher_stage)
+  (teacher_path, teacher_stage), student_stage = teacher_and_student(train_dir)
+  teacher = load_trained(teacher_path, stage=teacher_stage)
   student = load_trained(train_dir, stage=student_stage)
-  sampler = teacher.diffusion.sampler
+  # The steps and guidance the student was trained on: its run's (a teacher of another run
+  # has its own config).
+  sampler = run_config.read(RunDir(train_dir)).diffusion.sampler
   settings = {
       f"teacher, {sampler.steps} steps, guidance {sampler.guidance_scale:g}":
           (teacher,
-           UpscaleOptions(tile=512, steps=None, color_fix="none",
+           UpscaleOptions(tile=512, steps=sampler.steps, color_fix="none",
                           guidance_scale=sampler.guidance_scale)),
       "teacher, 1 step": (teacher, UpscaleOptions(tile=512, steps=1, color_fix="none")),
       "student, 1 step": (student, UpscaleOptions(tile=512, color_fix="none")),
