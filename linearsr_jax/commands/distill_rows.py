@@ -10,14 +10,13 @@ bench/distill.py and `linearsr demo --distill` report.
 """
 
 import dataclasses
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
 from linearsr_jax import config_check, run_config
 from linearsr_jax.errors import UserError
+from linearsr_jax.timing import median_seconds
 from linearsr_jax.run.run_dir import RunDir
 
 METRICS = ("psnr_y", "ssim_y", "lpips_alex")
@@ -59,15 +58,6 @@ def teacher_and_student(train_dir: Path) -> tuple:
   return (Path(train_dir), names[distill[0] - 1]), names[distill[0]]
 
 
-def _seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def distill_rows(train_dir: Path, pairs: dict, repeats: int = 3) -> list:
   """The three Rows on `pairs`, {name: (LR image, HR image, tags)} with images in [0, 1]."""
   from linearsr_jax.evaluate.metrics import psnr, score_image
@@ -94,7 +84,8 @@ def distill_rows(train_dir: Path, pairs: dict, repeats: int = 3) -> list:
     conditions = {name: upscaler.condition(list(tags)) for name, (_, _, tags) in pairs.items()}
     run = lambda name: upscaler(pairs[name][0], conditions[name])
     outputs = {name: run(name) for name in pairs}  # and compiles
-    seconds = float(np.mean([_seconds(lambda n=name: run(n), repeats) for name in pairs]))
+    seconds = float(
+        np.mean([median_seconds(lambda n=name: run(n), repeats, warmup=0) for name in pairs]))
     scores = [score_image(outputs[name], hr, METRICS) for name, (_, hr, _) in pairs.items()]
     means = {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
     teacher = rows[0] if rows else None  # the first row is the teacher at its N steps
