@@ -5,24 +5,12 @@ Run scripts from the repo root, e.g. `.venv/bin/python bench/attention_scaling.p
 """
 
 import re
-import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-
-def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
-  """Median wall time of fn(), which must block until its result is ready."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+from linearsr_jax.timing import median_seconds  # noqa: F401 (the benches' timer)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

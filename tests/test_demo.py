@@ -24,8 +24,8 @@ from linearsr_jax.run.run_dir import RunDir
 OVERRIDES = [
     "diffusion.lr_source_noise=0.1", "data.degradation.bicubic_prob=0.5", "model.depth=2",
     "data.crop_size=32", "data.eval.crop_size=64", "train.eval_every=10",
-    "stages.pretrain.max_steps=400", "stages.moe.max_steps=20", "esgf.patience=3",
-    "esgf.combine=any"
+    "stages.pretrain.max_steps=400", "stages.moe.max_steps=20", "stages.distill.max_steps=10",
+    "esgf.patience=3", "esgf.combine=any"
 ]
 
 
@@ -34,7 +34,10 @@ def demo(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("demo")
   # The tiny config, not the demo's recipe: the budget here is the test's, and its numbers
   # must not move when the recipe is tuned.
-  argv = ["demo", "--workdir", str(workdir), "--heldout_crop", "128", "--config", "configs/tiny.py"]
+  argv = [
+      "demo", "--workdir",
+      str(workdir), "--heldout_crop", "128", "--config", "configs/tiny.py", "--distill"
+  ]
   for item in OVERRIDES:
     argv += ["--set", item]
   assert main(argv) == 0
@@ -124,6 +127,43 @@ def test_demo_outputs(demo):
   assert f"moe branched from pretrain step {knee}, the knee pretrain chose and reports" in report
 
 
+@pytest.mark.slow
+def test_demo_distill_reports_teacher_and_student_rows_and_grids(demo, tmp_path):
+  """--distill: a distill stage after the experts, and per test kind the three rows (teacher
+  at its 4 guided steps, teacher at 1 step, student at 1) and an LR | bicubic | teacher |
+  student | HR grid; the student's row is what `linearsr eval` of the distill stage scores."""
+  run = json.loads((demo / "train" / "run.json").read_text())["stages"]
+  assert [s["name"] for s in run] == ["pretrain", "moe", "distill"]
+  report = (demo / "report.md").read_text()
+  for kind, title in (("bicubic", "bicubic ×4 LR"), ("realistic",
+                                                     "degraded LR (the training degradation)")):
+    section = report.split(f"## One step: the distilled student, {title}")[1].split("\n## ")[0]
+    cells = {
+        line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")
+        for line in section.splitlines()
+        if line.startswith("| teacher") or line.startswith("| student")
+    }
+    assert list(cells) == ["teacher, 4 steps, guidance 2", "teacher, 1 step", "student, 1 step"]
+    teacher, _, student = cells.values()
+    assert teacher[4] == "—" and teacher[6] == "1.000"
+    assert float(student[6]) < 0.5  # 1 network pass against 4 × 2
+    pairs = demo / "test" / kind
+    assert main([
+        "eval", "--hr_dir",
+        str(pairs / "HR"), "--lr_dir",
+        str(pairs / "LR"), "--checkpoint",
+        str(demo / "train"), "--stage", "distill", "--metrics", "psnr_y,lpips_alex", "--out",
+        str(tmp_path / kind), "--no_progress"
+    ]) == 0
+    scored = json.loads((tmp_path / kind / "summary.json").read_text())["mean"]
+    assert abs(float(student[1]) - scored["psnr_y"]) <= 0.0015, (student, scored)
+    assert abs(float(student[3]) - scored["lpips_alex"]) <= 0.0015, (student, scored)
+    grids = list(demo.glob(f"grid_distill_{kind}_*.png"))
+    assert len(grids) == 1 and grids[0].name in section
+    with Image.open(grids[0]) as grid:
+      assert grid.size == (5 * 128, 20 + 128 + 128)
+
+
 def test_photos_of_a_folder_split_three_ways_with_their_tags(tmp_path, capsys):
   from linearsr_jax.data.image_io import write_image
   from linearsr_jax.commands.demo_photos import split_photos
@@ -157,18 +197,14 @@ def test_photos_of_a_folder_split_three_ways_with_their_tags(tmp_path, capsys):
 def test_the_grid_zooms_into_the_most_textured_window(tmp_path):
   """A flat photo with one 16 px checkerboard patch: the zoom row shows that patch of each
   panel, enlarged 4× by pixel repetition, and a red box marks it on the full panels."""
-  from linearsr_jax.data.image_io import read_image, write_image
+  from linearsr_jax.data.image_io import read_image
   from linearsr_jax.commands.demo import textured_window, write_grid
 
   hr = np.full((64, 64, 3), 0.5)
   rows, cols = np.indices((16, 16))
   hr[24:40, 40:56] = ((rows + cols) % 2)[..., None]
   assert textured_window(hr, 16) == (24, 40)
-  lr = hr[::4, ::4]
-  for name, image in (("lr", lr), ("sr", hr), ("hr", hr)):
-    write_image(tmp_path / f"{name}.png", image)
-  write_grid(tmp_path / "lr.png", tmp_path / "sr.png", tmp_path / "hr.png", tmp_path / "grid.png",
-             4)
+  write_grid(hr[::4, ::4], {"ours": hr}, hr, tmp_path / "grid.png", 4)
   grid = read_image(tmp_path / "grid.png")
   assert grid.shape == (20 + 64 + 64, 4 * 64, 3)
   patch = np.kron(hr[24:40, 40:56], np.ones((4, 4, 1)))

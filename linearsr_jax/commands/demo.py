@@ -2,11 +2,14 @@
 
 1. the photographs split three ways (demo_photos.py): train, validation (ESGF's curves), test;
 2. `linearsr train` with configs/demo.py: stage 1 until ESGF finds the knee on the validation
-   photos, then 4 SNR experts branched from the knee checkpoint;
+   photos, then 4 SNR experts branched from the knee checkpoint; with --distill, then a
+   one-step student of the experts (a distill stage; the teacher samples 4 steps with guidance);
 3. the test photographs, never seen by training or by the knee, as LR/HR pairs twice: classic
    bicubic ×4 LR, and the degradation the model trained for (its bicubic share left out);
 4. `linearsr eval` of each (the bicubic row beside the model's), `linearsr upscale` of one test
-   photo per kind and an LR | bicubic | ours | HR grid;
+   photo per kind and an LR | bicubic | ours | HR grid (ours: the experts, also with --distill);
+   with --distill, the teacher's and the student's rows (distill_rows.py) and an LR | bicubic |
+   teacher | student | HR grid per kind;
 5. report.md linking all of it.
 """
 
@@ -16,6 +19,7 @@ import numpy as np
 
 from linearsr_jax import configs
 from linearsr_jax.atomic import atomic_file, write_atomically
+from linearsr_jax.commands import distill_rows
 from linearsr_jax.commands.demo_photos import split_photos
 from linearsr_jax.errors import UserError
 from linearsr_jax.run.run_dir import RunDir, read_json
@@ -37,6 +41,12 @@ def add_arguments(parser):
                       help="config override for training, e.g. --set stages.pretrain.max_steps=50")
   parser.add_argument("--heldout_crop", type=int, default=0,
                       help="center-crop the test photos to this HR size (0: whole photos)")
+  parser.add_argument(
+      "--distill", action="store_true",
+      help="then a distill stage: a one-step student of the experts, whose teacher samples "
+      f"{distill_rows.TEACHER_SAMPLER['diffusion.sampler.steps']} steps with guidance "
+      f"{distill_rows.TEACHER_SAMPLER['diffusion.sampler.guidance_scale']:g}; the report adds "
+      "the teacher's and the student's rows and grids")
 
 
 def _cli(*argv) -> int:
@@ -76,21 +86,21 @@ def textured_window(image: np.ndarray, size: int) -> tuple[int, int]:
   return int(top), int(left)
 
 
-def write_grid(lr_path, sr_path, hr_path, out_path, scale):
-  """LR (nearest) | bicubic | ours | HR, side by side under a label strip, and below them the
-  same most-textured window of each, enlarged (nearest) to the panel's width; a red box marks
-  the window on the full panels."""
+def write_grid(lr, outputs: dict, hr, out_path, scale):
+  """LR (nearest) | bicubic | each of `outputs` ({label: SR image}) | HR, side by side under a
+  label strip, and below them the same most-textured window of each, enlarged (nearest) to the
+  panel's width; a red box marks the window on the full panels. Images in [0, 1]."""
   from PIL import Image, ImageDraw
 
   from linearsr_jax.resize import imresize_bicubic
-  from linearsr_jax.data.image_io import read_image, to_uint8, write_image
+  from linearsr_jax.data.image_io import to_uint8, write_image
 
-  lr, sr, hr = read_image(lr_path), read_image(sr_path), read_image(hr_path)
   h, w = hr.shape[:2]
   panels = [
       np.repeat(np.repeat(lr, scale, 0), scale, 1)[:h, :w],
-      np.clip(imresize_bicubic(lr, h, w), 0, 1), sr[:h, :w], hr
+      np.clip(imresize_bicubic(lr, h, w), 0, 1), *(sr[:h, :w] for sr in outputs.values()), hr
   ]
+  labels = ["LR (nearest)", "bicubic", *outputs, "HR"]
   size = max(8, min(h, w) // 4)
   top, left = textured_window(hr, size)
   zoom = max(1, w // size)
@@ -107,7 +117,7 @@ def write_grid(lr_path, sr_path, hr_path, out_path, scale):
   canvas.paste(full, (0, 20))
   canvas.paste(detail, (0, 20 + full.height))
   draw = ImageDraw.Draw(canvas)
-  for i, label in enumerate(["LR (nearest)", "bicubic", "LinearSR (ours)", "HR"]):
+  for i, label in enumerate(labels):
     draw.text((i * w + 6, 4), label, fill="black")
     draw.rectangle((i * w + left, 20 + top, i * w + left + size - 1, 20 + top + size - 1),
                    outline="red")
@@ -116,6 +126,7 @@ def write_grid(lr_path, sr_path, hr_path, out_path, scale):
 
 def run(args) -> int:
   from linearsr_jax.commands.config_flags import parse_flags
+  from linearsr_jax.data.image_io import read_image
 
   workdir, train_dir = Path(args.workdir), Path(args.workdir) / "train"
   config, _ = parse_flags([
@@ -124,35 +135,62 @@ def run(args) -> int:
   ], command="demo")
   photos = workdir / "photos"
   split = split_photos(photos, args.photos, seed=config.seed, min_size=config.data.crop_size)
-  # The folders first, so that a --set of the user's may still override them.
+  # The folders (and the distill stage) first, so that a --set of the user's may still
+  # override them.
+  distill = {"stage_order": f"{config.stage_order},distill", **distill_rows.TEACHER_SAMPLER}
   overrides = [
       "--config.data.source.kind=folder", f"--config.data.source.path={photos / 'train'}",
       "--config.data.eval_source.kind=folder",
       f"--config.data.eval_source.path={photos / 'validation'}",
+      *(f"--config.{k}={v}" for k, v in (distill.items() if args.distill else ())),
       *(f"--config.{kv}" for kv in args.set)
   ]
   if _cli("train", "--config", args.config, "--workdir", train_dir, *overrides):
     raise UserError("training failed")
   config.data.eval.crop_size = args.heldout_crop
-  scale, grids = config.data.scale, {}
+  # With a student, the rows and grids of "ours" stay the experts'; the student has its own.
+  stage = ["--stage", distill_rows.teacher_and_student(train_dir)[0][1]] if args.distill else []
+  scale, grids, students = config.data.scale, {}, {}
   for kind in TEST_KINDS:
     pairs = workdir / "test" / kind
     names = write_test_pairs(config, photos / "test", pairs, kind)
     if _cli("eval", "--hr_dir", pairs / "HR", "--lr_dir", pairs / "LR", "--scale", scale,
-            "--checkpoint", train_dir, "--metrics", EVAL_METRICS, "--no_progress", "--out",
+            "--checkpoint", train_dir, *stage, "--metrics", EVAL_METRICS, "--no_progress", "--out",
             workdir / "eval" / kind):
       raise UserError(f"evaluating the {kind} test pairs failed")
     photo = names[0]
-    if _cli("upscale", pairs / "LR" / photo, "--checkpoint", train_dir, "--color_fix", "none",
-            "--out", workdir / "upscale" / kind, "--overwrite", "--no_progress"):
+    if _cli("upscale", pairs / "LR" / photo, "--checkpoint", train_dir, *stage, "--color_fix",
+            "none", "--out", workdir / "upscale" / kind, "--overwrite", "--no_progress"):
       raise UserError(f"upscaling the {kind} test photo failed")
     stem = Path(photo).stem
     grids[kind] = workdir / f"grid_{kind}_{stem}.png"
-    write_grid(pairs / "LR" / photo, workdir / "upscale" / kind / f"{stem}_x{scale}.png",
-               pairs / "HR" / photo, grids[kind], scale)
-  report = write_report(workdir, train_dir, grids, split)
+    lr, hr = read_image(pairs / "LR" / photo), read_image(pairs / "HR" / photo)
+    ours = read_image(workdir / "upscale" / kind / f"{stem}_x{scale}.png")
+    write_grid(lr, {"LinearSR (ours)": ours}, hr, grids[kind], scale)
+    if args.distill:
+      students[kind] = student_section(workdir, pairs, names, kind, scale)
+  report = write_report(workdir, train_dir, grids, split, students)
   print(report["summary"])
   return 0
+
+
+def student_section(workdir: Path, pairs: Path, names: list, kind: str, scale: int) -> dict:
+  """The distill stage's three rows on one kind of test pairs (distill_rows.py), and a grid of
+  its first photo with the teacher's N-step and the student's 1-step output:
+  {"rows": [Row], "grid": path}."""
+  from linearsr_jax.data.image_io import read_image
+  from linearsr_jax.data.tag_sources import SidecarTags
+
+  images = {
+      name: (read_image(pairs / "LR" / name), read_image(pairs / "HR" / name),
+             SidecarTags()(pairs / "LR" / name)) for name in names
+  }
+  rows = distill_rows.distill_rows(workdir / "train", images)
+  lr, hr, _ = images[names[0]]
+  grid = workdir / f"grid_distill_{kind}_{Path(names[0]).stem}.png"
+  teacher, _, student = rows
+  write_grid(lr, {r.label: r.outputs[names[0]] for r in (teacher, student)}, hr, grid, scale)
+  return {"rows": rows, "grid": grid}
 
 
 def _verdict(ours: dict, bicubic: dict) -> str:
@@ -172,7 +210,7 @@ def branch_check(train_run: RunDir, origin: dict) -> str:
           f"{chosen} that stage chose: {result['reason']}")
 
 
-def write_report(workdir: Path, train_dir: Path, grids: dict, split: dict) -> dict:
+def write_report(workdir: Path, train_dir: Path, grids: dict, split: dict, students: dict) -> dict:
   import shutil
 
   train_run = RunDir(train_dir)
@@ -210,6 +248,17 @@ def write_report(workdir: Path, train_dir: Path, grids: dict, split: dict) -> di
         f"![grid]({grids[kind].name})", "",
         "LR (nearest) | bicubic | ours | HR; below, the most textured window of each, enlarged.", ""
     ]
+    if kind in students:
+      section = students[kind]
+      lines += [
+          f"## One step: the distilled student, {title}", "",
+          "The teacher (the experts) at its sampler's steps with guidance and at 1 step, and "
+          "the distill stage's student at its 1 step; no colour fix. PSNR vs teacher: against "
+          "the teacher's N-step output; time per image as a ratio to the teacher's.", "",
+          *distill_rows.markdown(section["rows"]), "", f"![grid]({section['grid'].name})", "",
+          "LR (nearest) | bicubic | teacher | student | HR; below, the most textured window "
+          "of each, enlarged.", ""
+      ]
   for stage in run_info:
     shutil.copyfile(train_run.stage(stage["name"]).knee_png, workdir / f"{stage['name']}_knee.png")
   with atomic_file(workdir / "report.md", "w") as f:
