@@ -29,7 +29,7 @@ import dataclasses
 import math
 import re
 
-from linearsr_jax.aot.hlo_shapes import COLLECTIVES, DTYPE_BYTES, OP_NAME
+from linearsr_jax.aot.hlo_shapes import COLLECTIVES, COMPUTATION, DTYPE_BYTES, OP_NAME
 
 KINDS = ("matmul", "convolution", "elementwise", "update", "collective", "copy", "custom", "other")
 UPDATE_SCOPE = "update"  # the named scope train/step.py gives the optimizer update and EMA
@@ -52,7 +52,6 @@ _SLICES = {"slice", "dynamic-slice", "gather"}
 # XLA:TPU's concatenation of arrays already adjacent in memory: moves nothing.
 _BITCAST_CALL = re.compile(r'custom_call_target="\w*Bitcast"')
 _CARRIED = {"parameter", "tuple", "get-tuple-element", "bitcast", "custom-call", "copy", "constant"}
-_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*")
 _ARRAY = re.compile(r"(" + "|".join(DTYPE_BYTES) + r"|token)\[([\d,]*)\](?:\{([^}]*)\})?")
 _CALLED = re.compile(r"\b(calls|to_apply|body|condition|branch_computations)=\{?([%\w.\-, ]+)\}?")
@@ -132,9 +131,9 @@ class Module:
   def __init__(self, hlo_text: str):
     self.computations, self.entry, current = {}, None, None
     for line in hlo_text.splitlines():
-      if not line.startswith(" ") and (match := _COMPUTATION.match(line)):
-        current = self.computations.setdefault(match[2], [])
-        self.entry = match[2] if match[1] else self.entry
+      if not line.startswith(" ") and (match := COMPUTATION.match(line)):
+        current = self.computations.setdefault(match["name"], [])
+        self.entry = match["name"] if match["entry"] else self.entry
       elif current is not None and _INSTRUCTION.match(line):
         current.append(Instruction(line))
     self.types = {i.name: i.type for body in self.computations.values() for i in body}

@@ -11,3 +11,5 @@ DTYPE_BYTES = {
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 OP_NAME = re.compile(r'op_name="([^"]*)"')  # the JAX op an instruction came from
+# The header line of a computation: its name, and whether it is the entry.
+COMPUTATION = re.compile(r"^(?P<entry>ENTRY\s+)?%?(?P<name>[\w.\-]+)\s*\(")

@@ -14,11 +14,10 @@ import re
 import numpy as np
 
 from linearsr_jax.aot import hlo_costs
-from linearsr_jax.aot.hlo_shapes import COLLECTIVES, DTYPE_BYTES, OP_NAME
+from linearsr_jax.aot.hlo_shapes import COLLECTIVES, COMPUTATION, DTYPE_BYTES, OP_NAME
 
 _SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
 _OP = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
-_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(")
 # TPU async collectives: the op is repeated, same channel, in every fusion that advances it
 # ("continuations", flag_start >= 0); only the one that starts it (flag_start -1) moves data.
 _CONTINUATION = re.compile(r'"async_collective_fusion_config":\{"flag_start":"(\d+)"')
@@ -69,8 +68,8 @@ def collective_ops(hlo_text: str) -> list:
   """
   ops, computation = [], ""
   for line in hlo_text.splitlines():
-    if not line.startswith(" ") and (match := _COMPUTATION.match(line)):
-      computation = match[1]
+    if not line.startswith(" ") and (match := COMPUTATION.match(line)):
+      computation = match["name"]
       continue
     match = _OP.search(line)
     if not match or _CONTINUATION.search(line):
