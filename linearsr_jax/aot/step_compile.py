@@ -143,17 +143,23 @@ def counted_stats(run: Run, stage: str, batch_size: int, depth: int) -> dict:
 
 
 def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> dict:
-  """Per-chip stats of the train step and its compile time. Memory is the program's that runs;
-  FLOPs, bytes accessed and collectives are those of the whole depth, every block and every
-  matmul counted (hlo_stats.extrapolated from programs of 1 and 2 unrolled blocks, compiled
-  to count: XLA counts a scanned body, or a windowed matmul's loop, once), plus the DC-AE
-  encoder's when the step encodes. `compiled`: (the step at this batch, its compile seconds)
-  when already compiled. "by_kind_per_block": FLOPs and bytes by kind of one block and of the
-  rest (the step's encoder, when it encodes, not included), for a model of 3 blocks or more:
-  one of 1 or 2, compiled whole, is not split (a test or toy config, for which a second
-  counting program would double the compiler's work)."""
+  """Per-chip stats of the train step that runs: its memory and compile time, and XLA's own
+  counts of that program. `compiled`: (the step at this batch, its compile seconds) when
+  already compiled. with_counted_work adds the whole depth's work; a step that does not fit
+  needs no more than this."""
   compiled, seconds = compiled or compile_train_step(run, stage, batch_size)
-  result = hlo_stats.stats(compiled)
+  return dict(hlo_stats.stats(compiled), compile_seconds=seconds)
+
+
+def with_counted_work(run: Run, stage: str, batch_size: int, train: dict) -> dict:
+  """`train` (train_step_stats) with FLOPs, bytes accessed and collectives of the whole depth,
+  every block and every matmul counted (hlo_stats.extrapolated from programs of 1 and 2
+  unrolled blocks, compiled to count: XLA counts a scanned body, or a windowed matmul's loop,
+  once), plus the DC-AE encoder's when the step encodes. "by_kind_per_block": FLOPs and bytes
+  by kind of one block and of the rest (the step's encoder, when it encodes, not included),
+  for a model of 3 blocks or more: one of 1 or 2, compiled whole, is not split (a test or toy
+  config, for which a second counting program would double the compiler's work)."""
+  result = dict(train)
   depth = run.config.model.depth
   if depth <= 2:  # nothing to extrapolate: the whole depth, unrolled, is counted directly
     whole = counted_stats(run, stage, batch_size, depth)
@@ -167,7 +173,6 @@ def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> di
     encoder = encoder_stats(run, batch_size)
     counted, result["encoder_flops"] = hlo_stats.added(counted, encoder), encoder["flops"]
   result.update(counted)
-  result["compile_seconds"] = seconds
   return result
 
 

@@ -91,8 +91,10 @@ def report(config, pod, devices, stage: str, batch_size: int, compiled=None) -> 
     return dict(head, fits=False, required_bytes=e.required, available_bytes=e.available,
                 compiler=str(e))
   if train["memory"]["total"] > hbm:
-    # XLA:GPU compiles a step of any size: stop where the TPU compiler would have refused it.
+    # XLA:GPU compiles a step of any size: stop where the TPU compiler would have refused it,
+    # before the counting programs (the work of a step that cannot run is of no use).
     return dict(head, fits=False, train_step=train)
+  train = step_compile.with_counted_work(run, stage, batch_size, train)
   model = step_compile.model_flops(run, stage, batch_size, train["encoder_flops"])
   sampler, sampler_seconds = step_compile.compile_sampler(run, stage)
   bound = step_compile.roofline(pod, train["flops"], train["bytes_accessed"], batch_size)

@@ -394,12 +394,14 @@ class _StageTraining(_Stage):
                                       jax.tree.map(lambda x: x.sharding, self.teacher))
     report = Progress(self.name, max_steps, self.writer)
     step, decision = int(self.state.step), self.detector.decision
-    if self.resumed_from is None:
-      decision, first = self.evaluate_and_save(0)
-      self.guard.start(first)
-    else:
-      self.guard.resume(self.mlog.rows)
+    # Every evaluation and save under the one mesh context: one outside it would trace (and
+    # compile) the sampler, the metrics and the checksums again for the first one inside.
     with jax.set_mesh(self.run.mesh), nn.logical_axis_rules(self.run.rules):
+      if self.resumed_from is None:
+        decision, first = self.evaluate_and_save(0)
+        self.guard.start(first)
+      else:
+        self.guard.resume(self.mlog.rows)
       while step < max_steps and not (self.cfg.esgf and decision.fired):
         self.run.lock.check()  # a run that lost its lock stops before it writes on
         batch = pipeline.make_global_batch(next(self.data_iter), self.run.mesh, self.run.rules)
