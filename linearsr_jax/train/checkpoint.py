@@ -46,10 +46,22 @@ log = logging.getLogger(__name__)
 # a 4-expert stage on 8 CPU devices spent 8 s on them. Slices under 1 MiB are written whole by
 # one replica; large replicated arrays are still split.
 MIN_REPLICA_SLICE_BYTES = 1 << 20
-ocp.type_handlers.register_type_handler(
-    jax.Array,
-    ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
-    override=True)
+
+
+def _register_array_handler():
+  absl_log = logging.getLogger("absl")
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)  # Orbax warns of any override: on every run's stderr
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array,
+        ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+  finally:
+    absl_log.setLevel(level)
+
+
+_register_array_handler()
 
 
 class DamagedCheckpoint(Exception):
