@@ -24,8 +24,10 @@ from linearsr_jax.inference.super_resolve import make_super_resolve
 from linearsr_jax.train.loop import Run
 
 
-def abstract_batch(run: Run, batch_size: int, crop: int, batch_sharding) -> dict:
-  """ShapeDtypeStructs of one global training batch."""
+def abstract_batch(run: Run, batch_size: int, crop: int, batch_sharding,
+                   teacher_targets: bool = False) -> dict:
+  """ShapeDtypeStructs of one global training batch; `teacher_targets`: with a distill stage's
+  precomputed targets (its start 'x1' and the teacher's 'teacher_x0', latents)."""
   s, tags = run.config.data.scale, run.config.tags
   cond = ((batch_size, tags.max_tokens),
           jnp.int32) if tags.encoder == "hash" else ((batch_size, tags.max_tokens,
@@ -41,6 +43,10 @@ def abstract_batch(run: Run, batch_size: int, crop: int, batch_sharding) -> dict
                            jnp.float32)
   else:
     shapes["hr"] = ((batch_size, crop, crop, 3), jnp.float32)
+  if teacher_targets:
+    f = run.latent_space.factor
+    shapes["x1"] = shapes["teacher_x0"] = ((batch_size, crop // f, crop // f,
+                                            run.latent_space.channels), jnp.float32)
   return {
       k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
       for k, (shape, dtype) in shapes.items()
@@ -89,13 +95,21 @@ def _timed_compile(lowerable, *args, options=None):
   return compiled, time.perf_counter() - start
 
 
-def compile_train_step(run: Run, stage: str, batch_size: int, counting: bool = False):
+def samples_teacher(run: Run, stage: str) -> bool:
+  """Whether `stage`'s step samples a teacher: a distill stage without precomputed targets."""
+  return run.is_distill(stage) and not run.config.distill.targets
+
+
+def compile_train_step(run: Run, stage: str, batch_size: int, counting: bool = False,
+                       targets_given: bool = False):
   """(compiled train step, compile seconds) for `batch_size` global HR crops; `counting`:
-  compiled to count FLOPs (COUNTING_OPTIONS), not as it runs."""
+  compiled to count FLOPs (COUNTING_OPTIONS), not as it runs. A distill step takes its
+  teacher's targets with the batch when they are precomputed, or `targets_given`."""
   abstract, shardings = run.abstract_state(stage)
+  given = run.is_distill(stage) and (targets_given or not samples_teacher(run, stage))
   batch = abstract_batch(run, batch_size, run.config.data.crop_size,
-                         sharding.batch_sharding(run.mesh, run.rules))
-  # A distill step takes its teacher's params too; its FLOPs include the teacher's sampling.
+                         sharding.batch_sharding(run.mesh, run.rules), teacher_targets=given)
+  # A distill step takes its teacher's params too (unused when the targets are given).
   teacher = (run.abstract_teacher(stage),) if run.is_distill(stage) else ()
   step = run.jit_train_step(stage, shardings,
                             *(jax.tree.map(lambda x: x.sharding, t) for t in teacher))
@@ -136,10 +150,40 @@ def _blocks_config(config, depth: int):
 
 
 def counted_stats(run: Run, stage: str, batch_size: int, depth: int) -> dict:
-  """Per-chip stats of the train step with `depth` unrolled blocks, compiled to count."""
+  """Per-chip stats of the train step with `depth` unrolled blocks, compiled to count. A
+  distill step that samples its teacher is counted in two parts, since XLA counts the body of
+  the sampler's loop once: the step from given targets, and the teacher's velocity evaluation,
+  compiled on its own and counted as many times as the sampler runs it."""
   config = _blocks_config(run.config, depth)
   blocks = Run(config, run.workdir, load_weights=False, devices=list(run.mesh.devices.flat))
-  return hlo_stats.stats(compile_train_step(blocks, stage, batch_size, counting=True)[0])
+  if not samples_teacher(run, stage):
+    return hlo_stats.stats(compile_train_step(blocks, stage, batch_size, counting=True)[0])
+  student = compile_train_step(blocks, stage, batch_size, counting=True, targets_given=True)[0]
+  velocity = _compile_teacher_velocity(blocks, stage, batch_size)
+  return hlo_stats.added(
+      hlo_stats.stats(student),
+      hlo_stats.repeated(hlo_stats.stats(velocity),
+                         distill.teacher_velocities(run.config.diffusion.sampler)))
+
+
+def _compile_teacher_velocity(run: Run, stage: str, batch_size: int):
+  """A distill step's teacher evaluating one velocity over the global batch (one expert, its
+  null pass with it under guidance), as its sampler does each step; compiled to count."""
+  teacher = run.abstract_teacher(stage)
+  batch = abstract_batch(run, batch_size, run.config.data.crop_size,
+                         sharding.batch_sharding(run.mesh, run.rules), teacher_targets=True)
+  cfg = run.config.diffusion
+
+  def velocity(params, x, lr, cond, cond_mask):
+    null = (jnp.zeros_like(cond), jnp.zeros_like(cond_mask))
+    t = jnp.full((x.shape[0],), 0.5 * cfg.timestep_scale, jnp.float32)
+    return samplers.guided_velocity(experts.model_apply(run.model),
+                                    experts.select_expert(params, 0), x, t, (lr, cond, cond_mask),
+                                    null, cfg.sampler.guidance_scale)
+
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+    return _timed_compile(jax.jit(velocity), teacher, batch["x1"], batch["lr"], batch["cond"],
+                          batch["cond_mask"], options=_counting_options(run))[0]
 
 
 def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> dict:
@@ -188,8 +232,8 @@ def encoder_stats(run: Run, batch_size: int) -> dict:
 
 def model_flops(run: Run, stage: str, batch_size: int, encoder_flops=None) -> dict:
   """The work the step must do, per chip: 6·N·tokens for the DiT (N = its token-wise params,
-  one expert's, since each sample passes through one; a distill step adds its teacher's sampler
-  forwards, 2·N·tokens each) and the DC-AE encoder's forward over
+  one expert's, since each sample passes through one; a distill step that samples its teacher
+  adds the sampler's forwards, 2·N·tokens each) and the DC-AE encoder's forward over
   the HR crops unless their latents are precomputed (its own compile's count, or
   `encoder_flops` when already counted)."""
   crop, factor = run.config.data.crop_size, run.latent_space.factor
@@ -203,7 +247,7 @@ def model_flops(run: Run, stage: str, batch_size: int, encoder_flops=None) -> di
   dit = 6.0 * token_wise * tokens / run.mesh.devices.size
   # A distill step also samples its teacher: forwards alone, 2·N·tokens each.
   teacher = (2.0 * token_wise * tokens * distill.teacher_forwards(run.config.diffusion.sampler) /
-             run.mesh.devices.size if run.is_distill(stage) else 0.0)
+             run.mesh.devices.size if samples_teacher(run, stage) else 0.0)
   dit += teacher
   encoder = 0.0
   if run.latent_space.abstract_params() and run.config.data.hr_latents == "encode":

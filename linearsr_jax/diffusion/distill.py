@@ -43,11 +43,16 @@ def one_step(apply_fn, stacked_params, x1, context, timestep_scale: float):
   return x1.astype(jnp.float32) - apply_fn(params, x1, t, *context).astype(jnp.float32)
 
 
+def teacher_velocities(sampler_cfg) -> int:
+  """Velocity evaluations per sample of the teacher's sampler: one per step (Heun: two), each
+  with its null-condition pass under guidance (samplers.guided_velocity)."""
+  return sampler_cfg.steps * (2 if sampler_cfg.solver == "heun" else 1)
+
+
 def teacher_forwards(sampler_cfg) -> int:
-  """Network passes per sample of the teacher's sampler: one per step (Heun: two), doubled by
+  """Network passes per sample of the teacher's sampler: its velocity evaluations, doubled by
   the null-condition pass of guidance."""
-  per_step = 2 if sampler_cfg.solver == "heun" else 1
-  return sampler_cfg.steps * per_step * (1 if sampler_cfg.guidance_scale == 1.0 else 2)
+  return teacher_velocities(sampler_cfg) * (1 if sampler_cfg.guidance_scale == 1.0 else 2)
 
 
 def teacher_endpoint(apply_fn, teacher_params, x1, context, cfg, null_context):
