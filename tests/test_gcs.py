@@ -30,7 +30,7 @@ from bench import run_outcome
 from lock_race import race
 from repo_paths import REPO
 from train_runs import (SMALL, cli_env, checkpoint_steps, start, straight_killed_resumed,
-                        train_command, wait_ok)
+                        train_command, wait_ok, xla_flags)
 
 BUCKET = "gs://runs"
 # A bucket has no flocks: the killed run's lock is taken over once its heartbeat is LOCK_STALE s
@@ -447,8 +447,8 @@ def test_two_processes_with_params_sharded_across_them_train_into_the_bucket_as_
     assert f"process {p} of 2 processes, 1 local of 2 global devices" in text, text[-2000:]
   one = tmp_path / "one_process"
   wait_ok(
-      start(train_command(one, tree=tree), tmp_path / "one.log",
-            dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")), tmp_path / "one.log")
+      start(train_command(one, tree=tree), tmp_path / "one.log", dict(env, XLA_FLAGS=xla_flags(2))),
+      tmp_path / "one.log")
   assert checkpoint_steps(two, "moe") == checkpoint_steps(one, "moe") == [0, 2]
   knees = [[(s["name"], s["knee_step"])
             for s in run_dir.read_json(run_dir.RunDir(run).run_json)["stages"]]

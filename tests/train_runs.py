@@ -42,9 +42,16 @@ def small_config(**extra):
 def cli_env(**extra):
   """The CLI runs' environment: one CPU device, and the session's compilation cache
   (conftest.py), so that the runs after the first reuse its executables."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **extra)
-  env.pop("XLA_FLAGS", None)  # the CLI runs see one CPU device, like a plain user's machine
-  return env
+  # One CPU device, like a plain user's machine.
+  return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags(),
+              **extra)
+
+
+def xla_flags(devices: int = 1) -> str:
+  """XLA_FLAGS for a process of its own with `devices` CPU devices: the suite's other flags
+  (conftest.py) kept."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"] * (devices > 1))
 
 
 def train_command(workdir, *overrides, tree=SMALL):

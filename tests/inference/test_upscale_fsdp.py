@@ -19,6 +19,7 @@ from linearsr_jax.inference.upscale import UpscaleOptions, Upscaler
 from linearsr_jax.models.build import build_model
 from model_helpers import random_trained
 from repo_paths import REPO
+from train_runs import xla_flags
 from trained_run import trained_run
 
 
@@ -95,7 +96,7 @@ def test_the_loader_restores_the_params_fsdp_sharded(tmp_path_factory):
 def test_upscale_with_a_device_count_that_divides_no_axis_is_one_line(tmp_path_factory, tmp_path):
   run_dir = trained_run(tmp_path_factory)
   skimage.io.imsave(tmp_path / "in.png", skimage.data.coffee()[:32, :32], check_contrast=False)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(3))
   proc = subprocess.run([
       sys.executable, "-m", "linearsr_jax.commands.cli", "upscale", tmp_path / "in.png",
       "--checkpoint", run_dir, "--out", tmp_path / "out", "--shard_params", "--no_progress"

@@ -23,6 +23,7 @@ from linearsr_jax.inference.trained import load_trained
 from model_helpers import tiny_f32_dcae
 from repo_paths import REPO
 from sana_reference import random_sana, reference_inputs, torch_forward
+from train_runs import xla_flags
 
 T2I = dict(num_attention_heads=2, attention_head_dim=32, num_layers=2, num_cross_attention_heads=2,
            cross_attention_head_dim=32, cross_attention_dim=64, caption_channels=16, in_channels=32,
@@ -57,8 +58,7 @@ def imported(tmp_path_factory):
 
 
 def train(workdir, dit, vae, *extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags(8))
   command = [
       sys.executable, "-m", "linearsr_jax.commands.cli", "train", "--config",
       "configs/sana600m_x4.py", "--workdir",
