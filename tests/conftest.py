@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-# XLA:CPU's code generation without LLVM's optimisations: the suite compiles thousands of small
-# programs that each run a few times, and a tiny two-stage run on 8 devices took 82 s of CPU
-# with them, 61 s without. XLA's own HLO passes (fusion, layout, sharding) are unchanged; the
-# processes the tests start get the same flag (train_runs.xla_flags). The benches do not.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -48,10 +48,13 @@ def cli_env(**extra):
 
 
 def xla_flags(devices: int = 1) -> str:
-  """XLA_FLAGS for a process of its own with `devices` CPU devices: the suite's other flags
-  (conftest.py) kept."""
-  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"] * (devices > 1))
+  """XLA_FLAGS for a training process of its own with `devices` CPU devices, XLA:CPU's code
+  generation without LLVM's optimisations: these runs compile small programs that run a few
+  times (a tiny two-stage run on 8 devices: 82 s of CPU with them, 61 s without). Not for this
+  process: libtpu and XLA:GPU read the flag too, and the TPU / GPU compile tests here must
+  compile the programs users get (a TPU report took 3 times as long with it)."""
+  return " ".join(["--xla_backend_optimization_level=0"] +
+                  [f"--xla_force_host_platform_device_count={devices}"] * (devices > 1))
 
 
 def train_command(workdir, *overrides, tree=SMALL):
