@@ -57,3 +57,5 @@ NARROW = {
     "model.latent_channels": 192, "model.lr_stem_convs": 1, "data.crop_size": 128,
     "data.eval.crop_size": 128, "data.eval.batch_size": 2, "train.eval_steps": 1
 }
+# NARROW's sizes for analytic_forward_flops.
+NARROW_WIDTH = dict(width=128, heads=4, caption=32, stem_width=16)

@@ -35,8 +35,29 @@ for _name, _value in COMPILATION_CACHE_VARIABLES.items():
   os.environ.setdefault(_name, _value)
 
 import jax  # noqa: E402
+from jax._src import compiler as _jax_compiler  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def _cpu_code_unoptimised(get_compile_options):
+  """XLA:CPU programs compiled here without LLVM's optimisations, as train_runs.xla_flags gives
+  the training processes: the suite compiles thousands of small programs that run a few times
+  each. Through the compile options of CPU compiles alone, not XLA_FLAGS, which libtpu and
+  XLA:GPU read too: the TPU / GPU compile tests must compile the programs users get. XLA's HLO
+  passes are unchanged, and LLVM does not reorder float arithmetic at any level (no fast-math)."""
+
+  def compile_options(*args, backend=None, **kwargs):
+    options = get_compile_options(*args, backend=backend, **kwargs)
+    if backend is not None and backend.platform == "cpu":
+      options.executable_build_options.debug_options.xla_backend_optimization_level = 0
+    return options
+
+  return compile_options
+
+
+# jax's own compile path looks the function up on the module at each compile.
+_jax_compiler.get_compile_options = _cpu_code_unoptimised(_jax_compiler.get_compile_options)
 
 # The files that take minutes, longest first (a suite run on 2 cores, 2026-12-04). xdist hands
 # whole files to its workers in collection order, which is alphabetical: a long file collected
