@@ -169,21 +169,30 @@ def counted_stats(run: Run, stage: str, batch_size: int, depth: int) -> dict:
 def _compile_teacher_velocity(run: Run, stage: str, batch_size: int):
   """A distill step's teacher evaluating one velocity over the global batch (one expert, its
   null pass with it under guidance), as its sampler does each step; compiled to count."""
-  teacher = run.abstract_teacher(stage)
   batch = abstract_batch(run, batch_size, run.config.data.crop_size,
                          sharding.batch_sharding(run.mesh, run.rules), teacher_targets=True)
+  return _compile_velocity(run, run.abstract_teacher(stage), batch["x1"], batch,
+                           _counting_options(run), expert=0)[0]
+
+
+def _compile_velocity(run: Run, params, x, batch: dict, options, expert=None):
+  """(compiled network evaluation of one sampler step of `x`: one expert's forward, with
+  guidance the conditional and null passes as one batch, as samplers.guided_velocity runs it;
+  compile seconds). `expert`: the expert of stacked `params` to run, picked inside the program
+  so that its sharding is the stacked params'; None when `params` are one expert's."""
   cfg = run.config.diffusion
 
   def velocity(params, x, lr, cond, cond_mask):
+    if expert is not None:
+      params = experts.select_expert(params, expert)
     null = (jnp.zeros_like(cond), jnp.zeros_like(cond_mask))
     t = jnp.full((x.shape[0],), 0.5 * cfg.timestep_scale, jnp.float32)
-    return samplers.guided_velocity(experts.model_apply(run.model),
-                                    experts.select_expert(params, 0), x, t, (lr, cond, cond_mask),
-                                    null, cfg.sampler.guidance_scale)
+    return samplers.guided_velocity(experts.model_apply(run.model), params, x, t,
+                                    (lr, cond, cond_mask), null, cfg.sampler.guidance_scale)
 
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-    return _timed_compile(jax.jit(velocity), teacher, batch["x1"], batch["lr"], batch["cond"],
-                          batch["cond_mask"], options=_counting_options(run))[0]
+    return _timed_compile(jax.jit(velocity), params, x, batch["lr"], batch["cond"],
+                          batch["cond_mask"], options=options)
 
 
 def train_step_stats(run: Run, stage: str, batch_size: int, compiled=None) -> dict:
@@ -298,21 +307,11 @@ def compile_sampler_forward(run: Run, stage: str, image: int, counting: bool = F
   """(compiled network evaluation of one sampler step for one image of HR side `image`: one
   expert's forward, with guidance the conditional and null passes as one batch of 2, as
   samplers.guided_velocity runs it; compile seconds)."""
-  batch, cfg = _one_image(run, image), run.config.diffusion
   side = image // run.latent_space.factor
   x = jax.ShapeDtypeStruct((1, side, side, run.latent_space.channels), jnp.float32,
                            sharding=sharding.replicated(run.mesh))
-
-  def forward(params, x, lr, cond, cond_mask):
-    null = (jnp.zeros_like(cond), jnp.zeros_like(cond_mask))
-    t = jnp.full((1,), 0.5 * cfg.timestep_scale, jnp.float32)
-    return samplers.guided_velocity(experts.model_apply(run.model), params, x, t,
-                                    (lr, cond, cond_mask), null, cfg.sampler.guidance_scale)
-
-  params = _expert_params(run, stage)
-  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-    return _timed_compile(jax.jit(forward), params, x, batch["lr"], batch["cond"],
-                          batch["cond_mask"], options=_counting_options(run) if counting else None)
+  return _compile_velocity(run, _expert_params(run, stage), x, _one_image(run, image),
+                           _counting_options(run) if counting else None)
 
 
 def _latent_stats(run: Run, image: int) -> dict:
