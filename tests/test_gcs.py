@@ -3,10 +3,9 @@
 
 One two-stage run trains from a dataset folder in the bucket into a gs:// workdir; a second,
 the same, is SIGKILLed mid-stage and resumed from the bucket while the storage drops its first
-checkpoint reads, and both end alike. The tools
-read that run from the bucket and write their outputs there. A two-process run with params
-sharded across the processes trains into the bucket as a pod does, and ends where one process
-with two devices ends."""
+checkpoint reads, and both end alike. The tools read that run from the bucket and write their
+outputs there. A two-process run with params sharded across the processes trains into the
+bucket as a pod does, and ends where one process with two devices ends."""
 
 import io
 import json
@@ -133,12 +132,13 @@ def test_dropped_connections_during_a_resume_are_retried_and_it_ends_alike(runs,
   """Issue 29: the storage dropped the connections of the resume's first reads of the
   checkpoint (twice, `runs`), then answered again: the reads tried again, nothing was set aside,
   and the run ended as the uninterrupted one did (the test above)."""
-  _, killed = runs
+  straight, killed = runs
   text = (logs / "resumed.log").read_text()
   assert "storage error" in text and "try 3 of" in text, text[-3000:]
   assert "damaged" not in text, text[-3000:]
   assert not any((epath.Path(killed) / stage / "damaged_checkpoints").exists()
                  for stage in ("pretrain", "moe"))
+  assert run_outcome.outcome(killed) == run_outcome.outcome(straight)
 
 
 @pytest.mark.slow
